@@ -1,0 +1,46 @@
+// Errors reported by every layer of the library.
+//
+// Thread safety: Status is a plain value type.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace homa {
+
+enum class StatusCode {
+    Ok = 0,
+    Timeout,          ///< the peer stopped answering for longer than the RPC timeout
+    PeerUnreachable,  ///< the peer could not be reached at all (e.g. no route, refused)
+    MessageTooLarge,  ///< a message longer than the configured maximum
+    Shutdown,         ///< the endpoint is shutting down
+    OutOfBuffers,     ///< no buffer space for the message, try again later
+    InvalidArgument,  ///< an argument broke the API's contract
+    NoSuchRpc,        ///< the RPC named does not exist (finished, aborted or never was)
+    Aborted,          ///< the RPC was aborted by the application or by the peer
+};
+
+/// Short lower-case name of a code, e.g. "timeout".
+const char* toString(StatusCode code);
+
+class Status {
+  public:
+    Status() = default;
+    Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+
+    static Status ok() { return {}; }
+    bool isOk() const { return code_ == StatusCode::Ok; }
+    explicit operator bool() const { return isOk(); }
+    StatusCode code() const { return code_; }
+    const std::string& message() const { return message_; }
+    /// "timeout: no packet from 10.0.0.2:4000 for 100 ms".
+    std::string toString() const;
+
+    friend bool operator==(const Status& a, const Status& b) { return a.code_ == b.code_; }
+
+  private:
+    StatusCode code_ = StatusCode::Ok;
+    std::string message_;
+};
+
+}  // namespace homa

@@ -1,0 +1,68 @@
+// Acknowledgements, which let a server free a finished RPC. Until then the server keeps
+// the response so that a retried request is answered from it, never executed again.
+//
+// A client queues one ack per completed RPC on the server's peer; acks ride on DATA
+// packets to that peer, and go out in ACK packets when five are pending, at the next
+// tick, or when the server asks with NEED_ACK.
+#include "engine/engine.h"
+
+namespace homa::engine {
+
+void Engine::queueAck(Peer* peer, uint64_t clientId) {
+    peer->pendingAcks.push_back({clientId, peer->address.port});
+    if (peer->pendingAcks.size() == wire::kMaxAcksPerPacket) {
+        sendAckPacket(peer, 0);
+        return;
+    }
+    if (!peer->acksHook.is_linked()) peersWithAcks_.push_back(*peer);
+}
+
+// Sends the peer's pending acks, plus `extraClientId` if non-zero.
+void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) {
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = peer->address.port;
+    wire::AckHeader h;
+    if (extraClientId != 0) h.acks[h.numAcks++] = {extraClientId, peer->address.port};
+    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket) {
+        h.acks[h.numAcks++] = peer->pendingAcks.back();
+        peer->pendingAcks.pop_back();
+    }
+    if (peer->pendingAcks.empty() && peer->acksHook.is_linked())
+        peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    size_t n = wire::encodeAck(scratch_, c, h);
+    ++m_.ackPacketsSent;
+    countSent(wire::PacketType::Ack, cfg_.controlPriority, n);
+    sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+}
+
+void Engine::flushAcks() {
+    while (!peersWithAcks_.empty()) sendAckPacket(&peersWithAcks_.front(), 0);
+}
+
+void Engine::handleAckEntry(Peer* peer, const wire::AckEntry& ack) {
+    ++m_.acksReceived;
+    if (ack.serverPort != cfg_.port) return;
+    Rpc* rpc = findServerRpc(peer, ack.clientId & ~uint64_t{1});
+    if (!rpc) return;
+    // Only a client that has the whole response acks; anything else is stale or hostile.
+    if (rpc->state != RpcState::ServerOutgoing) return;
+    ++m_.serverRpcsAcked;
+    freeRpc(rpc);
+}
+
+void Engine::handleNeedAck(Peer* peer, uint64_t clientId, Time now) {
+    (void)now;
+    if (!peer) return;
+    Rpc* rpc = findClientRpc(clientId);
+    if (rpc && rpc->peer == peer) {
+        // Our copy of the response is incomplete: the server is alive; ask for the rest.
+        rpc->silentTicks = 0;
+        requestMissing(rpc);
+        return;
+    }
+    // Finished (or forgotten) here: the server may free it.
+    sendAckPacket(peer, clientId);
+}
+
+}  // namespace homa::engine

@@ -1,0 +1,92 @@
+#include "engine/buffer_pool.h"
+
+#include <bit>
+#include <cassert>
+#include <cstddef>
+
+namespace homa::engine {
+
+namespace {
+constexpr uint32_t kMinClass = 256;
+}
+
+BufferPool::BufferPool(uint64_t limitBytes) : limit_(limitBytes), freeLists_(130) {}
+
+BufferPool::~BufferPool() {
+    for (auto& list : freeLists_)
+        for (uint8_t* p : list) delete[] p;
+}
+
+int BufferPool::classIndex(uint32_t length) {
+    if (length <= kMinClass) return 0;
+    uint32_t v = length - 1;
+    int e = std::bit_width(v) - 1;  // v in [2^e, 2^(e+1))
+    uint32_t sub = (v >> (e - 2)) & 3;
+    // kMinClass = 256 = 2^8 is class 0; each octave above has 4 classes.
+    return (e - 8) * 4 + static_cast<int>(sub) + 1;
+}
+
+uint64_t BufferPool::sizeOfClass(int index) {
+    if (index == 0) return kMinClass;
+    int e = (index - 1) / 4 + 8;
+    uint64_t sub = static_cast<uint64_t>((index - 1) % 4);
+    return (5 + sub) << (e - 2);
+}
+
+uint32_t BufferPool::classSize(uint32_t length) {
+    if (length <= kMinClass) return kMinClass;
+    uint32_t v = length - 1;
+    int e = std::bit_width(v) - 1;
+    uint64_t sub = (v >> (e - 2)) & 3;
+    uint64_t size = (4 + sub + 1) << (e - 2);
+    return size > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(size);
+}
+
+bool BufferPool::canAllocate(uint32_t length) const {
+    return length > 0 && inUse_ + classSize(length) <= limit_;
+}
+
+BufferPool::Buffer BufferPool::allocate(uint32_t length) {
+    if (!canAllocate(length)) {
+        ++failures_;
+        return {};
+    }
+    int index = classIndex(length);
+    uint32_t size = classSize(length);
+    auto& list = freeLists_[static_cast<size_t>(index)];
+    uint8_t* p;
+    if (!list.empty()) {
+        p = list.back();
+        list.pop_back();
+        cached_ -= size;
+    } else {
+        trimCache(size);
+        p = new uint8_t[size];
+    }
+    inUse_ += size;
+    return {p, size};
+}
+
+void BufferPool::release(Buffer buffer) {
+    if (!buffer) return;
+    int index = classIndex(buffer.capacity);
+    assert(classSize(buffer.capacity) == buffer.capacity);
+    inUse_ -= buffer.capacity;
+    freeLists_[static_cast<size_t>(index)].push_back(buffer.data);
+    cached_ += buffer.capacity;
+    trimCache(0);
+}
+
+// Keeps in-use plus cached memory within the limit.
+void BufferPool::trimCache(uint64_t needed) {
+    for (size_t i = freeLists_.size(); i-- > 0 && inUse_ + cached_ + needed > limit_;) {
+        auto& list = freeLists_[i];
+        while (!list.empty() && inUse_ + cached_ + needed > limit_) {
+            delete[] list.back();
+            list.pop_back();
+            cached_ -= sizeOfClass(static_cast<int>(i));
+        }
+    }
+}
+
+}  // namespace homa::engine

@@ -1,0 +1,543 @@
+// Application calls, packet dispatch, and the lifetime of RPCs and peers.
+#include "engine/engine.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace homa::engine {
+
+const char* toString(RpcState state) {
+    switch (state) {
+        case RpcState::Client: return "client";
+        case RpcState::ServerIncoming: return "server-incoming";
+        case RpcState::ServerInService: return "server-in-service";
+        case RpcState::ServerOutgoing: return "server-outgoing";
+    }
+    return "?";
+}
+
+const char* toString(DropReason reason) {
+    switch (reason) {
+        case DropReason::Malformed: return "malformed";
+        case DropReason::WrongPort: return "wrong_port";
+        case DropReason::UnknownRpc: return "unknown_rpc";
+        case DropReason::StaleRequest: return "stale_request";
+        case DropReason::NoBuffer: return "no_buffer";
+        case DropReason::PeerTableFull: return "peer_table_full";
+        case DropReason::Inconsistent: return "inconsistent";
+        case DropReason::Duplicate: return "duplicate";
+        case DropReason::Count_: break;
+    }
+    return "?";
+}
+
+int Config::maxSchedPriority() const {
+    int levels = 0;
+    while (levels < 8 && unschedCutoffs[static_cast<size_t>(levels)] == 0) ++levels;
+    return levels > 0 ? levels - 1 : 0;
+}
+
+std::string Config::validate() const {
+    if (maxPayload == 0) return "maxPayload must be positive";
+    if (maxMessageLength == 0) return "maxMessageLength must be positive";
+    if (maxBufferBytes < BufferPool::classSize(maxMessageLength))
+        return "maxBufferBytes must hold at least one message of maxMessageLength";
+    if (maxOutgoingBytes < BufferPool::classSize(maxMessageLength))
+        return "maxOutgoingBytes must hold at least one message of maxMessageLength";
+    if (maxOvercommit < 1) return "maxOvercommit must be at least 1";
+    if (maxRpcsPerPeer < 1) return "maxRpcsPerPeer must be at least 1";
+    if (maxIncoming < maxPayload) return "maxIncoming must be at least one packet";
+    if (linkMbps == 0) return "linkMbps must be positive";
+    if (tickNs <= 0) return "tickNs must be positive";
+    if (resendTicks < 1 || resendInterval < 1 || timeoutTicks <= resendTicks)
+        return "need 1 <= resendTicks < timeoutTicks and resendInterval >= 1";
+    if (requestAckTicks < 1 || needAckLimit < 1) return "requestAckTicks and needAckLimit must be >= 1";
+    if (grantFifoFraction < 0 || grantFifoFraction >= 1 || pacerFifoFraction < 0 ||
+        pacerFifoFraction >= 1)
+        return "FIFO fractions must be in [0, 1)";
+    if (controlPriority > 7) return "controlPriority must be 0..7";
+    bool anyUnsched = false;
+    for (uint32_t c : unschedCutoffs) anyUnsched |= c != 0;
+    if (!anyUnsched) return "at least one priority level must carry unscheduled bytes";
+    if (maxPeers < 1 || seenIdWindow < 64) return "maxPeers >= 1 and seenIdWindow >= 64";
+    return {};
+}
+
+Engine::Engine(const Config& config, PacketSink& sink)
+    : cfg_(config),
+      sink_(sink),
+      maxSchedPriority_(config.maxSchedPriority()),
+      inPool_(config.maxBufferBytes),
+      outPool_(config.maxOutgoingBytes),
+      nic_(config.linkMbps),
+      nextClientId_(std::max<uint64_t>(2, config.firstClientId & ~uint64_t{1})) {
+    std::string error = cfg_.validate();
+    if (!error.empty()) throw std::invalid_argument("homa engine config: " + error);
+    activeScratch_.reserve(static_cast<size_t>(cfg_.maxOvercommit));
+}
+
+Engine::~Engine() {
+    while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
+    peerLru_.clear();
+    peersWithAcks_.clear();
+}
+
+Time Engine::clamp(Time now) {
+    // The engine's time never goes backwards, whatever its callers' clocks do.
+    if (now < lastNow_) return lastNow_;
+    lastNow_ = now;
+    return now;
+}
+
+// ---------------------------------------------------------------- peers
+
+Peer* Engine::findPeer(const Address& address) {
+    auto it = peers_.find(address);
+    return it == peers_.end() ? nullptr : it->second.get();
+}
+
+Peer* Engine::getPeer(const Address& address, Time now) {
+    if (Peer* p = findPeer(address)) {
+        touchPeer(p, now);
+        return p;
+    }
+    if (peers_.size() >= cfg_.maxPeers) {
+        // At the hard cap: take the least recently used peer without RPCs, if any.
+        Peer* victim = nullptr;
+        for (Peer& p : peerLru_) {
+            if (p.rpcCount == 0) victim = &p;
+            break;
+        }
+        if (!victim) return nullptr;
+        evictPeer(victim);
+    }
+    auto peer = std::make_unique<Peer>();
+    peer->address = address;
+    peer->serial = nextSerial_++;
+    peer->cutoffs = cfg_.unschedCutoffs;  // until the peer tells us its own
+    peer->lastUsed = now;
+    Peer* p = peer.get();
+    peers_.emplace(address, std::move(peer));
+    peerLru_.push_back(*p);
+    ++m_.peersCreated;
+    return p;
+}
+
+void Engine::touchPeer(Peer* peer, Time now) {
+    peer->lastUsed = now;
+    peerLru_.erase(peerLru_.iterator_to(*peer));
+    peerLru_.push_back(*peer);
+}
+
+void Engine::evictPeer(Peer* peer) {
+    if (!peer->pendingAcks.empty()) sendAckPacket(peer, 0);
+    if (peer->acksHook.is_linked()) peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    peerLru_.erase(peerLru_.iterator_to(*peer));
+    ++m_.peersEvicted;
+    peers_.erase(peer->address);
+}
+
+// ---------------------------------------------------------------- RPC lifetime
+
+Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
+    Rpc* rpc;
+    if (!freeRpcs_.empty()) {
+        rpc = freeRpcs_.back();
+        freeRpcs_.pop_back();
+    } else {
+        rpcStorage_.push_back(std::make_unique<Rpc>());
+        rpc = rpcStorage_.back().get();
+    }
+    rpc->id = id;
+    rpc->peer = peer;
+    rpc->state = state;
+    rpc->cookie = 0;
+    rpc->serial = nextSerial_++;
+    rpc->birth = now;
+    rpc->out = OutMessage{};
+    rpc->in.started = false;
+    rpc->in.waitingForBuffer = false;
+    rpc->in.length = rpc->in.received = rpc->in.granted = rpc->in.counted = 0;
+    rpc->in.priority = 0;
+    rpc->in.gaps.reset();
+    rpc->in.buffer = {};
+    rpc->in.birth = now;
+    rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
+    if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
+    allRpcs_.push_back(*rpc);
+    ++peer->rpcCount;
+    if (rpc->isClient()) {
+        clientRpcs_.emplace(id, rpc);
+    } else {
+        serverRpcs_.emplace(ServerKey{peer, rpc->clientId()}, rpc);
+    }
+    return rpc;
+}
+
+void Engine::freeRpc(Rpc* rpc) {
+    if (rpc->isClient()) {
+        clientRpcs_.erase(rpc->id);
+    } else {
+        serverRpcs_.erase(ServerKey{rpc->peer, rpc->clientId()});
+    }
+    removeGrantable(rpc);
+    if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
+    if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
+    if (rpc->waitHook.is_linked()) bufferWaiters_.erase(bufferWaiters_.iterator_to(*rpc));
+    allRpcs_.erase(allRpcs_.iterator_to(*rpc));
+    incomingOutstanding_ -= rpc->in.counted;
+    rpc->in.counted = 0;
+    releaseInBuffer(rpc);
+    outPool_.release(rpc->out.buffer);
+    rpc->out.buffer = {};
+    --rpc->peer->rpcCount;
+    rpc->peer = nullptr;
+    freeRpcs_.push_back(rpc);
+    grantsDirty_ = true;
+}
+
+Rpc* Engine::findClientRpc(uint64_t id) {
+    auto it = clientRpcs_.find(id);
+    return it == clientRpcs_.end() ? nullptr : it->second;
+}
+
+Rpc* Engine::findServerRpc(Peer* peer, uint64_t clientId) {
+    auto it = serverRpcs_.find(ServerKey{peer, clientId});
+    return it == serverRpcs_.end() ? nullptr : it->second;
+}
+
+void Engine::failRpc(Rpc* rpc, Status status) {
+    Delivery d;
+    d.kind = Delivery::Kind::Failure;
+    d.clientId = rpc->id;
+    d.cookie = rpc->cookie;
+    d.status = std::move(status);
+    deliveries_.push_back(std::move(d));
+    ++m_.deliveries;
+    freeRpc(rpc);
+}
+
+// ---------------------------------------------------------------- application calls
+
+uint8_t Engine::unschedPriority(const Peer* peer, uint32_t length) const {
+    int lowest = -1;
+    for (int i = 7; i >= 0; --i) {
+        uint32_t cutoff = peer->cutoffs[static_cast<size_t>(i)];
+        if (cutoff == 0) continue;
+        if (cutoff >= length) return static_cast<uint8_t>(i);
+        lowest = i;
+    }
+    // Longer than every cutoff: the lowest unscheduled level.
+    return static_cast<uint8_t>(lowest < 0 ? 0 : lowest);
+}
+
+Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now) {
+    BufferPool::Buffer buffer = outPool_.allocate(static_cast<uint32_t>(data.size()));
+    if (!buffer) return {StatusCode::OutOfBuffers, "outgoing message memory is full"};
+    std::memcpy(buffer.data, data.data(), data.size());
+    OutMessage& o = rpc->out;
+    o.buffer = buffer;
+    o.length = static_cast<uint32_t>(data.size());
+    o.nextOffset = 0;
+    uint64_t unsched = (uint64_t{cfg_.unschedBytes} + cfg_.maxPayload - 1) / cfg_.maxPayload * cfg_.maxPayload;
+    o.unsched = static_cast<uint32_t>(std::min<uint64_t>(unsched, o.length));
+    o.granted = o.unsched;
+    o.unschedPriority = unschedPriority(rpc->peer, o.length);
+    o.schedPriority = 0;
+    o.birth = now;
+    updateSendable(rpc);
+    return {};
+}
+
+Status Engine::startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
+                            Time now, uint64_t* id) {
+    now = clamp(now);
+    if (request.empty()) return {StatusCode::InvalidArgument, "a request must have at least 1 byte"};
+    if (request.size() > cfg_.maxMessageLength)
+        return {StatusCode::MessageTooLarge, "request of " + std::to_string(request.size()) +
+                                                 " bytes exceeds the maximum of " +
+                                                 std::to_string(cfg_.maxMessageLength)};
+    Peer* peer = getPeer(server, now);
+    if (!peer) return {StatusCode::OutOfBuffers, "peer table is full"};
+    uint64_t rpcId = nextClientId_;
+    Rpc* rpc = newRpc(peer, rpcId, RpcState::Client, now);
+    rpc->cookie = cookie;
+    Status s = setupOutMessage(rpc, request, now);
+    if (!s.isOk()) {
+        freeRpc(rpc);
+        return s;
+    }
+    nextClientId_ += 2;
+    ++m_.clientRpcsStarted;
+    if (id) *id = rpcId;
+    transmitData(now);
+    return {};
+}
+
+Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> response, Time now) {
+    now = clamp(now);
+    Peer* peer = findPeer(id.client);
+    Rpc* rpc = peer ? findServerRpc(peer, id.id) : nullptr;
+    if (!rpc) return {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
+    if (rpc->state != RpcState::ServerInService)
+        return {StatusCode::InvalidArgument, "the request was already answered"};
+    if (response.empty()) return {StatusCode::InvalidArgument, "a response must have at least 1 byte"};
+    if (response.size() > cfg_.maxMessageLength)
+        return {StatusCode::MessageTooLarge, "response of " + std::to_string(response.size()) +
+                                                 " bytes exceeds the maximum of " +
+                                                 std::to_string(cfg_.maxMessageLength)};
+    Status s = setupOutMessage(rpc, response, now);
+    if (!s.isOk()) return s;
+    rpc->state = RpcState::ServerOutgoing;
+    rpc->silentTicks = 0;
+    rpc->ackWaitTicks = 0;
+    updateSendable(rpc);
+    touchPeer(peer, now);
+    ++m_.serverResponsesSent;
+    transmitData(now);
+    return {};
+}
+
+Status Engine::abortClientRpc(uint64_t id, Time now) {
+    clamp(now);
+    Rpc* rpc = findClientRpc(id);
+    if (!rpc) return {StatusCode::NoSuchRpc, "no client RPC " + std::to_string(id)};
+    ++m_.clientRpcsAborted;
+    freeRpc(rpc);
+    return {};
+}
+
+Status Engine::abortServerRpc(const ServerRpcId& id, Time now) {
+    clamp(now);
+    Peer* peer = findPeer(id.client);
+    Rpc* rpc = peer ? findServerRpc(peer, id.id) : nullptr;
+    if (!rpc) return {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
+    ++m_.serverRpcsAborted;
+    freeRpc(rpc);
+    return {};
+}
+
+void Engine::releaseMessage(const ReceivedMessage& message, Time now) {
+    now = clamp(now);
+    inPool_.release({message.data, message.capacity});
+    retryBufferWaiters(now);
+    decideGrants(now);
+    transmitData(now);
+}
+
+// ---------------------------------------------------------------- packet input
+
+void Engine::receive(const Address& source, std::span<const uint8_t> packet, Time now) {
+    handlePacket(source, packet, now);
+    finishBatch(now);
+}
+
+void Engine::finishBatch(Time now) {
+    now = clamp(now);
+    decideGrants(now);
+    transmitData(now);
+}
+
+void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes, Time now) {
+    now = clamp(now);
+    wire::Packet p;
+    wire::DecodeError err = wire::decode(bytes, cfg_.maxMessageLength, p);
+    if (err != wire::DecodeError::Ok) {
+        ++m_.decodeErrors[static_cast<size_t>(err)];
+        ++m_.dropped[static_cast<size_t>(DropReason::Malformed)];
+        return;
+    }
+    size_t t = EngineMetrics::typeIndex(p.common.type);
+    ++m_.packetsReceived[t];
+    m_.bytesReceived[t] += bytes.size();
+    if (p.common.dport != cfg_.port) {
+        ++m_.dropped[static_cast<size_t>(DropReason::WrongPort)];
+        return;
+    }
+
+    // A packet from a client (even id) concerns an RPC we serve; from a server (odd id),
+    // one of our client RPCs.
+    const bool fromClient = (p.common.senderId & 1) == 0;
+    const uint64_t clientId = p.common.senderId & ~uint64_t{1};
+
+    if (p.common.type == wire::PacketType::Data) {
+        Peer* peer = fromClient ? getPeer(source, now) : findPeer(source);
+        if (!peer) {
+            ++m_.dropped[static_cast<size_t>(fromClient ? DropReason::PeerTableFull : DropReason::UnknownRpc)];
+            return;
+        }
+        handleData(peer, p, now);
+        return;
+    }
+
+    Peer* peer = findPeer(source);
+    Rpc* rpc = nullptr;
+    if (peer) {
+        touchPeer(peer, now);
+        rpc = fromClient ? findServerRpc(peer, clientId) : findClientRpc(clientId);
+        if (rpc && rpc->peer != peer) rpc = nullptr;  // a client id is ours, but not with this peer
+    }
+
+    switch (p.common.type) {
+        case wire::PacketType::Grant:
+            if (!rpc) break;
+            handleGrant(rpc, p);
+            return;
+        case wire::PacketType::Resend:
+            if (!rpc) {
+                // We have no state: say so, so the peer can restart (client) or discard (server).
+                Peer* to = peer ? peer : getPeer(source, now);
+                if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
+                return;
+            }
+            handleResend(rpc, p.resend, now);
+            return;
+        case wire::PacketType::Busy:
+            if (!rpc) break;
+            rpc->silentTicks = 0;
+            return;
+        case wire::PacketType::RpcUnknown:
+            if (!rpc) break;
+            handleRpcUnknown(rpc, now);
+            return;
+        case wire::PacketType::Cutoffs: {
+            Peer* to = peer ? peer : getPeer(source, now);
+            if (!to) return;
+            to->cutoffs = p.cutoffs.cutoffs;
+            to->cutoffVersion = p.cutoffs.version;
+            return;
+        }
+        case wire::PacketType::Freeze:
+            return;  // counted above; time traces hook in here
+        case wire::PacketType::NeedAck:
+            if (fromClient) break;  // only servers ask for acks
+            handleNeedAck(peer ? peer : getPeer(source, now), clientId, now);
+            return;
+        case wire::PacketType::Ack:
+            if (!peer) break;
+            for (uint16_t i = 0; i < p.ack.numAcks; ++i) handleAckEntry(peer, p.ack.acks[i]);
+            return;
+        case wire::PacketType::Data:
+            return;
+    }
+    ++m_.dropped[static_cast<size_t>(DropReason::UnknownRpc)];
+}
+
+void Engine::handleGrant(Rpc* rpc, const wire::Packet& p) {
+    rpc->silentTicks = 0;
+    OutMessage& o = rpc->out;
+    if (!o.buffer) return;  // a server that has not started its response
+    uint32_t offset = std::min(p.grant.offset, o.length);
+    if (offset > o.granted) o.granted = offset;
+    o.schedPriority = p.grant.priority;
+    updateSendable(rpc);
+}
+
+void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
+    if (!rpc->isClient()) {
+        // The client no longer knows this RPC (it aborted or finished it): discard it.
+        ++m_.serverRpcsAborted;
+        freeRpc(rpc);
+        return;
+    }
+    // The server lost the request (it never got it, or restarted): send it all again.
+    // Silent ticks are not reset, so a server that keeps forgetting ends in a timeout.
+    ++m_.clientRestarts;
+    OutMessage& o = rpc->out;
+    o.retransmitBelow = std::max(o.retransmitBelow, o.nextOffset);
+    o.nextOffset = 0;
+    o.granted = o.unsched;
+    removeGrantable(rpc);
+    releaseInBuffer(rpc);
+    incomingOutstanding_ -= rpc->in.counted;
+    rpc->in.counted = 0;
+    if (rpc->waitHook.is_linked()) bufferWaiters_.erase(bufferWaiters_.iterator_to(*rpc));
+    rpc->in.started = false;
+    rpc->in.waitingForBuffer = false;
+    rpc->in.received = rpc->in.granted = rpc->in.length = 0;
+    rpc->in.gaps.reset();
+    updateSendable(rpc);
+    transmitData(now);
+}
+
+// ---------------------------------------------------------------- control packets
+
+void Engine::countSent(wire::PacketType type, uint8_t priority, size_t bytes) {
+    size_t t = EngineMetrics::typeIndex(type);
+    ++m_.packetsSent[t];
+    m_.bytesSent[t] += bytes;
+    ++m_.packetsByPriority[priority & 7];
+    m_.bytesByPriority[priority & 7] += bytes;
+}
+
+void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = peer->address.port;
+    c.type = type;
+    c.senderId = senderId;
+    size_t n = wire::encodeEmpty(scratch_, c);
+    if (type == wire::PacketType::Busy) ++m_.busySent;
+    if (type == wire::PacketType::RpcUnknown) ++m_.rpcUnknownSent;
+    if (type == wire::PacketType::NeedAck) ++m_.needAcksSent;
+    countSent(type, cfg_.controlPriority, n);
+    sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+}
+
+void Engine::sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority) {
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = rpc->peer->address.port;
+    c.senderId = rpc->id;
+    wire::ResendHeader r{offset, length, priority};
+    size_t n = wire::encodeResend(scratch_, c, r);
+    ++m_.resendsSent;
+    countSent(wire::PacketType::Resend, cfg_.controlPriority, n);
+    sink_.transmit(rpc->peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+}
+
+void Engine::sendCutoffs(Peer* peer, Time now) {
+    // At most one CUTOFFS per peer per tick, however many stale packets arrive.
+    if (peer->cutoffsSentAt != INT64_MIN && now - peer->cutoffsSentAt < cfg_.tickNs) return;
+    peer->cutoffsSentAt = now;
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = peer->address.port;
+    wire::CutoffsHeader h;
+    h.cutoffs = cfg_.unschedCutoffs;
+    h.version = cfg_.cutoffVersion;
+    size_t n = wire::encodeCutoffs(scratch_, c, h);
+    ++m_.cutoffsSent;
+    countSent(wire::PacketType::Cutoffs, cfg_.controlPriority, n);
+    sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+}
+
+// ---------------------------------------------------------------- outputs
+
+bool Engine::pollDelivery(Delivery& out) {
+    if (deliveries_.empty()) return false;
+    out = std::move(deliveries_.front());
+    deliveries_.pop_front();
+    return true;
+}
+
+void Engine::listRpcs(std::vector<RpcInfo>& out) const {
+    out.clear();
+    for (const Rpc& r : allRpcs_) {
+        RpcInfo i;
+        i.peer = r.peer->address;
+        i.id = r.id;
+        i.state = r.state;
+        i.outLength = r.out.length;
+        i.outSent = r.out.nextOffset;
+        i.outGranted = r.out.granted;
+        i.inLength = r.in.length;
+        i.inReceived = r.in.received;
+        i.inGranted = r.in.granted;
+        i.waitingForBuffer = r.in.waitingForBuffer;
+        i.silentTicks = r.silentTicks;
+        out.push_back(i);
+    }
+}
+
+}  // namespace homa::engine

@@ -1,0 +1,238 @@
+// The Homa protocol engine: one endpoint's whole protocol state as a pure state machine.
+//
+// It performs no I/O, reads no clock and starts no thread. Inputs are packets (bytes, the
+// sender's address, the time), timer calls (the time) and application calls. Outputs are
+// packets handed to a PacketSink, deliveries (finished messages and failed RPCs) read with
+// pollDelivery(), and nextWakeup(): the time by which advance() must be called again.
+// The same engine runs under the UDP runtime, the simulator and the tests.
+//
+// Thread safety: none. One engine is used by one thread at a time; the runtime serialises.
+//
+// Where each mechanism lives:
+//   engine.cc    application calls, packet dispatch, RPC and peer lifetime
+//   incoming.cc  DATA reception, reassembly, buffers, delivery
+//   grant.cc     the grant scheduler (SRPT, overcommit, max_incoming, FIFO grants)
+//   outgoing.cc  the sender (SRPT, pacing with the NIC-queue estimate, retransmission)
+//   timer.cc     silent ticks, RESEND, timeouts, NEED_ACK, ack flushing, peer eviction
+//   ack.cc       acknowledgements and at-most-once bookkeeping
+#pragma once
+
+#include <absl/container/flat_hash_map.h>
+
+#include <deque>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/buffer_pool.h"
+#include "engine/config.h"
+#include "engine/metrics.h"
+#include "engine/nic_queue.h"
+#include "engine/peer.h"
+#include "engine/rpc.h"
+#include "homa/address.h"
+#include "homa/status.h"
+#include "wire/wire.h"
+
+namespace homa::engine {
+
+/// Where the engine's packets go. `header` and `payload` together form one packet; the
+/// spans are valid only during the call.
+class PacketSink {
+  public:
+    virtual ~PacketSink() = default;
+    virtual void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+                          std::span<const uint8_t> payload) = 0;
+};
+
+/// A received message: a view of a buffer from the engine's pool. Give it back with
+/// Engine::releaseMessage() exactly once.
+struct ReceivedMessage {
+    uint8_t* data = nullptr;
+    uint32_t length = 0;
+    uint32_t capacity = 0;
+};
+
+/// How the application names an RPC it serves.
+struct ServerRpcId {
+    Address client;
+    uint64_t id = 0;  ///< the client's id (even)
+    friend bool operator==(const ServerRpcId&, const ServerRpcId&) = default;
+};
+
+struct Delivery {
+    enum class Kind : uint8_t { Request, Response, Failure };
+    Kind kind = Kind::Request;
+    uint64_t clientId = 0;   ///< Response, Failure: the id startRequest returned
+    uint64_t cookie = 0;     ///< Response, Failure: the cookie given to startRequest
+    ServerRpcId server;      ///< Request
+    ReceivedMessage message; ///< Request, Response
+    Status status;           ///< Failure
+};
+
+/// One RPC as shown by Engine::listRpcs().
+struct RpcInfo {
+    Address peer;
+    uint64_t id = 0;
+    RpcState state = RpcState::Client;
+    uint32_t outLength = 0, outSent = 0, outGranted = 0;
+    uint32_t inLength = 0, inReceived = 0, inGranted = 0;
+    bool waitingForBuffer = false;
+    int silentTicks = 0;
+};
+
+class Engine {
+  public:
+    /// `config` must be valid (Config::validate() empty); the constructor throws
+    /// std::invalid_argument otherwise.
+    Engine(const Config& config, PacketSink& sink);
+    ~Engine();
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    // ---- Application calls
+    /// Starts an RPC: copies `request` and begins sending it. On success *id is the RPC's id.
+    Status startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
+                        Time now, uint64_t* id);
+    /// Sends the response of a request that was delivered and not yet answered.
+    Status sendResponse(const ServerRpcId& rpc, std::span<const uint8_t> response, Time now);
+    /// Forgets a client RPC; nothing is delivered for it afterwards.
+    Status abortClientRpc(uint64_t id, Time now);
+    /// Drops a delivered request without answering; the client will see a failure.
+    Status abortServerRpc(const ServerRpcId& rpc, Time now);
+    /// Returns a delivered message's buffer to the pool (may resume granting).
+    void releaseMessage(const ReceivedMessage& message, Time now);
+
+    // ---- Network and time inputs
+    /// Processes one packet of a batch. Grant decisions and new DATA wait for finishBatch().
+    void handlePacket(const Address& source, std::span<const uint8_t> packet, Time now);
+    /// Ends a batch of packets: decides grants once and transmits what is allowed.
+    void finishBatch(Time now);
+    /// handlePacket() + finishBatch().
+    void receive(const Address& source, std::span<const uint8_t> packet, Time now);
+    /// Runs timers and the pacer. Call no later than nextWakeup().
+    void advance(Time now);
+    /// When advance() is next needed (kNever when the engine is idle).
+    Time nextWakeup() const;
+
+    // ---- Outputs and inspection
+    bool pollDelivery(Delivery& out);
+    bool hasDeliveries() const { return !deliveries_.empty(); }
+    const EngineMetrics& metrics() const { return m_; }
+    const Config& config() const { return cfg_; }
+    size_t rpcCount() const { return allRpcs_.size(); }
+    size_t peerCount() const { return peers_.size(); }
+    uint64_t incomingOutstanding() const { return incomingOutstanding_; }
+    const BufferPool& bufferPool() const { return inPool_; }
+    const NicQueue& nicQueue() const { return nic_; }
+    /// Number of incoming messages currently granted to (the active set of the last decision).
+    int activeGrants() const { return lastActiveCount_; }
+    void listRpcs(std::vector<RpcInfo>& out) const;
+
+  private:
+    struct ServerKey {
+        const Peer* peer;
+        uint64_t clientId;
+        friend bool operator==(const ServerKey&, const ServerKey&) = default;
+        template <typename H>
+        friend H AbslHashValue(H h, const ServerKey& k) {
+            return H::combine(std::move(h), k.peer, k.clientId);
+        }
+    };
+
+    // engine.cc
+    Time clamp(Time now);
+    Peer* findPeer(const Address& address);
+    Peer* getPeer(const Address& address, Time now);
+    void touchPeer(Peer* peer, Time now);
+    void evictPeer(Peer* peer);
+    Rpc* newRpc(Peer* peer, uint64_t id, RpcState state, Time now);
+    void freeRpc(Rpc* rpc);
+    Rpc* findClientRpc(uint64_t id);
+    Rpc* findServerRpc(Peer* peer, uint64_t clientId);
+    Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
+    void failRpc(Rpc* rpc, Status status);
+    void handleGrant(Rpc* rpc, const wire::Packet& p);
+    void handleRpcUnknown(Rpc* rpc, Time now);
+    void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type);
+    void sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority);
+    void sendCutoffs(Peer* peer, Time now);
+    void countSent(wire::PacketType type, uint8_t priority, size_t bytes);
+    uint8_t unschedPriority(const Peer* peer, uint32_t length) const;
+
+    // incoming.cc
+    void handleData(Peer* peer, const wire::Packet& p, Time now);
+    void startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time now);
+    void completeInMessage(Rpc* rpc, Time now);
+    void retryBufferWaiters(Time now);
+    void releaseInBuffer(Rpc* rpc);
+
+    // grant.cc
+    bool isGrantable(const Rpc* rpc) const;
+    void addGrantable(Rpc* rpc);
+    void removeGrantable(Rpc* rpc);
+    void updateGrantable(Rpc* rpc);
+    void recountIncoming(Rpc* rpc);
+    void decideGrants(Time now);
+    void sendGrant(Rpc* rpc, uint32_t newGranted, uint8_t priority);
+
+    // outgoing.cc
+    void updateSendable(Rpc* rpc);
+    void transmitData(Time now);
+    void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit, Time now);
+    void handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now);
+
+    // timer.cc
+    void runTick(Time now);
+    void checkRpc(Rpc* rpc, Time now);
+    void requestMissing(Rpc* rpc);
+    void flushAcks();
+    void collectPeers(Time now);
+
+    // ack.cc
+    void queueAck(Peer* peer, uint64_t clientId);
+    void sendAckPacket(Peer* peer, uint64_t extraClientId);
+    void handleAckEntry(Peer* peer, const wire::AckEntry& ack);
+    void handleNeedAck(Peer* peer, uint64_t clientId, Time now);
+
+    Config cfg_;
+    PacketSink& sink_;
+    int maxSchedPriority_;
+    BufferPool inPool_;
+    BufferPool outPool_;
+    NicQueue nic_;
+
+    absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
+    absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
+    absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
+    RpcList allRpcs_;
+    WaitList bufferWaiters_;
+    std::vector<std::unique_ptr<Rpc>> rpcStorage_;
+    std::vector<Rpc*> freeRpcs_;
+    PeerLru peerLru_;
+    PeerAckList peersWithAcks_;
+
+    GrantPeerSet grantPeers_;
+    GrantFifoSet grantFifo_;
+    bool grantsDirty_ = false;
+    uint64_t incomingOutstanding_ = 0;
+    double fifoGrantCredit_ = 0;
+    int lastActiveCount_ = 0;
+    std::vector<Rpc*> activeScratch_;
+
+    SendSet sendable_;
+    SendFifoSet sendFifo_;
+    double pacerFifoCredit_ = 0;
+    bool pacerDeferred_ = false;
+
+    uint64_t nextClientId_;
+    uint64_t nextSerial_ = 1;
+    Time lastNow_ = INT64_MIN;
+    Time nextTick_ = 0;
+
+    std::deque<Delivery> deliveries_;
+    std::array<uint8_t, wire::kMaxHeaderSize> scratch_{};
+    EngineMetrics m_;
+};
+
+}  // namespace homa::engine

@@ -1,0 +1,127 @@
+// The grant scheduler: the receiver decides which incoming messages may send scheduled
+// bytes, how many, and at which priority.
+//
+// Grantable messages are kept per peer in SRPT order (fewest ungranted bytes, then
+// oldest), and peers are kept ordered by their best message, so a decision walks only
+// the peers it grants to: O(max_overcommit · log n), never all RPCs. Decisions are made
+// once per batch of packets (finishBatch), not per packet.
+#include "engine/engine.h"
+
+namespace homa::engine {
+
+bool Engine::isGrantable(const Rpc* rpc) const {
+    const InMessage& in = rpc->in;
+    return in.started && !in.waitingForBuffer && in.granted < in.length && rpc->peer != nullptr;
+}
+
+void Engine::addGrantable(Rpc* rpc) {
+    Peer* peer = rpc->peer;
+    if (!peer->grantable.empty()) grantPeers_.erase(grantPeers_.iterator_to(*peer));
+    peer->grantable.insert(*rpc);
+    grantPeers_.insert(*peer);
+    grantFifo_.insert(*rpc);
+    grantsDirty_ = true;
+}
+
+void Engine::removeGrantable(Rpc* rpc) {
+    if (!rpc->grantHook.is_linked()) return;
+    Peer* peer = rpc->peer;
+    grantPeers_.erase(grantPeers_.iterator_to(*peer));
+    peer->grantable.erase(peer->grantable.iterator_to(*rpc));
+    if (!peer->grantable.empty()) grantPeers_.insert(*peer);
+    grantFifo_.erase(grantFifo_.iterator_to(*rpc));
+    grantsDirty_ = true;
+}
+
+// Re-files an RPC after its grant state changed.
+void Engine::updateGrantable(Rpc* rpc) {
+    removeGrantable(rpc);
+    if (isGrantable(rpc)) addGrantable(rpc);
+}
+
+// Keeps incomingOutstanding_ = sum over messages of (granted - received).
+void Engine::recountIncoming(Rpc* rpc) {
+    const InMessage& in = rpc->in;
+    uint32_t now = (!in.waitingForBuffer && in.granted > in.received) ? in.granted - in.received : 0;
+    incomingOutstanding_ = incomingOutstanding_ - in.counted + now;
+    rpc->in.counted = now;
+}
+
+void Engine::sendGrant(Rpc* rpc, uint32_t newGranted, uint8_t priority) {
+    InMessage& in = rpc->in;
+    uint32_t added = newGranted - in.granted;
+    in.granted = newGranted;
+    in.priority = priority;
+    recountIncoming(rpc);
+    updateGrantable(rpc);
+    m_.grantedBytes += added;
+    ++m_.grantsSent;
+
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = rpc->peer->address.port;
+    c.senderId = rpc->id;
+    wire::GrantHeader g{newGranted, priority};
+    size_t n = wire::encodeGrant(scratch_, c, g);
+    countSent(wire::PacketType::Grant, cfg_.controlPriority, n);
+    sink_.transmit(rpc->peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+}
+
+void Engine::decideGrants(Time now) {
+    (void)now;
+    if (!grantsDirty_) return;
+    grantsDirty_ = false;
+    activeScratch_.clear();
+    // The active set: the best messages, at most maxRpcsPerPeer from any one peer.
+    for (Peer& peer : grantPeers_) {
+        int taken = 0;
+        for (Rpc& rpc : peer.grantable) {
+            if (taken == cfg_.maxRpcsPerPeer ||
+                activeScratch_.size() == static_cast<size_t>(cfg_.maxOvercommit))
+                break;
+            activeScratch_.push_back(&rpc);
+            ++taken;
+        }
+        if (activeScratch_.size() == static_cast<size_t>(cfg_.maxOvercommit)) break;
+    }
+    const int n = static_cast<int>(activeScratch_.size());
+    lastActiveCount_ = n;
+    if (n == 0) return;
+
+    const uint32_t window = cfg_.window ? cfg_.window : cfg_.maxIncoming / static_cast<uint32_t>(n + 1);
+    const int levels = maxSchedPriority_ + 1;
+    uint64_t grantedNow = 0;
+    for (int k = 0; k < n; ++k) {
+        Rpc* rpc = activeScratch_[static_cast<size_t>(k)];
+        InMessage& in = rpc->in;
+        // Rank k gets the k-th highest scheduled level; with fewer active messages than
+        // levels, use the lowest ones so that newly arriving shorter messages can preempt.
+        int priority = n < levels ? n - 1 - k : maxSchedPriority_ - k;
+        if (priority < 0) priority = 0;
+        uint64_t target = std::min<uint64_t>(in.length, uint64_t{in.received} + window);
+        if (target <= in.granted) continue;
+        uint64_t room = cfg_.maxIncoming > incomingOutstanding_ ? cfg_.maxIncoming - incomingOutstanding_ : 0;
+        uint64_t increment = std::min<uint64_t>(target - in.granted, room);
+        // Avoid dribbles of sub-packet grants unless they finish the message.
+        if (increment == 0 || (increment < cfg_.maxPayload && in.granted + increment < in.length)) continue;
+        grantedNow += increment;
+        sendGrant(rpc, static_cast<uint32_t>(in.granted + increment), static_cast<uint8_t>(priority));
+    }
+
+    // Against starvation: a fraction of granted bytes goes to the oldest message.
+    if (cfg_.grantFifoFraction > 0 && grantedNow > 0) {
+        fifoGrantCredit_ += static_cast<double>(grantedNow) * cfg_.grantFifoFraction /
+                            (1.0 - cfg_.grantFifoFraction);
+        if (fifoGrantCredit_ >= cfg_.fifoGrantIncrement && !grantFifo_.empty()) {
+            Rpc* oldest = &*grantFifo_.begin();
+            InMessage& in = oldest->in;
+            uint32_t target = static_cast<uint32_t>(
+                std::min<uint64_t>(in.length, uint64_t{in.granted} + cfg_.fifoGrantIncrement));
+            fifoGrantCredit_ -= target - in.granted;
+            m_.fifoGrantBytes += target - in.granted;
+            sendGrant(oldest, target, static_cast<uint8_t>(maxSchedPriority_));
+        }
+    }
+}
+
+}  // namespace homa::engine

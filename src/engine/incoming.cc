@@ -1,0 +1,152 @@
+// Receiving messages: DATA packets, reassembly into pool buffers, and delivery.
+#include <cstring>
+
+#include "engine/engine.h"
+
+namespace homa::engine {
+
+void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
+    const wire::DataHeader& d = p.data;
+    if (d.ack.clientId != 0) {
+        ++m_.acksPiggybacked;
+        handleAckEntry(peer, d.ack);
+    }
+    if (d.cutoffVersion != cfg_.cutoffVersion) sendCutoffs(peer, now);
+
+    const bool fromClient = (p.common.senderId & 1) == 0;
+    const uint64_t clientId = p.common.senderId & ~uint64_t{1};
+    Rpc* rpc;
+    if (fromClient) {
+        rpc = findServerRpc(peer, clientId);
+        if (!rpc) {
+            // At-most-once: an id this peer already used is never served again, however
+            // late a packet of it arrives.
+            if (peer->seen && peer->seen->contains(clientId)) {
+                ++m_.dropped[static_cast<size_t>(DropReason::StaleRequest)];
+                return;
+            }
+            if (!peer->seen) peer->seen = std::make_unique<SeenIds>(cfg_.seenIdWindow);
+            peer->seen->insert(clientId);
+            rpc = newRpc(peer, clientId | 1, RpcState::ServerIncoming, now);
+        }
+        if (rpc->state != RpcState::ServerIncoming) {
+            // The whole request arrived already; this is a retransmission.
+            rpc->silentTicks = 0;
+            ++m_.dropped[static_cast<size_t>(DropReason::Duplicate)];
+            return;
+        }
+    } else {
+        rpc = findClientRpc(clientId);
+        if (!rpc || rpc->peer != peer) {
+            ++m_.dropped[static_cast<size_t>(DropReason::UnknownRpc)];
+            return;
+        }
+    }
+    rpc->silentTicks = 0;
+
+    InMessage& in = rpc->in;
+    if (!in.started) {
+        startInMessage(rpc, d.messageLength, d.incoming, now);
+    } else if (d.messageLength != in.length) {
+        ++m_.dropped[static_cast<size_t>(DropReason::Inconsistent)];
+        return;
+    }
+    // The sender promises to send this much without further grants.
+    uint32_t promised = std::min(d.incoming, in.length);
+    if (promised > in.granted) {
+        in.granted = promised;
+        updateGrantable(rpc);
+    }
+    if (in.waitingForBuffer) {
+        recountIncoming(rpc);
+        ++m_.dropped[static_cast<size_t>(DropReason::NoBuffer)];
+        return;
+    }
+    const auto payload = p.payload;
+    uint32_t added = in.gaps.add(d.offset, static_cast<uint32_t>(payload.size()),
+                                 [&](uint32_t s, uint32_t e) {
+                                     std::memcpy(in.buffer.data + s, payload.data() + (s - d.offset), e - s);
+                                 });
+    if (added == 0) {
+        ++m_.dropped[static_cast<size_t>(DropReason::Duplicate)];
+        return;
+    }
+    in.received += added;
+    if (in.received > in.granted) in.granted = in.received;
+    recountIncoming(rpc);
+    grantsDirty_ = true;
+    if (in.received == in.length) completeInMessage(rpc, now);
+}
+
+void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time now) {
+    InMessage& in = rpc->in;
+    in.started = true;
+    in.length = length;
+    in.granted = std::min(incoming, length);
+    in.birth = now;
+    in.priority = static_cast<uint8_t>(maxSchedPriority_);
+    in.buffer = inPool_.allocate(length);
+    if (!in.buffer) {
+        // No room: keep the (small) RPC state, grant nothing, drop its data, and ask for
+        // the data again once buffers come back. Nothing accepted is ever dropped.
+        in.waitingForBuffer = true;
+        bufferWaiters_.push_back(*rpc);
+        ++m_.bufferWaits;
+        return;
+    }
+    updateGrantable(rpc);
+}
+
+void Engine::releaseInBuffer(Rpc* rpc) {
+    if (rpc->in.buffer) {
+        inPool_.release(rpc->in.buffer);
+        rpc->in.buffer = {};
+    }
+}
+
+void Engine::retryBufferWaiters(Time now) {
+    // First come, first served: stop at the first message that still does not fit.
+    while (!bufferWaiters_.empty()) {
+        Rpc* rpc = &bufferWaiters_.front();
+        if (!inPool_.canAllocate(rpc->in.length)) break;
+        bufferWaiters_.pop_front();
+        InMessage& in = rpc->in;
+        in.buffer = inPool_.allocate(in.length);
+        in.waitingForBuffer = false;
+        in.birth = now;
+        updateGrantable(rpc);
+        recountIncoming(rpc);
+        // Everything sent so far was dropped: ask for it again.
+        sendResend(rpc, 0, in.granted, in.priority);
+        grantsDirty_ = true;
+    }
+}
+
+void Engine::completeInMessage(Rpc* rpc, Time now) {
+    removeGrantable(rpc);
+    incomingOutstanding_ -= rpc->in.counted;
+    rpc->in.counted = 0;
+    Delivery d;
+    d.message = {rpc->in.buffer.data, rpc->in.length, rpc->in.buffer.capacity};
+    rpc->in.buffer = {};  // now the application's
+    ++m_.deliveries;
+    if (rpc->isClient()) {
+        d.kind = Delivery::Kind::Response;
+        d.clientId = rpc->id;
+        d.cookie = rpc->cookie;
+        ++m_.clientRpcsCompleted;
+        queueAck(rpc->peer, rpc->id);
+        deliveries_.push_back(std::move(d));
+        freeRpc(rpc);
+        return;
+    }
+    d.kind = Delivery::Kind::Request;
+    d.server = {rpc->peer->address, rpc->clientId()};
+    rpc->state = RpcState::ServerInService;
+    rpc->silentTicks = 0;
+    ++m_.serverRequestsReceived;
+    (void)now;
+    deliveries_.push_back(std::move(d));
+}
+
+}  // namespace homa::engine

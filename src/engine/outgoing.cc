@@ -1,0 +1,105 @@
+// The sender: which granted bytes go out next (SRPT, with a FIFO share for the oldest
+// message), pacing against the NIC-queue estimate, and retransmission on RESEND.
+#include "engine/engine.h"
+
+namespace homa::engine {
+
+// Re-files an RPC in the sender's sets after its send state changed.
+void Engine::updateSendable(Rpc* rpc) {
+    if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
+    if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
+    const OutMessage& o = rpc->out;
+    bool mayTransmit = rpc->state == RpcState::Client || rpc->state == RpcState::ServerOutgoing;
+    if (mayTransmit && o.buffer && o.nextOffset < o.sendable()) {
+        sendable_.insert(*rpc);
+        sendFifo_.insert(*rpc);
+    }
+}
+
+void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit, Time now) {
+    OutMessage& o = rpc->out;
+    Peer* peer = rpc->peer;
+    uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
+    wire::CommonHeader c;
+    c.sport = cfg_.port;
+    c.dport = peer->address.port;
+    c.senderId = rpc->id;
+    wire::DataHeader d;
+    d.messageLength = o.length;
+    d.incoming = std::max(o.granted, o.unsched);
+    if (!peer->pendingAcks.empty()) {
+        d.ack = peer->pendingAcks.back();
+        peer->pendingAcks.pop_back();
+        if (peer->pendingAcks.empty() && peer->acksHook.is_linked())
+            peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    }
+    d.cutoffVersion = peer->cutoffVersion;
+    d.retransmit = retransmit;
+    d.offset = offset;
+    size_t n = wire::encodeData(scratch_, c, d);
+    countSent(wire::PacketType::Data, priority, n + length);
+    if (retransmit) {
+        ++m_.retransmittedPackets;
+        m_.retransmittedBytes += length;
+    }
+    nic_.sent(now, static_cast<uint32_t>(n + length + cfg_.wireOverheadBytes));
+    sink_.transmit(peer->address, priority, std::span(scratch_.data(), n),
+                   std::span<const uint8_t>(o.buffer.data + offset, length));
+}
+
+void Engine::transmitData(Time now) {
+    pacerDeferred_ = false;
+    while (!sendable_.empty()) {
+        // Mostly shortest-remaining first; a small share goes to the oldest message.
+        bool fifo = cfg_.pacerFifoFraction > 0 && pacerFifoCredit_ >= cfg_.maxPayload;
+        Rpc* rpc = fifo ? &*sendFifo_.begin() : &*sendable_.begin();
+        OutMessage& o = rpc->out;
+        if (o.length >= cfg_.deferMinBytes && nic_.backlog(now) > cfg_.maxNicQueueNs) {
+            pacerDeferred_ = true;
+            ++m_.pacerDeferrals;
+            return;
+        }
+        uint32_t offset = o.nextOffset;
+        uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
+        uint8_t priority = offset < o.unsched ? o.unschedPriority : o.schedPriority;
+        sendDataPacket(rpc, offset, priority, offset < o.retransmitBelow, now);
+        o.nextOffset = offset + length;
+        if (fifo) {
+            pacerFifoCredit_ -= length;
+        } else if (cfg_.pacerFifoFraction > 0) {
+            pacerFifoCredit_ += length * cfg_.pacerFifoFraction / (1.0 - cfg_.pacerFifoFraction);
+        }
+        if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
+        updateSendable(rpc);
+    }
+    pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
+}
+
+void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
+    rpc->silentTicks = 0;
+    if (rpc->state == RpcState::ServerIncoming || rpc->state == RpcState::ServerInService) {
+        // The client asks for the response, which does not exist yet: we are alive.
+        sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
+        return;
+    }
+    if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
+    OutMessage& o = rpc->out;
+    uint64_t end = r.length == wire::kResendAll ? o.nextOffset
+                                                 : std::min<uint64_t>(o.length, uint64_t{r.offset} + r.length);
+    // Asking for bytes means they are granted: this recovers from a lost GRANT.
+    if (r.length != wire::kResendAll && end > o.granted) {
+        o.granted = static_cast<uint32_t>(end);
+        if (r.offset >= o.nextOffset) o.schedPriority = r.priority;
+        updateSendable(rpc);
+    }
+    uint64_t sendEnd = std::min<uint64_t>(end, o.nextOffset);
+    uint32_t start = r.offset - r.offset % cfg_.maxPayload;
+    if (start >= sendEnd) {
+        if (o.nextOffset >= o.sendable()) sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
+        return;
+    }
+    for (uint64_t offset = start; offset < sendEnd; offset += cfg_.maxPayload)
+        sendDataPacket(rpc, static_cast<uint32_t>(offset), r.priority, true, now);
+}
+
+}  // namespace homa::engine

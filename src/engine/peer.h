@@ -1,0 +1,59 @@
+// What an engine knows about one remote endpoint (address and port).
+#pragma once
+
+#include <absl/container/inlined_vector.h>
+
+#include <array>
+#include <memory>
+
+#include "engine/rpc.h"
+#include "engine/seen_ids.h"
+#include "homa/address.h"
+#include "wire/wire.h"
+
+namespace homa::engine {
+
+struct Peer {
+    Address address;
+    uint64_t serial = 0;  ///< engine-unique creation number: breaks ties deterministically
+
+    /// The peer's cutoffs, used to pick the priority of unscheduled bytes we send it.
+    std::array<uint32_t, 8> cutoffs{};
+    uint16_t cutoffVersion = 0;
+    Time cutoffsSentAt = INT64_MIN;  ///< when we last sent the peer our cutoffs
+
+    /// Acks for RPCs we ran as client against this peer, not yet sent.
+    absl::InlinedVector<wire::AckEntry, wire::kMaxAcksPerPacket> pendingAcks;
+
+    /// Client ids this peer used with us as server (created lazily).
+    std::unique_ptr<SeenIds> seen;
+
+    uint32_t rpcCount = 0;
+    Time lastUsed = 0;
+
+    /// Grantable incoming messages from this peer, best first.
+    GrantSet grantable;
+    SetHook grantPeersHook;  ///< in the engine's set of peers with grantable messages
+    int activeGrants = 0;    ///< scratch for the grant decision
+
+    ListHook lruHook;        ///< in the engine's least-recently-used peer list
+    ListHook acksHook;       ///< in the list of peers with pending acks
+};
+
+/// Peers with grantable messages, ordered by their best message.
+struct GrantPeerOrder {
+    bool operator()(const Peer& a, const Peer& b) const {
+        const Rpc& ra = *a.grantable.begin();
+        const Rpc& rb = *b.grantable.begin();
+        if (GrantOrder{}(ra, rb)) return true;
+        if (GrantOrder{}(rb, ra)) return false;
+        return a.serial < b.serial;
+    }
+};
+
+using GrantPeerSet =
+    bi::multiset<Peer, bi::member_hook<Peer, SetHook, &Peer::grantPeersHook>, bi::compare<GrantPeerOrder>>;
+using PeerLru = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::lruHook>>;
+using PeerAckList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::acksHook>>;
+
+}  // namespace homa::engine

@@ -1,0 +1,61 @@
+// The client RPC ids a server has ever created state for, per client endpoint. This is
+// what makes execution at-most-once: a request packet for an id in this set that no
+// longer has an RPC (finished, acknowledged and freed; or abandoned) is dropped, however
+// late it arrives, instead of starting the RPC again.
+//
+// Client ids grow by 2 from a per-endpoint start, so the set is a sliding bitmap over
+// the last `window` ids plus the rule that every id below the window counts as seen.
+// A client restarted with a start id from a clock lands above the window and slides it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace homa::engine {
+
+class SeenIds {
+  public:
+    explicit SeenIds(uint32_t window) : bits_((std::max<uint32_t>(window, 64) + 63) / 64, 0) {}
+
+    /// Whether `id` (an even client id) was seen.
+    bool contains(uint64_t id) const {
+        uint64_t i = id >> 1;
+        if (!initialised_) return false;
+        if (i < base_) return true;
+        if (i >= base_ + capacity()) return false;
+        return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
+    }
+
+    /// Marks `id` as seen.
+    void insert(uint64_t id) {
+        uint64_t i = id >> 1;
+        if (!initialised_) {
+            // Leave room below the first id for concurrent RPCs that arrive out of order.
+            base_ = i > capacity() / 2 ? i - capacity() / 2 : 0;
+            initialised_ = true;
+        }
+        if (i < base_) return;
+        if (i >= base_ + capacity()) slide(i - capacity() + 1);
+        bits_[(i % capacity()) / 64] |= uint64_t{1} << (i % 64);
+    }
+
+    uint64_t capacity() const { return bits_.size() * 64; }
+
+  private:
+    void slide(uint64_t newBase) {
+        if (newBase - base_ >= capacity()) {
+            std::fill(bits_.begin(), bits_.end(), 0);
+        } else {
+            for (uint64_t i = base_; i < newBase; ++i)
+                bits_[(i % capacity()) / 64] &= ~(uint64_t{1} << (i % 64));
+        }
+        base_ = newBase;
+    }
+
+    std::vector<uint64_t> bits_;
+    uint64_t base_ = 0;
+    bool initialised_ = false;
+};
+
+}  // namespace homa::engine

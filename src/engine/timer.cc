@@ -1,0 +1,139 @@
+// Time-driven work, once per tick: silent ticks, RESEND, timeouts, NEED_ACK, flushing
+// pending acks and evicting idle peers. Also the pacer's wake-ups.
+//
+// Who counts silent ticks: whoever expects to hear from the peer. A receiver of an
+// incomplete message counts (and asks for what is missing, or probes with an empty
+// RESEND when it has received everything it granted); a client always counts until its
+// response is complete; a server counts while its response is incomplete at the client,
+// the client's RESENDs and GRANTs keeping it alive. A server executing a request does not
+// count: the client's RESENDs are answered with BUSY.
+#include "engine/engine.h"
+
+namespace homa::engine {
+
+Time Engine::nextWakeup() const {
+    Time t = kNever;
+    if (!allRpcs_.empty() || !peersWithAcks_.empty() || peers_.size() > cfg_.peerGcThreshold)
+        t = nextTick_;
+    if (pacerDeferred_ && !sendable_.empty()) t = std::min(t, nic_.idleAt() - cfg_.maxNicQueueNs);
+    return t;
+}
+
+void Engine::advance(Time now) {
+    now = clamp(now);
+    if (now >= nextTick_) {
+        runTick(now);
+        // One tick per call, however late: a stalled caller must not cause a burst of
+        // silent ticks (and false timeouts) when it resumes.
+        nextTick_ += cfg_.tickNs;
+        if (nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
+    }
+    decideGrants(now);
+    transmitData(now);
+}
+
+void Engine::runTick(Time now) {
+    for (auto it = allRpcs_.begin(); it != allRpcs_.end();) {
+        Rpc* rpc = &*it;
+        ++it;  // checkRpc may free rpc
+        checkRpc(rpc, now);
+    }
+    flushAcks();
+    collectPeers(now);
+}
+
+void Engine::checkRpc(Rpc* rpc, Time now) {
+    (void)now;
+    const OutMessage& o = rpc->out;
+    switch (rpc->state) {
+        case RpcState::ServerInService:
+            return;
+        case RpcState::ServerOutgoing:
+            if (o.nextOffset < o.sendable()) {
+                rpc->silentTicks = 0;  // the next move is ours (pacing)
+                return;
+            }
+            if (o.nextOffset >= o.length) {
+                // Fully sent: wait for the client's ack, asking for it now and then, and
+                // give up eventually (the client may be gone for good).
+                ++rpc->ackWaitTicks;
+                if (rpc->ackWaitTicks >= cfg_.requestAckTicks &&
+                    rpc->ackWaitTicks % cfg_.requestAckTicks == 0) {
+                    if (rpc->needAcksSent >= cfg_.needAckLimit) {
+                        ++m_.serverRpcsAbandoned;
+                        freeRpc(rpc);
+                        return;
+                    }
+                    ++rpc->needAcksSent;
+                    sendControl(rpc->peer, rpc->id, wire::PacketType::NeedAck);
+                }
+                return;
+            }
+            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+                ++m_.serverRpcsTimedOut;
+                freeRpc(rpc);
+            }
+            return;
+        case RpcState::ServerIncoming:
+            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+                ++m_.serverRpcsTimedOut;
+                freeRpc(rpc);
+                return;
+            }
+            break;
+        case RpcState::Client:
+            if (o.nextOffset < o.sendable()) {
+                rpc->silentTicks = 0;  // still transmitting the request
+                return;
+            }
+            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+                ++m_.clientRpcsTimedOut;
+                Time ms = static_cast<Time>(cfg_.timeoutTicks) * cfg_.tickNs / 1'000'000;
+                failRpc(rpc, Status(StatusCode::Timeout, "no response from " + rpc->peer->address.toString() +
+                                                             " for " + std::to_string(ms) + " ms"));
+                return;
+            }
+            break;
+    }
+    if (rpc->silentTicks >= cfg_.resendTicks &&
+        (rpc->silentTicks - cfg_.resendTicks) % cfg_.resendInterval == 0)
+        requestMissing(rpc);
+}
+
+// Sends RESENDs for every gap and for the granted-but-missing tail of the incoming
+// message; with nothing missing, an empty RESEND that the sender answers with BUSY.
+void Engine::requestMissing(Rpc* rpc) {
+    InMessage& in = rpc->in;
+    if (!in.started) {
+        sendResend(rpc, 0, wire::kResendAll, static_cast<uint8_t>(maxSchedPriority_));
+        return;
+    }
+    if (in.waitingForBuffer) {
+        sendResend(rpc, 0, 0, in.priority);
+        return;
+    }
+    constexpr int kMaxRanges = 16;  // bounds the work; later ticks ask for the rest
+    int sent = 0;
+    for (const GapList::Range& g : in.gaps.gaps()) {
+        if (sent == kMaxRanges) return;
+        sendResend(rpc, g.start, g.end - g.start, in.priority);
+        ++sent;
+    }
+    uint32_t highest = in.gaps.highest();
+    if (in.granted > highest) {
+        sendResend(rpc, highest, in.granted - highest, in.priority);
+        ++sent;
+    }
+    if (sent == 0) sendResend(rpc, highest, 0, in.priority);
+}
+
+void Engine::collectPeers(Time now) {
+    // Least recently used first; stop at the first peer that is still in use or recent.
+    while (peers_.size() > cfg_.peerGcThreshold && !peerLru_.empty()) {
+        Peer* p = &peerLru_.front();
+        if (p->rpcCount != 0 || now - p->lastUsed < cfg_.peerIdleNs) break;
+        evictPeer(p);
+    }
+}
+
+}  // namespace homa::engine
