@@ -1,0 +1,663 @@
+// Packet-level tests of the engine: two engines joined by a hand-operated wire, so each
+// test controls exactly which packets arrive, when, and in what order.
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace homa::engine {
+namespace {
+
+constexpr uint16_t kPort = 4000;
+const Address kA = Address::ipv4(0x0a000001, kPort);
+const Address kB = Address::ipv4(0x0a000002, kPort);
+
+struct Sent {
+    Address dest;
+    uint8_t priority;
+    std::vector<uint8_t> bytes;
+    wire::Packet packet() const {
+        wire::Packet p;
+        EXPECT_EQ(wire::decode(bytes, 100'000'000, p), wire::DecodeError::Ok);
+        return p;
+    }
+    wire::PacketType type() const { return packet().common.type; }
+};
+
+struct CaptureSink : PacketSink {
+    std::vector<Sent> out;
+    void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+                  std::span<const uint8_t> payload) override {
+        Sent s{dest, priority, {header.begin(), header.end()}};
+        s.bytes.insert(s.bytes.end(), payload.begin(), payload.end());
+        out.push_back(std::move(s));
+    }
+    std::vector<Sent> take() { return std::exchange(out, {}); }
+    const Sent& first(wire::PacketType t) const {
+        for (auto& s : out)
+            if (s.type() == t) return s;
+        ADD_FAILURE() << "no packet of type " << wire::toString(t);
+        static Sent none;
+        return none;
+    }
+    size_t count(wire::PacketType t) const {
+        size_t n = 0;
+        for (auto& s : out) n += s.type() == t;
+        return n;
+    }
+};
+
+// Pacing off (an enormous NIC queue allowed) unless a test is about pacing, so that
+// every test need not move time forward to see the unscheduled bytes go out.
+Config baseConfig() {
+    Config c;
+    c.port = kPort;
+    c.maxNicQueueNs = 1'000'000'000;
+    return c;
+}
+
+// Two engines, A (normally the client) and B (normally the server).
+struct Pair {
+    Config cfgA, cfgB;
+    CaptureSink sinkA, sinkB;
+    Engine a, b;
+    Time now = 1'000'000;
+
+    explicit Pair(Config ca = baseConfig(), Config cb = baseConfig())
+        : cfgA(ca), cfgB(cb), a(cfgA, sinkA), b(cfgB, sinkB) {}
+
+    /// Delivers everything in flight, both ways, until quiet (or `limit` packets).
+    int pump(int limit = 100'000) {
+        int n = 0;
+        while ((!sinkA.out.empty() || !sinkB.out.empty()) && n < limit) {
+            for (auto& s : sinkA.take())
+                if (s.dest == kB) { b.receive(kA, s.bytes, now); ++n; }
+            for (auto& s : sinkB.take())
+                if (s.dest == kA) { a.receive(kB, s.bytes, now); ++n; }
+        }
+        return n;
+    }
+    void tick(int ticks = 1) {
+        for (int i = 0; i < ticks; ++i) {
+            now += cfgA.tickNs;
+            a.advance(now);
+            b.advance(now);
+        }
+    }
+    uint64_t call(uint32_t length, uint64_t cookie = 0) {
+        std::vector<uint8_t> req(length, 0xab);
+        uint64_t id = 0;
+        EXPECT_TRUE(a.startRequest(kB, req, cookie, now, &id).isOk());
+        return id;
+    }
+    std::vector<Delivery> deliveries(Engine& e) {
+        std::vector<Delivery> v;
+        Delivery d;
+        while (e.pollDelivery(d)) v.push_back(d);
+        return v;
+    }
+    /// Serves every pending request on B with a response of `length` bytes.
+    int serveAll(uint32_t length) {
+        int n = 0;
+        for (auto& d : deliveries(b)) {
+            EXPECT_EQ(d.kind, Delivery::Kind::Request);
+            b.releaseMessage(d.message, now);
+            std::vector<uint8_t> resp(length, 0xcd);
+            EXPECT_TRUE(b.sendResponse(d.server, resp, now).isOk());
+            ++n;
+        }
+        return n;
+    }
+    void releaseAll(Engine& e) {
+        for (auto& d : deliveries(e))
+            if (d.message.data) e.releaseMessage(d.message, now);
+    }
+};
+
+std::vector<uint8_t> encode(const wire::CommonHeader& c, wire::PacketType t, uint32_t off = 0, uint32_t len = 0,
+                            uint8_t prio = 0) {
+    std::vector<uint8_t> buf(wire::kMaxHeaderSize);
+    size_t n = 0;
+    wire::CommonHeader h = c;
+    h.type = t;
+    if (t == wire::PacketType::Resend) n = wire::encodeResend(buf, h, {off, len, prio});
+    else if (t == wire::PacketType::Grant) n = wire::encodeGrant(buf, h, {off, prio});
+    else n = wire::encodeEmpty(buf, h);
+    buf.resize(n);
+    return buf;
+}
+
+wire::CommonHeader from(uint64_t senderId) {
+    wire::CommonHeader c;
+    c.sport = kPort;
+    c.dport = kPort;
+    c.senderId = senderId;
+    return c;
+}
+
+// ---------------------------------------------------------------- sending
+
+TEST(Engine, ClientIdsAreEvenAndUnique) {
+    Pair p;
+    uint64_t a = p.call(10), b = p.call(10), c = p.call(10);
+    EXPECT_EQ(a % 2, 0u);
+    EXPECT_LT(a, b);
+    EXPECT_LT(b, c);
+    EXPECT_EQ(b - a, 2u);
+}
+
+TEST(Engine, SmallRequestIsOneDataPacketAtTheTopUnscheduledPriority) {
+    Pair p;
+    uint64_t id = p.call(100);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    const Sent& s = p.sinkA.out[0];
+    EXPECT_EQ(s.dest, kB);
+    EXPECT_EQ(s.priority, 7);  // 100 <= cutoffs[7] = 200
+    wire::Packet pk = s.packet();
+    EXPECT_EQ(pk.common.type, wire::PacketType::Data);
+    EXPECT_EQ(pk.common.senderId, id);
+    EXPECT_EQ(pk.data.messageLength, 100u);
+    EXPECT_EQ(pk.data.incoming, 100u);
+    EXPECT_EQ(pk.data.offset, 0u);
+    EXPECT_EQ(pk.payload.size(), 100u);
+}
+
+TEST(Engine, LargeRequestSendsOnlyUnscheduledBytesUntilGranted) {
+    Pair p;
+    p.call(100'000);
+    const uint32_t payload = p.cfgA.maxPayload;
+    const uint32_t unsched = (40'000 + payload - 1) / payload * payload;
+    uint32_t bytes = 0;
+    for (auto& s : p.sinkA.out) {
+        wire::Packet pk = s.packet();
+        EXPECT_EQ(s.priority, 4) << "100 KB messages use the cutoffs[4] level";
+        EXPECT_EQ(pk.data.incoming, unsched);
+        bytes += static_cast<uint32_t>(pk.payload.size());
+    }
+    EXPECT_EQ(bytes, unsched);
+}
+
+TEST(Engine, GrantsReleaseScheduledBytesAtTheGrantedPriority) {
+    Pair p;
+    p.call(300'000);
+    auto first = p.sinkA.take();
+    for (auto& s : first) p.b.handlePacket(kA, s.bytes, p.now);
+    p.b.finishBatch(p.now);
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::Grant), 1u) << "one grant per batch, not per packet";
+    wire::Packet g = p.sinkB.first(wire::PacketType::Grant).packet();
+    EXPECT_LE(g.grant.priority, p.cfgB.maxSchedPriority());
+    EXPECT_GT(g.grant.offset, 41'000u);
+    EXPECT_LE(g.grant.offset - 0u, p.b.incomingOutstanding() + 41'064u);
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    ASSERT_FALSE(p.sinkA.out.empty());
+    EXPECT_EQ(p.sinkA.out[0].priority, g.grant.priority);
+    EXPECT_GE(p.sinkA.out[0].packet().data.offset, 41'000u);
+}
+
+TEST(Engine, WholeExchangeCompletesAndFreesBothSides) {
+    Pair p;
+    p.call(250'000, 77);
+    p.pump();
+    EXPECT_EQ(p.serveAll(180'000), 1);
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].kind, Delivery::Kind::Response);
+    EXPECT_EQ(d[0].cookie, 77u);
+    EXPECT_EQ(d[0].message.length, 180'000u);
+    EXPECT_EQ(d[0].message.data[179'999], 0xcd);
+    p.a.releaseMessage(d[0].message, p.now);
+    EXPECT_EQ(p.a.rpcCount(), 0u);
+    EXPECT_EQ(p.b.rpcCount(), 1u) << "the server keeps the RPC until acknowledged";
+    p.tick();  // pending acks are flushed at the tick
+    p.pump();
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+}
+
+// ---------------------------------------------------------------- loss recovery
+
+TEST(Engine, ResendRetransmitsWithFlagAndRequestedPriority) {
+    Pair p;
+    uint64_t id = p.call(10'000);
+    p.sinkA.take();
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 1416, 1416, 2), p.now);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    wire::Packet pk = p.sinkA.out[0].packet();
+    EXPECT_EQ(pk.data.offset, 1416u);
+    EXPECT_TRUE(pk.data.retransmit);
+    EXPECT_EQ(p.sinkA.out[0].priority, 2);
+    EXPECT_EQ(p.a.metrics().retransmittedPackets, 1u);
+}
+
+TEST(Engine, ResendBeyondTheGrantCountsAsAGrant) {
+    Pair p;
+    uint64_t id = p.call(100'000);
+    p.sinkA.take();
+    // The receiver's GRANT to 60,000 was lost; its RESEND for [41,064, 60,000) recovers.
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 41'064, 60'000 - 41'064, 3), p.now);
+    uint32_t top = 0;
+    for (auto& s : p.sinkA.out) top = std::max<uint32_t>(top, s.packet().data.offset + 1416);
+    EXPECT_GE(top, 60'000u);
+}
+
+TEST(Engine, ResendForAnUnknownRpcIsAnsweredWithRpcUnknown) {
+    Pair p;
+    p.b.receive(kA, encode(from(1234), wire::PacketType::Resend, 0, wire::kResendAll), p.now);
+    ASSERT_EQ(p.sinkB.out.size(), 1u);
+    wire::Packet pk = p.sinkB.out[0].packet();
+    EXPECT_EQ(pk.common.type, wire::PacketType::RpcUnknown);
+    EXPECT_EQ(pk.common.senderId, 1235u);
+}
+
+TEST(Engine, RpcUnknownMakesTheClientSendTheRequestAgain) {
+    Pair p;
+    uint64_t id = p.call(3000);
+    p.sinkA.take();
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::RpcUnknown), p.now);
+    ASSERT_EQ(p.sinkA.out.size(), 3u);
+    EXPECT_EQ(p.sinkA.out[0].packet().data.offset, 0u);
+    EXPECT_TRUE(p.sinkA.out[0].packet().data.retransmit);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+}
+
+TEST(Engine, ClientResendsAfterSilenceAndTimesOutWithAClearError) {
+    Pair p;
+    p.call(100, 9);
+    p.sinkA.take();  // the request is lost; the server never answers
+    p.tick(p.cfgA.resendTicks - 1);
+    EXPECT_EQ(p.sinkA.count(wire::PacketType::Resend), 0u);
+    p.tick();
+    ASSERT_EQ(p.sinkA.count(wire::PacketType::Resend), 1u);
+    wire::Packet r = p.sinkA.out[0].packet();
+    EXPECT_EQ(r.resend.offset, 0u);
+    EXPECT_EQ(r.resend.length, wire::kResendAll);
+    p.sinkA.take();
+    p.tick(p.cfgA.timeoutTicks - p.cfgA.resendTicks - 1);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    p.tick();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].kind, Delivery::Kind::Failure);
+    EXPECT_EQ(d[0].cookie, 9u);
+    EXPECT_EQ(d[0].status.code(), StatusCode::Timeout);
+    EXPECT_EQ(d[0].status.toString(), "timeout: no response from 10.0.0.2:4000 for 100 ms");
+    EXPECT_EQ(p.a.rpcCount(), 0u);
+    EXPECT_EQ(p.a.nextWakeup(), kNever) << "an idle engine needs no timer";
+}
+
+TEST(Engine, BusyKeepsALongRunningRpcAlive) {
+    Pair p;
+    uint64_t id = p.call(100);
+    p.pump();
+    for (int i = 0; i < 3 * p.cfgA.timeoutTicks; ++i) {
+        p.tick();
+        p.pump();  // the client's RESENDs reach the server, which answers BUSY
+    }
+    EXPECT_GT(p.b.metrics().busySent, 0u);
+    EXPECT_TRUE(p.deliveries(p.a).empty()) << "no timeout while the server says it is busy";
+    EXPECT_EQ(p.serveAll(10), 1);
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].clientId, id);
+    EXPECT_EQ(d[0].kind, Delivery::Kind::Response);
+    p.a.releaseMessage(d[0].message, p.now);
+}
+
+TEST(Engine, ReceiverAsksForEveryGapAndTheUngrantedTail) {
+    Pair p;
+    p.call(20'000);
+    auto pkts = p.sinkA.take();
+    ASSERT_EQ(pkts.size(), 15u);
+    // Lose packets 2 and 5..6 and the last one.
+    for (size_t i = 0; i < pkts.size(); ++i)
+        if (i != 2 && i != 5 && i != 6 && i != 14) p.b.receive(kA, pkts[i].bytes, p.now);
+    p.sinkB.take();
+    p.tick(p.cfgB.resendTicks);
+    std::vector<std::pair<uint32_t, uint32_t>> ranges;
+    for (auto& s : p.sinkB.out)
+        if (s.type() == wire::PacketType::Resend) ranges.push_back({s.packet().resend.offset, s.packet().resend.length});
+    std::vector<std::pair<uint32_t, uint32_t>> want = {{2 * 1416, 1416}, {5 * 1416, 2 * 1416}, {14 * 1416, 20'000 - 14 * 1416}};
+    EXPECT_EQ(ranges, want);
+}
+
+// ---------------------------------------------------------------- acks and at-most-once
+
+TEST(Engine, ServerAsksForAMissingAckAndTheClientAnswers) {
+    Pair p;
+    p.call(100);
+    p.pump();
+    p.serveAll(100);
+    // The response reaches the client, but we drop the client's ack.
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    p.releaseAll(p.a);
+    p.tick();
+    p.sinkA.take();  // the flushed ACK is lost
+    p.tick(p.cfgB.requestAckTicks);
+    ASSERT_GE(p.sinkB.count(wire::PacketType::NeedAck), 1u);
+    p.pump();  // NEED_ACK -> ACK
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+}
+
+TEST(Engine, ServerGivesUpOnAnAckEventually) {
+    Pair p;
+    p.call(100);
+    p.pump();
+    p.serveAll(100);
+    p.sinkB.take();  // the client vanished
+    int ticks = 0;
+    while (p.b.rpcCount() > 0 && ticks < 10'000) {
+        p.tick();
+        ++ticks;
+    }
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 1u);
+    EXPECT_EQ(p.b.metrics().needAcksSent, static_cast<uint64_t>(p.cfgB.needAckLimit));
+}
+
+// Seed 001: a request packet delayed in a slow path, arriving after its RPC was served,
+// acknowledged and freed, must not run the RPC again.
+TEST(Engine, LateRequestPacketForAFinishedRpcIsNeverDeliveredAgain) {
+    Pair p;
+    p.call(100);
+    std::vector<uint8_t> request = p.sinkA.out[0].bytes;
+    p.pump();
+    EXPECT_EQ(p.serveAll(100), 1);
+    p.pump();
+    p.releaseAll(p.a);
+    p.tick();
+    p.pump();
+    ASSERT_EQ(p.b.rpcCount(), 0u);
+    p.b.receive(kA, request, p.now);  // the delayed copy
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 1u);
+    EXPECT_EQ(p.b.metrics().serverRequestsReceived, 1u);
+}
+
+TEST(Engine, DuplicateRequestWhileInServiceIsNotDeliveredTwice) {
+    Pair p;
+    p.call(100);
+    std::vector<uint8_t> request = p.sinkA.out[0].bytes;
+    p.pump();
+    p.b.receive(kA, request, p.now);
+    p.b.receive(kA, request, p.now);
+    EXPECT_EQ(p.deliveries(p.b).size(), 1u);
+}
+
+TEST(Engine, RetriedRequestAfterTheServerGaveUpIsNotExecutedAgain) {
+    Pair p;
+    p.call(100);
+    std::vector<uint8_t> request = p.sinkA.out[0].bytes;
+    p.pump();
+    p.serveAll(100);
+    p.sinkB.take();
+    while (p.b.rpcCount() > 0) p.tick();  // abandoned after NEED_ACKs
+    p.b.receive(kA, request, p.now);
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+}
+
+TEST(Engine, AcksRideOnDataToTheSamePeer) {
+    Pair p;
+    p.call(100);
+    p.pump();
+    p.serveAll(100);
+    p.pump();
+    p.releaseAll(p.a);
+    // Before the tick flushes it, the ack goes out on the next request's DATA.
+    p.call(100);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    EXPECT_NE(p.sinkA.out[0].packet().data.ack.clientId, 0u);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().acksPiggybacked, 1u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+}
+
+TEST(Engine, AbortedClientRpcDeliversNothingAndTheServerIsReleased) {
+    Pair p;
+    uint64_t id = p.call(100);
+    p.pump();
+    EXPECT_TRUE(p.a.abortClientRpc(id, p.now).isOk());
+    EXPECT_EQ(p.a.abortClientRpc(id, p.now).code(), StatusCode::NoSuchRpc);
+    p.serveAll(100);
+    p.pump();
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    for (int i = 0; i < 5 && p.b.rpcCount(); ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_EQ(p.b.rpcCount(), 0u) << "NEED_ACK for a forgotten RPC is answered with ACK";
+}
+
+TEST(Engine, ResponseApiRejectsBadCalls) {
+    Pair p;
+    ServerRpcId nobody{kA, 42};
+    std::vector<uint8_t> r(10);
+    EXPECT_EQ(p.b.sendResponse(nobody, r, p.now).code(), StatusCode::NoSuchRpc);
+    p.call(10);
+    p.pump();
+    auto d = p.deliveries(p.b);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(p.b.sendResponse(d[0].server, {}, p.now).code(), StatusCode::InvalidArgument);
+    std::vector<uint8_t> huge(p.cfgB.maxMessageLength + 1);
+    EXPECT_EQ(p.b.sendResponse(d[0].server, huge, p.now).code(), StatusCode::MessageTooLarge);
+    EXPECT_TRUE(p.b.sendResponse(d[0].server, r, p.now).isOk());
+    EXPECT_EQ(p.b.sendResponse(d[0].server, r, p.now).code(), StatusCode::InvalidArgument);
+    p.b.releaseMessage(d[0].message, p.now);
+}
+
+// ---------------------------------------------------------------- hostile input
+
+TEST(Engine, GarbageIsDroppedAndCountedWithoutDisturbingRpcs) {
+    Pair p;
+    p.call(50'000);
+    auto pkts = p.sinkA.take();
+    const uint64_t seed = 777;
+    std::cout << "seed " << seed << "\n";
+    std::mt19937_64 rng(seed);
+    uint64_t malformed = 0;
+    for (int i = 0; i < 5000; ++i) {
+        std::vector<uint8_t> junk(rng() % 200);
+        for (auto& b : junk) b = static_cast<uint8_t>(rng());
+        wire::Packet tmp;
+        if (wire::decode(junk, p.cfgB.maxMessageLength, tmp) != wire::DecodeError::Ok) ++malformed;
+        p.b.receive(Address::ipv4(0x0a0000ff, 9999), junk, p.now);
+    }
+    // A DATA header claiming an absurd length, and a truncated copy of a real packet.
+    std::vector<uint8_t> absurd = pkts[0].bytes;
+    absurd[28] = 0xff;
+    p.b.receive(kA, absurd, p.now);
+    p.b.receive(kA, std::span(pkts[0].bytes.data(), 40), p.now);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Malformed)], malformed + 2);
+    for (auto& s : pkts) p.b.receive(kA, s.bytes, p.now);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1) << "the real RPC is unaffected";
+}
+
+TEST(Engine, WrongDestinationPortIsDropped) {
+    Pair p;
+    p.call(100);
+    std::vector<uint8_t> pkt = p.sinkA.take()[0].bytes;
+    pkt[3] ^= 1;  // dport
+    p.b.receive(kA, pkt, p.now);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::WrongPort)], 1u);
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+}
+
+TEST(Engine, InconsistentMessageLengthIsDropped) {
+    Pair p;
+    p.call(5000);
+    auto pkts = p.sinkA.take();
+    p.b.receive(kA, pkts[0].bytes, p.now);
+    std::vector<uint8_t> liar = pkts[1].bytes;
+    liar[31] += 1;  // message_length low byte
+    p.b.receive(kA, liar, p.now);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Inconsistent)], 1u);
+}
+
+TEST(Engine, ConfigErrorsAreReported) {
+    Config c = baseConfig();
+    c.maxOvercommit = 0;
+    EXPECT_NE(c.validate(), "");
+    CaptureSink sink;
+    EXPECT_THROW(Engine(c, sink), std::invalid_argument);
+    c = baseConfig();
+    c.unschedCutoffs = {};
+    EXPECT_NE(c.validate().find("unscheduled"), std::string::npos);
+    c = baseConfig();
+    c.maxBufferBytes = 1000;
+    EXPECT_NE(c.validate(), "");
+    EXPECT_EQ(baseConfig().validate(), "");
+}
+
+// ---------------------------------------------------------------- cutoffs
+
+TEST(Engine, ReceiverPublishesCutoffsAndTheSenderUsesThem) {
+    Config cb = baseConfig();
+    cb.unschedCutoffs = {0, 0, 0, 0, 0, 0, 1'000'000, 50};
+    cb.cutoffVersion = 9;
+    Pair p(baseConfig(), cb);
+    p.call(100);
+    EXPECT_EQ(p.sinkA.out[0].priority, 7) << "before learning: the sender's own cutoffs";
+    p.pump();
+    EXPECT_EQ(p.b.metrics().cutoffsSent, 1u);
+    p.serveAll(10);
+    p.pump();
+    p.releaseAll(p.a);
+    p.call(100);
+    EXPECT_EQ(p.sinkA.out[0].priority, 6) << "100 > 50: B's second level";
+    EXPECT_EQ(p.sinkA.out[0].packet().data.cutoffVersion, 9);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().cutoffsSent, 1u) << "no CUTOFFS once the versions match";
+}
+
+// ---------------------------------------------------------------- pacing
+
+TEST(Engine, PacerKeepsTheNicQueueShortButNeverDefersSmallMessages) {
+    Config ca = baseConfig();
+    ca.linkMbps = 1000;        // 1 Gbps: a 1,500-byte packet takes 12 us
+    ca.maxNicQueueNs = 20'000;
+    Pair p(ca);
+    p.call(40'000);
+    size_t first = p.sinkA.out.size();
+    EXPECT_LT(first, 5u);
+    EXPECT_GT(p.a.metrics().pacerDeferrals, 0u);
+    EXPECT_LE(p.a.nicQueue().backlog(p.now), ca.maxNicQueueNs + p.a.nicQueue().transmitTime(1600));
+    Time wake = p.a.nextWakeup();
+    EXPECT_GE(wake, p.now);
+    EXPECT_LT(wake, p.now + 100'000);
+    p.call(500);  // small: goes out despite the backlog
+    EXPECT_EQ(p.sinkA.out.size(), first + 1);
+    EXPECT_EQ(p.sinkA.out.back().packet().data.messageLength, 500u);
+    p.now = p.a.nextWakeup();
+    p.a.advance(p.now);
+    EXPECT_GT(p.sinkA.out.size(), first + 1) << "the pacer resumes at its wake-up";
+}
+
+TEST(Engine, SenderServesTheShortestRemainingMessageFirst) {
+    Config ca = baseConfig();
+    ca.linkMbps = 1000;
+    ca.maxNicQueueNs = 5'000;
+    ca.pacerFifoFraction = 0;
+    Pair p(ca);
+    p.call(30'000, 1);
+    p.call(20'000, 2);
+    p.call(10'000, 3);
+    p.sinkA.take();
+    std::vector<uint32_t> lengths;
+    for (int i = 0; i < 200 && lengths.size() < 20; ++i) {
+        p.now += 10'000;
+        p.a.advance(p.now);
+        for (auto& s : p.sinkA.take()) lengths.push_back(s.packet().data.messageLength);
+    }
+    ASSERT_GE(lengths.size(), 10u);
+    // After the initial burst, the 10 KB message's packets all go before the others'.
+    size_t lastShort = 0, firstLong = lengths.size();
+    for (size_t i = 0; i < lengths.size(); ++i) {
+        if (lengths[i] == 10'000) lastShort = i;
+        if (lengths[i] == 30'000 && firstLong == lengths.size()) firstLong = i;
+    }
+    EXPECT_LT(lastShort, firstLong);
+}
+
+// ---------------------------------------------------------------- memory bounds
+
+TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
+    Config cb = baseConfig();
+    cb.maxMessageLength = 200'000;
+    cb.maxBufferBytes = BufferPool::classSize(200'000) + 10'000;
+    Pair p(baseConfig(), cb);
+    p.call(200'000, 1);
+    p.pump();
+    auto first = p.deliveries(p.b);
+    ASSERT_EQ(first.size(), 1u);  // held by the application: the pool is now full
+    p.call(150'000, 2);
+    auto pkts = p.sinkA.take();
+    for (auto& s : pkts) p.b.receive(kA, s.bytes, p.now);
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Grant), 0u) << "no grants without buffer space";
+    EXPECT_GT(p.b.metrics().dropped[static_cast<size_t>(DropReason::NoBuffer)], 0u);
+    p.b.releaseMessage(first[0].message, p.now);
+    EXPECT_GE(p.sinkB.count(wire::PacketType::Resend), 1u) << "asks again for what it dropped";
+    p.pump();
+    auto second = p.deliveries(p.b);
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_EQ(second[0].message.length, 150'000u);
+    p.b.releaseMessage(second[0].message, p.now);
+}
+
+TEST(Engine, PeerTableIsBoundedAndEvictsIdlePeers) {
+    Config cb = baseConfig();
+    cb.maxPeers = 4;
+    cb.peerGcThreshold = 2;
+    cb.peerIdleNs = 5'000'000;
+    Pair p(baseConfig(), cb);
+    wire::CommonHeader c = from(2);
+    for (uint32_t i = 0; i < 10; ++i)
+        p.b.receive(Address::ipv4(0x0b000000 + i, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_LE(p.b.peerCount(), 4u);
+    p.tick(10);
+    EXPECT_LE(p.b.peerCount(), 2u) << "idle peers beyond the threshold are collected";
+    EXPECT_GT(p.b.metrics().peersEvicted, 0u);
+}
+
+// ---------------------------------------------------------------- grants
+
+TEST(Engine, FifoGrantsReachTheOldestMessage) {
+    Config cb = baseConfig();
+    cb.grantFifoFraction = 0.5;
+    cb.fifoGrantIncrement = 10'000;
+    cb.maxOvercommit = 1;
+    Pair p(baseConfig(), cb);
+    p.call(900'000, 1);  // oldest, longest: never first in SRPT order
+    p.call(300'000, 2);
+    p.pump(200);
+    EXPECT_GT(p.b.metrics().fifoGrantBytes, 0u);
+}
+
+TEST(Engine, DynamicWindowSplitsMaxIncomingAmongActiveMessages) {
+    Pair p;
+    p.call(1'000'000);
+    auto pkts = p.sinkA.take();
+    for (auto& s : pkts) p.b.handlePacket(kA, s.bytes, p.now);
+    p.b.finishBatch(p.now);
+    wire::Packet g = p.sinkB.first(wire::PacketType::Grant).packet();
+    uint32_t received = static_cast<uint32_t>(pkts.size()) * p.cfgA.maxPayload;
+    EXPECT_EQ(g.grant.offset, received + p.cfgB.maxIncoming / 2);
+}
+
+TEST(Engine, TimeGoingBackwardsIsHarmless) {
+    Pair p;
+    p.call(100'000);
+    p.a.advance(p.now - 5'000'000);
+    p.a.handlePacket(kB, encode(from(3), wire::PacketType::Busy), p.now - 10'000'000);
+    EXPECT_EQ(p.a.rpcCount(), 1u);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1);
+}
+
+}  // namespace
+}  // namespace homa::engine

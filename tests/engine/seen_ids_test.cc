@@ -1,0 +1,43 @@
+#include "engine/seen_ids.h"
+
+#include <gtest/gtest.h>
+
+namespace homa::engine {
+namespace {
+
+TEST(SeenIds, RemembersInsertedIdsOnly) {
+    SeenIds s(1024);
+    EXPECT_FALSE(s.contains(100));
+    s.insert(100);
+    EXPECT_TRUE(s.contains(100));
+    EXPECT_FALSE(s.contains(102));
+    EXPECT_FALSE(s.contains(98)) << "ids just below the first one may still arrive late";
+}
+
+TEST(SeenIds, SlidingForgetsNothingAsUnseen) {
+    SeenIds s(128);
+    for (uint64_t id = 2; id < 2000; id += 2) s.insert(id);
+    for (uint64_t id = 2; id < 2000; id += 2) EXPECT_TRUE(s.contains(id)) << id;
+    EXPECT_FALSE(s.contains(2000));
+}
+
+TEST(SeenIds, IdsBelowTheWindowCountAsSeen) {
+    SeenIds s(128);
+    s.insert(10'000);
+    s.insert(10'000 + 2 * 1000);  // slides the window far up
+    EXPECT_TRUE(s.contains(10'002)) << "never seen but below the window: refused";
+    EXPECT_FALSE(s.contains(10'000 + 2 * 1001));
+}
+
+TEST(SeenIds, ARestartedClientWithClockSeededIdsIsServed) {
+    SeenIds s(256);
+    for (uint64_t id = 2; id < 100; id += 2) s.insert(id);
+    const uint64_t restarted = 1'000'000'000'000;  // clock-based start of the new process
+    EXPECT_FALSE(s.contains(restarted));
+    s.insert(restarted);
+    EXPECT_FALSE(s.contains(restarted + 2));
+    EXPECT_TRUE(s.contains(50));
+}
+
+}  // namespace
+}  // namespace homa::engine
