@@ -1,0 +1,129 @@
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "sim/host.h"
+
+namespace homa::sim {
+
+using NodeId = uint32_t;
+using PortId = uint32_t;
+
+enum class NodeKind : uint8_t {
+    Host,         // node id == HostId
+    Edge,         // star switch or top-of-rack switch
+    Aggregation,  // twoTier spine
+};
+
+enum class TopologyKind : uint8_t { Star, TwoTier };
+
+struct TopologyConfig {
+    TopologyKind kind = TopologyKind::TwoTier;
+
+    uint32_t hosts = 16;  // Star only
+
+    uint32_t racks = 9;  // TwoTier only
+    uint32_t hostsPerRack = 16;
+    uint32_t aggSwitches = 4;
+
+    double hostGbps = 10.0;  // host <-> edge switch, both directions
+    Time hostLatency = 100;
+    double aggGbps = 40.0;  // ToR <-> aggregation, both directions
+    Time aggLatency = 100;
+    Time switchDelay = 250;  // added at every switch before egress queueing
+
+    // Extra bytes charged per packet on every link (preamble, framing, ...).
+    uint32_t wireOverheadBytes = 0;
+    // Drop-tail limits on queued (not in-transmission) bytes; 0 = unlimited.
+    uint64_t hostQueueLimitBytes = 0;
+    uint64_t switchQueueLimitBytes = 0;
+
+    static TopologyConfig star(uint32_t hosts, double gbps = 10.0, Time latency = 100,
+                               Time switchDelay = 0);
+    static TopologyConfig twoTier();
+};
+
+// Unidirectional link driven by an egress port on `from`.
+struct PortSpec {
+    NodeId from = 0;
+    NodeId to = 0;
+    double gbps = 0;
+    Time latency = 0;
+    uint64_t queueLimitBytes = 0;  // 0 = unlimited
+};
+
+struct NodeSpec {
+    NodeKind kind = NodeKind::Host;
+    Time switchDelay = 0;        // ignored for hosts
+    std::vector<PortId> ports;   // egress ports owned by this node
+};
+
+// Serialisation time of `wireBytes` at `gbps`, rounded up to a whole ns.
+// Integer arithmetic on Mbit/s so results are exact and platform independent.
+Time serializationTime(uint64_t wireBytes, double gbps);
+
+// Immutable after build except for the explicit tuning setters, which must be
+// used before handing the topology to a Network.
+class Topology {
+public:
+    static Topology build(const TopologyConfig& cfg);
+
+    uint32_t numHosts() const { return numHosts_; }
+    uint32_t numNodes() const { return static_cast<uint32_t>(nodes_.size()); }
+    uint32_t numPorts() const { return static_cast<uint32_t>(ports_.size()); }
+    const NodeSpec& node(NodeId n) const { return nodes_.at(n); }
+    const PortSpec& port(PortId p) const { return ports_.at(p); }
+    uint32_t wireOverheadBytes() const { return wireOverhead_; }
+    const TopologyConfig& config() const { return cfg_; }
+
+    // The host's NIC egress port.
+    PortId nicPort(HostId h) const { return nodes_.at(h).ports.front(); }
+    // The switch egress port that feeds host h (its receive-side queue).
+    PortId downlinkPort(HostId h) const { return downlink_.at(h); }
+    // Candidate egress ports at switch `sw` (not a host) towards host `dst`;
+    // the network picks one uniformly at random when there are several.
+    std::span<const PortId> routes(NodeId sw, HostId dst) const {
+        const Route& r = routeTable_[static_cast<size_t>(switchIndex_[sw]) * numHosts_ + dst];
+        return {routePorts_.data() + r.begin, r.count};
+    }
+    // All egress ports on edge switches that lead to an aggregation switch.
+    std::vector<PortId> uplinkPorts() const;
+
+    // Minimum one-way time for a packet of `bytes` (excluding wire overhead,
+    // which is added per hop) from src to dst on an idle network.
+    Time minOneWay(HostId src, HostId dst, uint64_t bytes) const;
+    Time serializationTime(PortId p, uint64_t bytes) const {
+        return sim::serializationTime(bytes + wireOverhead_, ports_.at(p).gbps);
+    }
+
+    void setSwitchDelay(NodeId sw, Time delay);
+    void setQueueLimit(PortId p, uint64_t bytes);
+
+private:
+    struct Route {
+        uint32_t begin = 0;
+        uint32_t count = 0;
+    };
+
+    NodeId addNode(NodeKind kind, Time delay);
+    PortId addPort(NodeId from, NodeId to, double gbps, Time latency, uint64_t limit);
+    Route addRouteSet(std::span<const PortId> ports);
+    Route& route(NodeId sw, HostId dst) {
+        return routeTable_[static_cast<size_t>(switchIndex_[sw]) * numHosts_ + dst];
+    }
+    Time minFrom(NodeId n, HostId dst, uint64_t bytes, int depth) const;
+
+    TopologyConfig cfg_;
+    uint32_t numHosts_ = 0;
+    uint32_t wireOverhead_ = 0;
+    std::vector<NodeSpec> nodes_;
+    std::vector<PortSpec> ports_;
+    std::vector<PortId> downlink_;
+    std::vector<uint32_t> switchIndex_;  // node -> row in routeTable_
+    std::vector<Route> routeTable_;
+    std::vector<PortId> routePorts_;
+};
+
+}  // namespace homa::sim

@@ -1,0 +1,139 @@
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "sim/network.h"
+#include "sim_test_util.h"
+
+namespace homa::sim {
+namespace {
+
+using testing::RecordingHost;
+using testing::tagged;
+
+TEST(SimTopology, SerializationTimeIsExactAndRoundsUp) {
+    EXPECT_EQ(serializationTime(1500, 10.0), 1200);
+    EXPECT_EQ(serializationTime(1500, 40.0), 300);
+    EXPECT_EQ(serializationTime(64, 40.0), 13);  // 12.8 ns
+    EXPECT_EQ(serializationTime(1, 100.0), 1);   // 0.08 ns
+    EXPECT_EQ(serializationTime(0, 10.0), 0);
+    EXPECT_EQ(serializationTime(1000, 25.0), 320);
+    EXPECT_THROW(serializationTime(1, 0.0), std::invalid_argument);
+}
+
+TEST(SimTopology, TwoTierDefaultShape) {
+    const Topology t = Topology::build(TopologyConfig::twoTier());
+    EXPECT_EQ(t.numHosts(), 144u);
+    EXPECT_EQ(t.numNodes(), 144u + 9 + 4);
+    // NIC + ToR downlink per host, plus ToR<->agg in both directions.
+    EXPECT_EQ(t.numPorts(), 144u * 2 + 9 * 4 * 2);
+    EXPECT_EQ(t.uplinkPorts().size(), 36u);
+    for (HostId h = 0; h < t.numHosts(); ++h) {
+        EXPECT_EQ(t.port(t.nicPort(h)).from, h);
+        EXPECT_EQ(t.port(t.downlinkPort(h)).to, h);
+        EXPECT_EQ(t.port(t.nicPort(h)).to, t.port(t.downlinkPort(h)).from);
+    }
+    // Same rack: one choice; other rack: one per aggregation switch.
+    const NodeId tor0 = t.port(t.nicPort(0)).to;
+    EXPECT_EQ(t.routes(tor0, 5).size(), 1u);
+    EXPECT_EQ(t.routes(tor0, 16).size(), 4u);
+}
+
+TEST(SimTopology, StarOnePacketTimingIsExact) {
+    Network net(1, TopologyConfig::star(2, 10.0, /*latency=*/500, /*switchDelay=*/100));
+    RecordingHost a, b;
+    net.attach(&a);
+    net.attach(&b);
+    net.send(0, 1, 0, tagged(1, 1000));
+    EXPECT_TRUE(net.runUntilIdle());
+    ASSERT_EQ(b.packets.size(), 1u);
+    // NIC 800 + link 500 + switch 100 + downlink 800 + link 500.
+    EXPECT_EQ(b.packets[0].time, 2700);
+    EXPECT_EQ(net.minOneWay(0, 1, 1000), 2700);
+}
+
+TEST(SimTopology, WireOverheadIsChargedPerHop) {
+    TopologyConfig cfg = TopologyConfig::star(2, 10.0, 0, 0);
+    cfg.wireOverheadBytes = 24;
+    Network net(1, cfg);
+    RecordingHost a, b;
+    net.attach(&a);
+    net.attach(&b);
+    net.send(0, 1, 0, tagged(1, 1000));
+    net.runUntilIdle();
+    ASSERT_EQ(b.packets.size(), 1u);
+    EXPECT_EQ(b.packets[0].time, 2 * 820);  // 1024 B = 819.2 ns, rounded up per hop
+    EXPECT_EQ(b.packets[0].bytes.size(), 1000u);  // overhead is never delivered
+    EXPECT_EQ(net.minOneWay(0, 1, 1000), 2 * 820);
+}
+
+TEST(SimTopology, TwoTierSameRackTimingIsExact) {
+    Network net(7, TopologyConfig::twoTier());
+    std::vector<RecordingHost> hosts(144);
+    for (auto& h : hosts) net.attach(&h);
+    net.send(0, 1, 3, tagged(1, 1500));
+    net.runUntilIdle();
+    ASSERT_EQ(hosts[1].packets.size(), 1u);
+    // 10G NIC 1200 + 100 + ToR 250 + 10G downlink 1200 + 100.
+    EXPECT_EQ(hosts[1].packets[0].time, 2850);
+    EXPECT_EQ(net.minOneWay(0, 1, 1500), 2850);
+    for (PortId p : net.topology().uplinkPorts()) EXPECT_EQ(net.portStats(p).txPackets, 0u);
+}
+
+TEST(SimTopology, TwoTierCrossRackTimingIsExact) {
+    Network net(7, TopologyConfig::twoTier());
+    std::vector<RecordingHost> hosts(144);
+    for (auto& h : hosts) net.attach(&h);
+    const HostId dst = 5 * 16 + 3;
+    net.send(0, dst, 3, tagged(1, 1500));
+    net.runUntilIdle();
+    ASSERT_EQ(hosts[dst].packets.size(), 1u);
+    // NIC 1200+100, ToR 250 + 40G 300+100, agg 250 + 40G 300+100, ToR 250 + 1200+100.
+    EXPECT_EQ(hosts[dst].packets[0].time, 4150);
+    EXPECT_EQ(net.minOneWay(0, dst, 1500), 4150);
+}
+
+TEST(SimTopology, BackToBackPacketsPipelineAtLineRate) {
+    Network net(1, TopologyConfig::star(2, 10.0, 500, 100));
+    RecordingHost a, b;
+    net.attach(&a);
+    net.attach(&b);
+    for (uint32_t i = 0; i < 5; ++i) net.send(0, 1, 0, tagged(i, 1000));
+    net.runUntilIdle();
+    ASSERT_EQ(b.packets.size(), 5u);
+    for (size_t i = 0; i < 5; ++i) {
+        EXPECT_EQ(b.packets[i].time, 2700 + static_cast<Time>(i) * 800);
+    }
+}
+
+TEST(SimTopology, SprayingUsesEveryAggregationSwitchEvenly) {
+    const uint64_t seed = testing::testSeed(42);
+    SCOPED_TRACE(seed);
+    Network net(seed, TopologyConfig::twoTier());
+    std::vector<RecordingHost> hosts(144);
+    for (auto& h : hosts) net.attach(&h);
+    constexpr int kPackets = 8000;
+    for (int i = 0; i < kPackets; ++i) net.send(i % 16, 16 + i % 16, 0, tagged(i, 100));
+    ASSERT_TRUE(net.runUntilIdle());
+    EXPECT_EQ(net.stats().delivered, static_cast<uint64_t>(kPackets));
+
+    const NodeId tor0 = net.topology().port(net.topology().nicPort(0)).to;
+    std::set<NodeId> aggsUsed;
+    uint64_t total = 0;
+    for (PortId p : net.topology().uplinkPorts()) {
+        const uint64_t n = net.portStats(p).txPackets;
+        if (net.topology().port(p).from != tor0) {
+            EXPECT_EQ(n, 0u);
+            continue;
+        }
+        aggsUsed.insert(net.topology().port(p).to);
+        total += n;
+        // Expected 2000 each; binomial sd ~39, so +-10% is ~5 sd.
+        EXPECT_NEAR(static_cast<double>(n), kPackets / 4.0, kPackets / 40.0);
+    }
+    EXPECT_EQ(aggsUsed.size(), 4u);
+    EXPECT_EQ(total, static_cast<uint64_t>(kPackets));
+}
+
+}  // namespace
+}  // namespace homa::sim
