@@ -1,80 +1,28 @@
-// Protocol parameters of one engine. Defaults are the Linux module's reference values
-// unless a comment says otherwise.
+// The engine's configuration: the protocol options plus what the runtime derives from
+// its socket (port, payload size) and its clock (first client id).
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <string>
 
 #include "engine/time.h"
+#include "homa/options.h"
 
 namespace homa::engine {
 
-struct Config {
+struct Config : ProtocolOptions {
     /// This endpoint's port: the source port of every packet it sends.
     uint16_t port = 0;
-    /// Longest message accepted or sent. The wire format allows up to 4 GB; the pool
-    /// must be able to hold one message of this size.
-    uint32_t maxMessageLength = 1'000'000;
     /// Message bytes carried by one DATA packet (MTU minus IP, UDP and Homa headers).
     uint32_t maxPayload = 1500 - 20 - 8 - 56;
     /// Bytes on the wire per packet beyond the Homa packet itself (IP + UDP + Ethernet
     /// header, FCS, preamble, inter-frame gap); used by the NIC-queue estimator.
     uint32_t wireOverheadBytes = 20 + 8 + 14 + 4 + 8 + 12;
 
-    // ---- Unscheduled bytes and priorities
-    /// Bytes of each message sent before any grant (rounded up to whole packets).
-    uint32_t unschedBytes = 40'000;
-    /// cutoffs[i]: the longest message whose unscheduled bytes go at priority i. Levels
-    /// whose cutoff is 0 are for scheduled bytes. Published to senders by CUTOFFS.
-    std::array<uint32_t, 8> unschedCutoffs = {0, 0, 0, 0, 1'000'000, 15'000, 2'800, 200};
-    uint16_t cutoffVersion = 1;
-    /// Priority of control packets (GRANT, RESEND, BUSY, ACK, ...).
-    uint8_t controlPriority = 7;
-
-    // ---- Grants (receiver side)
-    uint32_t maxIncoming = 400'000;  ///< granted-but-not-received bytes, all messages
-    int maxOvercommit = 8;           ///< messages granted to at once
-    int maxRpcsPerPeer = 1;          ///< of those, at most this many from one peer
-    uint32_t window = 0;             ///< bytes granted ahead of received; 0 = dynamic
-    double grantFifoFraction = 0.05; ///< share of granted bytes given to the oldest message
-    uint32_t fifoGrantIncrement = 50'000;
-
-    // ---- Sender: pacing
-    uint32_t linkMbps = 25'000;
-    Time maxNicQueueNs = 5'000;      ///< defer while the estimated NIC backlog exceeds this
-    uint32_t deferMinBytes = 1'000;  ///< messages shorter than this are never deferred
-    double pacerFifoFraction = 0.05; ///< share of sent bytes given to the oldest message
-
-    // ---- Loss recovery and acks
-    Time tickNs = 1'000'000;
-    int resendTicks = 5;
-    int resendInterval = 5;
-    int timeoutTicks = 100;
-    int requestAckTicks = 2;
-    /// NEED_ACKs a server sends for a finished RPC before it gives up and frees it.
-    int needAckLimit = 50;
-
-    // ---- Memory bounds
-    /// Bytes of incoming-message buffers (in reassembly or held by the application).
-    uint64_t maxBufferBytes = 64ull << 20;
-    /// Bytes of outgoing messages held by the engine.
-    uint64_t maxOutgoingBytes = 256ull << 20;
-    /// Peers kept without RPCs are evicted once the table holds more than this many...
-    uint32_t peerGcThreshold = 5'000;
-    /// ...and they have been idle this long.
-    Time peerIdleNs = 10'000'000'000;
-    /// Hard cap on the peer table; packets from new peers beyond it are dropped.
-    uint32_t maxPeers = 100'000;
-    /// How many client ids per peer the server remembers exactly (the at-most-once window).
-    uint32_t seenIdWindow = 8192;
-
     /// First client RPC id (made even). Seed it from a clock that survives restarts, so a
     /// restarted client never reuses ids a server still remembers.
     uint64_t firstClientId = 2;
 
-    /// The highest priority that carries scheduled data (levels below the unscheduled ones).
-    int maxSchedPriority() const;
     /// Empty when the configuration is consistent, otherwise what is wrong.
     std::string validate() const;
 };

@@ -26,16 +26,23 @@ const char* toString(DropReason reason) {
         case DropReason::PeerTableFull: return "peer_table_full";
         case DropReason::Inconsistent: return "inconsistent";
         case DropReason::Duplicate: return "duplicate";
+        case DropReason::Overload: return "overload";
         case DropReason::Count_: break;
     }
     return "?";
 }
 
-int Config::maxSchedPriority() const {
+}  // namespace homa::engine
+
+namespace homa {
+int ProtocolOptions::maxSchedPriority() const {
     int levels = 0;
     while (levels < 8 && unschedCutoffs[static_cast<size_t>(levels)] == 0) ++levels;
     return levels > 0 ? levels - 1 : 0;
 }
+}  // namespace homa
+
+namespace homa::engine {
 
 std::string Config::validate() const {
     if (maxPayload == 0) return "maxPayload must be positive";
@@ -170,6 +177,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
         clientRpcs_.emplace(id, rpc);
     } else {
         serverRpcs_.emplace(ServerKey{peer, rpc->clientId()}, rpc);
+        ++pendingRequests_;
     }
     return rpc;
 }
@@ -179,6 +187,7 @@ void Engine::freeRpc(Rpc* rpc) {
         clientRpcs_.erase(rpc->id);
     } else {
         serverRpcs_.erase(ServerKey{rpc->peer, rpc->clientId()});
+        if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
     }
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
@@ -289,6 +298,7 @@ Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> resp
     Status s = setupOutMessage(rpc, response, now);
     if (!s.isOk()) return s;
     rpc->state = RpcState::ServerOutgoing;
+    --pendingRequests_;
     rpc->silentTicks = 0;
     rpc->ackWaitTicks = 0;
     updateSendable(rpc);
@@ -361,6 +371,15 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     const uint64_t clientId = p.common.senderId & ~uint64_t{1};
 
     if (p.common.type == wire::PacketType::Data) {
+        if (fromClient && cfg_.maxPendingRequests != 0 && pendingRequests_ >= cfg_.maxPendingRequests) {
+            // Overloaded: refuse new requests before making any state for them (not even
+            // a peer), so work already accepted keeps the capacity. Clients retry later.
+            Peer* known = findPeer(source);
+            if (!known || !findServerRpc(known, clientId)) {
+                ++m_.dropped[static_cast<size_t>(DropReason::Overload)];
+                return;
+            }
+        }
         Peer* peer = fromClient ? getPeer(source, now) : findPeer(source);
         if (!peer) {
             ++m_.dropped[static_cast<size_t>(fromClient ? DropReason::PeerTableFull : DropReason::UnknownRpc)];

@@ -122,6 +122,8 @@ class Engine {
     const Config& config() const { return cfg_; }
     size_t rpcCount() const { return allRpcs_.size(); }
     size_t peerCount() const { return peers_.size(); }
+    /// Server RPCs being received or served and not yet answered.
+    uint32_t pendingRequests() const { return pendingRequests_; }
     uint64_t incomingOutstanding() const { return incomingOutstanding_; }
     const BufferPool& bufferPool() const { return inPool_; }
     const NicQueue& nicQueue() const { return nic_; }
@@ -225,6 +227,7 @@ class Engine {
     double pacerFifoCredit_ = 0;
     bool pacerDeferred_ = false;
 
+    uint32_t pendingRequests_ = 0;
     uint64_t nextClientId_;
     uint64_t nextSerial_ = 1;
     Time lastNow_ = INT64_MIN;

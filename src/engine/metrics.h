@@ -18,6 +18,7 @@ enum class DropReason : uint8_t {
     PeerTableFull,   ///< the peer table is at its hard cap
     Inconsistent,    ///< contradicts what we already know (e.g. another message length)
     Duplicate,       ///< data we already had
+    Overload,        ///< a new request while maxPendingRequests are pending
     Count_
 };
 const char* toString(DropReason reason);

@@ -661,3 +661,42 @@ TEST(Engine, TimeGoingBackwardsIsHarmless) {
 
 }  // namespace
 }  // namespace homa::engine
+
+namespace homa::engine {
+namespace {
+
+// Receive livelock (seed 003): past maxPendingRequests, new requests are dropped before
+// any state exists for them, while work in progress goes on; the refused client retries.
+TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
+    Config cb = baseConfig();
+    cb.maxPendingRequests = 1;
+    Pair p(baseConfig(), cb);
+    p.call(100, 1);
+    p.pump();
+    auto first = p.deliveries(p.b);
+    ASSERT_EQ(first.size(), 1u);
+    p.call(100, 2);
+    p.pump();
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Overload)], 1u);
+    EXPECT_EQ(p.b.rpcCount(), 1u) << "no state for the refused request";
+    // The first request is answered; the second client retries (RESEND -> RPC_UNKNOWN ->
+    // request again) and is served.
+    p.b.releaseMessage(first[0].message, p.now);
+    ASSERT_TRUE(p.b.sendResponse(first[0].server, std::vector<uint8_t>(10), p.now).isOk());
+    p.pump();
+    for (int i = 0; i < 20 && p.serveAll(10) == 0; ++i) {
+        p.tick();
+        p.pump();
+    }
+    p.pump();
+    auto responses = p.deliveries(p.a);
+    EXPECT_EQ(responses.size(), 2u);
+    for (auto& d : responses) {
+        EXPECT_EQ(d.kind, Delivery::Kind::Response);
+        if (d.message.data) p.a.releaseMessage(d.message, p.now);
+    }
+}
+
+}  // namespace
+}  // namespace homa::engine
