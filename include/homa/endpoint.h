@@ -1,0 +1,155 @@
+// The public API: a Homa endpoint on a UDP socket.
+//
+//   auto ep = homa::Endpoint::open({.address = *homa::Address::parse("127.0.0.1:4000")});
+//   homa::Response r = ep->call(server, bytes);             // synchronous
+//   ep->callAsync(server, bytes, [](homa::Response r) {...}); // callback
+//   ep->serve([](homa::ServerRequest req) { req.respond(req.message().bytes()); });
+//
+// Threading model. An endpoint's protocol engine is driven by an event loop that runs on
+// whichever thread is waiting for something: a thread blocked in call() or receive()
+// (or a handler worker waiting for a request) runs the loop itself, so a small RPC costs
+// no thread switch on either side. When no application thread waits, an optional
+// background thread runs the loop (EndpointOptions::pollThread) so that callbacks and
+// futures complete; without it the application must call poll().
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "homa/address.h"
+#include "homa/message.h"
+#include "homa/metrics.h"
+#include "homa/options.h"
+#include "homa/status.h"
+
+namespace homa {
+
+namespace runtime {
+class Core;
+}
+
+struct EndpointOptions {
+    /// Address and UDP port to bind; port 0 picks a free port (clients usually do).
+    Address address = Address::ipv4(0x7f000001, 0);
+    /// Link MTU: sets the payload per packet. Jumbo frames (e.g. 9000) are fine.
+    uint32_t mtu = 1500;
+    /// Protocol parameters; linkMbps should match the host's link.
+    ProtocolOptions protocol = defaultProtocolOptions();
+    /// Run a background thread that drives the event loop when no application thread
+    /// is waiting (needed for callbacks and futures unless the application calls poll()).
+    bool pollThread = true;
+    /// UDP segmentation/receive offload, when the kernel supports them.
+    bool gso = true;
+    bool gro = true;
+
+    /// The reference parameters, with overload protection on for servers.
+    static ProtocolOptions defaultProtocolOptions() {
+        ProtocolOptions p;
+        p.maxPendingRequests = 10'000;
+        return p;
+    }
+};
+
+struct CallOptions {
+    /// Fail the call with StatusCode::Timeout after this long (0: only the protocol's own
+    /// timeout, which fires when the server stops answering).
+    std::chrono::nanoseconds timeout{0};
+    /// Comes back unchanged in the Response.
+    uint64_t context = 0;
+};
+
+using RpcId = uint64_t;
+
+/// The outcome of a call: a status and, when it is ok, the response message.
+struct Response {
+    Status status;
+    Message message;
+    RpcId id = 0;
+    uint64_t context = 0;
+};
+
+/// A request delivered to a server. Answer it once with respond(), from any thread, now
+/// or later. Destroying it unanswered drops the request: the client sees a failure.
+/// Thread safety: one thread at a time per object; different objects freely.
+class ServerRequest {
+  public:
+    ServerRequest() = default;
+    ServerRequest(ServerRequest&&) noexcept;
+    ServerRequest& operator=(ServerRequest&&) noexcept;
+    ~ServerRequest();
+
+    const Message& message() const { return message_; }
+    const Address& client() const { return client_; }
+    RpcId id() const { return id_; }
+    bool valid() const { return core_ != nullptr; }
+
+    /// Sends the response. Errors: InvalidArgument (already answered, empty),
+    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
+    Status respond(std::span<const uint8_t> response);
+
+  private:
+    friend class runtime::Core;
+    std::shared_ptr<runtime::Core> core_;
+    Message message_;
+    Address client_;
+    RpcId id_ = 0;
+    bool answered_ = false;
+};
+
+/// Thread safety: every method may be called from any thread concurrently, except that
+/// the destructor must not race with other calls.
+class Endpoint {
+  public:
+    using Callback = std::function<void(Response)>;
+    using Handler = std::function<void(ServerRequest)>;
+
+    /// Opens an endpoint; nullptr on error, with the reason in *error.
+    static std::unique_ptr<Endpoint> open(const EndpointOptions& options, Status* error = nullptr);
+    /// Shuts down (see shutdown()).
+    ~Endpoint();
+
+    Address address() const;
+
+    // ---- Client
+    /// Synchronous call: runs the event loop in this thread until the response arrives.
+    Response call(const Address& server, std::span<const uint8_t> request, CallOptions options = {});
+    /// Asynchronous call: `done` runs exactly once, on the thread that runs the event loop
+    /// (or at once, on this thread, if the call cannot start). Returns the RPC's id (0 if
+    /// it did not start).
+    RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
+                    CallOptions options = {});
+    /// Asynchronous call returning a future (needs the poll thread or poll()).
+    std::future<Response> callFuture(const Address& server, std::span<const uint8_t> request,
+                                     CallOptions options = {});
+    /// Gives up on a call; its callback/future/caller gets StatusCode::Aborted.
+    Status abort(RpcId id);
+
+    // ---- Server
+    /// Handler-based server: `threads` workers receive requests and run `handler`. A
+    /// worker that is waiting runs the event loop, so a request is normally handled on
+    /// the thread that received it. Call once.
+    Status serve(Handler handler, int threads = 1);
+    /// Pull-style receive for applications with their own loop: the next request, or
+    /// nothing when `timeout` passes (negative: wait forever) or the endpoint shuts down.
+    std::optional<ServerRequest> receive(std::chrono::nanoseconds timeout);
+
+    // ---- Loop, state, shutdown
+    /// Runs the event loop once from this thread, waiting at most `timeout` for work.
+    void poll(std::chrono::nanoseconds timeout = std::chrono::nanoseconds(0));
+    MetricsSnapshot metrics() const;
+    /// Fails every call in flight with StatusCode::Shutdown, wakes every waiting thread,
+    /// stops the threads and closes the socket. Idempotent.
+    void shutdown();
+
+  private:
+    explicit Endpoint(std::shared_ptr<runtime::Core> core);
+    std::shared_ptr<runtime::Core> core_;
+};
+
+}  // namespace homa

@@ -1,0 +1,44 @@
+// A received message: a read-only view into the endpoint's buffer pool (zero copy).
+// The buffer goes back to the pool when the Message is destroyed; while the pool is
+// full, the endpoint stops granting (backpressure) rather than dropping accepted data.
+//
+// Thread safety: one thread at a time per object; may be destroyed on any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+
+namespace homa {
+
+namespace runtime {
+class Core;
+}
+
+class Message {
+  public:
+    Message() = default;
+    Message(Message&& other) noexcept { *this = std::move(other); }
+    Message& operator=(Message&& other) noexcept;
+    Message(const Message&) = delete;
+    Message& operator=(const Message&) = delete;
+    ~Message() { reset(); }
+
+    std::span<const uint8_t> bytes() const { return {data_, length_}; }
+    const uint8_t* data() const { return data_; }
+    size_t size() const { return length_; }
+    bool empty() const { return length_ == 0; }
+    std::string_view view() const { return {reinterpret_cast<const char*>(data_), length_}; }
+    /// Returns the buffer to the pool now.
+    void reset();
+
+  private:
+    friend class runtime::Core;
+    std::shared_ptr<runtime::Core> core_;
+    uint8_t* data_ = nullptr;
+    uint32_t length_ = 0;
+    uint32_t capacity_ = 0;
+};
+
+}  // namespace homa

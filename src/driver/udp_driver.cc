@@ -1,0 +1,306 @@
+#include "driver/udp_driver.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/udp.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+namespace homa::driver {
+
+namespace {
+constexpr uint32_t kIpv4Header = 20, kIpv6Header = 40, kUdpHeader = 8;
+constexpr int kMaxGsoSegments = 64;
+constexpr size_t kGroBuffer = 65536;
+
+Status sysError(const std::string& what) {
+    return {StatusCode::InvalidArgument, what + ": " + strerror(errno)};
+}
+}  // namespace
+
+void toSockaddr(const Address& a, bool ipv6Socket, sockaddr_storage* out, socklen_t* len) {
+    std::memset(out, 0, sizeof(*out));
+    if (!ipv6Socket) {
+        auto* s = reinterpret_cast<sockaddr_in*>(out);
+        s->sin_family = AF_INET;
+        s->sin_port = htons(a.port);
+        s->sin_addr.s_addr = htonl(a.ipv4Host());
+        *len = sizeof(sockaddr_in);
+        return;
+    }
+    auto* s = reinterpret_cast<sockaddr_in6*>(out);
+    s->sin6_family = AF_INET6;
+    s->sin6_port = htons(a.port);
+    std::memcpy(&s->sin6_addr, a.ip.data(), 16);
+    *len = sizeof(sockaddr_in6);
+}
+
+Address fromSockaddr(const sockaddr_storage& s) {
+    if (s.ss_family == AF_INET) {
+        const auto* v4 = reinterpret_cast<const sockaddr_in*>(&s);
+        return Address::ipv4(ntohl(v4->sin_addr.s_addr), ntohs(v4->sin_port));
+    }
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&s);
+    Address a;
+    std::memcpy(a.ip.data(), &v6->sin6_addr, 16);
+    a.port = ntohs(v6->sin6_port);
+    return a;
+}
+
+std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverOptions& options, Status* error) {
+    auto fail = [&](Status s) -> std::unique_ptr<UdpDriver> {
+        if (error) *error = std::move(s);
+        return nullptr;
+    };
+    if (options.mtu < 576 || options.mtu > 65535)
+        return fail({StatusCode::InvalidArgument, "mtu must be between 576 and 65535, not " + std::to_string(options.mtu)});
+    if (options.batch < 1 || options.batch > 1024)
+        return fail({StatusCode::InvalidArgument, "batch must be between 1 and 1024"});
+    std::unique_ptr<UdpDriver> d(new UdpDriver());
+    d->ipv6_ = !bind.isIpv4();
+    d->fd_ = ::socket(d->ipv6_ ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (d->fd_ < 0) return fail(sysError("socket"));
+    int size = options.socketBufferBytes;
+    // As root the FORCE variants ignore the system-wide limits; otherwise take what we get.
+    if (setsockopt(d->fd_, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) != 0)
+        setsockopt(d->fd_, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    if (setsockopt(d->fd_, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) != 0)
+        setsockopt(d->fd_, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    sockaddr_storage ss;
+    socklen_t len;
+    toSockaddr(bind, d->ipv6_, &ss, &len);
+    if (::bind(d->fd_, reinterpret_cast<sockaddr*>(&ss), len) != 0)
+        return fail({StatusCode::InvalidArgument, "cannot bind " + bind.toString() + ": " + strerror(errno)});
+    len = sizeof(ss);
+    getsockname(d->fd_, reinterpret_cast<sockaddr*>(&ss), &len);
+    d->local_ = fromSockaddr(ss);
+    d->maxPacket_ = options.mtu - (d->ipv6_ ? kIpv6Header : kIpv4Header) - kUdpHeader;
+    d->batch_ = options.batch;
+    if (options.gro) {
+        int one = 1;
+        d->gro_ = setsockopt(d->fd_, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) == 0;
+    }
+    d->gso_ = options.gso;  // confirmed (or given up) by the first GSO send
+    d->rxBufferSize_ = d->gro_ ? kGroBuffer : d->maxPacket_ + 64;
+    d->rxArena_.resize(d->rxBufferSize_ * static_cast<size_t>(d->batch_));
+    d->tx_.resize(static_cast<size_t>(d->batch_) * kMaxGsoSegments / 8 + 1);
+    d->txArena_.resize(d->tx_.size() * d->maxPacket_);
+    size_t batch = static_cast<size_t>(d->batch_);
+    d->rxHdrs_.resize(batch);
+    d->rxIovs_.resize(batch);
+    d->rxSources_.resize(batch);
+    d->rxControls_.resize(batch);
+    d->txHdrs_.resize(d->tx_.size());
+    d->txIovs_.resize(d->tx_.size());
+    d->txControls_.resize(d->tx_.size());
+    d->txMsgs_.reserve(d->tx_.size());
+    return d;
+}
+
+UdpDriver::~UdpDriver() {
+    if (fd_ >= 0) {
+        flush();
+        ::close(fd_);
+    }
+}
+
+void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+                      std::span<const uint8_t> payload) {
+    size_t length = header.size() + payload.size();
+    if (length > maxPacket_) {
+        ++stats_.sendErrors;  // the engine was configured for a larger MTU: a bug, not data
+        return;
+    }
+    if (txCount_ == tx_.size()) flush();
+    TxPacket& p = tx_[txCount_];
+    p.address = dest;
+    toSockaddr(dest, ipv6_, &p.dest, &p.destLen);
+    p.priority = priority;
+    p.offset = static_cast<uint32_t>(txCount_ * maxPacket_);
+    p.length = static_cast<uint32_t>(length);
+    std::memcpy(txArena_.data() + p.offset, header.data(), header.size());
+    if (!payload.empty()) std::memcpy(txArena_.data() + p.offset + header.size(), payload.data(), payload.size());
+    ++txCount_;
+}
+
+void UdpDriver::flush() {
+    if (txCount_ == 0) return;
+    sendRange(0, txCount_);
+    txCount_ = 0;
+}
+
+// Groups packets into datagram messages: with GSO, a run of packets to the same
+// destination at the same priority, all of one size except perhaps a shorter last one,
+// lying back to back in the arena, goes as one GSO send.
+void UdpDriver::sendRange(size_t begin, size_t end) {
+    using Msg = TxMsg;
+    std::vector<Msg>& msgs = txMsgs_;
+    msgs.clear();
+    for (size_t i = begin; i < end;) {
+        size_t j = i + 1;
+        if (gso_) {
+            while (j < end && j - i < static_cast<size_t>(kMaxGsoSegments) && tx_[j].address == tx_[i].address &&
+                   tx_[j].priority == tx_[i].priority && tx_[j - 1].length == tx_[i].length &&
+                   tx_[j].length <= tx_[i].length && tx_[j].offset == tx_[j - 1].offset + maxPacket_)
+                ++j;
+            // Segments must be contiguous: only the slot-aligned layout allows it when
+            // every packet but the last fills its slot exactly.
+            if (j - i > 1 && tx_[i].length != maxPacket_) j = i + 1;
+        }
+        msgs.push_back({i, j - i, tx_[i].length});
+        i = j;
+    }
+    constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint16_t));
+    static_assert(kCmsgSpace <= kControlBytes);
+    auto& hdrs = txHdrs_;
+    auto& iovs = txIovs_;
+    auto& controls = txControls_;
+    for (size_t m = 0; m < msgs.size(); ++m) {
+        const TxPacket& first = tx_[msgs[m].first];
+        size_t bytes = 0;
+        for (size_t k = 0; k < msgs[m].count; ++k) bytes += tx_[msgs[m].first + k].length;
+        iovs[m] = {txArena_.data() + first.offset, bytes};
+        msghdr& h = hdrs[m].msg_hdr;
+        std::memset(&h, 0, sizeof(h));
+        h.msg_name = const_cast<sockaddr_storage*>(&first.dest);
+        h.msg_namelen = first.destLen;
+        h.msg_iov = &iovs[m];
+        h.msg_iovlen = 1;
+        h.msg_control = controls[m].data();
+        h.msg_controllen = kCmsgSpace;
+        std::memset(controls[m].data(), 0, kCmsgSpace);
+        cmsghdr* c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = ipv6_ ? IPPROTO_IPV6 : IPPROTO_IP;
+        c->cmsg_type = ipv6_ ? IPV6_TCLASS : IP_TOS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        int tos = first.priority << 5;
+        std::memcpy(CMSG_DATA(c), &tos, sizeof(tos));
+        size_t used = CMSG_SPACE(sizeof(int));
+        if (msgs[m].count > 1) {
+            c = CMSG_NXTHDR(&h, c);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = static_cast<uint16_t>(msgs[m].segment);
+            std::memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+            used += CMSG_SPACE(sizeof(uint16_t));
+            ++stats_.gsoBatches;
+        }
+        h.msg_controllen = used;
+    }
+    size_t done = 0;
+    while (done < msgs.size()) {
+        ++stats_.sendCalls;
+        int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                // The socket buffer is full: wait briefly for room rather than drop.
+                pollfd pfd{fd_, POLLOUT, 0};
+                ::poll(&pfd, 1, 10);
+                continue;
+            }
+            if (msgs[done].count > 1 && gso_ && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
+                // No GSO here: send this run's packets one by one from now on.
+                gso_ = false;
+                // (sendRange reuses the scratch vectors: resend the rest from scratch.)
+                size_t first = msgs[done].first;
+                sendRange(first, end);
+                return;
+            }
+            ++stats_.sendErrors;  // e.g. unreachable destination: loss, which Homa recovers from
+            ++done;
+            continue;
+        }
+        for (int k = 0; k < n; ++k) {
+            const Msg& m = msgs[done + static_cast<size_t>(k)];
+            stats_.packetsSent += m.count;
+            stats_.bytesSent += iovs[done + static_cast<size_t>(k)].iov_len;
+        }
+        done += static_cast<size_t>(n);
+    }
+}
+
+int UdpDriver::receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn) {
+    constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(int)) * 2;
+    static_assert(kCmsgSpace <= kControlBytes);
+    const size_t batch = static_cast<size_t>(batch_);
+    auto& hdrs = rxHdrs_;
+    auto& iovs = rxIovs_;
+    auto& sources = rxSources_;
+    auto& controls = rxControls_;
+    for (size_t i = 0; i < batch; ++i) {
+        iovs[i] = {rxArena_.data() + i * rxBufferSize_, rxBufferSize_};
+        msghdr& h = hdrs[i].msg_hdr;
+        std::memset(&h, 0, sizeof(h));
+        h.msg_name = &sources[i];
+        h.msg_namelen = sizeof(sockaddr_storage);
+        h.msg_iov = &iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = controls[i].data();
+        h.msg_controllen = kCmsgSpace;
+    }
+    ++stats_.recvCalls;
+    int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
+    drained_ = n < static_cast<int>(batch);
+    if (n <= 0) return 0;
+    int packets = 0;
+    for (int i = 0; i < n; ++i) {
+        const msghdr& h = hdrs[static_cast<size_t>(i)].msg_hdr;
+        size_t len = hdrs[static_cast<size_t>(i)].msg_len;
+        if (h.msg_flags & MSG_TRUNC) {
+            ++stats_.truncated;
+            continue;
+        }
+        uint32_t segment = 0;
+        for (const cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), const_cast<cmsghdr*>(c))) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int s;
+                std::memcpy(&s, CMSG_DATA(c), sizeof(s));
+                segment = static_cast<uint32_t>(s);
+            }
+        }
+        Address source = fromSockaddr(sources[static_cast<size_t>(i)]);
+        const uint8_t* base = rxArena_.data() + static_cast<size_t>(i) * rxBufferSize_;
+        if (segment == 0 || segment >= len) segment = static_cast<uint32_t>(len);
+        else ++stats_.groBuffers;
+        // A GRO buffer holds several datagrams of `segment` bytes (the last may be shorter).
+        for (size_t off = 0; off < len; off += segment) {
+            size_t l = std::min<size_t>(segment, len - off);
+            ++stats_.packetsReceived;
+            stats_.bytesReceived += l;
+            fn(source, std::span<const uint8_t>(base + off, l));
+            ++packets;
+        }
+    }
+    return packets;
+}
+
+bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady) {
+    pollfd fds[2] = {{fd_, POLLIN, 0}, {extraFd, POLLIN, 0}};
+    int nfds = extraFd >= 0 ? 2 : 1;
+    timespec ts;
+    timespec* tp = nullptr;
+    if (timeoutNs >= 0) {
+        ts.tv_sec = timeoutNs / 1'000'000'000;
+        ts.tv_nsec = timeoutNs % 1'000'000'000;
+        tp = &ts;
+    }
+    int r = ::ppoll(fds, static_cast<nfds_t>(nfds), tp, nullptr);
+    if (extraReady) *extraReady = r > 0 && nfds == 2 && (fds[1].revents & POLLIN);
+    return r > 0 && (fds[0].revents & POLLIN);
+}
+
+}  // namespace homa::driver

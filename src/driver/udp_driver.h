@@ -1,0 +1,115 @@
+// Moving Homa packets over a UDP socket: one socket per endpoint, IPv4 or IPv6, batched
+// system calls (sendmmsg / recvmmsg), the packet priority in the IP TOS / IPv6 traffic
+// class (priority p -> p << 5, as the Linux module does), UDP GSO for runs of equal-sized
+// packets to one destination and UDP GRO on receive, each with a fallback when the kernel
+// refuses. No protocol knowledge beyond "a packet is bytes with a priority".
+//
+// Thread safety: none; the runtime calls a driver from one thread at a time.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "homa/address.h"
+#include "homa/status.h"
+
+namespace homa::driver {
+
+struct UdpDriverOptions {
+    uint32_t mtu = 1500;
+    bool gso = true;
+    bool gro = true;
+    int socketBufferBytes = 8 << 20;
+    int batch = 32;  ///< packets per sendmmsg / recvmmsg
+};
+
+struct UdpDriverStats {
+    uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
+    uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0;
+};
+
+class UdpDriver {
+  public:
+    /// Opens and binds a socket; port 0 picks a free port.
+    static std::unique_ptr<UdpDriver> open(const Address& bind, const UdpDriverOptions& options, Status* error);
+    ~UdpDriver();
+    UdpDriver(const UdpDriver&) = delete;
+    UdpDriver& operator=(const UdpDriver&) = delete;
+
+    const Address& localAddress() const { return local_; }
+    int fd() const { return fd_; }
+    /// Largest Homa packet (header + payload) that fits in one datagram at this MTU.
+    uint32_t maxPacketBytes() const { return maxPacket_; }
+    bool gsoEnabled() const { return gso_; }
+    bool groEnabled() const { return gro_; }
+
+    /// Queues a packet (copied); sent at flush() or when the batch is full.
+    void queue(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+               std::span<const uint8_t> payload);
+    void flush();
+    size_t queued() const { return txCount_; }
+
+    /// Receives what is waiting, up to one batch, without blocking; calls
+    /// fn(source, packet) for each packet. Returns the number of packets.
+    int receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn);
+    /// Waits until the socket (or `extraFd`, if >= 0) is readable or `timeoutNs` passes
+    /// (negative: forever). Returns true if the socket is readable; *extraReady tells
+    /// whether `extraFd` is.
+    bool wait(int64_t timeoutNs, int extraFd, bool* extraReady = nullptr);
+    /// Whether the last receive() drained the socket (so reading again before waiting
+    /// would only cost a system call).
+    bool drained() const { return drained_; }
+
+    const UdpDriverStats& stats() const { return stats_; }
+
+  private:
+    struct TxPacket {
+        sockaddr_storage dest;
+        socklen_t destLen;
+        Address address;
+        uint8_t priority;
+        uint32_t offset;  // into txArena_
+        uint32_t length;
+    };
+    UdpDriver() = default;
+    void sendRange(size_t begin, size_t end);
+
+    int fd_ = -1;
+    bool ipv6_ = false;
+    bool gso_ = false;
+    bool gro_ = false;
+    bool drained_ = false;
+    Address local_;
+    uint32_t maxPacket_ = 0;
+    int batch_ = 32;
+    std::vector<uint8_t> txArena_;
+    std::vector<TxPacket> tx_;
+    size_t txCount_ = 0;
+    std::vector<uint8_t> rxArena_;
+    size_t rxBufferSize_ = 0;
+    // Scratch for the system calls, sized once so the hot path allocates nothing.
+    static constexpr size_t kControlBytes = 64;
+    std::vector<mmsghdr> rxHdrs_, txHdrs_;
+    std::vector<iovec> rxIovs_, txIovs_;
+    std::vector<sockaddr_storage> rxSources_;
+    std::vector<std::array<uint8_t, kControlBytes>> rxControls_, txControls_;
+    struct TxMsg {
+        size_t first, count;
+        uint32_t segment;
+    };
+    std::vector<TxMsg> txMsgs_;
+    UdpDriverStats stats_;
+};
+
+/// Socket address <-> Address conversions.
+void toSockaddr(const Address& a, bool ipv6Socket, sockaddr_storage* out, socklen_t* len);
+Address fromSockaddr(const sockaddr_storage& s);
+
+}  // namespace homa::driver

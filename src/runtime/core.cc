@@ -1,0 +1,597 @@
+#include "runtime/core.h"
+
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace homa::runtime {
+
+int64_t nowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+namespace {
+// Client ids must grow across restarts of a client (servers remember ids they served):
+// start from the real-time clock, which a restarted process finds further on.
+uint64_t clockSeededFirstId() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+    return ns & ~uint64_t{1};
+}
+constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a wait even with nothing due
+constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
+}  // namespace
+
+std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error) {
+    std::shared_ptr<Core> core(new Core());
+    core->options_ = options;
+    driver::UdpDriverOptions d;
+    d.mtu = options.mtu;
+    d.gso = options.gso;
+    d.gro = options.gro;
+    Status s;
+    core->driver_ = driver::UdpDriver::open(options.address, d, &s);
+    if (!core->driver_) {
+        if (error) *error = s;
+        return nullptr;
+    }
+    engine::Config cfg;
+    static_cast<ProtocolOptions&>(cfg) = options.protocol;
+    cfg.port = core->driver_->localAddress().port;
+    cfg.maxPayload = core->driver_->maxPacketBytes() - static_cast<uint32_t>(wire::kDataHeaderSize);
+    cfg.wireOverheadBytes = (options.address.isIpv4() ? 20 : 40) + 8 + 14 + 4 + 8 + 12;
+    cfg.firstClientId = clockSeededFirstId();
+    std::string invalid = cfg.validate();
+    if (!invalid.empty()) {
+        if (error) *error = Status(StatusCode::InvalidArgument, invalid);
+        return nullptr;
+    }
+    core->engine_ = std::make_unique<engine::Engine>(cfg, *core);
+    core->wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
+    return core;
+}
+
+Core::~Core() {
+    shutdown();
+    if (wakeFd_ >= 0) ::close(wakeFd_);
+    if (pollThreadFd_ >= 0) ::close(pollThreadFd_);
+}
+
+void Core::transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+                    std::span<const uint8_t> payload) {
+    driver_->queue(dest, priority, header, payload);
+}
+
+Message Core::makeMessage(const engine::ReceivedMessage& m) {
+    Message msg;
+    msg.core_ = shared_from_this();
+    msg.data_ = m.data;
+    msg.length_ = m.length;
+    msg.capacity_ = m.capacity;
+    return msg;
+}
+
+// ---------------------------------------------------------------- the loop
+
+void Core::pokeLoop() {
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wakeFd_, &one, sizeof(one));
+}
+
+void Core::pokePollThread() {
+    uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(pollThreadFd_, &one, sizeof(one));
+}
+
+void Core::wake(Waiter* w) {
+    if (w->sleeping) {
+        ++wakeups_;
+        w->cv.notify_one();
+    }
+}
+
+void Core::releaseLoop(std::unique_lock<std::mutex>&) {
+    // Someone else must read the socket now. The token goes straight to a sleeping
+    // waiter (the most recent: its cache is warm), which wakes up owning it, so nobody
+    // is ever woken to find the loop taken; with no sleeper, the poll thread takes over.
+    if (!sleepers_.empty()) {
+        ++loopPasses_;
+        Waiter* next = sleepers_.back();
+        loopBusy_ = true;
+        loopOwner_ = next;
+        next->cv.notify_one();
+        return;
+    }
+    // No notification for the poll thread: an application thread that leaves the loop
+    // usually comes back at once, and waking the poll thread for every RPC would cost a
+    // context switch each time. The poll thread looks again within a tick.
+    loopBusy_ = false;
+    loopOwner_ = nullptr;
+}
+
+void Core::waitFor(Waiter& w, int64_t deadline) {
+    std::unique_lock lk(mu_, std::adopt_lock);
+    ++appWaiters_;
+    bool haveLoop = false;
+    while (!w.done && !shutdown_) {
+        int64_t now = nowNs();
+        if (deadline != 0 && now >= deadline) break;
+        if (!haveLoop && !loopBusy_) {
+            loopBusy_ = true;
+            loopOwner_ = &w;
+            haveLoop = true;
+            if (pollThreadWaiting_) pokePollThread();  // it would wake for our packets otherwise
+        }
+        if (haveLoop) {
+            lk.unlock();
+            iterate(deadline != 0 ? deadline - now : -1);
+            lk.lock();
+            continue;
+        }
+        w.sleeping = true;
+        sleepers_.push_back(&w);
+        if (deadline != 0) {
+            w.cv.wait_for(lk, std::chrono::nanoseconds(deadline - now));
+        } else {
+            w.cv.wait(lk);
+        }
+        w.sleeping = false;
+        sleepers_.erase(std::find(sleepers_.begin(), sleepers_.end(), &w));
+        if (loopOwner_ == &w) {
+            haveLoop = true;  // passed to us
+        } else if (!w.done && !shutdown_ && (deadline == 0 || nowNs() < deadline)) {
+            ++emptyWakeups_;  // woken with nothing to do: must not happen
+        }
+    }
+    if (haveLoop) releaseLoop(lk);
+    --appWaiters_;
+    lk.release();  // the caller keeps holding mu_
+}
+
+// The poll thread drives the loop only while no application thread waits, and it never
+// blocks holding the loop: it waits for the socket without it, so an application thread
+// that starts waiting takes the loop at once instead of waiting for a hand-over.
+void Core::pollThreadMain() {
+    std::unique_lock lk(mu_);
+    while (!shutdown_) {
+        if (appWaiters_ > 0 || loopBusy_) {
+            pollThreadCv_.wait_for(lk, std::chrono::nanoseconds(kPollThreadRecheckNs));
+            continue;
+        }
+        loopBusy_ = true;
+        loopOwner_ = nullptr;
+        lk.unlock();
+        int64_t waitNs = iterate(0);
+        lk.lock();
+        if (!sleepers_.empty()) {
+            releaseLoop(lk);
+        } else {
+            loopBusy_ = false;
+        }
+        if (waitNs <= 0 || appWaiters_ > 0 || shutdown_) continue;
+        pollThreadWaiting_ = true;
+        lk.unlock();
+        bool poked = false;
+        if (driver_->wait(waitNs, pollThreadFd_, &poked)) socketReadable_ = true;
+        if (poked) {
+            uint64_t count;
+            [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
+        }
+        lk.lock();
+        pollThreadWaiting_ = false;
+    }
+}
+
+int64_t Core::iterate(int64_t maxWaitNs) {
+    struct Rx {
+        Address source;
+        std::span<const uint8_t> bytes;
+    };
+    thread_local std::vector<Rx> rx;
+    thread_local std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    rx.clear();
+    // Bounded work per iteration: one receive batch. Skipped right after a read that
+    // emptied the socket, when the next step is to wait anyway (saves a system call per
+    // packet); the wait then says whether there is more.
+    if (!justDrained_ || socketReadable_.exchange(false))
+        driver_->receive([&](const Address& a, std::span<const uint8_t> b) { rx.push_back({a, b}); });
+    justDrained_ = !rx.empty() && driver_->drained();
+    int64_t waitNs = 0;
+    bool idle = false;
+    {
+        std::lock_guard lk(mu_);
+        ++loopIterations_;
+        int64_t now = nowNs();
+        for (const Rx& p : rx) engine_->handlePacket(p.source, p.bytes, now);
+        if (!rx.empty()) engine_->finishBatch(now);
+        if (now >= engine_->nextWakeup()) engine_->advance(now);
+        dispatch(ready, now);
+        driver_->flush();
+        idle = rx.empty() && ready.empty() && !shutdown_;
+        if (idle) {
+            int64_t until = engine_->nextWakeup();
+            if (!deadlines_.empty()) until = std::min<int64_t>(until, deadlines_.begin()->first);
+            waitNs = until == engine::kNever ? kMaxPollWaitNs : std::max<int64_t>(0, until - now);
+            if (maxWaitNs >= 0) waitNs = std::min(waitNs, maxWaitNs);
+            waitNs = std::min(waitNs, kMaxPollWaitNs);
+        }
+    }
+    for (auto& [callback, response] : ready) callback(std::move(response));
+    ready.clear();
+    if (idle && maxWaitNs != 0) {
+        bool poked = false;
+        socketReadable_ = driver_->wait(waitNs, wakeFd_, &poked);
+        if (poked) {
+            uint64_t count;
+            [[maybe_unused]] auto n = ::read(wakeFd_, &count, sizeof(count));
+        }
+    }
+    return idle ? waitNs : 0;
+}
+
+void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now) {
+    engine::Delivery d;
+    while (engine_->pollDelivery(d)) {
+        switch (d.kind) {
+            case engine::Delivery::Kind::Request:
+                ++messagesDelivered_;
+                deliverRequest(d);
+                break;
+            case engine::Delivery::Kind::Response: {
+                ++messagesDelivered_;
+                if (!calls_.contains(d.clientId)) {
+                    engine_->releaseMessage(d.message, now);  // the caller gave up
+                    break;
+                }
+                Response r;
+                r.message = makeMessage(d.message);
+                finishCall(d.clientId, std::move(r), ready);
+                break;
+            }
+            case engine::Delivery::Kind::Failure: {
+                Response r;
+                r.status = d.status;
+                finishCall(d.clientId, std::move(r), ready);
+                break;
+            }
+        }
+    }
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+        RpcId id = deadlines_.begin()->second;
+        deadlines_.erase(deadlines_.begin());
+        if (!calls_.contains(id)) continue;
+        engine_->abortClientRpc(id, now);
+        ++callTimeouts_;
+        Response r;
+        r.status = Status(StatusCode::Timeout, "the call's timeout expired");
+        finishCall(id, std::move(r), ready);
+    }
+}
+
+void Core::finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+    auto it = calls_.find(id);
+    if (it == calls_.end()) return;
+    Call call = std::move(it->second);
+    calls_.erase(it);
+    if (call.deadline != 0) deadlines_.erase({call.deadline, id});
+    r.id = id;
+    r.context = call.context;
+    ++handoffs_;
+    if (call.waiter) {
+        call.waiter->response = std::move(r);
+        call.waiter->done = true;
+        wake(call.waiter);
+    } else {
+        ready.emplace_back(std::move(call.callback), std::move(r));
+    }
+}
+
+void Core::deliverRequest(engine::Delivery& d) {
+    ServerRequest req;
+    req.core_ = shared_from_this();
+    req.message_ = makeMessage(d.message);
+    req.client_ = d.server.client;
+    req.id_ = d.server.id;
+    if (requestWaiters_.empty()) {
+        requests_.push_back(std::move(req));
+        return;
+    }
+    // Hand it to exactly one waiting thread: the one running this loop if it wants a
+    // request (no thread switch), otherwise the one that started waiting last.
+    auto it = std::find(requestWaiters_.begin(), requestWaiters_.end(), loopOwner_);
+    if (it == requestWaiters_.end()) it = requestWaiters_.end() - 1;
+    Waiter* w = *it;
+    requestWaiters_.erase(it);
+    w->request = std::move(req);
+    w->done = true;
+    ++handoffs_;
+    wake(w);
+}
+
+// ---------------------------------------------------------------- client
+
+Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options) {
+    Waiter w;
+    mu_.lock();
+    Response r;
+    if (shutdown_) {
+        mu_.unlock();
+        r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        return r;
+    }
+    int64_t now = nowNs();
+    RpcId id = 0;
+    Status s = engine_->startRequest(server, request, 0, now, &id);
+    driver_->flush();
+    if (!s.isOk()) {
+        mu_.unlock();
+        r.status = s;
+        r.context = options.context;
+        return r;
+    }
+    Call& c = calls_[id];
+    c.waiter = &w;
+    c.context = options.context;
+    if (options.timeout.count() > 0) {
+        c.deadline = now + options.timeout.count();
+        deadlines_.insert({c.deadline, id});
+    }
+    waitFor(w, 0);
+    if (!w.done) {  // shut down while waiting
+        calls_.erase(id);
+        mu_.unlock();
+        r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        r.id = id;
+        r.context = options.context;
+        return r;
+    }
+    mu_.unlock();
+    return std::move(w.response);
+}
+
+RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
+                      const CallOptions& options) {
+    Response r;
+    r.context = options.context;
+    {
+        std::lock_guard lk(mu_);
+        if (shutdown_) {
+            r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        } else {
+            int64_t now = nowNs();
+            RpcId id = 0;
+            Status s = engine_->startRequest(server, request, 0, now, &id);
+            driver_->flush();
+            if (s.isOk()) {
+                Call& c = calls_[id];
+                c.callback = std::move(done);
+                c.context = options.context;
+                if (options.timeout.count() > 0) {
+                    c.deadline = now + options.timeout.count();
+                    deadlines_.insert({c.deadline, id});
+                }
+                if (!loopBusy_) pollThreadCv_.notify_one();
+                return id;
+            }
+            r.status = s;
+        }
+    }
+    done(std::move(r));
+    return 0;
+}
+
+Status Core::abort(RpcId id) {
+    std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    {
+        std::lock_guard lk(mu_);
+        if (!calls_.contains(id)) return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
+        engine_->abortClientRpc(id, nowNs());
+        Response r;
+        r.status = Status(StatusCode::Aborted, "aborted by the application");
+        finishCall(id, std::move(r), ready);
+    }
+    for (auto& [cb, r] : ready) cb(std::move(r));
+    return {};
+}
+
+// ---------------------------------------------------------------- server
+
+std::optional<ServerRequest> Core::receive(int64_t timeoutNs) {
+    mu_.lock();
+    if (!requests_.empty()) {
+        ServerRequest r = std::move(requests_.front());
+        requests_.pop_front();
+        ++handoffs_;
+        mu_.unlock();
+        return r;
+    }
+    if (shutdown_ || timeoutNs == 0) {
+        mu_.unlock();
+        return std::nullopt;
+    }
+    Waiter w;
+    w.wantsRequest = true;
+    requestWaiters_.push_back(&w);
+    waitFor(w, timeoutNs < 0 ? 0 : nowNs() + timeoutNs);
+    if (!w.done) {
+        auto it = std::find(requestWaiters_.begin(), requestWaiters_.end(), &w);
+        if (it != requestWaiters_.end()) requestWaiters_.erase(it);
+        mu_.unlock();
+        return std::nullopt;
+    }
+    mu_.unlock();
+    return std::move(w.request);
+}
+
+Status Core::serve(Endpoint::Handler handler, int threads) {
+    std::lock_guard lk(mu_);
+    if (threads < 1 || threads > 1024) return Status(StatusCode::InvalidArgument, "threads must be 1..1024");
+    if (!handler) return Status(StatusCode::InvalidArgument, "the handler is empty");
+    if (serving_) return Status(StatusCode::InvalidArgument, "serve() was already called");
+    if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    serving_ = true;
+    for (int i = 0; i < threads; ++i) {
+        workers_.emplace_back([this, handler] {
+            while (auto request = receive(-1)) {
+                try {
+                    handler(std::move(*request));
+                } catch (...) {
+                    // A throwing handler drops its request (the client sees a failure); the
+                    // worker goes on serving.
+                }
+            }
+        });
+    }
+    return {};
+}
+
+Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
+    std::lock_guard lk(mu_);
+    if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    Status s = engine_->sendResponse({client, id}, response, nowNs());
+    driver_->flush();
+    return s;
+}
+
+void Core::dropRequest(const Address& client, RpcId id) {
+    std::lock_guard lk(mu_);
+    engine_->abortServerRpc({client, id}, nowNs());
+    driver_->flush();
+}
+
+void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
+    std::lock_guard lk(mu_);
+    engine_->releaseMessage({data, length, capacity}, nowNs());
+    driver_->flush();
+}
+
+void Core::poll(int64_t timeoutNs) {
+    mu_.lock();
+    if (shutdown_ || loopBusy_) {
+        mu_.unlock();
+        return;
+    }
+    Waiter w;
+    w.done = false;
+    loopBusy_ = true;
+    loopOwner_ = &w;
+    mu_.unlock();
+    iterate(std::max<int64_t>(0, timeoutNs));
+    std::unique_lock lk(mu_);
+    releaseLoop(lk);
+}
+
+// ---------------------------------------------------------------- state
+
+MetricsSnapshot Core::metrics() {
+    std::lock_guard lk(mu_);
+    MetricsSnapshot s;
+    s.timeNs = nowNs();
+    auto add = [&](std::string name, uint64_t v) { s.counters.emplace_back(std::move(name), v); };
+    const engine::EngineMetrics& m = engine_->metrics();
+    for (size_t t = 0; t < engine::EngineMetrics::kTypes; ++t) {
+        std::string type = wire::toString(static_cast<wire::PacketType>(0x10 + t));
+        for (auto& ch : type) ch = static_cast<char>(std::tolower(ch));
+        add("packets_sent_" + type, m.packetsSent[t]);
+        add("bytes_sent_" + type, m.bytesSent[t]);
+        add("packets_received_" + type, m.packetsReceived[t]);
+        add("bytes_received_" + type, m.bytesReceived[t]);
+    }
+    for (size_t p = 0; p < 8; ++p) {
+        add("packets_priority_" + std::to_string(p), m.packetsByPriority[p]);
+        add("bytes_priority_" + std::to_string(p), m.bytesByPriority[p]);
+    }
+    for (size_t r = 0; r < m.dropped.size(); ++r)
+        add(std::string("dropped_") + engine::toString(static_cast<engine::DropReason>(r)), m.dropped[r]);
+    add("client_rpcs_started", m.clientRpcsStarted);
+    add("client_rpcs_completed", m.clientRpcsCompleted);
+    add("client_rpcs_timed_out", m.clientRpcsTimedOut);
+    add("client_rpcs_aborted", m.clientRpcsAborted);
+    add("client_restarts", m.clientRestarts);
+    add("server_requests_received", m.serverRequestsReceived);
+    add("server_responses_sent", m.serverResponsesSent);
+    add("server_rpcs_acked", m.serverRpcsAcked);
+    add("server_rpcs_abandoned", m.serverRpcsAbandoned);
+    add("server_rpcs_timed_out", m.serverRpcsTimedOut);
+    add("grants_sent", m.grantsSent);
+    add("granted_bytes", m.grantedBytes);
+    add("fifo_grant_bytes", m.fifoGrantBytes);
+    add("resends_sent", m.resendsSent);
+    add("retransmitted_packets", m.retransmittedPackets);
+    add("busy_sent", m.busySent);
+    add("rpc_unknown_sent", m.rpcUnknownSent);
+    add("need_acks_sent", m.needAcksSent);
+    add("ack_packets_sent", m.ackPacketsSent);
+    add("acks_received", m.acksReceived);
+    add("pacer_deferrals", m.pacerDeferrals);
+    add("buffer_waits", m.bufferWaits);
+    add("buffer_bytes_in_use", engine_->bufferPool().bytesInUse());
+    add("buffer_allocation_failures", engine_->bufferPool().allocationFailures());
+    add("peers", engine_->peerCount());
+    add("rpcs", engine_->rpcCount());
+    add("messages_delivered", messagesDelivered_);
+    add("handoffs", handoffs_);
+    add("thread_wakeups", wakeups_);
+    add("empty_wakeups", emptyWakeups_);
+    add("loop_passes", loopPasses_);
+    add("loop_iterations", loopIterations_);
+    add("call_timeouts", callTimeouts_);
+    const driver::UdpDriverStats& ds = driver_->stats();
+    add("udp_send_calls", ds.sendCalls);
+    add("udp_gso_batches", ds.gsoBatches);
+    add("udp_send_errors", ds.sendErrors);
+    return s;
+}
+
+void Core::shutdown() {
+    std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    std::deque<ServerRequest> orphans;
+    {
+        std::lock_guard lk(mu_);
+        if (!shutdown_) {
+            shutdown_ = true;
+            for (auto& [id, call] : calls_) {
+                Response r;
+                r.status = Status(StatusCode::Shutdown, "the endpoint shut down");
+                r.id = id;
+                r.context = call.context;
+                engine_->abortClientRpc(id, nowNs());
+                if (call.waiter) {
+                    call.waiter->response = std::move(r);
+                    call.waiter->done = true;
+                    wake(call.waiter);
+                } else {
+                    ready.emplace_back(std::move(call.callback), std::move(r));
+                }
+            }
+            calls_.clear();
+            deadlines_.clear();
+            for (Waiter* w : sleepers_) w->cv.notify_one();
+            pollThreadCv_.notify_all();
+            pokeLoop();
+            pokePollThread();
+            orphans.swap(requests_);
+        }
+    }
+    for (auto& [cb, r] : ready) cb(std::move(r));
+    orphans.clear();
+    auto join = [](std::thread& t) {
+        if (!t.joinable()) return;
+        if (t.get_id() == std::this_thread::get_id()) {
+            t.detach();  // shutdown() from a handler: that thread ends by itself
+        } else {
+            t.join();
+        }
+    };
+    join(pollThread_);
+    for (auto& t : workers_) join(t);
+    workers_.clear();
+}
+
+}  // namespace homa::runtime

@@ -1,0 +1,121 @@
+// The runtime behind homa::Endpoint: one engine, one UDP socket, and the event loop that
+// connects them, run by whichever thread is waiting (leader/follower), with a fallback
+// background thread.
+//
+// Locking: `mu_` guards the engine, the driver's transmit side, and all bookkeeping.
+// The loop token (loopBusy_) lets one thread at a time read the socket; it reads without
+// `mu_`, then takes `mu_` to feed the engine. Callbacks run without `mu_`.
+#pragma once
+
+#include <absl/container/flat_hash_map.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "driver/udp_driver.h"
+#include "engine/engine.h"
+#include "homa/endpoint.h"
+
+namespace homa::runtime {
+
+using Clock = std::chrono::steady_clock;
+int64_t nowNs();
+
+class Core : public engine::PacketSink, public std::enable_shared_from_this<Core> {
+  public:
+    static std::shared_ptr<Core> create(const EndpointOptions& options, Status* error);
+    ~Core() override;
+
+    Address address() const { return driver_->localAddress(); }
+
+    Response call(const Address& server, std::span<const uint8_t> request, const CallOptions& options);
+    RpcId callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
+                    const CallOptions& options);
+    Status abort(RpcId id);
+    Status serve(Endpoint::Handler handler, int threads);
+    std::optional<ServerRequest> receive(int64_t timeoutNs);
+    void poll(int64_t timeoutNs);
+    MetricsSnapshot metrics();
+    void shutdown();
+
+    // Used by Message and ServerRequest.
+    void release(uint8_t* data, uint32_t length, uint32_t capacity);
+    Status respond(const Address& client, RpcId id, std::span<const uint8_t> response);
+    void dropRequest(const Address& client, RpcId id);
+
+    void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
+                  std::span<const uint8_t> payload) override;
+
+  private:
+    /// A thread waiting in call() or receive().
+    struct Waiter {
+        std::condition_variable cv;
+        bool wantsRequest = false;  // receive(): any request will do
+        bool done = false;          // its item has arrived
+        bool sleeping = false;
+        Response response;          // call()
+        std::optional<ServerRequest> request;  // receive()
+    };
+    struct Call {
+        Waiter* waiter = nullptr;   // synchronous
+        Endpoint::Callback callback;
+        uint64_t context = 0;
+        int64_t deadline = 0;       // 0: none
+    };
+
+    Core() = default;
+    /// Runs the loop on this thread until `w.done`, shutdown, or `deadline` (ns, 0 = none).
+    void waitFor(Waiter& w, int64_t deadline);
+    /// One loop iteration with the loop token held and `mu_` not held.
+    /// Returns how long the loop may now sleep (0 if it should run again at once); it
+    /// sleeps that long itself unless maxWaitNs is 0.
+    int64_t iterate(int64_t maxWaitNs);
+    /// Takes the engine's deliveries and due timeouts (under `mu_`); callbacks to run
+    /// afterwards are appended to `ready`.
+    void dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now);
+    void deliverRequest(engine::Delivery& d);
+    void finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready);
+    void wake(Waiter* w);
+    void pokeLoop();
+    void pokePollThread();
+    void releaseLoop(std::unique_lock<std::mutex>& lk);
+    void pollThreadMain();
+    Message makeMessage(const engine::ReceivedMessage& m);
+
+    EndpointOptions options_;
+    std::unique_ptr<driver::UdpDriver> driver_;
+    std::unique_ptr<engine::Engine> engine_;
+    int wakeFd_ = -1;        // interrupts a loop owner's wait (shutdown)
+    int pollThreadFd_ = -1;  // interrupts the poll thread's wait
+    std::atomic<bool> socketReadable_{false};  // set by the poll thread without the loop
+    bool justDrained_ = false;                 // loop owner only: see iterate()
+    bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
+
+    mutable std::mutex mu_;
+    bool shutdown_ = false;
+    bool loopBusy_ = false;
+    Waiter* loopOwner_ = nullptr;       // null while the poll thread holds the loop
+    int appWaiters_ = 0;                // application threads in waitFor()
+    std::vector<Waiter*> sleepers_;     // waiters blocked on their condition variable
+    std::vector<Waiter*> requestWaiters_;  // waiters that want a request, most recent last
+    std::deque<ServerRequest> requests_;   // requests nobody was waiting for
+    absl::flat_hash_map<RpcId, Call> calls_;
+    std::set<std::pair<int64_t, RpcId>> deadlines_;
+    std::condition_variable pollThreadCv_;
+    std::thread pollThread_;
+    std::vector<std::thread> workers_;
+    bool serving_ = false;
+
+    // Runtime counters (under mu_).
+    uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
+             callTimeouts_ = 0, loopIterations_ = 0;
+};
+
+}  // namespace homa::runtime

@@ -1,0 +1,97 @@
+// homa::Endpoint, homa::Message and homa::ServerRequest: thin handles on runtime::Core.
+#include "homa/endpoint.h"
+
+#include "runtime/core.h"
+
+namespace homa {
+
+Message& Message::operator=(Message&& other) noexcept {
+    if (this != &other) {
+        reset();
+        core_ = std::move(other.core_);
+        data_ = std::exchange(other.data_, nullptr);
+        length_ = std::exchange(other.length_, 0);
+        capacity_ = std::exchange(other.capacity_, 0);
+    }
+    return *this;
+}
+
+void Message::reset() {
+    if (core_ && data_) core_->release(data_, length_, capacity_);
+    core_.reset();
+    data_ = nullptr;
+    length_ = capacity_ = 0;
+}
+
+ServerRequest::ServerRequest(ServerRequest&& other) noexcept { *this = std::move(other); }
+
+ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
+    if (this != &other) {
+        if (core_ && !answered_) core_->dropRequest(client_, id_);
+        message_ = std::move(other.message_);
+        core_ = std::move(other.core_);
+        client_ = other.client_;
+        id_ = other.id_;
+        answered_ = other.answered_;
+        other.core_.reset();
+    }
+    return *this;
+}
+
+ServerRequest::~ServerRequest() {
+    message_.reset();
+    if (core_ && !answered_) core_->dropRequest(client_, id_);
+}
+
+Status ServerRequest::respond(std::span<const uint8_t> response) {
+    if (!core_) return Status(StatusCode::InvalidArgument, "not a request");
+    if (answered_) return Status(StatusCode::InvalidArgument, "the request was already answered");
+    Status s = core_->respond(client_, id_, response);
+    if (s.isOk()) answered_ = true;
+    return s;
+}
+
+std::unique_ptr<Endpoint> Endpoint::open(const EndpointOptions& options, Status* error) {
+    auto core = runtime::Core::create(options, error);
+    if (!core) return nullptr;
+    return std::unique_ptr<Endpoint>(new Endpoint(std::move(core)));
+}
+
+Endpoint::Endpoint(std::shared_ptr<runtime::Core> core) : core_(std::move(core)) {}
+
+Endpoint::~Endpoint() { core_->shutdown(); }
+
+Address Endpoint::address() const { return core_->address(); }
+
+Response Endpoint::call(const Address& server, std::span<const uint8_t> request, CallOptions options) {
+    return core_->call(server, request, options);
+}
+
+RpcId Endpoint::callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
+                          CallOptions options) {
+    return core_->callAsync(server, request, std::move(done), options);
+}
+
+std::future<Response> Endpoint::callFuture(const Address& server, std::span<const uint8_t> request,
+                                           CallOptions options) {
+    auto promise = std::make_shared<std::promise<Response>>();
+    auto future = promise->get_future();
+    core_->callAsync(server, request, [promise](Response r) { promise->set_value(std::move(r)); }, options);
+    return future;
+}
+
+Status Endpoint::abort(RpcId id) { return core_->abort(id); }
+
+Status Endpoint::serve(Handler handler, int threads) { return core_->serve(std::move(handler), threads); }
+
+std::optional<ServerRequest> Endpoint::receive(std::chrono::nanoseconds timeout) {
+    return core_->receive(timeout.count());
+}
+
+void Endpoint::poll(std::chrono::nanoseconds timeout) { core_->poll(timeout.count()); }
+
+MetricsSnapshot Endpoint::metrics() const { return core_->metrics(); }
+
+void Endpoint::shutdown() { core_->shutdown(); }
+
+}  // namespace homa

@@ -1,0 +1,260 @@
+// The public API over real UDP sockets on loopback, in one process.
+#include "homa/endpoint.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <random>
+#include <thread>
+
+namespace homa {
+namespace {
+
+using namespace std::chrono_literals;
+
+EndpointOptions loopback(uint16_t port = 0) {
+    EndpointOptions o;
+    o.address = Address::ipv4(0x7f000001, port);
+    return o;
+}
+
+std::vector<uint8_t> bytesOf(size_t n, uint8_t seed) {
+    std::vector<uint8_t> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7);
+    return v;
+}
+
+std::unique_ptr<Endpoint> echoServer(int threads = 1) {
+    Status err;
+    auto server = Endpoint::open(loopback(), &err);
+    EXPECT_TRUE(server) << err.toString();
+    EXPECT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, threads).isOk());
+    return server;
+}
+
+TEST(Endpoint, SynchronousEchoOfManySizes) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    for (size_t size : {1, 64, 1400, 1500, 10'000, 100'000, 1'000'000}) {
+        auto req = bytesOf(size, static_cast<uint8_t>(size));
+        Response r = client->call(server->address(), req);
+        ASSERT_TRUE(r.status.isOk()) << size << ": " << r.status.toString();
+        ASSERT_EQ(r.message.size(), size);
+        EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data())) << size;
+    }
+}
+
+TEST(Endpoint, AsyncCallbacksAndFutures) {
+    auto server = echoServer(2);
+    auto client = Endpoint::open(loopback());
+    std::atomic<int> done{0};
+    for (int i = 0; i < 100; ++i) {
+        auto req = bytesOf(static_cast<size_t>(1 + i * 997 % 30'000), static_cast<uint8_t>(i));
+        client->callAsync(
+            server->address(), req,
+            [&done, req, i](Response r) {
+                EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+                EXPECT_EQ(r.context, static_cast<uint64_t>(i));
+                EXPECT_EQ(r.message.size(), req.size());
+                ++done;
+            },
+            {.context = static_cast<uint64_t>(i)});
+    }
+    auto f = client->callFuture(server->address(), bytesOf(5000, 1));
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(f.get().message.size(), 5000u);
+    for (int i = 0; i < 1000 && done < 100; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(done.load(), 100);
+}
+
+TEST(Endpoint, PullStyleReceiveAndLateResponseFromAnotherThread) {
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    std::thread t([&] {
+        auto req = server->receive(5s);
+        ASSERT_TRUE(req);
+        std::string text(req->message().view());
+        EXPECT_EQ(text, "ping");
+        std::thread responder([r = std::move(*req)]() mutable {
+            std::string pong = "pong";
+            EXPECT_TRUE(r.respond(std::span(reinterpret_cast<const uint8_t*>(pong.data()), pong.size())).isOk());
+            EXPECT_EQ(r.respond(std::span<const uint8_t>()).code(), StatusCode::InvalidArgument);
+        });
+        responder.join();
+    });
+    std::string ping = "ping";
+    Response r = client->call(server->address(), std::span(reinterpret_cast<const uint8_t*>(ping.data()), 4));
+    t.join();
+    ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+    EXPECT_EQ(r.message.view(), "pong");
+    EXPECT_FALSE(server->receive(0ms));
+}
+
+TEST(Endpoint, PerCallTimeoutAndAbort) {
+    auto server = Endpoint::open(loopback());  // never answers
+    auto client = Endpoint::open(loopback());
+    auto start = std::chrono::steady_clock::now();
+    Response r = client->call(server->address(), bytesOf(10, 0), {.timeout = 50ms});
+    EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+    std::atomic<int> aborted{0};
+    RpcId id = client->callAsync(server->address(), bytesOf(10, 0), [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::Aborted);
+        ++aborted;
+    });
+    ASSERT_NE(id, 0u);
+    EXPECT_TRUE(client->abort(id).isOk());
+    EXPECT_EQ(aborted.load(), 1);
+    EXPECT_EQ(client->abort(id).code(), StatusCode::NoSuchRpc);
+}
+
+TEST(Endpoint, ShutdownFailsCallsInFlightAndWakesWaiters) {
+    auto server = Endpoint::open(loopback());  // never answers
+    auto client = Endpoint::open(loopback());
+    std::atomic<int> failed{0};
+    client->callAsync(server->address(), bytesOf(10, 0), [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+        ++failed;
+    });
+    std::thread sync([&] {
+        Response r = client->call(server->address(), bytesOf(10, 0));
+        EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+        ++failed;
+    });
+    std::thread receiver([&] {
+        std::vector<ServerRequest> held;  // never answered: the client keeps waiting
+        while (auto r = server->receive(-1ns)) held.push_back(std::move(*r));
+    });
+    std::this_thread::sleep_for(50ms);
+    client->shutdown();
+    server->shutdown();
+    sync.join();
+    receiver.join();
+    EXPECT_EQ(failed.load(), 2);
+    EXPECT_EQ(client->call(server->address(), bytesOf(1, 0)).status.code(), StatusCode::Shutdown);
+}
+
+TEST(Endpoint, BadArgumentsGetClearErrors) {
+    Status err;
+    EndpointOptions o = loopback();
+    o.mtu = 100;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(err.message().find("mtu"), std::string::npos);
+    o = loopback();
+    o.protocol.maxOvercommit = 0;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_NE(err.message().find("maxOvercommit"), std::string::npos);
+    auto server = echoServer();
+    EXPECT_EQ(server->serve([](ServerRequest) {}, 1).code(), StatusCode::InvalidArgument);
+    auto client = Endpoint::open(loopback());
+    EXPECT_EQ(client->call(server->address(), {}).status.code(), StatusCode::InvalidArgument);
+    std::vector<uint8_t> huge(1'000'001);
+    EXPECT_EQ(client->call(server->address(), huge).status.code(), StatusCode::MessageTooLarge);
+    EXPECT_EQ(client->serve(nullptr, 1).code(), StatusCode::InvalidArgument);
+}
+
+// Garbage datagrams are counted and dropped; RPCs in flight are unaffected.
+TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(server->address().port);
+    to.sin_addr.s_addr = htonl(0x7f000001);
+    const uint64_t seed = 4242;
+    std::cout << "seed " << seed << "\n";
+    std::mt19937_64 rng(seed);
+    std::atomic<int> ok{0};
+    for (int i = 0; i < 20; ++i)
+        client->callAsync(server->address(), bytesOf(50'000, static_cast<uint8_t>(i)), [&](Response r) {
+            if (r.status.isOk() && r.message.size() == 50'000) ++ok;
+        });
+    for (int i = 0; i < 3000; ++i) {
+        std::vector<uint8_t> junk(rng() % 100);
+        for (auto& b : junk) b = static_cast<uint8_t>(rng());
+        if (i % 3 == 0 && junk.size() >= 28) junk[11] = 0x10;  // claims to be DATA
+        sendto(fd, junk.data(), junk.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+    }
+    close(fd);
+    for (int i = 0; i < 500 && ok < 20; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(ok.load(), 20);
+    MetricsSnapshot m = server->metrics();
+    EXPECT_GT(m.get("dropped_malformed"), 100u);
+    Response r = client->call(server->address(), bytesOf(100, 3));
+    EXPECT_TRUE(r.status.isOk());
+}
+
+// Seed 000: with several threads waiting on one endpoint, each message goes to exactly
+// one of them, once; no thread is woken to find nothing.
+TEST(Endpoint, ExactlyOnceHandoffToSeveralReceiverThreads) {
+    auto server = Endpoint::open(loopback());
+    std::atomic<int> served{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&] {
+            while (auto req = server->receive(300ms)) {
+                req->respond(req->message().bytes());
+                ++served;
+            }
+        });
+    auto client = Endpoint::open(loopback());
+    const int kCalls = 2000;
+    for (int i = 0; i < kCalls; ++i) {
+        Response r = client->call(server->address(), bytesOf(64, static_cast<uint8_t>(i)));
+        ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+    }
+    MetricsSnapshot m = server->metrics();
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(served.load(), kCalls);
+    double ratio = static_cast<double>(m.get("handoffs")) / static_cast<double>(m.get("messages_delivered"));
+    std::cout << "handoffs/messages = " << ratio << " (" << m.get("handoffs") << "/" << m.get("messages_delivered")
+              << "), empty wakeups " << m.get("empty_wakeups") << "\n";
+    EXPECT_EQ(m.get("handoffs"), static_cast<uint64_t>(kCalls));
+    EXPECT_EQ(m.get("messages_delivered"), static_cast<uint64_t>(kCalls));
+    EXPECT_EQ(m.get("empty_wakeups"), 0u);
+}
+
+// Zero-copy receive with backpressure: while the application holds messages that fill
+// the pool, the sender is not granted more; released buffers let everything finish.
+TEST(Endpoint, FullBufferPoolStopsGrantingAndResumes) {
+    EndpointOptions so = loopback();
+    // Room for two 900 KB messages (buffers come in size classes of about 917 KB here).
+    so.protocol.maxBufferBytes = 2 * 917'504 + 100'000;
+    auto server = Endpoint::open(so);
+    auto client = Endpoint::open(loopback());
+    std::atomic<int> ok{0};
+    for (int i = 0; i < 6; ++i)
+        client->callAsync(server->address(), bytesOf(900'000, static_cast<uint8_t>(i)), [&](Response r) {
+            if (r.status.isOk()) ++ok;
+        });
+    std::vector<ServerRequest> held;
+    while (held.size() < 2) {
+        auto r = server->receive(5s);
+        ASSERT_TRUE(r);
+        held.push_back(std::move(*r));
+    }
+    std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(server->receive(0ms)) << "the pool only holds two messages of this size";
+    EXPECT_GT(server->metrics().get("buffer_waits"), 0u);
+    for (auto& r : held) r.respond(std::vector<uint8_t>(1, 1));
+    held.clear();
+    int got = 2;
+    while (got < 6) {
+        auto r = server->receive(5s);
+        ASSERT_TRUE(r) << "after " << got;
+        r->respond(std::vector<uint8_t>(1, 1));
+        ++got;
+    }
+    for (int i = 0; i < 500 && ok < 6; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(ok.load(), 6);
+}
+
+}  // namespace
+}  // namespace homa
