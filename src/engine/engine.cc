@@ -85,7 +85,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
 
 Engine::~Engine() {
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
-    peerLru_.clear();
+    idlePeers_.clear();
     peersWithAcks_.clear();
 }
 
@@ -109,14 +109,9 @@ Peer* Engine::getPeer(const Address& address, Time now) {
         return p;
     }
     if (peers_.size() >= cfg_.maxPeers) {
-        // At the hard cap: take the least recently used peer without RPCs, if any.
-        Peer* victim = nullptr;
-        for (Peer& p : peerLru_) {
-            if (p.rpcCount == 0) victim = &p;
-            break;
-        }
-        if (!victim) return nullptr;
-        evictPeer(victim);
+        // At the hard cap: evict the least recently used peer without RPCs, if any.
+        if (idlePeers_.empty()) return nullptr;
+        evictPeer(&idlePeers_.front());
     }
     auto peer = std::make_unique<Peer>();
     peer->address = address;
@@ -125,21 +120,23 @@ Peer* Engine::getPeer(const Address& address, Time now) {
     peer->lastUsed = now;
     Peer* p = peer.get();
     peers_.emplace(address, std::move(peer));
-    peerLru_.push_back(*p);
+    idlePeers_.push_back(*p);
     ++m_.peersCreated;
     return p;
 }
 
 void Engine::touchPeer(Peer* peer, Time now) {
     peer->lastUsed = now;
-    peerLru_.erase(peerLru_.iterator_to(*peer));
-    peerLru_.push_back(*peer);
+    if (peer->lruHook.is_linked()) {
+        idlePeers_.erase(idlePeers_.iterator_to(*peer));
+        idlePeers_.push_back(*peer);
+    }
 }
 
 void Engine::evictPeer(Peer* peer) {
     if (!peer->pendingAcks.empty()) sendAckPacket(peer, 0);
     if (peer->acksHook.is_linked()) peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
-    peerLru_.erase(peerLru_.iterator_to(*peer));
+    if (peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     ++m_.peersEvicted;
     peers_.erase(peer->address);
 }
@@ -172,7 +169,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
     if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
     allRpcs_.push_back(*rpc);
-    ++peer->rpcCount;
+    if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     if (rpc->isClient()) {
         clientRpcs_.emplace(id, rpc);
     } else {
@@ -199,7 +196,7 @@ void Engine::freeRpc(Rpc* rpc) {
     releaseInBuffer(rpc);
     outPool_.release(rpc->out.buffer);
     rpc->out.buffer = {};
-    --rpc->peer->rpcCount;
+    if (--rpc->peer->rpcCount == 0) idlePeers_.push_back(*rpc->peer);
     rpc->peer = nullptr;
     freeRpcs_.push_back(rpc);
     grantsDirty_ = true;

@@ -29,6 +29,7 @@
 #include "engine/metrics.h"
 #include "engine/nic_queue.h"
 #include "engine/peer.h"
+#include "engine/ring_queue.h"
 #include "engine/rpc.h"
 #include "homa/address.h"
 #include "homa/status.h"
@@ -211,7 +212,7 @@ class Engine {
     WaitList bufferWaiters_;
     std::vector<std::unique_ptr<Rpc>> rpcStorage_;
     std::vector<Rpc*> freeRpcs_;
-    PeerLru peerLru_;
+    PeerLru idlePeers_;  ///< peers without RPCs, least recently used first
     PeerAckList peersWithAcks_;
 
     GrantPeerSet grantPeers_;
@@ -233,7 +234,7 @@ class Engine {
     Time lastNow_ = INT64_MIN;
     Time nextTick_ = 0;
 
-    std::deque<Delivery> deliveries_;
+    RingQueue<Delivery> deliveries_;
     std::array<uint8_t, wire::kMaxHeaderSize> scratch_{};
     EngineMetrics m_;
 };

@@ -36,7 +36,7 @@ struct Peer {
     SetHook grantPeersHook;  ///< in the engine's set of peers with grantable messages
     int activeGrants = 0;    ///< scratch for the grant decision
 
-    ListHook lruHook;        ///< in the engine's least-recently-used peer list
+    ListHook lruHook;        ///< in the engine's list of idle peers (no RPCs), LRU first
     ListHook acksHook;       ///< in the list of peers with pending acks
 };
 

@@ -128,10 +128,10 @@ void Engine::requestMissing(Rpc* rpc) {
 }
 
 void Engine::collectPeers(Time now) {
-    // Least recently used first; stop at the first peer that is still in use or recent.
-    while (peers_.size() > cfg_.peerGcThreshold && !peerLru_.empty()) {
-        Peer* p = &peerLru_.front();
-        if (p->rpcCount != 0 || now - p->lastUsed < cfg_.peerIdleNs) break;
+    // Idle peers, least recently used first; stop at the first one used recently.
+    while (peers_.size() > cfg_.peerGcThreshold && !idlePeers_.empty()) {
+        Peer* p = &idlePeers_.front();
+        if (now - p->lastUsed < cfg_.peerIdleNs) break;
         evictPeer(p);
     }
 }

@@ -698,5 +698,24 @@ TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
     }
 }
 
+// The hard cap evicts an idle peer even when the least recently used peer is busy.
+TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
+    Config cb = baseConfig();
+    cb.maxPeers = 3;
+    Pair p(baseConfig(), cb);
+    p.call(100);  // A's request: B now has a busy peer (A) until it answers
+    p.pump();
+    ASSERT_EQ(p.deliveries(p.b).size(), 1u);
+    wire::CommonHeader c = from(2);
+    p.b.receive(Address::ipv4(0x0b000001, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    p.b.receive(Address::ipv4(0x0b000002, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    ASSERT_EQ(p.b.peerCount(), 3u);
+    p.b.receive(Address::ipv4(0x0b000003, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_EQ(p.b.peerCount(), 3u);
+    EXPECT_EQ(p.b.metrics().peersEvicted, 1u);
+    EXPECT_EQ(p.b.rpcCount(), 1u) << "the busy peer's RPC is untouched";
+}
+
+
 }  // namespace
 }  // namespace homa::engine
