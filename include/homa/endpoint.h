@@ -36,7 +36,8 @@ class Core;
 
 struct EndpointOptions {
     /// Address and UDP port to bind; port 0 picks a free port (clients usually do).
-    Address address = Address::ipv4(0x7f000001, 0);
+    /// The default, 0.0.0.0:0, reaches any IPv4 peer; use "[::]:0" for IPv6.
+    Address address = Address::ipv4(0, 0);
     /// Link MTU: sets the payload per packet. Jumbo frames (e.g. 9000) are fine.
     uint32_t mtu = 1500;
     /// Protocol parameters; linkMbps should match the host's link.
