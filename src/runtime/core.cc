@@ -218,7 +218,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             int64_t until = engine_->nextWakeup();
             if (!deadlines_.empty()) until = std::min<int64_t>(until, deadlines_.begin()->first);
             waitNs = until == engine::kNever ? kMaxPollWaitNs : std::max<int64_t>(0, until - now);
-            if (maxWaitNs >= 0) waitNs = std::min(waitNs, maxWaitNs);
+            if (maxWaitNs > 0) waitNs = std::min(waitNs, maxWaitNs);
             waitNs = std::min(waitNs, kMaxPollWaitNs);
         }
     }
