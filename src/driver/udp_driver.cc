@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -23,6 +24,8 @@ namespace homa::driver {
 namespace {
 constexpr uint32_t kIpv4Header = 20, kIpv6Header = 40, kUdpHeader = 8;
 constexpr int kMaxGsoSegments = 64;
+// A GSO send is one UDP datagram before segmentation: its payload must fit in 16 bits.
+constexpr size_t kMaxGsoBytes = 65'000;
 constexpr size_t kGroBuffer = 65536;
 
 Status sysError(const std::string& what) {
@@ -151,7 +154,8 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     for (size_t i = begin; i < end;) {
         size_t j = i + 1;
         if (gso_) {
-            while (j < end && j - i < static_cast<size_t>(kMaxGsoSegments) && tx_[j].address == tx_[i].address &&
+            const size_t maxSegments = std::min<size_t>(kMaxGsoSegments, kMaxGsoBytes / std::max<uint32_t>(tx_[i].length, 1));
+            while (j < end && j - i < maxSegments && tx_[j].address == tx_[i].address &&
                    tx_[j].priority == tx_[i].priority && tx_[j - 1].length == tx_[i].length &&
                    tx_[j].length <= tx_[i].length && tx_[j].offset == tx_[j - 1].offset + maxPacket_)
                 ++j;
@@ -221,6 +225,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
                 return;
             }
             ++stats_.sendErrors;  // e.g. unreachable destination: loss, which Homa recovers from
+            stats_.lastSendErrno = errno;
             ++done;
             continue;
         }

@@ -32,6 +32,7 @@ struct UdpDriverOptions {
 
 struct UdpDriverStats {
     uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
+    int lastSendErrno = 0;
     uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0;
 };
 

@@ -107,6 +107,9 @@ int server(const homa::Address& address, int argc, char** argv) {
     while (!stopFlag) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     auto m = ep->metrics();
     ep->shutdown();
+    if (arg(argc, argv, "--print-metrics", 0))
+        for (const auto& [name, value] : m.counters)
+            if (value) std::printf("  %s %lu\n", name.c_str(), static_cast<unsigned long>(value));
     std::printf("served %lu duplicates %lu dropped_overload %lu dropped_malformed %lu\n",
                 static_cast<unsigned long>(served.load()), static_cast<unsigned long>(duplicates.load()),
                 static_cast<unsigned long>(m.get("dropped_overload")),
@@ -182,7 +185,12 @@ int client(const homa::Address& server, int argc, char** argv) {
     }
     std::printf("completed %ld failed %ld wrong %ld twice %ld\n", completed.load(), failed.load(), wrong.load(),
                 twice.load());
-    if (!firstError.empty()) std::printf("first error: %s\n", firstError.c_str());
+    if (!firstError.empty()) {
+        std::printf("first error: %s\n", firstError.c_str());
+        std::printf("client counters (non-zero):\n");
+        for (const auto& [name, value] : ep->metrics().counters)
+            if (value) std::printf("  %s %lu\n", name.c_str(), static_cast<unsigned long>(value));
+    }
     return completed == count && twice == 0 ? 0 : 1;
 }
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 bin=$1
 port=$((20000 + RANDOM % 20000))
-"$bin/loadgen" server 127.0.0.1:$port --threads 2 > server.out &
+"$bin/loadgen" server 127.0.0.1:$port --threads 2 --print-metrics 1 > server.out &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 sleep 0.3

@@ -1,0 +1,152 @@
+#include "driver/udp_driver.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <map>
+
+namespace homa::driver {
+namespace {
+
+const Address kLoopback = Address::ipv4(0x7f000001, 0);
+
+std::unique_ptr<UdpDriver> open(UdpDriverOptions o = {}, Address a = kLoopback) {
+    Status e;
+    auto d = UdpDriver::open(a, o, &e);
+    EXPECT_TRUE(d) << e.toString();
+    return d;
+}
+
+// Receives until `want` packets arrived or a second passed.
+std::vector<std::vector<uint8_t>> drain(UdpDriver& d, size_t want) {
+    std::vector<std::vector<uint8_t>> got;
+    for (int i = 0; i < 100 && got.size() < want; ++i) {
+        d.wait(10'000'000, -1);
+        d.receive([&](const Address&, std::span<const uint8_t> p) { got.emplace_back(p.begin(), p.end()); });
+    }
+    return got;
+}
+
+TEST(UdpDriver, BindsAndReportsItsAddressAndPacketSize) {
+    auto d = open();
+    EXPECT_NE(d->localAddress().port, 0);
+    EXPECT_EQ(d->maxPacketBytes(), 1500u - 20 - 8);
+    UdpDriverOptions jumbo;
+    jumbo.mtu = 9000;
+    EXPECT_EQ(open(jumbo)->maxPacketBytes(), 9000u - 28);
+}
+
+TEST(UdpDriver, RejectsBadOptionsAndAddressesClearly) {
+    Status e;
+    UdpDriverOptions o;
+    o.mtu = 100;
+    EXPECT_FALSE(UdpDriver::open(kLoopback, o, &e));
+    EXPECT_NE(e.message().find("mtu"), std::string::npos);
+    auto d = open();
+    EXPECT_FALSE(UdpDriver::open(d->localAddress(), {}, &e)) << "port already bound";
+    EXPECT_NE(e.message().find("cannot bind"), std::string::npos);
+}
+
+// A long run of full-size packets to one peer goes out as GSO batches, each within the
+// 64 KB datagram limit: nothing may be lost to EMSGSIZE.
+TEST(UdpDriver, LongRunsOfFullPacketsAllArrive) {
+    auto a = open(), b = open();
+    std::vector<uint8_t> payload(a->maxPacketBytes() - 8);
+    const int n = 150;
+    for (int i = 0; i < n; ++i) {
+        uint8_t header[8] = {static_cast<uint8_t>(i), 1, 2, 3, 4, 5, 6, 7};
+        a->queue(b->localAddress(), 3, header, payload);
+    }
+    a->flush();
+    EXPECT_EQ(a->stats().sendErrors, 0u) << "errno " << a->stats().lastSendErrno;
+    auto got = drain(*b, n);
+    ASSERT_EQ(got.size(), static_cast<size_t>(n));
+    std::map<int, int> seen;
+    for (auto& p : got) {
+        ASSERT_EQ(p.size(), a->maxPacketBytes());
+        ++seen[p[0]];
+    }
+    EXPECT_EQ(seen.size(), static_cast<size_t>(n)) << "every packet once, headers intact";
+}
+
+TEST(UdpDriver, MixedSizesAndDestinations) {
+    auto a = open(), b = open(), c = open();
+    for (int i = 0; i < 40; ++i) {
+        std::vector<uint8_t> p(static_cast<size_t>(1 + i * 37), static_cast<uint8_t>(i));
+        a->queue((i % 2 ? b : c)->localAddress(), static_cast<uint8_t>(i % 8), p, {});
+    }
+    a->flush();
+    auto gb = drain(*b, 20), gc = drain(*c, 20);
+    EXPECT_EQ(gb.size(), 20u);
+    EXPECT_EQ(gc.size(), 20u);
+    for (auto& p : gb) EXPECT_EQ(p.size(), static_cast<size_t>(1 + p[0] * 37));
+}
+
+TEST(UdpDriver, PriorityIsCarriedInTheTosByte) {
+    auto a = open();
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_IP, IP_RECVTOS, &one, sizeof(one));
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(0x7f000001);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)), 0);
+    socklen_t len = sizeof(sin);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&sin), &len);
+    uint8_t byte = 9;
+    a->queue(Address::ipv4(0x7f000001, ntohs(sin.sin_port)), 5, std::span(&byte, 1), {});
+    a->flush();
+    pollfd pfd{fd, POLLIN, 0};
+    ASSERT_EQ(poll(&pfd, 1, 1000), 1);
+    uint8_t buf[16], control[64];
+    iovec iov{buf, sizeof(buf)};
+    msghdr h{};
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control;
+    h.msg_controllen = sizeof(control);
+    ASSERT_EQ(recvmsg(fd, &h, 0), 1);
+    int tos = -1;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c))
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) tos = *CMSG_DATA(c);
+    EXPECT_EQ(tos, 5 << 5);
+    close(fd);
+}
+
+TEST(UdpDriver, Ipv6WorksWhereAvailable) {
+    Status e;
+    auto a = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
+    if (!a) GTEST_SKIP() << "no IPv6 loopback: " << e.toString();
+    auto b = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(a->maxPacketBytes(), 1500u - 40 - 8);
+    uint8_t x[3] = {1, 2, 3};
+    a->queue(b->localAddress(), 0, x, {});
+    a->flush();
+    Address from;
+    std::vector<std::vector<uint8_t>> got;
+    for (int i = 0; i < 100 && got.empty(); ++i) {
+        b->wait(10'000'000, -1);
+        b->receive([&](const Address& s, std::span<const uint8_t> p) {
+            from = s;
+            got.emplace_back(p.begin(), p.end());
+        });
+    }
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(from, a->localAddress());
+}
+
+TEST(UdpDriver, OversizedPacketIsRefusedNotSent) {
+    auto a = open(), b = open();
+    std::vector<uint8_t> big(a->maxPacketBytes() + 1);
+    a->queue(b->localAddress(), 0, big, {});
+    a->flush();
+    EXPECT_EQ(a->stats().sendErrors, 1u);
+    EXPECT_EQ(a->stats().packetsSent, 0u);
+}
+
+}  // namespace
+}  // namespace homa::driver
