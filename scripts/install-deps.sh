@@ -7,6 +7,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libabsl-dev libboost-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   iproute2 nftables sockperf iperf3 gnuplot-nox
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler pkgconf
 )
 
 missing=()
