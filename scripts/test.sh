@@ -36,6 +36,8 @@ if [ "${HOMA_SKIP_FUZZ:-0}" != 1 ]; then
   step "fuzzing, ${FUZZ_SECONDS}s per target"
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DHOMA_FUZZ=ON -DHOMA_BENCH=OFF >/dev/null
   cmake --build build-fuzz -j"$JOBS" --target fuzzers
+  echo "-- regression inputs (fuzz/crashes)"
+  build-fuzz/bin/engine_fuzz fuzz/crashes/*.bin
   for f in build-fuzz/bin/*_fuzz; do
     name=$(basename "$f")
     corpus="build-fuzz/corpus/$name"

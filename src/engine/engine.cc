@@ -341,6 +341,7 @@ void Engine::receive(const Address& source, std::span<const uint8_t> packet, Tim
 
 void Engine::finishBatch(Time now) {
     now = clamp(now);
+    retryBufferWaiters(now);
     decideGrants(now);
     transmitData(now);
 }

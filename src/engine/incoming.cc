@@ -42,15 +42,16 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             return;
         }
     }
-    rpc->silentTicks = 0;
-
     InMessage& in = rpc->in;
     if (!in.started) {
         startInMessage(rpc, d.messageLength, d.incoming, now);
     } else if (d.messageLength != in.length) {
+        // Only consistent data shows the peer is working on this RPC: a packet that
+        // contradicts what we know must not keep the RPC alive.
         ++m_.dropped[static_cast<size_t>(DropReason::Inconsistent)];
         return;
     }
+    rpc->silentTicks = 0;
     // The sender promises to send this much without further grants.
     uint32_t promised = std::min(d.incoming, in.length);
     if (promised > in.granted) {

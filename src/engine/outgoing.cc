@@ -76,14 +76,27 @@ void Engine::transmitData(Time now) {
 }
 
 void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
-    rpc->silentTicks = 0;
     if (rpc->state == RpcState::ServerIncoming || rpc->state == RpcState::ServerInService) {
-        // The client asks for the response, which does not exist yet: we are alive.
+        if (r.length != wire::kResendAll) {
+            // A range of a response we never started: the client holds response state
+            // that did not come from us. Make it start over.
+            sendControl(rpc->peer, rpc->id, wire::PacketType::RpcUnknown);
+            return;
+        }
+        // The client asks for the response, which does not exist yet: say we are alive.
+        // (Its asking is no progress on the request, so our own silence count goes on.)
         sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
         return;
     }
-    if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
     OutMessage& o = rpc->out;
+    if (r.length != wire::kResendAll && r.offset >= o.length) {
+        // Asks for bytes past the end of our message: it describes some other message.
+        // Neither an answer nor a sign of life.
+        ++m_.dropped[static_cast<size_t>(DropReason::Inconsistent)];
+        return;
+    }
+    rpc->silentTicks = 0;
+    if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
     uint64_t end = r.length == wire::kResendAll ? o.nextOffset
                                                  : std::min<uint64_t>(o.length, uint64_t{r.offset} + r.length);
     // Asking for bytes means they are granted: this recovers from a lost GRANT.

@@ -28,6 +28,9 @@ void Engine::advance(Time now) {
         nextTick_ += cfg_.tickNs;
         if (nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
     }
+    // Buffers may have come back without the application (an RPC timed out or was
+    // aborted): messages waiting for space must not wait for the next releaseMessage().
+    retryBufferWaiters(now);
     decideGrants(now);
     transmitData(now);
 }

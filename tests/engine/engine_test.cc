@@ -717,5 +717,96 @@ TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
 }
 
 
+// ---------------------------------------------------------------- liveness (found by engine_fuzz)
+
+std::vector<uint8_t> forgedData(uint64_t senderId, uint32_t messageLength, uint32_t offset, uint32_t bytes) {
+    wire::CommonHeader c = from(senderId);
+    wire::DataHeader d;
+    d.messageLength = messageLength;
+    d.incoming = std::min<uint32_t>(messageLength, 40'000);
+    d.offset = offset;
+    d.cutoffVersion = 1;
+    std::vector<uint8_t> pkt(wire::kDataHeaderSize);
+    wire::encodeData(pkt, c, d);
+    pkt.insert(pkt.end(), bytes, 0x77);
+    return pkt;
+}
+
+// DATA that contradicts the known message length is no sign of life: the RPC still
+// times out instead of living forever on rejected packets.
+TEST(Engine, InconsistentDataDoesNotKeepAnRpcAlive) {
+    Pair p;
+    uint64_t id = p.call(100, 5);
+    p.sinkA.take();
+    p.a.receive(kB, forgedData(id ^ 1, 5000, 0, 1416), p.now);  // response: 5000 bytes
+    for (int i = 0; i < p.cfgA.timeoutTicks + 5; ++i) {
+        p.tick();
+        p.a.receive(kB, forgedData(id ^ 1, 7000, 1416, 1416), p.now);  // contradicts it
+    }
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].status.code(), StatusCode::Timeout);
+}
+
+// A RESEND for bytes past the end of our message is neither answered nor a sign of life.
+TEST(Engine, ResendBeyondTheMessageIsIgnored) {
+    Pair p;
+    uint64_t id = p.call(100, 5);
+    p.sinkA.take();
+    for (int i = 0; i < p.cfgA.timeoutTicks + 5; ++i) {
+        p.tick();
+        p.sinkA.take();
+        p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 1416, 98'584, 0), p.now);
+        if (p.a.rpcCount() == 0) break;  // timed out: from now on the RPC is unknown
+        EXPECT_TRUE(p.sinkA.out.empty()) << "answered a RESEND for bytes we do not have: "
+                                         << wire::toString(p.sinkA.out[0].type());
+    }
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].status.code(), StatusCode::Timeout);
+}
+
+// A RESEND naming response bytes, at a server that never started the response, comes
+// from a client holding phantom response state: it is told RPC_UNKNOWN so it starts over.
+TEST(Engine, ResendForAResponseNotStartedGetsRpcUnknown) {
+    Pair p;
+    uint64_t id = p.call(100'000);
+    auto pkts = p.sinkA.take();
+    p.b.receive(kA, pkts[0].bytes, p.now);
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(id), wire::PacketType::Resend, 1416, 10'000, 0), p.now);
+    ASSERT_EQ(p.sinkB.out.size(), 1u);
+    EXPECT_EQ(p.sinkB.out[0].type(), wire::PacketType::RpcUnknown);
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(id), wire::PacketType::Resend, 0, wire::kResendAll, 0), p.now);
+    ASSERT_EQ(p.sinkB.out.size(), 1u);
+    EXPECT_EQ(p.sinkB.out[0].type(), wire::PacketType::Busy);
+}
+
+// Buffers freed by a timeout (not by the application) must reach a message waiting
+// for buffer space.
+TEST(Engine, BufferWaiterResumesWhenATimedOutRpcFreesItsBuffer) {
+    Config ca = baseConfig();
+    ca.maxMessageLength = 100'000;
+    ca.maxBufferBytes = BufferPool::classSize(100'000) + 1000;
+    Pair p(ca);
+    // A stranger's partial request fills A's pool, then goes silent.
+    p.a.receive(Address::ipv4(0x0a000009, kPort), forgedData(2, 100'000, 0, 1416), p.now);
+    uint64_t id = p.call(10);
+    p.pump();
+    ASSERT_EQ(p.serveAll(50'000), 1);
+    p.pump();
+    EXPECT_EQ(p.a.metrics().bufferWaits, 1u);
+    for (int i = 0; i < 2 * p.cfgA.timeoutTicks && p.a.rpcCount() > 0; ++i) {
+        p.tick();
+        p.pump();
+    }
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].clientId, id);
+    EXPECT_EQ(d[0].kind, Delivery::Kind::Response);
+    if (d[0].message.data) p.a.releaseMessage(d[0].message, p.now);
+}
+
 }  // namespace
 }  // namespace homa::engine
