@@ -1,0 +1,504 @@
+// Tests for the TCP baseline transport: framing, pipelining, multiple ports and threads,
+// connection failures, rejection of malformed frames, and shutdown with calls in flight.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "perf/transport.h"
+
+namespace homa::perf {
+namespace {
+
+using namespace std::chrono_literals;
+
+const Address kLoopback = Address::ipv4(0x7f000001, 0);
+
+/// A request of `size` bytes asking for `responseLength` bytes back.
+std::vector<uint8_t> makeRequest(size_t size, uint32_t responseLength) {
+    std::vector<uint8_t> r(size, 0xab);
+    putResponseLength(r.data(), responseLength);
+    return r;
+}
+
+/// Counts completions and lets the test wait for a number of them.
+class Completions {
+  public:
+    void add(const CallResult& r) {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++count_;
+        if (!r.ok) {
+            ++failed_;
+            lastError_ = r.error;
+        }
+        cv_.notify_all();
+    }
+    bool waitFor(size_t n, std::chrono::milliseconds timeout = 10s) {
+        std::unique_lock<std::mutex> lock(mu_);
+        return cv_.wait_for(lock, timeout, [&] { return count_ >= n; });
+    }
+    size_t count() {
+        std::lock_guard<std::mutex> lock(mu_);
+        return count_;
+    }
+    size_t failed() {
+        std::lock_guard<std::mutex> lock(mu_);
+        return failed_;
+    }
+    std::string lastError() {
+        std::lock_guard<std::mutex> lock(mu_);
+        return lastError_;
+    }
+
+  private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    size_t count_ = 0;
+    size_t failed_ = 0;
+    std::string lastError_;
+};
+
+std::unique_ptr<ServerTransport> startServer(const Address& bind, int ports, const TcpOptions& options) {
+    std::string error;
+    auto server = makeTcpServer(bind, ports, options, &error);
+    EXPECT_NE(server, nullptr) << error;
+    return server;
+}
+
+std::unique_ptr<ClientTransport> startClient(const std::vector<Address>& servers, const TcpOptions& options) {
+    std::string error;
+    auto client = makeTcpClient(servers, options, 2000, &error);
+    EXPECT_NE(client, nullptr) << error;
+    return client;
+}
+
+/// One synchronous call; the result, or a failure if nothing came back in time.
+CallResult callAndWait(ClientTransport& client, size_t server, const std::vector<uint8_t>& request) {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    CallResult result;
+    client.call(server, request, [&](CallResult r) {
+        std::lock_guard<std::mutex> lock(mu);
+        result = std::move(r);
+        done = true;
+        cv.notify_all();
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, 10s, [&] { return done; })) {
+        result.ok = false;
+        result.error = "test timed out";
+        // The callback still refers to our locals: it must not run after we return.
+        ADD_FAILURE() << "call did not complete";
+        cv.wait(lock, [&] { return done; });
+    }
+    return result;
+}
+
+/// A raw TCP socket connected to `a`, for sending hand-made frames.
+int rawConnect(const Address& a) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(a.port);
+    sa.sin_addr.s_addr = htonl(a.ipv4Host());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/// A listening socket on 127.0.0.1 that never answers (the kernel still completes
+/// handshakes and buffers requests). Returns its fd and sets *port.
+int silentListener(uint16_t* port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(fd, 16) != 0) {
+        close(fd);
+        return -1;
+    }
+    socklen_t len = sizeof(sa);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/// Waits until the peer closes `fd` (end of stream or reset), discarding data.
+bool waitForClose(int fd, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buf[4096];
+    while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t r = recv(fd, buf, sizeof(buf), 0);
+        if (r <= 0) return true;
+    }
+    return false;
+}
+
+TEST(TcpTransport, EchoesEverySizeWithTheRequestedResponseLength) {
+    TcpOptions options;
+    options.maxMessageLength = 2 << 20;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), options);
+    ASSERT_NE(client, nullptr);
+
+    const std::vector<uint32_t> sizes = {4, 5, 7, 64, 1000, 1460, 4096, 65536, 100'000, 500'000, 1 << 20};
+    uint64_t calls = 0;
+    for (uint32_t size : sizes) {
+        // Same size both ways, then small request / large response and the reverse.
+        for (auto [req, resp] : {std::pair{size, size}, std::pair{4u, size}, std::pair{size, 1u}}) {
+            CallResult r = callAndWait(*client, 0, makeRequest(req, resp));
+            EXPECT_TRUE(r.ok) << r.error;
+            EXPECT_EQ(r.responseLength, resp) << "request " << req;
+            ++calls;
+        }
+    }
+    // A request that asks for 0 bytes gets the minimum of 1.
+    CallResult r = callAndWait(*client, 0, makeRequest(16, 0));
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.responseLength, 1u);
+    ++calls;
+    EXPECT_EQ(server->served(), calls);
+    client->stop();
+    server->stop();
+}
+
+/// Issues `total` calls at once from `callers` threads and checks each completes once,
+/// successfully, with its own response length (so responses matched the right calls).
+void pipelined(int connections, int clientThreads, int callers, int total) {
+    TcpOptions options;
+    options.connectionsPerServer = connections;
+    options.threads = clientThreads;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), options);
+    ASSERT_NE(client, nullptr);
+
+    std::vector<std::atomic<int>> times(total);
+    std::vector<std::atomic<bool>> right(total);
+    Completions completions;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < callers; ++t) {
+        threads.emplace_back([&, t] {
+            for (int i = t; i < total; i += callers) {
+                uint32_t want = 1 + static_cast<uint32_t>(i * 37 % 3000);
+                client->call(0, makeRequest(8 + i % 100, want), [&, i, want](CallResult r) {
+                    times[i].fetch_add(1);
+                    right[i].store(r.ok && r.responseLength == want);
+                    completions.add(r);
+                });
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    ASSERT_TRUE(completions.waitFor(total)) << completions.count() << " of " << total;
+    std::this_thread::sleep_for(20ms);  // a duplicate completion would show up here
+    for (int i = 0; i < total; ++i) {
+        EXPECT_EQ(times[i].load(), 1) << "call " << i;
+        EXPECT_TRUE(right[i].load()) << "call " << i;
+    }
+    EXPECT_EQ(completions.failed(), 0u) << completions.lastError();
+    EXPECT_EQ(server->served(), static_cast<uint64_t>(total));
+    client->stop();
+    server->stop();
+}
+
+TEST(TcpTransport, ThousandPipelinedCallsOverOneConnection) { pipelined(1, 1, 1, 1000); }
+
+TEST(TcpTransport, ThousandPipelinedCallsOverFourConnectionsFromFourThreads) { pipelined(4, 2, 4, 1000); }
+
+TEST(TcpTransport, TwoPortsAndTwoServerThreads) {
+    TcpOptions serverOptions;
+    serverOptions.threads = 2;
+    auto server = startServer(kLoopback, 2, serverOptions);
+    ASSERT_NE(server, nullptr);
+    auto addresses = server->addresses();
+    ASSERT_EQ(addresses.size(), 2u);
+    EXPECT_NE(addresses[0].port, addresses[1].port);
+
+    TcpOptions clientOptions;
+    clientOptions.connectionsPerServer = 3;
+    clientOptions.threads = 2;
+    auto client = startClient(addresses, clientOptions);
+    ASSERT_NE(client, nullptr);
+    Completions completions;
+    std::atomic<int> wrong{0};
+    const int perServer = 300;
+    for (int i = 0; i < perServer; ++i) {
+        for (size_t s = 0; s < 2; ++s) {
+            uint32_t want = static_cast<uint32_t>(100 * (s + 1) + i);
+            client->call(s, makeRequest(32, want), [&, want](CallResult r) {
+                if (!r.ok || r.responseLength != want) wrong.fetch_add(1);
+                completions.add(r);
+            });
+        }
+    }
+    ASSERT_TRUE(completions.waitFor(2 * perServer));
+    EXPECT_EQ(wrong.load(), 0) << completions.lastError();
+    EXPECT_EQ(server->served(), 2u * perServer);
+    client->stop();
+    server->stop();
+}
+
+TEST(TcpTransport, ConsecutivePortsFromAGivenPort) {
+    // Find two free consecutive ports; retry a few times since other tests run too.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        uint16_t port = 0;
+        int probe = silentListener(&port);
+        ASSERT_GE(probe, 0);
+        close(probe);
+        if (port >= 65535) continue;
+        std::string error;
+        auto server = makeTcpServer(Address::ipv4(0x7f000001, port), 2, TcpOptions{}, &error);
+        if (server == nullptr) continue;
+        auto addresses = server->addresses();
+        ASSERT_EQ(addresses.size(), 2u);
+        EXPECT_EQ(addresses[0].port, port);
+        EXPECT_EQ(addresses[1].port, port + 1);
+        auto client = startClient(addresses, TcpOptions{});
+        ASSERT_NE(client, nullptr);
+        EXPECT_TRUE(callAndWait(*client, 1, makeRequest(4, 10)).ok);
+        return;
+    }
+    GTEST_SKIP() << "no two consecutive free ports found";
+}
+
+TEST(TcpTransport, ConnectingToAClosedPortFailsFastWithAClearError) {
+    uint16_t port = 0;
+    int probe = silentListener(&port);
+    ASSERT_GE(probe, 0);
+    close(probe);  // nothing listens there now
+    std::string error;
+    auto start = std::chrono::steady_clock::now();
+    auto client = makeTcpClient({Address::ipv4(0x7f000001, port)}, TcpOptions{}, 5000, &error);
+    auto elapsed = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(client, nullptr);
+    EXPECT_EQ(error, "cannot connect to 127.0.0.1:" + std::to_string(port) + ": Connection refused");
+    EXPECT_LT(elapsed, 1s);
+}
+
+TEST(TcpTransport, MalformedFramesCloseOnlyTheirConnection) {
+    TcpOptions options;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), options);
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(callAndWait(*client, 0, makeRequest(100, 100)).ok);
+
+    // An absurd length, a length too short to hold the response length, and a valid
+    // frame asking for an absurd response.
+    std::vector<std::vector<uint8_t>> frames = {
+        {0xff, 0xff, 0xff, 0xff},
+        {0, 0, 0, 2, 1, 2},
+        {0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff},
+    };
+    for (const auto& frame : frames) {
+        int fd = rawConnect(server->addresses()[0]);
+        ASSERT_GE(fd, 0);
+        ASSERT_EQ(send(fd, frame.data(), frame.size(), MSG_NOSIGNAL), static_cast<ssize_t>(frame.size()));
+        EXPECT_TRUE(waitForClose(fd, 2s)) << "frame starting " << int{frame[3]};
+        close(fd);
+        // The well-behaved client keeps working throughout.
+        CallResult r = callAndWait(*client, 0, makeRequest(64, 64));
+        EXPECT_TRUE(r.ok) << r.error;
+        EXPECT_EQ(r.responseLength, 64u);
+    }
+    client->stop();
+    server->stop();
+}
+
+TEST(TcpTransport, ServerKeepsLimitedOutputForAClientThatDoesNotRead) {
+    // Pipeline many large-response requests without reading, then read everything:
+    // the server must pause and resume rather than drop or stall.
+    TcpOptions options;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    int fd = rawConnect(server->addresses()[0]);
+    ASSERT_GE(fd, 0);
+    const int requests = 100;
+    const uint32_t responseLength = 500'000;
+    std::vector<uint8_t> frames;
+    for (int i = 0; i < requests; ++i) {
+        uint8_t f[8];
+        putResponseLength(f, 4);
+        putResponseLength(f + 4, responseLength);
+        frames.insert(frames.end(), f, f + 8);
+    }
+    ASSERT_EQ(send(fd, frames.data(), frames.size(), MSG_NOSIGNAL), static_cast<ssize_t>(frames.size()));
+    // Wait until the server stops making progress: it must pause once the socket and
+    // its output buffer are full, well before answering everything.
+    uint64_t before = server->served();
+    for (int i = 0; i < 40; ++i) {
+        std::this_thread::sleep_for(100ms);
+        uint64_t now = server->served();
+        if (now == before && now != 0) break;
+        before = now;
+    }
+    EXPECT_LT(server->served(), static_cast<uint64_t>(requests));
+    size_t want = requests * (4 + size_t{responseLength});
+    size_t got = 0;
+    std::vector<char> buf(1 << 16);
+    while (got < want) {
+        pollfd p{fd, POLLIN, 0};
+        ASSERT_GT(poll(&p, 1, 5000), 0) << "stalled after " << got << " of " << want << " bytes";
+        ssize_t r = recv(fd, buf.data(), buf.size(), 0);
+        ASSERT_GT(r, 0);
+        got += static_cast<size_t>(r);
+    }
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(server->served(), static_cast<uint64_t>(requests));
+    close(fd);
+    server->stop();
+}
+
+TEST(TcpTransport, StopFailsCallsInFlightExactlyOnce) {
+    uint16_t port = 0;
+    int silent = silentListener(&port);
+    ASSERT_GE(silent, 0);
+    TcpOptions options;
+    options.connectionsPerServer = 2;
+    options.threads = 2;
+    auto client = startClient({Address::ipv4(0x7f000001, port)}, options);
+    ASSERT_NE(client, nullptr);
+    const int total = 200;
+    std::vector<std::atomic<int>> times(total);
+    std::atomic<int> stoppedErrors{0};
+    for (int i = 0; i < total; ++i) {
+        client->call(0, makeRequest(100, 10), [&, i](CallResult r) {
+            times[i].fetch_add(1);
+            if (!r.ok && r.error == "stopped") stoppedErrors.fetch_add(1);
+        });
+    }
+    std::this_thread::sleep_for(50ms);
+    client->stop();
+    for (int i = 0; i < total; ++i) EXPECT_EQ(times[i].load(), 1) << "call " << i;
+    EXPECT_EQ(stoppedErrors.load(), total);
+
+    // Later calls fail at once, on the calling thread.
+    bool called = false;
+    client->call(0, makeRequest(4, 1), [&](CallResult r) {
+        called = true;
+        EXPECT_FALSE(r.ok);
+        EXPECT_EQ(r.error, "stopped");
+    });
+    EXPECT_TRUE(called);
+    client.reset();
+    close(silent);
+}
+
+TEST(TcpTransport, StopUnderClosedLoopLoadCompletesEveryCallOnce) {
+    TcpOptions options;
+    options.connectionsPerServer = 2;
+    options.threads = 2;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), options);
+    ASSERT_NE(client, nullptr);
+    std::atomic<uint64_t> issued{0}, completed{0}, ok{0};
+    const auto request = makeRequest(64, 64);
+    // Each completion issues the next call, as a closed-loop load generator does.
+    std::function<void(CallResult)> onDone = [&](CallResult r) {
+        completed.fetch_add(1);
+        if (r.ok) {
+            ok.fetch_add(1);
+            issued.fetch_add(1);
+            client->call(0, request, onDone);
+        }
+    };
+    for (int i = 0; i < 64; ++i) {
+        issued.fetch_add(1);
+        client->call(0, request, onDone);
+    }
+    // Let the loop run for a while; a lost wake-up would stall it below the target.
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (ok.load() < 5000 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+    EXPECT_GE(ok.load(), 5000u);
+    client->stop();
+    EXPECT_EQ(completed.load(), issued.load());
+    server->stop();
+}
+
+TEST(TcpTransport, ServerClosingTheConnectionFailsPendingCalls) {
+    uint16_t port = 0;
+    int listener = silentListener(&port);
+    ASSERT_GE(listener, 0);
+    auto client = startClient({Address::ipv4(0x7f000001, port)}, TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    int accepted = accept(listener, nullptr, nullptr);
+    ASSERT_GE(accepted, 0);
+    Completions completions;
+    for (int i = 0; i < 10; ++i) client->call(0, makeRequest(8, 8), [&](CallResult r) { completions.add(r); });
+    // Read the first request, then hang up without answering.
+    char buf[16];
+    ASSERT_GT(recv(accepted, buf, sizeof(buf), 0), 0);
+    close(accepted);
+    ASSERT_TRUE(completions.waitFor(10));
+    EXPECT_EQ(completions.failed(), 10u);
+    EXPECT_NE(completions.lastError().find("127.0.0.1:" + std::to_string(port)), std::string::npos)
+        << completions.lastError();
+    // With its only connection gone, new calls fail at once with the same reason.
+    CallResult r = callAndWait(*client, 0, makeRequest(8, 8));
+    EXPECT_FALSE(r.ok);
+    EXPECT_FALSE(r.error.empty());
+    client->stop();
+    close(listener);
+}
+
+TEST(TcpTransport, RejectsBadCallArgumentsAtOnce) {
+    auto server = startServer(kLoopback, 1, TcpOptions{});
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    CallResult r = callAndWait(*client, 1, makeRequest(8, 8));
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("no server 1"), std::string::npos) << r.error;
+    r = callAndWait(*client, 0, std::vector<uint8_t>(3, 0));
+    EXPECT_FALSE(r.ok);
+    r = callAndWait(*client, 0, makeRequest(TcpOptions{}.maxMessageLength + 1, 8));
+    EXPECT_FALSE(r.ok);
+    // The connection is still usable.
+    EXPECT_TRUE(callAndWait(*client, 0, makeRequest(8, 8)).ok);
+}
+
+bool haveIpv6Loopback() {
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0) return false;
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_addr = in6addr_loopback;
+    bool ok = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    close(fd);
+    return ok;
+}
+
+TEST(TcpTransport, WorksOverIpv6) {
+    if (!haveIpv6Loopback()) GTEST_SKIP() << "no IPv6 loopback on this machine";
+    auto bind = Address::parse("[::1]:0");
+    ASSERT_TRUE(bind.has_value());
+    auto server = startServer(*bind, 1, TcpOptions{});
+    ASSERT_NE(server, nullptr);
+    EXPECT_EQ(server->addresses()[0].toString().rfind("[::1]:", 0), 0u);
+    auto client = startClient(server->addresses(), TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    CallResult r = callAndWait(*client, 0, makeRequest(300, 5000));
+    EXPECT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.responseLength, 5000u);
+}
+
+}  // namespace
+}  // namespace homa::perf
