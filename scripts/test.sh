@@ -22,14 +22,16 @@ ctest --test-dir build --output-on-failure -j"$JOBS"
 step "AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOMA_SANITIZE=address -DHOMA_BENCH=OFF >/dev/null
 cmake --build build-asan -j"$JOBS"
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+# Sanitized processes are several times slower: give peers longer before declaring an
+# RPC dead in the multi-process tests (HOMA_TEST_TIMEOUT_TICKS, read by tests/system).
+HOMA_TEST_TIMEOUT_TICKS=1000 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$JOBS"
 
 if grep -rq 'LABELS threads' tests; then
   step "ThreadSanitizer build and multithreaded tests"
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOMA_SANITIZE=thread -DHOMA_BENCH=OFF >/dev/null
   cmake --build build-tsan -j"$JOBS"
-  TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -L threads -j"$JOBS"
+  HOMA_TEST_TIMEOUT_TICKS=1000 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -L threads -j"$JOBS"
 fi
 
 if [ "${HOMA_SKIP_FUZZ:-0}" != 1 ]; then

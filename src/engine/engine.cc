@@ -167,6 +167,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.buffer = {};
     rpc->in.birth = now;
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
+    rpc->restartTick = UINT64_MAX;
     if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
     allRpcs_.push_back(*rpc);
     if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
@@ -459,6 +460,10 @@ void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
     }
     // The server lost the request (it never got it, or restarted): send it all again.
     // Silent ticks are not reset, so a server that keeps forgetting ends in a timeout.
+    // One restart per tick at most: a burst of RPC_UNKNOWNs (one per RESEND we sent)
+    // must not become a burst of whole requests.
+    if (rpc->restartTick == tickCount_) return;
+    rpc->restartTick = tickCount_;
     ++m_.clientRestarts;
     OutMessage& o = rpc->out;
     o.retransmitBelow = std::max(o.retransmitBelow, o.nextOffset);

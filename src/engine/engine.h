@@ -233,6 +233,7 @@ class Engine {
     uint64_t nextSerial_ = 1;
     Time lastNow_ = INT64_MIN;
     Time nextTick_ = 0;
+    uint64_t tickCount_ = 0;  ///< ticks run so far
 
     RingQueue<Delivery> deliveries_;
     std::array<uint8_t, wire::kMaxHeaderSize> scratch_{};

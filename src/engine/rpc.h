@@ -68,6 +68,7 @@ struct Rpc {
     int silentTicks = 0;  ///< ticks since the peer last showed it is working on this RPC
     int ackWaitTicks = 0; ///< server: ticks since the response was fully sent
     int needAcksSent = 0;
+    uint64_t restartTick = UINT64_MAX;  ///< client: the tick of the last restart
 
     uint64_t clientId() const { return id & ~uint64_t{1}; }
     bool isClient() const { return (id & 1) == 0; }

@@ -36,6 +36,7 @@ void Engine::advance(Time now) {
 }
 
 void Engine::runTick(Time now) {
+    ++tickCount_;
     for (auto it = allRpcs_.begin(); it != allRpcs_.end();) {
         Rpc* rpc = &*it;
         ++it;  // checkRpc may free rpc

@@ -260,6 +260,16 @@ TEST(Engine, RpcUnknownMakesTheClientSendTheRequestAgain) {
     EXPECT_EQ(p.sinkA.out[0].packet().data.offset, 0u);
     EXPECT_TRUE(p.sinkA.out[0].packet().data.retransmit);
     EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    // More RPC_UNKNOWNs in the same tick (answers to several RESENDs) change nothing.
+    p.sinkA.take();
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::RpcUnknown), p.now);
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::RpcUnknown), p.now);
+    EXPECT_TRUE(p.sinkA.out.empty());
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    p.tick();
+    p.sinkA.take();
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 2u) << "a later tick may restart again";
 }
 
 TEST(Engine, ClientResendsAfterSilenceAndTimesOutWithAClearError) {

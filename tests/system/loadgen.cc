@@ -63,9 +63,16 @@ std::string sarg(int argc, char** argv, const char* name, const char* def) {
     return def;
 }
 
+// Sanitizer builds run many times slower on shared machines: HOMA_TEST_TIMEOUT_TICKS
+// lets their CI runs give peers longer before an RPC is declared dead.
+void applyTestTimeout(homa::EndpointOptions& o) {
+    if (const char* t = std::getenv("HOMA_TEST_TIMEOUT_TICKS")) o.protocol.timeoutTicks = std::atoi(t);
+}
+
 int server(const homa::Address& address, int argc, char** argv) {
     homa::EndpointOptions o;
     o.address = address;
+    applyTestTimeout(o);
     long pending = arg(argc, argv, "--max-pending", 0);
     if (pending > 0) o.protocol.maxPendingRequests = static_cast<uint32_t>(pending);
     homa::Status err;
@@ -138,7 +145,9 @@ int client(const homa::Address& server, int argc, char** argv) {
     std::printf("seed %lu workload %s%s\n", static_cast<unsigned long>(seed), wl.c_str(),
                 sizes.isCapped() ? " (capped at 1000000 bytes)" : "");
     homa::Status err;
-    auto ep = homa::Endpoint::open({}, &err);
+    homa::EndpointOptions co;
+    applyTestTimeout(co);
+    auto ep = homa::Endpoint::open(co, &err);
     if (!ep) {
         std::fprintf(stderr, "loadgen client: %s\n", err.toString().c_str());
         return 1;

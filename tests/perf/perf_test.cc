@@ -1,0 +1,161 @@
+// homa-perf: options, statistics, JSON output, and local runs end to end.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "perf/perf.h"
+#include "perf/stats.h"
+
+namespace homa::perf {
+namespace {
+
+bool parse(std::vector<std::string> args, PerfOptions* o, std::string* error) {
+    std::vector<char*> argv;
+    static std::string name = "homa-perf";
+    argv.push_back(name.data());
+    for (auto& a : args) argv.push_back(a.data());
+    bool help = false;
+    return parseOptions(static_cast<int>(argv.size()), argv.data(), o, error, &help);
+}
+
+TEST(PerfOptions, ClientOptionsAreParsed) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"client", "--servers", "10.0.0.2:4000,10.0.0.3:4000", "--workload", "w4", "--client-max",
+                       "32", "--duration", "2.5", "--protocol", "tcp", "--one-way", "--json", "x.json"},
+                      &o, &e))
+        << e;
+    EXPECT_EQ(o.role, "client");
+    EXPECT_EQ(o.servers.size(), 2u);
+    EXPECT_EQ(o.workload, "w4");
+    EXPECT_EQ(o.clientMax, 32);
+    EXPECT_DOUBLE_EQ(o.duration, 2.5);
+    EXPECT_EQ(o.protocol, "tcp");
+    EXPECT_TRUE(o.oneWay);
+    EXPECT_EQ(o.json, "x.json");
+}
+
+TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
+    const std::vector<std::vector<std::string>> bad = {
+        {"client"},                                                // no --servers
+        {"client", "--servers", "nonsense"},                       // not an address
+        {"client", "--servers", "1.2.3.4"},                        // no port
+        {"client", "--servers", "1.2.3.4:5", "--protocol", "udp"}, // unknown protocol
+        {"client", "--servers", "1.2.3.4:5", "--duration", "-1"},
+        {"client", "--servers", "1.2.3.4:5", "--client-max", "0"},
+        {"server", "--bind", "300.1.1.1"},
+        {"local", "--max-length", "2"},
+        {"frobnicate"},
+        {},
+    };
+    for (const auto& args : bad) {
+        PerfOptions o;
+        std::string e;
+        EXPECT_FALSE(parse(args, &o, &e)) << "accepted: " << ::testing::PrintToString(args);
+        EXPECT_FALSE(e.empty());
+        EXPECT_EQ(e.find('\n'), std::string::npos) << "not one line: " << e;
+    }
+}
+
+TEST(PerfStats, PercentileIsNearestRank) {
+    std::vector<double> v = {5, 1, 4, 2, 3, 10, 9, 8, 7, 6};
+    EXPECT_EQ(percentile(v, 50), 5);
+    EXPECT_EQ(percentile(v, 90), 9);
+    EXPECT_EQ(percentile(v, 99), 10);
+    EXPECT_EQ(percentile(v, 0), 1);
+    std::vector<double> empty;
+    EXPECT_EQ(percentile(empty, 50), 0);
+}
+
+TEST(PerfStats, BucketsAndSlowdownByHand) {
+    // Base RTT 10 us, 8 Gbps link: 1,000 wire bytes take 1 us.
+    SlowdownModel m{10, 8};
+    std::vector<Sample> s = {
+        {100, 1000, 11'000},   // ideal 11 us: slowdown 1.0
+        {100, 1000, 22'000},   // 2.0
+        {5000, 10000, 40'000}, // ideal 20 us: 2.0
+        {5000, 10000, 80'000}, // 4.0
+        {9000, 10000, 20'000}, // 1.0
+    };
+    auto b = bucketize(s, {1000, 10000}, m);
+    ASSERT_EQ(b.size(), 2u);
+    EXPECT_EQ(b[0].count, 2u);
+    EXPECT_DOUBLE_EQ(b[0].slowdownP50, 1.0);
+    EXPECT_DOUBLE_EQ(b[0].slowdownP99, 2.0);
+    EXPECT_DOUBLE_EQ(b[0].rttP50Us, 11.0);
+    EXPECT_EQ(b[1].count, 3u);
+    EXPECT_DOUBLE_EQ(b[1].slowdownP50, 2.0);
+    EXPECT_DOUBLE_EQ(b[1].slowdownP99, 4.0);
+    EXPECT_DOUBLE_EQ(b[1].rttP99Us, 80.0);
+}
+
+TEST(PerfStats, DecileBoundsFollowTheCdf) {
+    std::vector<uint32_t> sizes = {10, 20, 1000};
+    std::vector<double> cum = {0.5, 0.95, 1.0};
+    auto b = decileBounds(sizes, cum);
+    std::vector<uint32_t> want = {10, 20, 1000};
+    EXPECT_EQ(b, want);
+}
+
+std::string tempPath(const char* name) {
+    return std::string(::testing::TempDir()) + "/" + name + "-" + std::to_string(getpid()) + ".json";
+}
+
+void checkSchema(const nlohmann::json& j, const std::string& protocol) {
+    EXPECT_EQ(j["tool"], "homa-perf");
+    EXPECT_EQ(j["schema"], 1);
+    EXPECT_EQ(j["options"]["protocol"], protocol);
+    for (const char* k : {"machine", "base_rtt_us", "intervals", "totals", "buckets"}) EXPECT_TRUE(j.contains(k)) << k;
+    EXPECT_GT(j["totals"]["rpcs"].get<uint64_t>(), 0u);
+    EXPECT_EQ(j["totals"]["errors"].get<uint64_t>(), 0u);
+    uint64_t counted = 0;
+    for (const auto& b : j["buckets"]) {
+        for (const char* k : {"max_size", "count", "rtt_p50_us", "rtt_p99_us", "slowdown_p50", "slowdown_p99"})
+            EXPECT_TRUE(b.contains(k)) << k;
+        counted += b["count"].get<uint64_t>();
+    }
+    EXPECT_EQ(counted, j["totals"]["rpcs"].get<uint64_t>());
+    EXPECT_GE(j["intervals"].size(), 1u);
+}
+
+TEST(PerfLocal, HomaEndToEndWritesJson) {
+    PerfOptions o;
+    std::string e;
+    std::string path = tempPath("homa");
+    ASSERT_TRUE(parse({"local", "--workload", "w2", "--duration", "1.2", "--client-max", "8", "--json", path, "--quiet"},
+                      &o, &e))
+        << e;
+    EXPECT_EQ(runLocal(o), 0);
+    std::ifstream f(path);
+    nlohmann::json j = nlohmann::json::parse(f);
+    checkSchema(j, "homa");
+    EXPECT_TRUE(j["options"]["capped"].get<bool>()) << "w2 reaches 3.5 MB: capped at 1 MB";
+}
+
+TEST(PerfLocal, TcpEndToEndWritesJson) {
+    PerfOptions o;
+    std::string e;
+    std::string path = tempPath("tcp");
+    ASSERT_TRUE(parse({"local", "--protocol", "tcp", "--workload", "1000", "--duration", "1.2", "--client-max", "8",
+                       "--tcp-conns", "2", "--json", path, "--quiet"},
+                      &o, &e))
+        << e;
+    EXPECT_EQ(runLocal(o), 0);
+    std::ifstream f(path);
+    nlohmann::json j = nlohmann::json::parse(f);
+    checkSchema(j, "tcp");
+}
+
+TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"client", "--servers", "127.0.0.1:9", "--duration", "1"}, &o, &e)) << e;
+    auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(runClient(o), 1);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+}  // namespace
+}  // namespace homa::perf

@@ -1,0 +1,130 @@
+// homa-perf's Homa transport: the public homa::Endpoint API, nothing else.
+#include "perf/homa_transport.h"
+
+#include <atomic>
+
+namespace homa::perf {
+
+namespace {
+
+class HomaClient : public ClientTransport {
+  public:
+    HomaClient(std::unique_ptr<Endpoint> ep, std::vector<Address> servers)
+        : ep_(std::move(ep)), servers_(std::move(servers)) {}
+    void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) override {
+        ep_->callAsync(servers_.at(server), request, [done = std::move(done)](Response r) {
+            CallResult c;
+            c.ok = r.status.isOk();
+            if (!c.ok) c.error = r.status.toString();
+            c.responseLength = static_cast<uint32_t>(r.message.size());
+            done(std::move(c));
+        });
+    }
+    void stop() override { ep_->shutdown(); }
+    Endpoint& endpoint() { return *ep_; }
+
+  private:
+    std::unique_ptr<Endpoint> ep_;
+    std::vector<Address> servers_;
+};
+
+class HomaServer : public ServerTransport {
+  public:
+    std::vector<Address> addresses() const override {
+        std::vector<Address> a;
+        for (auto& ep : endpoints_) a.push_back(ep->address());
+        return a;
+    }
+    uint64_t served() const override { return served_.load(); }
+    void stop() override {
+        for (auto& ep : endpoints_) ep->shutdown();
+    }
+    std::vector<std::unique_ptr<Endpoint>> endpoints_;
+    std::vector<uint8_t> filler_;
+    std::atomic<uint64_t> served_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<ClientTransport> makeHomaClient(const std::vector<Address>& servers, const HomaTransportOptions& o,
+                                                std::string* error, std::function<MetricsSnapshot()>* metrics) {
+    EndpointOptions eo;
+    eo.address = servers.empty() || servers[0].isIpv4() ? Address::ipv4(0, 0) : *Address::parse("[::]:0");
+    eo.mtu = o.mtu;
+    eo.protocol = o.protocol;
+    Status s;
+    auto ep = Endpoint::open(eo, &s);
+    if (!ep) {
+        if (error) *error = s.toString();
+        return nullptr;
+    }
+    // A server that is not there is reported now, not as a stream of failures.
+    std::vector<uint8_t> probe(8, 0);
+    putResponseLength(probe.data(), 1);
+    for (const Address& server : servers) {
+        Response r = ep->call(server, probe, {.timeout = std::chrono::milliseconds(o.probeTimeoutMs)});
+        if (!r.status.isOk()) {
+            if (error) *error = "server " + server.toString() + " is not answering: " + r.status.toString();
+            return nullptr;
+        }
+    }
+    auto client = std::make_unique<HomaClient>(std::move(ep), servers);
+    if (metrics) {
+        HomaClient* c = client.get();
+        *metrics = [c] { return c->endpoint().metrics(); };
+    }
+    return client;
+}
+
+std::unique_ptr<ServerTransport> makeHomaServer(const Address& bind, int ports, int threads,
+                                                const HomaTransportOptions& o, std::string* error,
+                                                std::function<MetricsSnapshot()>* metrics) {
+    auto server = std::make_unique<HomaServer>();
+    server->filler_.assign(o.protocol.maxMessageLength, 0x5a);
+    for (int i = 0; i < ports; ++i) {
+        EndpointOptions eo;
+        eo.address = bind;
+        if (bind.port != 0) eo.address.port = static_cast<uint16_t>(bind.port + i);
+        eo.mtu = o.mtu;
+        eo.protocol = o.protocol;
+        Status s;
+        auto ep = Endpoint::open(eo, &s);
+        if (!ep) {
+            if (error) *error = s.toString();
+            return nullptr;
+        }
+        HomaServer* srv = server.get();
+        Status st = ep->serve(
+            [srv](ServerRequest req) {
+                uint32_t len = responseLengthOf(req.message().bytes());
+                if (len > srv->filler_.size()) len = static_cast<uint32_t>(srv->filler_.size());
+                req.respond(std::span<const uint8_t>(srv->filler_.data(), len));
+                ++srv->served_;
+            },
+            threads);
+        if (!st.isOk()) {
+            if (error) *error = st.toString();
+            return nullptr;
+        }
+        server->endpoints_.push_back(std::move(ep));
+    }
+    if (metrics) {
+        HomaServer* srv = server.get();
+        *metrics = [srv] {
+            MetricsSnapshot total;
+            for (auto& ep : srv->endpoints_) {
+                MetricsSnapshot m = ep->metrics();
+                if (total.counters.empty()) {
+                    total = std::move(m);
+                } else {
+                    for (size_t i = 0; i < total.counters.size() && i < m.counters.size(); ++i)
+                        total.counters[i].second += m.counters[i].second;
+                }
+            }
+            return total;
+        };
+    }
+    return server;
+}
+
+}  // namespace homa::perf

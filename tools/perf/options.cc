@@ -1,0 +1,93 @@
+// homa-perf's command line.
+#include <CLI/CLI.hpp>
+
+#include "homa/address.h"
+#include "perf/perf.h"
+
+namespace homa::perf {
+
+bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, bool* help) {
+    *help = false;
+    CLI::App app{"homa-perf: Homa (and TCP) RPC benchmark", "homa-perf"};
+    app.require_subcommand(1);
+    app.fallthrough();
+
+    auto addCommon = [o](CLI::App* c) {
+        c->add_option("--protocol", o->protocol, "homa or tcp")->check(CLI::IsMember({"homa", "tcp"}));
+        c->add_option("--mtu", o->mtu, "link MTU for Homa packets")->check(CLI::Range(576, 65535));
+        c->add_flag("--metrics", o->metrics, "print the endpoint counters' change over the run");
+    };
+    auto addServer = [o](CLI::App* c) {
+        c->add_option("--bind", o->bind, "address to listen on");
+        c->add_option("--port", o->port, "first server port (0: any)");
+        c->add_option("--server-ports", o->serverPorts, "server ports (consecutive)")->check(CLI::Range(1, 64));
+        c->add_option("--server-threads", o->serverThreads, "threads per server port")->check(CLI::Range(1, 256));
+    };
+    auto addClient = [o](CLI::App* c) {
+        c->add_option("--workload", o->workload, "w1..w5, a workload file, or a fixed size in bytes");
+        c->add_option("--max-length", o->maxLength, "cap on message sizes")->check(CLI::Range(4u, 64'000'000u));
+        c->add_option("--client-max", o->clientMax, "outstanding RPCs (closed loop; cap in open loop)")
+            ->check(CLI::Range(1, 100'000));
+        c->add_option("--gbps", o->gbps, "open loop: Poisson arrivals offering this many Gbps of requests")
+            ->check(CLI::Range(0.0, 1000.0));
+        c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
+        c->add_option("--duration", o->duration, "seconds of load")->check(CLI::Range(0.1, 86400.0));
+        c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
+        c->add_option("--tcp-threads", o->tcpThreads, "TCP client/server epoll threads")->check(CLI::Range(1, 64));
+        c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")
+            ->check(CLI::Range(0.0, 1e6));
+        c->add_option("--link-gbps", o->linkGbps, "link bandwidth for slowdown")->check(CLI::Range(0.001, 10000.0));
+        c->add_option("--seed", o->seed, "random seed for sizes and arrivals");
+        c->add_option("--json", o->json, "write every figure to this JSON file");
+        c->add_flag("--quiet", o->quiet, "no per-second lines");
+    };
+
+    CLI::App* server = app.add_subcommand("server", "serve requests until interrupted");
+    addCommon(server);
+    addServer(server);
+    CLI::App* client = app.add_subcommand("client", "send load to servers");
+    addCommon(client);
+    addClient(client);
+    client->add_option("--servers", o->servers, "server addresses, e.g. 10.0.0.2:4000 (comma separated)")
+        ->delimiter(',')
+        ->required();
+    CLI::App* local = app.add_subcommand("local", "a server and a client on loopback, in one process");
+    addCommon(local);
+    addServer(local);
+    addClient(local);
+    CLI::App* plot = app.add_subcommand("plot", "draw P99 slowdown against message size from JSON files");
+    plot->add_option("inputs", o->inputs, "JSON files written with --json")->required()->check(CLI::ExistingFile);
+    plot->add_option("-o,--output", o->output, "PNG file to write");
+    plot->add_option("--title", o->title, "title of the plot");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        *help = true;
+        *error = app.help();
+        return false;
+    } catch (const CLI::ParseError& e) {
+        std::string what = e.what();
+        if (what.empty()) what = e.get_name();
+        *error = what;
+        return false;
+    }
+    if (server->parsed()) o->role = "server";
+    if (client->parsed()) o->role = "client";
+    if (local->parsed()) o->role = "local";
+    if (plot->parsed()) o->role = "plot";
+    for (const std::string& s : o->servers) {
+        auto a = Address::parse(s);
+        if (!a || a->port == 0) {
+            *error = "--servers: '" + s + "' is not ADDRESS:PORT";
+            return false;
+        }
+    }
+    if ((o->role == "server" || o->role == "local") && !Address::parse(o->bind)) {
+        *error = "--bind: '" + o->bind + "' is not an address";
+        return false;
+    }
+    return true;
+}
+
+}  // namespace homa::perf

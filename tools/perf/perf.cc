@@ -1,0 +1,484 @@
+// homa-perf's roles: server, client (closed or open loop), local, plot.
+#include "perf/perf.h"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "perf/homa_transport.h"
+#include "perf/transport.h"
+#include "workload/workload.h"
+
+namespace homa::perf {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+volatile std::sig_atomic_t interrupted = 0;
+
+int64_t nowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+json machineInfo() {
+    json m;
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    m["hostname"] = host;
+    m["cpus"] = std::thread::hardware_concurrency();
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(cpuinfo, line)) {
+        if (line.rfind("model name", 0) == 0) {
+            m["cpu"] = line.substr(line.find(':') + 2);
+            break;
+        }
+    }
+    utsname u;
+    if (uname(&u) == 0) m["kernel"] = std::string(u.sysname) + " " + u.release;
+    return m;
+}
+
+HomaTransportOptions homaOptions(const PerfOptions& o) {
+    HomaTransportOptions h;
+    h.mtu = o.mtu;
+    h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
+    return h;
+}
+
+TcpOptions tcpOptions(const PerfOptions& o) {
+    TcpOptions t;
+    t.connectionsPerServer = o.tcpConnections;
+    t.threads = o.tcpThreads;
+    t.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
+    return t;
+}
+
+struct ServerSide {
+    std::unique_ptr<ServerTransport> transport;
+    std::function<MetricsSnapshot()> metrics;
+};
+
+bool startServer(const PerfOptions& o, const Address& bind, ServerSide* s, std::string* error) {
+    if (o.protocol == "tcp") {
+        s->transport = makeTcpServer(bind, o.serverPorts, tcpOptions(o), error);
+    } else {
+        s->transport = makeHomaServer(bind, o.serverPorts, o.serverThreads, homaOptions(o), error, &s->metrics);
+    }
+    return s->transport != nullptr;
+}
+
+void printMetrics(const char* who, const MetricsSnapshot& diff) {
+    std::printf("%s counters over the run (non-zero):\n", who);
+    for (const auto& [name, value] : diff.counters)
+        if (value != 0) std::printf("  %-32s %12lu\n", name.c_str(), static_cast<unsigned long>(value));
+}
+
+// ---------------------------------------------------------------- client
+
+class LoadGenerator {
+  public:
+    LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
+        : o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed) {
+        scratch_.assign(std::max<uint32_t>(o.maxLength, 8), 0x33);
+    }
+
+    /// Runs the load; returns the samples of RPCs that completed.
+    void run() {
+        startNs_ = nowNs();
+        const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
+        std::thread open;
+        if (o_.gbps > 0) {
+            open = std::thread([this, end] { openLoop(end); });
+        } else {
+            for (int i = 0; i < o_.clientMax; ++i) issue();
+        }
+        int64_t nextReport = startNs_ + 1'000'000'000;
+        while (nowNs() < end && !interrupted) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            if (nowNs() >= nextReport) {
+                report(nextReport);
+                nextReport += 1'000'000'000;
+            }
+        }
+        stopping_ = true;
+        if (open.joinable()) open.join();
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, std::chrono::seconds(10), [this] { return outstanding_ == 0; });
+        elapsedNs_ = std::min(nowNs(), end) - startNs_;
+    }
+
+    std::vector<Sample> samples;
+    uint64_t errors = 0, skipped = 0;
+    std::string firstError;
+    std::vector<json> intervals;
+    int64_t elapsedNs_ = 0;
+    uint64_t bytesOut = 0, bytesIn = 0;
+
+  private:
+    void issue() {
+        uint32_t size, reqLen, respLen;
+        {
+            std::lock_guard lk(mu_);
+            if (stopping_) return;
+            size = dist_.sample(rng_);
+            ++outstanding_;
+        }
+        reqLen = std::max<uint32_t>(size, 4);
+        respLen = o_.oneWay ? 8 : std::max<uint32_t>(size, 1);
+        size_t server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
+        thread_local std::vector<uint8_t> request;
+        request.assign(scratch_.begin(), scratch_.begin() + reqLen);
+        putResponseLength(request.data(), respLen);
+        int64_t start = nowNs();
+        transport_.call(server, request, [this, size, reqLen, respLen, start](CallResult r) {
+            int64_t rtt = nowNs() - start;
+            bool again;
+            {
+                std::lock_guard lk(mu_);
+                --outstanding_;
+                if (r.ok) {
+                    samples.push_back({size, reqLen + respLen, rtt});
+                    intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
+                    bytesOut += reqLen;
+                    bytesIn += r.responseLength;
+                    intervalOut_ += reqLen;
+                    intervalIn_ += r.responseLength;
+                } else {
+                    ++errors;
+                    if (firstError.empty()) firstError = r.error;
+                }
+                again = !stopping_ && o_.gbps == 0;
+                if (outstanding_ == 0) cv_.notify_all();
+            }
+            if (again) issue();
+        });
+    }
+
+    void openLoop(int64_t end) {
+        // Poisson arrivals: exponential gaps with the mean that offers o_.gbps of requests.
+        double meanBytes = std::max(4.0, dist_.mean());
+        double perSecond = o_.gbps * 1e9 / 8.0 / meanBytes;
+        std::exponential_distribution<double> gap(perSecond / 1e9);
+        std::mt19937_64 arrivals(o_.seed ^ 0x9e3779b97f4a7c15ull);
+        int64_t next = nowNs();
+        while (!stopping_ && !interrupted) {
+            next += static_cast<int64_t>(gap(arrivals));
+            if (next >= end) break;
+            int64_t now;
+            while ((now = nowNs()) < next) {
+                if (next - now > 200'000) std::this_thread::sleep_for(std::chrono::nanoseconds(next - now - 100'000));
+            }
+            bool full;
+            {
+                std::lock_guard lk(mu_);
+                full = outstanding_ >= o_.clientMax;
+                if (full) ++skipped;
+            }
+            if (!full) issue();
+        }
+    }
+
+    void report(int64_t at) {
+        std::vector<double> rtts;
+        uint64_t out, in;
+        {
+            std::lock_guard lk(mu_);
+            rtts.swap(intervalRtts_);
+            out = std::exchange(intervalOut_, 0);
+            in = std::exchange(intervalIn_, 0);
+        }
+        double kops = static_cast<double>(rtts.size()) / 1e3;
+        double p50 = percentile(rtts, 50), p99 = percentile(rtts, 99), p999 = percentile(rtts, 99.9);
+        double t = static_cast<double>(at - startNs_) / 1e9;
+        json j = {{"t", t},      {"kops", kops},  {"gbps_out", out * 8 / 1e9}, {"gbps_in", in * 8 / 1e9},
+                  {"rtt_p50_us", p50}, {"rtt_p99_us", p99}, {"rtt_p999_us", p999}};
+        intervals.push_back(j);
+        if (!o_.quiet)
+            std::printf("%5.0f s %9.1f kops   out %6.2f Gbps   in %6.2f Gbps   rtt p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n",
+                        t, kops, out * 8 / 1e9, in * 8 / 1e9, p50, p99, p999);
+        std::fflush(stdout);
+    }
+
+    const PerfOptions& o_;
+    ClientTransport& transport_;
+    const workload::Distribution& dist_;
+    size_t servers_;
+    std::mt19937_64 rng_;
+    std::vector<uint8_t> scratch_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int64_t outstanding_ = 0;
+    std::atomic<bool> stopping_{false};
+    std::atomic<uint64_t> nextServer_{0};
+    int64_t startNs_ = 0;
+    std::vector<double> intervalRtts_;
+    uint64_t intervalOut_ = 0, intervalIn_ = 0;
+};
+
+// Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown.
+double measureBaseRtt(ClientTransport& t) {
+    std::vector<double> rtts;
+    std::vector<uint8_t> req(100, 1);
+    putResponseLength(req.data(), 100);
+    for (int i = 0; i < 300; ++i) {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false, ok = false;
+        int64_t start = nowNs();
+        t.call(0, req, [&](CallResult r) {
+            std::lock_guard lk(mu);
+            ok = r.ok;
+            done = true;
+            cv.notify_all();
+        });
+        std::unique_lock lk(mu);
+        cv.wait_for(lk, std::chrono::seconds(5), [&] { return done; });
+        if (ok) rtts.push_back(static_cast<double>(nowNs() - start) / 1e3);
+    }
+    return percentile(rtts, 50);
+}
+
+int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
+    std::string error;
+    std::optional<workload::Distribution> dist;
+    bool fixed = !o.workload.empty() && std::all_of(o.workload.begin(), o.workload.end(), ::isdigit);
+    if (fixed) {
+        long size = std::atol(o.workload.c_str());
+        if (size < 1) {
+            std::fprintf(stderr, "homa-perf: --workload: a fixed size must be at least 1 byte\n");
+            return 2;
+        }
+        dist = workload::Distribution::fixed(static_cast<uint32_t>(std::min<long>(size, UINT32_MAX)));
+    } else {
+        dist = workload::Distribution::named(o.workload, &error);
+    }
+    if (!dist) {
+        std::fprintf(stderr, "homa-perf: --workload: %s\n", error.c_str());
+        return 2;
+    }
+    workload::Distribution sizes = dist->capped(o.maxLength);
+    if (sizes.isCapped())
+        std::printf("note: workload %s capped at %u bytes by --max-length (mean %.0f -> %.0f bytes)\n",
+                    o.workload.c_str(), o.maxLength, dist->mean(), sizes.mean());
+
+    std::unique_ptr<ClientTransport> transport;
+    std::function<MetricsSnapshot()> metrics;
+    if (o.protocol == "tcp") {
+        transport = makeTcpClient(servers, tcpOptions(o), 2000, &error);
+    } else {
+        transport = makeHomaClient(servers, homaOptions(o), &error, &metrics);
+    }
+    if (!transport) {
+        std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
+        return 1;
+    }
+    SlowdownModel model;
+    model.linkGbps = o.linkGbps;
+    bool measured = o.baseRttUs <= 0;
+    model.baseRttUs = measured ? measureBaseRtt(*transport) : o.baseRttUs;
+    std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %.0f Gbps\n",
+                o.protocol.c_str(), o.workload.c_str(),
+                o.gbps > 0 ? ("open loop " + std::to_string(o.gbps) + " Gbps").c_str()
+                           : ("closed loop, " + std::to_string(o.clientMax) + " outstanding").c_str(),
+                o.duration, model.baseRttUs, measured ? "measured" : "given", o.linkGbps);
+    std::fflush(stdout);
+
+    MetricsSnapshot before;
+    if (metrics) before = metrics();
+    LoadGenerator gen(o, *transport, sizes, servers.size());
+    gen.run();
+    MetricsSnapshot after;
+    if (metrics) after = metrics();
+    transport->stop();
+
+    std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
+    std::vector<Bucket> buckets = bucketize(gen.samples, bounds, model);
+    double seconds = static_cast<double>(gen.elapsedNs_) / 1e9;
+    double kops = static_cast<double>(gen.samples.size()) / seconds / 1e3;
+    std::vector<double> all;
+    all.reserve(gen.samples.size());
+    for (auto& s : gen.samples) all.push_back(static_cast<double>(s.rttNs) / 1e3);
+    double p50 = percentile(all, 50), p99 = percentile(all, 99), p999 = percentile(all, 99.9);
+
+    std::printf("\nsummary: %zu RPCs in %.2f s = %.1f kops, out %.2f Gbps, in %.2f Gbps, errors %lu, "
+                "skipped arrivals %lu\n",
+                gen.samples.size(), seconds, kops, gen.bytesOut * 8 / seconds / 1e9, gen.bytesIn * 8 / seconds / 1e9,
+                static_cast<unsigned long>(gen.errors), static_cast<unsigned long>(gen.skipped));
+    std::printf("rtt p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n", p50, p99, p999);
+    if (!gen.firstError.empty()) std::printf("first error: %s\n", gen.firstError.c_str());
+    std::printf("%12s %10s %12s %12s %14s %14s\n", "size <=", "count", "rtt p50 us", "rtt p99 us", "slowdown p50",
+                "slowdown p99");
+    for (const Bucket& b : buckets)
+        std::printf("%12u %10lu %12.1f %12.1f %14.2f %14.2f\n", b.maxSize, static_cast<unsigned long>(b.count),
+                    b.rttP50Us, b.rttP99Us, b.slowdownP50, b.slowdownP99);
+    MetricsSnapshot diff = after - before;
+    if (o.metrics && metrics) printMetrics("client", diff);
+
+    if (!o.json.empty()) {
+        json j;
+        j["tool"] = "homa-perf";
+        j["schema"] = 1;
+        j["options"] = {{"protocol", o.protocol},     {"workload", o.workload},   {"max_length", o.maxLength},
+                        {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
+                        {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
+                        {"mtu", o.mtu},               {"seed", o.seed},           {"servers", o.servers},
+                        {"link_gbps", o.linkGbps}};
+        j["machine"] = machineInfo();
+        j["base_rtt_us"] = model.baseRttUs;
+        j["base_rtt_measured"] = measured;
+        j["intervals"] = gen.intervals;
+        j["totals"] = {{"rpcs", gen.samples.size()}, {"seconds", seconds}, {"kops", kops},
+                       {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
+                       {"errors", gen.errors}, {"skipped_arrivals", gen.skipped}, {"rtt_p50_us", p50},
+                       {"rtt_p99_us", p99}, {"rtt_p999_us", p999}};
+        json jb = json::array();
+        for (const Bucket& b : buckets)
+            jb.push_back({{"max_size", b.maxSize}, {"count", b.count}, {"rtt_p50_us", b.rttP50Us},
+                          {"rtt_p99_us", b.rttP99Us}, {"slowdown_p50", b.slowdownP50}, {"slowdown_p99", b.slowdownP99}});
+        j["buckets"] = jb;
+        if (metrics) {
+            json jm = json::object();
+            for (const auto& [name, value] : diff.counters) jm[name] = value;
+            j["metrics"] = jm;
+        }
+        std::ofstream f(o.json);
+        if (!f) {
+            std::fprintf(stderr, "homa-perf: cannot write %s\n", o.json.c_str());
+            return 1;
+        }
+        f << j.dump(2) << "\n";
+    }
+    return gen.samples.empty() ? 1 : 0;
+}
+
+std::vector<Address> parseServers(const std::vector<std::string>& s) {
+    std::vector<Address> v;
+    for (const auto& x : s) v.push_back(*Address::parse(x));
+    return v;
+}
+
+Address bindAddress(const PerfOptions& o) {
+    Address a = *Address::parse(o.bind);
+    a.port = o.port;
+    return a;
+}
+
+}  // namespace
+
+int runServer(const PerfOptions& o) {
+    ServerSide s;
+    std::string error;
+    if (!startServer(o, bindAddress(o), &s, &error)) {
+        std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
+        return 1;
+    }
+    std::printf("homa-perf server: %s on", o.protocol.c_str());
+    for (const Address& a : s.transport->addresses()) std::printf(" %s", a.toString().c_str());
+    std::printf(" (%d thread%s per port)\n", o.serverThreads, o.serverThreads == 1 ? "" : "s");
+    std::fflush(stdout);
+    MetricsSnapshot before;
+    if (s.metrics) before = s.metrics();
+    std::signal(SIGINT, [](int) { interrupted = 1; });
+    std::signal(SIGTERM, [](int) { interrupted = 1; });
+    while (!interrupted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (o.metrics && s.metrics) printMetrics("server", s.metrics() - before);
+    std::printf("homa-perf server: served %lu requests\n", static_cast<unsigned long>(s.transport->served()));
+    s.transport->stop();
+    return 0;
+}
+
+int runClient(const PerfOptions& o) {
+    std::signal(SIGINT, [](int) { interrupted = 1; });
+    return clientAgainst(o, parseServers(o.servers));
+}
+
+int runLocal(const PerfOptions& o) {
+    PerfOptions so = o;
+    so.bind = o.bind == "0.0.0.0" ? "127.0.0.1" : o.bind;
+    so.port = 0;
+    ServerSide s;
+    std::string error;
+    if (!startServer(so, bindAddress(so), &s, &error)) {
+        std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
+        return 1;
+    }
+    std::signal(SIGINT, [](int) { interrupted = 1; });
+    MetricsSnapshot before;
+    if (s.metrics) before = s.metrics();
+    int rc = clientAgainst(o, s.transport->addresses());
+    if (o.metrics && s.metrics) printMetrics("server", s.metrics() - before);
+    s.transport->stop();
+    return rc;
+}
+
+int runPlot(const PerfOptions& o) {
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        std::fprintf(stderr, "homa-perf plot: gnuplot not found (apt-get install gnuplot-nox)\n");
+        return 1;
+    }
+    char dir[] = "/tmp/homa-plot-XXXXXX";
+    if (!mkdtemp(dir)) {
+        std::fprintf(stderr, "homa-perf plot: cannot make a temporary directory\n");
+        return 1;
+    }
+    std::ostringstream script;
+    script << "set terminal pngcairo size 1000,600 noenhanced\n"
+           << "set output '" << o.output << "'\n"
+           << "set logscale x\nset logscale y\nset grid\n"
+           << "set xlabel 'message size (bytes, bucket upper bound)'\nset ylabel 'P99 slowdown'\n"
+           << "set key top left\n";
+    if (!o.title.empty()) script << "set title '" << o.title << "'\n";
+    script << "plot ";
+    for (size_t i = 0; i < o.inputs.size(); ++i) {
+        std::ifstream f(o.inputs[i]);
+        json j;
+        try {
+            j = json::parse(f);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (%s)\n", o.inputs[i].c_str(), e.what());
+            return 1;
+        }
+        if (j.value("tool", "") != "homa-perf" || !j.contains("buckets") || !j.contains("options")) {
+            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (no buckets)\n", o.inputs[i].c_str());
+            return 1;
+        }
+        std::string data = std::string(dir) + "/" + std::to_string(i) + ".dat";
+        std::ofstream d(data);
+        for (const auto& b : j["buckets"])
+            if (b.value("count", 0) > 0) d << b["max_size"] << " " << b["slowdown_p99"] << "\n";
+        std::string label = j["options"].value("protocol", "?") + " " + j["options"].value("workload", "?");
+        char load[64];
+        if (j["options"].value("gbps", 0.0) > 0)
+            std::snprintf(load, sizeof(load), " %.2f Gbps", j["options"].value("gbps", 0.0));
+        else
+            std::snprintf(load, sizeof(load), " %d outstanding", j["options"].value("client_max", 0));
+        label += load;
+        script << (i ? ", " : "") << "'" << data << "' using 1:2 with linespoints lw 2 title '" << label << "'";
+    }
+    script << "\n";
+    std::string scriptPath = std::string(dir) + "/plot.gp";
+    std::ofstream(scriptPath) << script.str();
+    int rc = std::system(("gnuplot " + scriptPath).c_str());
+    if (rc != 0) {
+        std::fprintf(stderr, "homa-perf plot: gnuplot failed (script %s)\n", scriptPath.c_str());
+        return 1;
+    }
+    std::printf("wrote %s\n", o.output.c_str());
+    return 0;
+}
+
+}  // namespace homa::perf

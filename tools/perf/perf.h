@@ -1,0 +1,55 @@
+// homa-perf: the benchmark client/server. Options, roles and reports.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "perf/stats.h"
+
+namespace homa::perf {
+
+struct PerfOptions {
+    std::string role;  ///< server, client, local, plot
+    std::string protocol = "homa";
+
+    // Server
+    std::string bind = "0.0.0.0";
+    uint16_t port = 4000;
+    int serverPorts = 1;
+    int serverThreads = 1;
+
+    // Client
+    std::vector<std::string> servers;
+    std::string workload = "w3";
+    uint32_t maxLength = 1'000'000;
+    int clientMax = 16;       ///< outstanding RPCs (closed loop; also the open-loop cap)
+    double gbps = 0;          ///< open loop: offered request bytes per second, in Gbps
+    bool oneWay = false;      ///< responses of 8 bytes instead of the request's size
+    double duration = 5;      ///< seconds of load
+    int tcpConnections = 1;   ///< per server
+    int tcpThreads = 1;
+    double baseRttUs = 0;     ///< 0: measure before the run
+    double linkGbps = 25;     ///< for slowdown
+    uint32_t mtu = 1500;
+    uint64_t seed = 1;
+    std::string json;
+    bool metrics = false;
+    bool quiet = false;       ///< no per-second lines
+
+    // Plot
+    std::vector<std::string> inputs;
+    std::string output = "slowdown.png";
+    std::string title;
+};
+
+/// Parses argv; on error returns false with a one-line message in *error. `--help`
+/// puts the help text in *error and sets *help.
+bool parseOptions(int argc, char** argv, PerfOptions* options, std::string* error, bool* help);
+
+int runServer(const PerfOptions& o);
+int runClient(const PerfOptions& o);
+int runLocal(const PerfOptions& o);
+int runPlot(const PerfOptions& o);
+
+}  // namespace homa::perf

@@ -1,0 +1,75 @@
+// What homa-perf needs from a transport, so that Homa and the TCP baseline run exactly
+// the same workload through the same load generator and statistics.
+//
+// Message format shared by every transport: a request's first 4 bytes hold the response
+// length (big-endian u32, at least 1); the rest is filler. The server answers each
+// request with a response of that length. Requests are at least 4 bytes long.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "homa/address.h"
+
+namespace homa::perf {
+
+struct CallResult {
+    bool ok = false;
+    std::string error;         ///< when !ok
+    uint32_t responseLength = 0;
+};
+
+/// Thread safety: call() may be used from any thread; `done` runs exactly once per call,
+/// on a transport thread (or the calling thread if the call fails at once).
+class ClientTransport {
+  public:
+    virtual ~ClientTransport() = default;
+    /// Sends `request` to server `server` (an index into the list given at creation).
+    virtual void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) = 0;
+    /// Stops: outstanding calls complete (with an error if need be) before this returns.
+    virtual void stop() = 0;
+};
+
+class ServerTransport {
+  public:
+    virtual ~ServerTransport() = default;
+    /// The addresses the server listens on (one per port).
+    virtual std::vector<Address> addresses() const = 0;
+    /// Requests answered so far.
+    virtual uint64_t served() const = 0;
+    virtual void stop() = 0;
+};
+
+/// Builds the 4-byte header of a request for a response of `responseLength` bytes.
+inline void putResponseLength(uint8_t* p, uint32_t responseLength) {
+    p[0] = static_cast<uint8_t>(responseLength >> 24);
+    p[1] = static_cast<uint8_t>(responseLength >> 16);
+    p[2] = static_cast<uint8_t>(responseLength >> 8);
+    p[3] = static_cast<uint8_t>(responseLength);
+}
+/// The response length a request asks for (1 if the request is too short or asks for 0).
+inline uint32_t responseLengthOf(std::span<const uint8_t> request) {
+    if (request.size() < 4) return 1;
+    uint32_t v = (uint32_t{request[0]} << 24) | (uint32_t{request[1]} << 16) | (uint32_t{request[2]} << 8) | request[3];
+    return v == 0 ? 1 : v;
+}
+
+// ---- TCP baseline (tcp_transport.cc)
+struct TcpOptions {
+    int connectionsPerServer = 1;  ///< client: connections to each server, used round robin
+    int threads = 1;               ///< server: epoll threads; client: epoll threads
+    uint32_t maxMessageLength = 1'000'000;
+};
+/// Connects to every server now; nullptr and a one-line reason if any cannot be reached
+/// within `connectTimeoutMs`.
+std::unique_ptr<ClientTransport> makeTcpClient(const std::vector<Address>& servers, const TcpOptions& options,
+                                               int connectTimeoutMs, std::string* error);
+/// Listens on `ports` consecutive ports from bind.port (0: any free ports).
+std::unique_ptr<ServerTransport> makeTcpServer(const Address& bind, int ports, const TcpOptions& options,
+                                               std::string* error);
+
+}  // namespace homa::perf
