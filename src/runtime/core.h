@@ -84,6 +84,8 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready);
     void wake(Waiter* w);
     void pokeLoop();
+    /// Sends queued packets now, unless this thread is certain to flush soon (under mu_).
+    void maybeFlush();
     void pokePollThread();
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
