@@ -12,7 +12,7 @@ import os
 import sys
 
 START, FWD_A, FWD_B, PUMP, ADVANCE, RUN_TICKS, RESPOND, ABORT_SERVER = range(8)
-ABORT_CLIENT, RELEASE, RAW, STRUCTURED, _STRUCTURED2, MUTATE, RELEASE_HELD, FINISH = range(8, 16)
+ABORT_CLIENT, RELEASE, RAW, STRUCTURED, DATA_BURST, MUTATE, RELEASE_HELD, FINISH = range(8, 16)
 
 DATA, GRANT, RESEND, RPC_UNKNOWN, BUSY, CUTOFFS, FREEZE, NEED_ACK, ACK = range(9)
 
@@ -70,6 +70,10 @@ SEEDS = {
     "peer-pressure": bytes([0x40]) + start(10)
     + b"".join(bytes([STRUCTURED, 0x01, 0x80 + i, CUTOFFS, 0x00, 0x00, 0x00, 0x01]) for i in range(20))
     + bytes([ADVANCE, 3, 0]) + start(10) + run_ticks(3),
+    # The real request is lost; forged segments at every other slot leave more gaps than
+    # one round of RESENDs asks for.
+    "gappy-request": bytes([0]) + start(100_000) + bytes([FWD_A, 3])
+    + bytes([DATA_BURST, 0x01, 0x00, 0x00, 0x00, 38, 0x01]) + run_ticks(12),
     # Packets held by the network arrive after the RPC ended (at-most-once).
     "late-duplicates": bytes([0]) + start(3_000) + forward_lossy("A", [3, 4, 4]) + bytes([PUMP])
     + respond(100) + run_ticks(6) + bytes([ADVANCE, 1, 10, RELEASE_HELD, 0]) + run_ticks(3),
