@@ -194,7 +194,7 @@ class Harness {
     void poll(bool app);
     void handleDelivery(Side& s, Delivery& d);
     void autoApp();
-    void respond(Side& s, size_t index, uint32_t length);
+    Status respond(Side& s, size_t index, uint32_t length);
     void releaseAt(Side& s, size_t index);
     void checkInvariants();
     bool lengthsDisagree() const;
@@ -419,15 +419,16 @@ void Harness::opStartRequest() {
     noteLength(length);
 }
 
-void Harness::respond(Side& s, size_t index, uint32_t length) {
+Status Harness::respond(Side& s, size_t index, uint32_t length) {
     ServerRpcId id = s.pending[index];
     Status st = s.eng->sendResponse(id, std::span(pattern_.data(), length), now_);
     TRACE("%s sendResponse to %s id %llu, %u bytes: %s", s.name, id.client.toString().c_str(),
           static_cast<unsigned long long>(id.id), length, st.toString().c_str());
-    if (st.code() == StatusCode::OutOfBuffers) return;  // still ours to answer later
+    if (st.code() == StatusCode::OutOfBuffers) return st;  // still ours to answer later
     if (st.isOk()) noteLength(length);
     // NoSuchRpc: the client went away (RPC_UNKNOWN) or it was aborted; nothing to answer.
     s.pending.erase(s.pending.begin() + static_cast<ptrdiff_t>(index));
+    return st;
 }
 
 void Harness::opRespond() {
@@ -446,7 +447,7 @@ void Harness::opRespond() {
     if (sel & 0x40) {
         // Answering twice must be refused without disturbing the RPC.
         ServerRpcId id = s.pending[index];
-        respond(s, index, length);
+        if (!respond(s, index, length).isOk()) return;  // e.g. out of memory: may retry
         Status again = s.eng->sendResponse(id, std::span(pattern_.data(), 1), now_);
         if (again.isOk()) fail("a request was answered twice");
         return;
