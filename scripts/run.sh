@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds (Release), and runs the main job.
+# The main job: installs dependencies, builds (Release), and prints Homa beside TCP,
+# UDP, gRPC and iperf3 on this machine's loopback (bench/compare.sh --quick; a few
+# minutes). Arguments go to bench/compare.sh (e.g. drop --quick by passing --full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-release -j"$(nproc)"
-if [ -x build-release/bin/homa-perf ]; then
-  exec build-release/bin/homa-perf compare "$@"
-fi
-exec build-release/bin/engine_bench --benchmark_min_time=0.2 "$@"
+mode=--quick
+if [ "${1:-}" = --full ]; then mode=""; shift; fi
+exec bench/compare.sh $mode --build build-release "$@"

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 
 namespace homa {
@@ -73,17 +74,20 @@ std::optional<Address> Address::parse(std::string_view text) {
 }
 
 std::string Address::toString() const {
-    char buf[INET6_ADDRSTRLEN] = {};
+    char host[INET6_ADDRSTRLEN] = {};
+    char out[INET6_ADDRSTRLEN + 10];
     if (isIpv4()) {
         in_addr v4{};
         v4.s_addr = htonl(ipv4Host());
-        inet_ntop(AF_INET, &v4, buf, sizeof(buf));
-        return std::string(buf) + ":" + std::to_string(port);
+        inet_ntop(AF_INET, &v4, host, sizeof(host));
+        std::snprintf(out, sizeof(out), "%s:%u", host, port);
+    } else {
+        in6_addr v6{};
+        std::memcpy(&v6, ip.data(), 16);
+        inet_ntop(AF_INET6, &v6, host, sizeof(host));
+        std::snprintf(out, sizeof(out), "[%s]:%u", host, port);
     }
-    in6_addr v6{};
-    std::memcpy(&v6, ip.data(), 16);
-    inet_ntop(AF_INET6, &v6, buf, sizeof(buf));
-    return "[" + std::string(buf) + "]:" + std::to_string(port);
+    return out;
 }
 
 }  // namespace homa

@@ -246,7 +246,7 @@ TEST(WireLayout, AckBytes) {
   a.acks[0] = {0x0A0B0C0D0E0F1011, 0x8001};
   a.acks[1] = {0x22, 0x0203};
   a.acks[2] = {99, 99};  // beyond numAcks: must not be sent
-  Bytes expected = {
+  const uint8_t head[] = {
       0x00, 0x01, 0x00, 0x02,                          // sport, dport
       0x00, 0x00, 0x00, 0x00,                          // sequence
       0x00, 0x00, 0x00, 0x18,                          // unused[3], type
@@ -257,7 +257,8 @@ TEST(WireLayout, AckBytes) {
       0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x80, 0x01,  // acks[0]
       0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x22, 0x02, 0x03,  // acks[1]
   };
-  expected.resize(kAckPacketSize, 0x00);  // acks[2..4]
+  Bytes expected(kAckPacketSize, 0x00);  // acks[2..4] stay zero
+  std::copy(std::begin(head), std::end(head), expected.begin());
   Bytes b(kAckPacketSize, 0xAA);
   ASSERT_EQ(encodeAck(b, c, a), kAckPacketSize);
   EXPECT_EQ(b, expected);

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Homa beside its baselines, measured in one run on loopback, printed as a table of ratios.
+#
+#   bench/compare.sh [--quick] [--build DIR] [--out DIR]
+#
+#   64 B round trip, P50/P99: homa-perf Homa, homa-perf TCP, sockperf UDP and TCP
+#       ping-pong (--full-rtt), gRPC unary echo (bench/grpc)
+#   small-RPC throughput (64 B, 64 outstanding): Homa, TCP, gRPC
+#   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
+#   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages
+# --quick shortens every run (the README's first command uses it). JSON files and plots
+# go to --out (default bench-results/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs=5
+build=build-release
+out=bench-results
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) secs=2 ;;
+    --build) build=$2; shift ;;
+    --out) out=$2; shift ;;
+    *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+perf="$build/bin/homa-perf"
+grpc="$build/bin/grpc-echo"
+[ -x "$perf" ] || { echo "compare.sh: $perf not built (run scripts/run.sh or build $build)" >&2; exit 2; }
+command -v jq >/dev/null || { echo "compare.sh: needs jq (scripts/install-deps.sh)" >&2; exit 2; }
+mkdir -p "$out"
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+note() { printf '%s\n' "$*" >&2; }
+port() { echo $((20000 + RANDOM % 30000)); }
+
+# homa-perf local run; prints the JSON file name.
+hp() {
+  local name=$1; shift
+  "$perf" local --quiet --duration "$secs" --json "$out/$name.json" "$@" > "$out/$name.txt" 2>&1 ||
+    { note "homa-perf $name failed:"; cat "$out/$name.txt" >&2; exit 1; }
+  echo "$out/$name.json"
+}
+j() { jq -r "$2" "$1"; }
+
+sockperf_pp() {  # proto(udp|tcp) -> "p50 p99"
+  local p; p=$(port)
+  local flag=""; [ "$1" = tcp ] && flag="--tcp"
+  sockperf server $flag -i 127.0.0.1 -p "$p" > /dev/null 2>&1 &
+  pids+=($!)
+  sleep 0.5
+  local o; o=$(sockperf ping-pong $flag -i 127.0.0.1 -p "$p" -m 64 -t "$secs" --full-rtt 2>&1)
+  kill "${pids[-1]}" 2>/dev/null || true
+  echo "$(echo "$o" | awk '/percentile 50.000/ {print $NF}') $(echo "$o" | awk '/percentile 99.000/ {print $NF}')"
+}
+
+note "== 64 B round trip"
+hl=$(hp lat-homa --workload 64 --client-max 1)
+tl=$(hp lat-tcp --protocol tcp --workload 64 --client-max 1)
+read -r su50 su99 <<< "$(sockperf_pp udp)"
+read -r st50 st99 <<< "$(sockperf_pp tcp)"
+g50=n/a; g99=n/a; gk=n/a
+if [ -x "$grpc" ]; then
+  gl=$("$grpc" local --mode latency --size 64 --duration "$secs")
+  g50=$(echo "$gl" | sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p'); g99=$(echo "$gl" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')
+  gt=$("$grpc" local --mode throughput --size 64 --outstanding 64 --duration "$secs")
+  gk=$(echo "$gt" | sed -n 's/.*kops=\([0-9.]*\).*/\1/p')
+else
+  note "grpc-echo not built: gRPC columns are n/a"
+fi
+
+note "== small-RPC throughput"
+ht=$(hp tput-homa --workload 64 --client-max 64)
+tt=$(hp tput-tcp --protocol tcp --workload 64 --client-max 64)
+
+note "== 1 MB one-way"
+hb=$(hp big-homa --workload 1000000 --one-way --client-max 4)
+tb=$(hp big-tcp --protocol tcp --workload 1000000 --one-way --client-max 4)
+ip=$(port)
+iperf3 -s -1 -p "$ip" > /dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+iperf=$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9')
+
+note "== W3 and W4 at a fixed offered load"
+h3=$(hp w3-homa --workload w3 --gbps 1 --client-max 200)
+t3=$(hp w3-tcp --protocol tcp --workload w3 --gbps 1 --client-max 200 --tcp-conns 4)
+h4=$(hp w4-homa --workload w4 --gbps 2 --client-max 200)
+t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conns 4)
+"$perf" plot "$h3" "$t3" -o "$out/w3.png" --title "W3, 1 Gbps offered, loopback" > /dev/null 2>&1 || true
+"$perf" plot "$h4" "$t4" -o "$out/w4.png" --title "W4, 2 Gbps offered, loopback" > /dev/null 2>&1 || true
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == "n/a" || a == "n/a" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+small() { j "$1" '[.buckets[] | select(.count > 0)][0].slowdown_p99'; }
+
+echo
+echo "Homa vs baselines on loopback ($(date -u +%F), $(nproc) cpus, ${secs}s per run)"
+printf '%-44s %12s %12s %10s\n' "measure" "Homa" "baseline" "Homa/base"
+row() { printf '%-44s %12s %12s %10s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
+hl50=$(j "$hl" .totals.rtt_p50_us); hl99=$(j "$hl" .totals.rtt_p99_us)
+row "64 B RTT P50 us vs sockperf UDP" "$(printf %.1f "$hl50")" "$su50"
+row "64 B RTT P99 us vs sockperf UDP" "$(printf %.1f "$hl99")" "$su99"
+row "64 B RTT P50 us vs sockperf TCP" "$(printf %.1f "$hl50")" "$st50"
+row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "$(j "$tl" .totals.rtt_p50_us)")"
+row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$(j "$tl" .totals.rtt_p99_us)")"
+row "64 B RTT P50 us vs gRPC" "$(printf %.1f "$hl50")" "$g50"
+row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
+row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$(j "$ht" .totals.kops)")" "$(printf %.1f "$(j "$tt" .totals.kops)")"
+row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$(j "$ht" .totals.kops)")" "$gk"
+row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$(j "$tb" .totals.gbps_out)")"
+row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$iperf")"
+row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h3")")" "$(printf %.2f "$(small "$t3")")"
+row "W4 2 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h4")")" "$(printf %.2f "$(small "$t4")")"
+echo
+echo "JSON, text and plots: $out/ (w3.png, w4.png)"
