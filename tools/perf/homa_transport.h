@@ -11,6 +11,7 @@ struct HomaTransportOptions {
     uint32_t mtu = 1500;
     ProtocolOptions protocol = EndpointOptions::defaultProtocolOptions();
     int probeTimeoutMs = 2000;
+    int serverWorkUs = 0;  ///< server: busy time per request (a processing budget)
 };
 
 /// Opens a client endpoint and checks that every server answers; nullptr and a

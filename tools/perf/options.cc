@@ -22,6 +22,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--port", o->port, "first server port (0: any)");
         c->add_option("--server-ports", o->serverPorts, "server ports (consecutive)")->check(CLI::Range(1, 64));
         c->add_option("--server-threads", o->serverThreads, "threads per server port")->check(CLI::Range(1, 256));
+        c->add_option("--server-work-us", o->serverWorkUs, "busy time per request (Homa server's processing budget)")
+            ->check(CLI::Range(0, 10'000'000));
+        c->add_option("--max-pending", o->maxPending, "Homa server: requests pending before new ones are refused")
+            ->check(CLI::Range(1u, 10'000'000u));
     };
     auto addClient = [o](CLI::App* c) {
         c->add_option("--workload", o->workload, "w1..w5, a workload file, or a fixed size in bytes");

@@ -56,6 +56,8 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     HomaTransportOptions h;
     h.mtu = o.mtu;
     h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
+    h.serverWorkUs = o.serverWorkUs;
+    if (o.maxPending > 0) h.protocol.maxPendingRequests = o.maxPending;
     return h;
 }
 

@@ -18,6 +18,8 @@ struct PerfOptions {
     uint16_t port = 4000;
     int serverPorts = 1;
     int serverThreads = 1;
+    int serverWorkUs = 0;    ///< busy time per request (Homa server)
+    uint32_t maxPending = 0;  ///< Homa server: maxPendingRequests (0: the default)
 
     // Client
     std::vector<std::string> servers;
