@@ -335,6 +335,17 @@ void Engine::releaseMessage(const ReceivedMessage& message, Time now) {
 
 // ---------------------------------------------------------------- packet input
 
+bool Engine::isNewRequest(const Address& source, std::span<const uint8_t> packet) const {
+    if (packet.size() < wire::kCommonHeaderSize || packet[11] != static_cast<uint8_t>(wire::PacketType::Data))
+        return false;
+    uint64_t senderId = 0;
+    for (size_t i = 20; i < 28; ++i) senderId = (senderId << 8) | packet[i];
+    if (senderId & 1) return false;  // from a server: one of our client RPCs
+    auto peer = peers_.find(source);
+    if (peer == peers_.end()) return true;
+    return !serverRpcs_.contains(ServerKey{peer->second.get(), senderId});
+}
+
 void Engine::receive(const Address& source, std::span<const uint8_t> packet, Time now) {
     handlePacket(source, packet, now);
     finishBatch(now);

@@ -109,6 +109,10 @@ class Engine {
     void handlePacket(const Address& source, std::span<const uint8_t> packet, Time now);
     /// Ends a batch of packets: decides grants once and transmits what is allowed.
     void finishBatch(Time now);
+    /// Whether `packet` would start a new server RPC (a request we hold no state for).
+    /// Cheap, reads only the header: lets a runtime serve work in progress before new
+    /// requests when it is behind.
+    bool isNewRequest(const Address& source, std::span<const uint8_t> packet) const;
     /// handlePacket() + finishBatch().
     void receive(const Address& source, std::span<const uint8_t> packet, Time now);
     /// Runs timers and the pacer. Call no later than nextWakeup().

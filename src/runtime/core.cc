@@ -217,7 +217,20 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         std::lock_guard lk(mu_);
         ++loopIterations_;
         int64_t now = nowNs();
-        for (const Rx& p : rx) engine_->handlePacket(p.source, p.bytes, now);
+        // Receive livelock: work already accepted (data of RPCs in progress, grants,
+        // acks) goes first; packets that would start new requests come last, so when
+        // the engine refuses new work (maxPendingRequests) it has finished what it could.
+        bool anyNew = false;
+        for (const Rx& p : rx) {
+            if (engine_->isNewRequest(p.source, p.bytes)) {
+                anyNew = true;
+                continue;
+            }
+            engine_->handlePacket(p.source, p.bytes, now);
+        }
+        if (anyNew)
+            for (const Rx& p : rx)
+                if (engine_->isNewRequest(p.source, p.bytes)) engine_->handlePacket(p.source, p.bytes, now);
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         dispatch(ready, now);

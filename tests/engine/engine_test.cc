@@ -818,5 +818,18 @@ TEST(Engine, BufferWaiterResumesWhenATimedOutRpcFreesItsBuffer) {
     if (d[0].message.data) p.a.releaseMessage(d[0].message, p.now);
 }
 
+TEST(Engine, RecognisesPacketsThatWouldStartNewRequests) {
+    Pair p;
+    p.call(5000);
+    auto pkts = p.sinkA.take();
+    EXPECT_TRUE(p.b.isNewRequest(kA, pkts[0].bytes));
+    p.b.receive(kA, pkts[0].bytes, p.now);
+    EXPECT_FALSE(p.b.isNewRequest(kA, pkts[1].bytes)) << "the RPC exists now";
+    EXPECT_TRUE(p.b.isNewRequest(Address::ipv4(0x0a0000ee, kPort), pkts[1].bytes)) << "unknown peer";
+    EXPECT_FALSE(p.b.isNewRequest(kA, encode(from(2), wire::PacketType::Resend, 0, 0)));
+    EXPECT_FALSE(p.b.isNewRequest(kA, std::span(pkts[0].bytes.data(), 10))) << "too short to tell";
+    EXPECT_FALSE(p.b.isNewRequest(kA, forgedData(7, 100, 0, 100))) << "from a server";
+}
+
 }  // namespace
 }  // namespace homa::engine
