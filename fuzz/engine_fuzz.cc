@@ -104,6 +104,7 @@ struct Datagram {
     uint8_t priority = 0;
     std::vector<uint8_t> bytes;
     Time heldSince = 0;  // when the network started delaying it
+    bool forged = false; // made by the harness, not sent by an engine
 };
 
 struct Side;
@@ -216,6 +217,7 @@ class Harness {
     std::vector<uint64_t> ids_;          // ids seen in use: biases forged packets
     std::vector<uint32_t> lengths_;      // message lengths in use: same purpose
     std::vector<uint8_t> pattern_;
+    std::set<std::pair<size_t, uint64_t>> tainted_;  // (receiver, client id) forged DATA reached
     Time now_ = 1'000'000'000;
     bool batchOpen_[2] = {false, false};
 };
@@ -527,6 +529,12 @@ void Harness::deliver(const Datagram& d, bool batch) {
     if (!to) return;  // addressed to a host that does not exist here: lost
     if (d.heldSince != 0 && now_ - d.heldSince > kMaxPacketLifetime) return;  // expired
     if (tracing()) tracePacket(now_, d);
+    if (d.forged) {
+        // Forged DATA may put other bytes into a message: its content is not checked.
+        wire::Packet p;
+        if (wire::decode(d.bytes, UINT32_MAX, p) == wire::DecodeError::Ok && p.common.type == wire::PacketType::Data)
+            tainted_.insert({static_cast<size_t>(to - sides_), p.common.senderId & ~uint64_t{1}});
+    }
     size_t i = static_cast<size_t>(to - sides_);
     if (batch) {
         to->eng->handlePacket(d.src, d.bytes, now_);
@@ -784,6 +792,7 @@ void Harness::opStructuredPacket() {
     if (n == 0) fail("wire encoder refused a header");
     d.bytes.assign(h.begin(), h.begin() + static_cast<ptrdiff_t>(n));
     d.bytes.insert(d.bytes.end(), payload.begin(), payload.end());
+    d.forged = true;
     deliver(d, tsel & 0x20);
 }
 
@@ -816,6 +825,7 @@ void Harness::opDataBurst() {
         if (wire::encodeData(h, c, dh) == 0) fail("wire encoder refused a header");
         d.bytes.assign(h.begin(), h.end());
         d.bytes.insert(d.bytes.end(), pattern_.begin(), pattern_.begin() + len);
+        d.forged = true;
         deliver(d, true);
     }
     opFinishBatch();
@@ -830,6 +840,7 @@ void Harness::opRawPacket() {
     size_t len = (tsel & 0x80) ? r_.u16() % 1600 : r_.u8();
     std::span<const uint8_t> b = r_.bytes(len);
     d.bytes.assign(b.begin(), b.end());
+    d.forged = true;
     deliver(d, false);
 }
 
@@ -843,6 +854,7 @@ void Harness::opMutateQueued() {
     if (d.bytes.empty()) return;
     size_t pos = r_.u8() % std::min<size_t>(d.bytes.size(), wire::kMaxHeaderSize);
     d.bytes[pos] ^= r_.u8() | 1;
+    d.forged = true;
     deliver(d, false);
 }
 
@@ -863,6 +875,17 @@ void Harness::handleDelivery(Side& s, Delivery& d) {
         volatile uint8_t sink = static_cast<uint8_t>(m.data[0] ^ m.data[m.length - 1]);
         (void)sink;
         s.held.push_back(m);
+        // Every engine sends a prefix of the same pattern, so a message that no forged
+        // DATA touched must arrive exactly so, whatever the network did to its packets.
+        uint64_t id = d.kind == Kind::Request ? d.server.id : d.clientId;
+        if (!tainted_.count({static_cast<size_t>(&s - sides_), id}) &&
+            std::memcmp(m.data, pattern_.data(), m.length) != 0) {
+            size_t i = 0;
+            while (m.data[i] == pattern_[i]) ++i;
+            std::fprintf(stderr, "engine_fuzz: %s: %u-byte message for id %llu differs at byte %zu\n", s.name,
+                         m.length, static_cast<unsigned long long>(id), i);
+            fail("a message arrived with bytes that were never sent");
+        }
     }
     if (d.kind == Kind::Request) {
         if (d.server.id & 1) fail("request delivered with an odd client id");
