@@ -96,7 +96,11 @@ void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
         return;
     }
     rpc->silentTicks = 0;
-    if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
+    if (rpc->state == RpcState::ServerOutgoing) {
+        // The client is alive and still wants bytes: not the silence NEED_ACK gives up on.
+        rpc->ackWaitTicks = 0;
+        rpc->needAcksSent = 0;
+    }
     uint64_t end = r.length == wire::kResendAll ? o.nextOffset
                                                  : std::min<uint64_t>(o.length, uint64_t{r.offset} + r.length);
     // Asking for bytes means they are granted: this recovers from a lost GRANT.
@@ -108,7 +112,10 @@ void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
     uint64_t sendEnd = std::min<uint64_t>(end, o.nextOffset);
     uint32_t start = r.offset - r.offset % cfg_.maxPayload;
     if (start >= sendEnd) {
-        if (o.nextOffset >= o.sendable()) sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
+        // Nothing sent yet to send again. Either we have nothing granted, or the bytes
+        // wait in our queue behind shorter messages (SRPT); either way say we are alive,
+        // or a receiver starved by our own sender would give up on the message.
+        sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
         return;
     }
     for (uint64_t offset = start; offset < sendEnd; offset += cfg_.maxPayload)

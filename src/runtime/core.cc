@@ -23,6 +23,7 @@ uint64_t clockSeededFirstId() {
     return ns & ~uint64_t{1};
 }
 constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a wait even with nothing due
+constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 
 // Nonzero while this thread runs code after which a flush is certain (callbacks inside
 // the loop, a handler whose worker flushes when it runs out of queued requests): packets
@@ -183,7 +184,7 @@ void Core::pollThreadMain() {
         } else {
             loopBusy_ = false;
         }
-        if (waitNs <= 0 || appWaiters_ > 0 || shutdown_) continue;
+        if (waitNs < kShortestSleepNs || appWaiters_ > 0 || shutdown_) continue;  // see iterate()
         pollThreadWaiting_ = true;
         lk.unlock();
         bool poked = false;
@@ -254,6 +255,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     }
     if (idle && maxWaitNs != 0) {
         bool poked = false;
+        // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
+        // the pacer's waits are a few microseconds, so for those only look at the socket.
+        if (waitNs < kShortestSleepNs) waitNs = 0;
         socketReadable_ = driver_->wait(waitNs, wakeFd_, &poked);
         if (poked) {
             uint64_t count;

@@ -831,5 +831,19 @@ TEST(Engine, RecognisesPacketsThatWouldStartNewRequests) {
     EXPECT_FALSE(p.b.isNewRequest(kA, forgedData(7, 100, 0, 100))) << "from a server";
 }
 
+// A sender whose bytes wait behind shorter messages (SRPT, pacing) is not silent: a
+// RESEND for bytes it has not sent yet gets BUSY, or a starved receiver would give up.
+TEST(Engine, ResendForBytesStillQueuedAtTheSenderGetsBusy) {
+    Config ca = baseConfig();
+    ca.linkMbps = 1000;
+    ca.maxNicQueueNs = 5'000;
+    Pair p(ca);
+    uint64_t id = p.call(100'000);
+    p.sinkA.take();  // the first few packets; the rest of the unscheduled bytes wait
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 30 * 1416 - 1416, 1416, 0), p.now);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    EXPECT_EQ(p.sinkA.out[0].type(), wire::PacketType::Busy);
+}
+
 }  // namespace
 }  // namespace homa::engine

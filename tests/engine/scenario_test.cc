@@ -250,3 +250,36 @@ TEST(Scenario, SameSeedSameTrace) {
 
 }  // namespace
 }  // namespace homa::test
+
+namespace homa::test {
+namespace {
+
+// Many large requests from one client to one server at once: with one granted message
+// per peer, most requests and responses wait for grants for a long time; none may be
+// given up while both ends are alive.
+class ManyLarge : public ::testing::TestWithParam<double> {};
+
+TEST_P(ManyLarge, ConcurrentRpcsFromOnePeerAllComplete) {
+    Cluster c(2, testConfig(), 5, sim::TopologyConfig::star(0, 10.0, 200, 100));
+    c.net.setFaults({.loss = GetParam()});
+    EchoServer server;
+    server.install(c.host(1));
+    server.serviceTime = 50'000;
+    Client client;
+    client.install(c.host(0));
+    for (uint64_t i = 0; i < 48; ++i)
+        ASSERT_TRUE(client.call(c.host(0), 1, i, 1'000'000 - static_cast<uint32_t>(i) * 1000, 1'000'000).isOk());
+    c.runToIdle();
+    for (auto& [k, o] : client.rpcs) {
+        EXPECT_EQ(o.responses, 1) << "rpc " << k << ": " << o.status.toString();
+        EXPECT_TRUE(o.correct) << "rpc " << k;
+    }
+    EXPECT_EQ(c.engine(1).metrics().serverRpcsTimedOut, 0u);
+    EXPECT_EQ(c.engine(1).metrics().serverRpcsAbandoned, 0u);
+    EXPECT_EQ(server.duplicates, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Scenario, ManyLarge, ::testing::Values(0.0, 0.01, 0.05));
+
+}  // namespace
+}  // namespace homa::test

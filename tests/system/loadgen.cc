@@ -11,6 +11,8 @@
 //       1,000,000), checks every response byte, prints
 //       "completed N failed N wrong N twice N" and exits 0 only if all completed
 //       correctly and exactly once.
+// Environment: NO_GRO=1 / NO_GSO=1 turn UDP receive/segmentation offload off (to test the
+// fallbacks); HOMA_TEST_TIMEOUT_TICKS sets the protocol timeout (sanitizer builds).
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
@@ -66,6 +68,8 @@ std::string sarg(int argc, char** argv, const char* name, const char* def) {
 // Sanitizer builds run many times slower on shared machines: HOMA_TEST_TIMEOUT_TICKS
 // lets their CI runs give peers longer before an RPC is declared dead.
 void applyTestTimeout(homa::EndpointOptions& o) {
+    if (std::getenv("NO_GRO")) o.gro = false;
+    if (std::getenv("NO_GSO")) o.gso = false;
     if (const char* t = std::getenv("HOMA_TEST_TIMEOUT_TICKS")) o.protocol.timeoutTicks = std::atoi(t);
 }
 

@@ -17,6 +17,8 @@ for w in w1 w2 w3 w4 w5; do
   [ "$w" = w4 ] || [ "$w" = w5 ] && count=300
   timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload $w --count $count --concurrency 32 --seed $seed || status=1
 done
+echo "== w4 without GSO/GRO (the fallback paths)"
+NO_GSO=1 NO_GRO=1 timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload w4 --count 300 --concurrency 32 --seed 6 || status=1
 kill -TERM $server
 wait $server || status=1
 cat server.out
