@@ -196,7 +196,7 @@ class Harness {
     uint32_t pickLength(uint8_t sel);
     void deliver(const Datagram& d, bool batch);
     bool settle(bool app);
-    void stepTime();
+    void stepTime(bool likeRuntime = false);
     void poll(bool app);
     void handleDelivery(Side& s, Delivery& d);
     void autoApp();
@@ -635,9 +635,16 @@ void Harness::opPump() {
 
 // Moves time to the next instant either engine needs (pacer or tick), at most one tick
 // ahead, and runs both engines' timers.
-void Harness::stepTime() {
-    Time next = now_ + cfg_.tickNs;
+void Harness::stepTime(bool likeRuntime) {
+    // A runtime sleeps until the earliest nextWakeup(); the script's own stepping also
+    // stops at every tick.
+    Time next = likeRuntime ? homa::engine::kNever : now_ + cfg_.tickNs;
     for (Side& s : sides_) next = std::min(next, s.eng->nextWakeup());
+    if (next == homa::engine::kNever) {
+        for (Side& s : sides_)
+            if (s.eng->rpcCount() != 0) fail("an engine with RPCs asks never to be woken");
+        return;
+    }
     now_ = std::max(next, now_ + 1);
     TRACE("advance both");
     for (Side& s : sides_) s.eng->advance(now_);
@@ -1090,7 +1097,9 @@ void Harness::drain() {
         }
         if (now_ >= lastDisagreement + budget)
             fail("RPCs or buffers remain long after every RPC should have ended");
-        stepTime();
+        Time before = now_;
+        stepTime(true);
+        if (now_ == before) fail("work remains but neither engine asks to be woken");
     }
     for (Side& s : sides_) {
         if (!s.outstanding.empty()) fail("client RPC ended without a delivery");
