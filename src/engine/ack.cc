@@ -56,8 +56,10 @@ void Engine::handleNeedAck(Peer* peer, uint64_t clientId, Time now) {
     if (!peer) return;
     Rpc* rpc = findClientRpc(clientId);
     if (rpc && rpc->peer == peer) {
-        // Our copy of the response is incomplete: the server is alive; ask for the rest.
-        rpc->silentTicks = 0;
+        // Our copy of the response is incomplete: ask for the rest. (Not a reset of our
+        // silence count: only the bytes themselves, or BUSY, show progress; otherwise a
+        // server that cannot supply them and a client that keeps asking would keep
+        // each other alive forever.)
         requestMissing(rpc);
         return;
     }

@@ -109,8 +109,10 @@ Peer* Engine::getPeer(const Address& address, Time now) {
         return p;
     }
     if (peers_.size() >= cfg_.maxPeers) {
-        // At the hard cap: evict the least recently used peer without RPCs, if any.
-        if (idlePeers_.empty()) return nullptr;
+        // At the hard cap: evict the least recently used peer without RPCs, but only one
+        // idle for peerIdleNs. A peer holds the ids it was served (at-most-once); evicting
+        // it early would let a late copy of a finished request run again.
+        if (idlePeers_.empty() || now - idlePeers_.front().lastUsed < cfg_.peerIdleNs) return nullptr;
         evictPeer(&idlePeers_.front());
     }
     auto peer = std::make_unique<Peer>();
@@ -489,6 +491,7 @@ void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
     rpc->in.waitingForBuffer = false;
     rpc->in.received = rpc->in.granted = rpc->in.length = 0;
     rpc->in.gaps.reset();
+    grantsDirty_ = true;  // its share of the incoming budget is free again
     updateSendable(rpc);
     transmitData(now);
 }

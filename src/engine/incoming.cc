@@ -57,6 +57,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
     if (promised > in.granted) {
         in.granted = promised;
         updateGrantable(rpc);
+        recountIncoming(rpc);
     }
     if (in.waitingForBuffer) {
         recountIncoming(rpc);

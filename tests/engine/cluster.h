@@ -54,12 +54,15 @@ struct Cluster {
     sim::EngineHost& host(uint32_t i) { return *hosts.at(i); }
     engine::Engine& engine(uint32_t i) { return hosts.at(i)->engine(); }
 
-    /// Replaces host i by a fresh engine (a restarted process).
+    /// Replaces host i by a fresh engine (a restarted process). The old one is kept (its
+    /// application may still have timers pending), but the network no longer reaches it.
     void restart(uint32_t i) {
         auto fresh = std::make_unique<sim::EngineHost>(net, i, config);
         net.restart(i, fresh.get());
+        crashed.push_back(std::move(hosts[i]));
         hosts[i] = std::move(fresh);
     }
+    std::vector<std::unique_ptr<sim::EngineHost>> crashed;
 
     /// Runs until no event is left; fails the test if that takes past `limit`.
     void runToIdle(sim::Time limit = 10'000'000'000) {

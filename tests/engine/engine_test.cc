@@ -395,7 +395,9 @@ TEST(Engine, DuplicateRequestWhileInServiceIsNotDeliveredTwice) {
     p.pump();
     p.b.receive(kA, request, p.now);
     p.b.receive(kA, request, p.now);
-    EXPECT_EQ(p.deliveries(p.b).size(), 1u);
+    auto d = p.deliveries(p.b);
+    EXPECT_EQ(d.size(), 1u);
+    for (auto& x : d) p.b.releaseMessage(x.message, p.now);
 }
 
 TEST(Engine, RetriedRequestAfterTheServerGaveUpIsNotExecutedAgain) {
@@ -424,6 +426,7 @@ TEST(Engine, AcksRideOnDataToTheSamePeer) {
     p.pump();
     EXPECT_EQ(p.b.metrics().acksPiggybacked, 1u);
     EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+    p.releaseAll(p.b);
 }
 
 TEST(Engine, AbortedClientRpcDeliversNothingAndTheServerIsReleased) {
@@ -542,6 +545,7 @@ TEST(Engine, ReceiverPublishesCutoffsAndTheSenderUsesThem) {
     EXPECT_EQ(p.sinkA.out[0].packet().data.cutoffVersion, 9);
     p.pump();
     EXPECT_EQ(p.b.metrics().cutoffsSent, 1u) << "no CUTOFFS once the versions match";
+    p.releaseAll(p.b);
 }
 
 // ---------------------------------------------------------------- pacing
@@ -715,11 +719,16 @@ TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
     Pair p(baseConfig(), cb);
     p.call(100);  // A's request: B now has a busy peer (A) until it answers
     p.pump();
-    ASSERT_EQ(p.deliveries(p.b).size(), 1u);
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 1u);
+    p.b.releaseMessage(held[0].message, p.now);  // the RPC stays in service
     wire::CommonHeader c = from(2);
     p.b.receive(Address::ipv4(0x0b000001, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
     p.b.receive(Address::ipv4(0x0b000002, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
     ASSERT_EQ(p.b.peerCount(), 3u);
+    p.b.receive(Address::ipv4(0x0b000003, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_EQ(p.b.metrics().peersEvicted, 0u) << "idle peers are kept for peerIdleNs (at-most-once)";
+    p.now += cb.peerIdleNs;
     p.b.receive(Address::ipv4(0x0b000003, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
     EXPECT_EQ(p.b.peerCount(), 3u);
     EXPECT_EQ(p.b.metrics().peersEvicted, 1u);
@@ -843,6 +852,18 @@ TEST(Engine, ResendForBytesStillQueuedAtTheSenderGetsBusy) {
     p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 30 * 1416 - 1416, 1416, 0), p.now);
     ASSERT_EQ(p.sinkA.out.size(), 1u);
     EXPECT_EQ(p.sinkA.out[0].type(), wire::PacketType::Busy);
+}
+
+// A duplicate DATA packet announcing more `incoming` raises what we count as granted:
+// the incoming budget must count it too, or grants could exceed maxIncoming.
+TEST(Engine, DuplicateDataWithLargerIncomingIsCountedInTheBudget) {
+    Pair p;
+    p.b.handlePacket(kA, forgedData(2, 100'000, 0, 1416), p.now);  // incoming 40,000
+    EXPECT_EQ(p.b.incomingOutstanding(), 40'000u - 1416);
+    auto again = forgedData(2, 100'000, 0, 1416);
+    again[32] = 0x00; again[33] = 0x01; again[34] = 0x80; again[35] = 0x00;  // incoming 98,304
+    p.b.handlePacket(kA, again, p.now);
+    EXPECT_EQ(p.b.incomingOutstanding(), 98'304u - 1416);
 }
 
 }  // namespace
