@@ -44,6 +44,26 @@ constexpr int kMaxEvents = 128;
 
 std::string errnoText(int e) { return std::system_category().message(e); }
 
+// Appends a thread's state with its epoll set and a wake-up eventfd registered in it.
+// The state is appended even on failure, so the owner's destructor closes what opened.
+template <typename Thread>
+bool addEpollThread(std::vector<std::unique_ptr<Thread>>& threads, std::string* error) {
+    auto t = std::make_unique<Thread>();
+    t->epoll = epoll_create1(EPOLL_CLOEXEC);
+    t->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    bool ok = t->epoll >= 0 && t->wake >= 0;
+    if (ok) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = &t->wakeSource;
+        epoll_ctl(t->epoll, EPOLL_CTL_ADD, t->wake, &ev);
+    } else {
+        *error = "cannot create epoll/eventfd: " + errnoText(errno);
+    }
+    threads.push_back(std::move(t));
+    return ok;
+}
+
 uint32_t loadBe32(const uint8_t* p) {
     return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
@@ -208,21 +228,8 @@ class TcpServer final : public ServerTransport {
 
     bool start(const Address& bind, int ports, std::string* error) {
         int nthreads = std::max(1, options_.threads);
-        for (int i = 0; i < nthreads; ++i) {
-            auto t = std::make_unique<ServerThread>();
-            t->epoll = epoll_create1(EPOLL_CLOEXEC);
-            t->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-            if (t->epoll < 0 || t->wake < 0) {
-                *error = "cannot create epoll/eventfd: " + errnoText(errno);
-                threads_.push_back(std::move(t));
-                return false;
-            }
-            epoll_event ev{};
-            ev.events = EPOLLIN;
-            ev.data.ptr = &t->wakeSource;
-            epoll_ctl(t->epoll, EPOLL_CTL_ADD, t->wake, &ev);
-            threads_.push_back(std::move(t));
-        }
+        for (int i = 0; i < nthreads; ++i)
+            if (!addEpollThread<ServerThread>(threads_, error)) return false;
         if (ports < 1) {
             *error = "the server needs at least one port";
             return false;
@@ -632,21 +639,8 @@ class TcpClient final : public ClientTransport {
         if (!connectAll(connectTimeoutMs, error)) return false;
 
         int nthreads = std::max(1, options_.threads);
-        for (int i = 0; i < nthreads; ++i) {
-            auto t = std::make_unique<ClientThread>();
-            t->epoll = epoll_create1(EPOLL_CLOEXEC);
-            t->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-            if (t->epoll < 0 || t->wake < 0) {
-                *error = "cannot create epoll/eventfd: " + errnoText(errno);
-                threads_.push_back(std::move(t));
-                return false;
-            }
-            epoll_event ev{};
-            ev.events = EPOLLIN;
-            ev.data.ptr = &t->wakeSource;
-            epoll_ctl(t->epoll, EPOLL_CTL_ADD, t->wake, &ev);
-            threads_.push_back(std::move(t));
-        }
+        for (int i = 0; i < nthreads; ++i)
+            if (!addEpollThread<ClientThread>(threads_, error)) return false;
         for (size_t i = 0; i < conns_.size(); ++i) {
             ClientConn* c = conns_[i].get();
             ClientThread* t = threads_[i % threads_.size()].get();
