@@ -169,6 +169,24 @@ void drainEventFd(int fd) {
 }
 
 /// What an epoll registration points at.
+/// Writes as much of `out` as the socket takes (the rest waits for EPOLLOUT). False on a
+/// socket error.
+bool sendQueued(int fd, ByteBuffer& out) {
+    while (!out.empty()) {
+        ssize_t r = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            return false;
+        }
+        size_t wanted = out.size();
+        out.consume(static_cast<size_t>(r));
+        if (static_cast<size_t>(r) < wanted) break;  // socket buffer full
+    }
+    out.releaseIfLarge();
+    return true;
+}
+
 struct Source {
     enum class Kind { Wake, Listener, Conn };
     explicit Source(Kind k) : kind(k) {}
@@ -509,22 +527,7 @@ class TcpServer final : public ServerTransport {
         return true;
     }
 
-    /// Writes as much queued output as the socket takes. False on a socket error.
-    static bool flush(ServerConn* c) {
-        while (!c->out.empty()) {
-            ssize_t r = ::send(c->fd, c->out.data(), c->out.size(), MSG_NOSIGNAL);
-            if (r < 0) {
-                if (errno == EINTR) continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-                return false;
-            }
-            size_t wanted = c->out.size();
-            c->out.consume(static_cast<size_t>(r));
-            if (static_cast<size_t>(r) < wanted) break;  // socket buffer full: wait for EPOLLOUT
-        }
-        c->out.releaseIfLarge();
-        return true;
-    }
+    static bool flush(ServerConn* c) { return sendQueued(c->fd, c->out); }
 
     void updateInterest(ServerThread& t, ServerConn* c) {
         uint32_t want = (c->pendingIn.empty() ? EPOLLIN : 0u) | (c->out.empty() ? 0u : EPOLLOUT);
@@ -931,21 +934,7 @@ class TcpClient final : public ClientTransport {
         return true;
     }
 
-    static bool flush(ClientConn* c) {
-        while (!c->out.empty()) {
-            ssize_t r = ::send(c->fd, c->out.data(), c->out.size(), MSG_NOSIGNAL);
-            if (r < 0) {
-                if (errno == EINTR) continue;
-                if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-                return false;
-            }
-            size_t wanted = c->out.size();
-            c->out.consume(static_cast<size_t>(r));
-            if (static_cast<size_t>(r) < wanted) break;
-        }
-        c->out.releaseIfLarge();
-        return true;
-    }
+    static bool flush(ClientConn* c) { return sendQueued(c->fd, c->out); }
 
     static void updateInterest(ClientThread& t, ClientConn* c) {
         if (c->fd < 0) return;
