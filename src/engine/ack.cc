@@ -33,6 +33,7 @@ void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) {
     size_t n = wire::encodeAck(scratch_, c, h);
     ++m_.ackPacketsSent;
     countSent(wire::PacketType::Ack, cfg_.controlPriority, n);
+    HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(wire::PacketType::Ack)], 0, h.numAcks, h.acks[0].clientId);
     sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 

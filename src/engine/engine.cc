@@ -6,6 +6,19 @@
 
 namespace homa::engine {
 
+// Arguments: id (the sender's, as on the wire), then the type's fields. Every format
+// starts "send|recv TYPE id N" and, where there is one, "offset M" (see trace/reader.h).
+const char* const kTraceSend[EngineMetrics::kTypes] = {
+    "send DATA id %u offset %u len %u prio %u", "send GRANT id %u offset %u prio %u",
+    "send RESEND id %u offset %u len %u prio %u", "send RPC_UNKNOWN id %u", "send BUSY id %u",
+    "send CUTOFFS id %u", "send FREEZE id %u", "send NEED_ACK id %u", "send ACK id %u acks %u first %u",
+};
+const char* const kTraceRecv[EngineMetrics::kTypes] = {
+    "recv DATA id %u offset %u len %u retransmit %u", "recv GRANT id %u offset %u prio %u",
+    "recv RESEND id %u offset %u len %u prio %u", "recv RPC_UNKNOWN id %u", "recv BUSY id %u",
+    "recv CUTOFFS id %u", "recv FREEZE id %u", "recv NEED_ACK id %u", "recv ACK id %u acks %u first %u",
+};
+
 const char* toString(RpcState state) {
     switch (state) {
         case RpcState::Client: return "client";
@@ -221,6 +234,7 @@ void Engine::failRpc(Rpc* rpc, Status status) {
     d.clientId = rpc->id;
     d.cookie = rpc->cookie;
     d.status = std::move(status);
+    HOMA_TRACE("rpc failed id %u code %u", rpc->id, static_cast<unsigned>(d.status.code()));
     deliveries_.push_back(std::move(d));
     ++m_.deliveries;
     freeRpc(rpc);
@@ -278,6 +292,7 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
     }
     nextClientId_ += 2;
     ++m_.clientRpcsStarted;
+    HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
     if (id) *id = rpcId;
     transmitData(now);
     return {};
@@ -304,6 +319,7 @@ Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> resp
     updateSendable(rpc);
     touchPeer(peer, now);
     ++m_.serverResponsesSent;
+    HOMA_TRACE("response start id %u len %u", rpc->id, response.size());
     transmitData(now);
     return {};
 }
@@ -313,6 +329,7 @@ Status Engine::abortClientRpc(uint64_t id, Time now) {
     Rpc* rpc = findClientRpc(id);
     if (!rpc) return {StatusCode::NoSuchRpc, "no client RPC " + std::to_string(id)};
     ++m_.clientRpcsAborted;
+    HOMA_TRACE("rpc aborted id %u", id);
     freeRpc(rpc);
     return {};
 }
@@ -323,6 +340,7 @@ Status Engine::abortServerRpc(const ServerRpcId& id, Time now) {
     Rpc* rpc = peer ? findServerRpc(peer, id.id) : nullptr;
     if (!rpc) return {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
     ++m_.serverRpcsAborted;
+    HOMA_TRACE("request dropped id %u", id.id);
     freeRpc(rpc);
     return {};
 }
@@ -372,6 +390,27 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     size_t t = EngineMetrics::typeIndex(p.common.type);
     ++m_.packetsReceived[t];
     m_.bytesReceived[t] += bytes.size();
+    if (__builtin_expect(trace::enabled(), 0)) {
+        switch (p.common.type) {
+            case wire::PacketType::Data:
+                trace::recordAlways(kTraceRecv[t], p.common.senderId, p.data.offset, p.payload.size(),
+                                    p.data.retransmit);
+                break;
+            case wire::PacketType::Grant:
+                trace::recordAlways(kTraceRecv[t], p.common.senderId, p.grant.offset, p.grant.priority);
+                break;
+            case wire::PacketType::Resend:
+                trace::recordAlways(kTraceRecv[t], p.common.senderId, p.resend.offset, p.resend.length,
+                                    p.resend.priority);
+                break;
+            case wire::PacketType::Ack:
+                trace::recordAlways(kTraceRecv[t], p.common.senderId, p.ack.numAcks, p.ack.acks[0].clientId);
+                break;
+            default:
+                trace::recordAlways(kTraceRecv[t], p.common.senderId);
+                break;
+        }
+    }
     if (p.common.dport != cfg_.port) {
         ++m_.dropped[static_cast<size_t>(DropReason::WrongPort)];
         return;
@@ -439,7 +478,8 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             return;
         }
         case wire::PacketType::Freeze:
-            return;  // counted above; time traces hook in here
+            freezeReceived_ = true;  // counted above; the runtime may dump the time trace
+            return;
         case wire::PacketType::NeedAck:
             if (fromClient) break;  // only servers ask for acks
             handleNeedAck(peer ? peer : getPeer(source, now), clientId, now);
@@ -517,6 +557,7 @@ void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
     if (type == wire::PacketType::RpcUnknown) ++m_.rpcUnknownSent;
     if (type == wire::PacketType::NeedAck) ++m_.needAcksSent;
     countSent(type, cfg_.controlPriority, n);
+    HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(type)], senderId);
     sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
@@ -529,6 +570,7 @@ void Engine::sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t prio
     size_t n = wire::encodeResend(scratch_, c, r);
     ++m_.resendsSent;
     countSent(wire::PacketType::Resend, cfg_.controlPriority, n);
+    HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(wire::PacketType::Resend)], rpc->id, offset, length, priority);
     sink_.transmit(rpc->peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
@@ -545,6 +587,7 @@ void Engine::sendCutoffs(Peer* peer, Time now) {
     size_t n = wire::encodeCutoffs(scratch_, c, h);
     ++m_.cutoffsSent;
     countSent(wire::PacketType::Cutoffs, cfg_.controlPriority, n);
+    HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(wire::PacketType::Cutoffs)], 0);
     sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
@@ -554,6 +597,20 @@ bool Engine::pollDelivery(Delivery& out) {
     if (deliveries_.empty()) return false;
     out = std::move(deliveries_.front());
     deliveries_.pop_front();
+    if (__builtin_expect(trace::enabled(), 0)) {
+        switch (out.kind) {
+            case Delivery::Kind::Request:
+                trace::recordAlways("deliver request id %u len %u", out.server.id, out.message.length);
+                break;
+            case Delivery::Kind::Response:
+                trace::recordAlways("deliver response id %u len %u", out.clientId, out.message.length);
+                break;
+            case Delivery::Kind::Failure:
+                trace::recordAlways("deliver failure id %u code %u", out.clientId,
+                                    static_cast<unsigned>(out.status.code()));
+                break;
+        }
+    }
     return true;
 }
 

@@ -33,6 +33,7 @@
 #include "engine/rpc.h"
 #include "homa/address.h"
 #include "homa/status.h"
+#include "homa/trace.h"
 #include "wire/wire.h"
 
 namespace homa::engine {
@@ -135,6 +136,9 @@ class Engine {
     /// Number of incoming messages currently granted to (the active set of the last decision).
     int activeGrants() const { return lastActiveCount_; }
     void listRpcs(std::vector<RpcInfo>& out) const;
+    /// Whether a FREEZE packet arrived since the last call (the runtime then dumps the
+    /// time trace, when asked to).
+    bool takeFreeze() { return std::exchange(freezeReceived_, false); }
 
   private:
     struct ServerKey {
@@ -242,6 +246,11 @@ class Engine {
     RingQueue<Delivery> deliveries_;
     std::array<uint8_t, wire::kMaxHeaderSize> scratch_{};
     EngineMetrics m_;
+    bool freezeReceived_ = false;
 };
+
+// Trace formats of packets sent and received, by type (homa-trace matches them up).
+extern const char* const kTraceSend[EngineMetrics::kTypes];
+extern const char* const kTraceRecv[EngineMetrics::kTypes];
 
 }  // namespace homa::engine

@@ -64,6 +64,7 @@ void Engine::sendGrant(Rpc* rpc, uint32_t newGranted, uint8_t priority) {
     wire::GrantHeader g{newGranted, priority};
     size_t n = wire::encodeGrant(scratch_, c, g);
     countSent(wire::PacketType::Grant, cfg_.controlPriority, n);
+    HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(wire::PacketType::Grant)], rpc->id, newGranted, priority);
     sink_.transmit(rpc->peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
@@ -86,6 +87,7 @@ void Engine::decideGrants(Time now) {
     }
     const int n = static_cast<int>(activeScratch_.size());
     lastActiveCount_ = n;
+    HOMA_TRACE("grant decision active %u outstanding %u", n, incomingOutstanding_);
     if (n == 0) return;
 
     const uint32_t window = cfg_.window ? cfg_.window : cfg_.maxIncoming / static_cast<uint32_t>(n + 1);
@@ -119,6 +121,7 @@ void Engine::decideGrants(Time now) {
                 std::min<uint64_t>(in.length, uint64_t{in.granted} + cfg_.fifoGrantIncrement));
             fifoGrantCredit_ -= target - in.granted;
             m_.fifoGrantBytes += target - in.granted;
+            HOMA_TRACE("grant fifo id %u bytes %u", oldest->id, target - in.granted);
             sendGrant(oldest, target, static_cast<uint8_t>(maxSchedPriority_));
         }
     }

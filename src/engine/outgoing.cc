@@ -43,6 +43,7 @@ void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool re
         m_.retransmittedBytes += length;
     }
     nic_.sent(now, static_cast<uint32_t>(n + length + cfg_.wireOverheadBytes));
+    HOMA_TRACE(kTraceSend[0], rpc->id, offset, length, priority);
     sink_.transmit(peer->address, priority, std::span(scratch_.data(), n),
                    std::span<const uint8_t>(o.buffer.data + offset, length));
 }
@@ -57,6 +58,7 @@ void Engine::transmitData(Time now) {
         if (o.length >= cfg_.deferMinBytes && nic_.backlog(now) > cfg_.maxNicQueueNs) {
             pacerDeferred_ = true;
             ++m_.pacerDeferrals;
+            HOMA_TRACE("pacer defer id %u backlog_ns %u sendable %u", rpc->id, nic_.backlog(now), sendable_.size());
             return;
         }
         uint32_t offset = o.nextOffset;
