@@ -303,6 +303,7 @@ uint64_t Network::bounded(std::mt19937_64& rng, uint64_t n) {
 // ---------------------------------------------------------------- engine
 
 bool Network::dispatch(const Event& e) {
+    ++eventsProcessed_;
     switch (e.kind) {
         case kTxDone:
             onTxDone(e.a);
@@ -317,6 +318,7 @@ bool Network::dispatch(const Event& e) {
             HostState& hs = hosts_[e.a];
             if (e.b != hs.wakeGen) {  // superseded or cancelled by a crash
                 --staleEvents_;
+                --eventsProcessed_;
                 return false;
             }
             hs.pendingWake = kForever;

@@ -80,6 +80,8 @@ public:
     void at(Time t, std::function<void()> fn);
 
     Time now() const { return now_; }
+    // Events dispatched so far (stale wake-ups excluded).
+    uint64_t eventsProcessed() const { return eventsProcessed_; }
     bool step();
     // Runs every event with time <= t, then advances the clock to t.
     void runUntil(Time t);
@@ -188,6 +190,7 @@ private:
     EventQueue events_;
     size_t staleEvents_ = 0;
     uint64_t nextSeq_ = 0;
+    uint64_t eventsProcessed_ = 0;
 
     std::vector<std::unique_ptr<Slot[]>> chunks_;
     uint32_t freeSlots_ = kNone;

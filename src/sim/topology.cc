@@ -65,6 +65,8 @@ Topology Topology::build(const TopologyConfig& cfg) {
     t.cfg_ = cfg;
     t.wireOverhead_ = cfg.wireOverheadBytes;
     if (cfg.switchDelay < 0) throw std::invalid_argument("sim: negative switch delay");
+    if (cfg.hostDelay < 0) throw std::invalid_argument("sim: negative host delay");
+    const Time downLatency = cfg.hostLatency + cfg.hostDelay;
 
     if (cfg.kind == TopologyKind::Star) {
         if (cfg.hosts == 0) throw std::invalid_argument("sim: star needs at least one host");
@@ -78,7 +80,7 @@ Topology Topology::build(const TopologyConfig& cfg) {
             t.addPort(h, sw, cfg.hostGbps, cfg.hostLatency, cfg.hostQueueLimitBytes);
         }
         for (HostId h = 0; h < cfg.hosts; ++h) {
-            const PortId p = t.addPort(sw, h, cfg.hostGbps, cfg.hostLatency, cfg.switchQueueLimitBytes);
+            const PortId p = t.addPort(sw, h, cfg.hostGbps, downLatency, cfg.switchQueueLimitBytes);
             t.downlink_[h] = p;
             t.route(sw, h) = t.addRouteSet({&p, 1});
         }
@@ -112,7 +114,7 @@ Topology Topology::build(const TopologyConfig& cfg) {
         for (uint32_t i = 0; i < hpr; ++i) {
             const HostId h = r * hpr + i;
             const PortId p =
-                t.addPort(tor, h, cfg.hostGbps, cfg.hostLatency, cfg.switchQueueLimitBytes);
+                t.addPort(tor, h, cfg.hostGbps, downLatency, cfg.switchQueueLimitBytes);
             t.downlink_[h] = p;
             t.route(tor, h) = t.addRouteSet({&p, 1});
         }

@@ -33,6 +33,9 @@ struct TopologyConfig {
     double aggGbps = 40.0;  // ToR <-> aggregation, both directions
     Time aggLatency = 100;
     Time switchDelay = 250;  // added at every switch before egress queueing
+    // Software delay at a receiving host (stack, interrupt, thread wake-up): added to the
+    // latency of every switch -> host link, so it is pipelined like propagation.
+    Time hostDelay = 0;
 
     // Extra bytes charged per packet on every link (preamble, framing, ...).
     uint32_t wireOverheadBytes = 0;

@@ -135,5 +135,30 @@ TEST(SimTopology, SprayingUsesEveryAggregationSwitchEvenly) {
     EXPECT_EQ(total, static_cast<uint64_t>(kPackets));
 }
 
+TEST(Topology, HostDelayIsAddedOncePerPacketAtTheReceiver) {
+    TopologyConfig c = TopologyConfig::twoTier();
+    const Topology plain = Topology::build(c);
+    c.hostDelay = 1000;
+    const Topology delayed = Topology::build(c);
+    for (HostId dst : {1u, 17u, 143u}) {
+        EXPECT_EQ(delayed.minOneWay(0, dst, 1500), plain.minOneWay(0, dst, 1500) + 1000) << dst;
+    }
+    EXPECT_EQ(delayed.port(delayed.downlinkPort(5)).latency, c.hostLatency + 1000);
+    EXPECT_EQ(delayed.port(delayed.nicPort(5)).latency, c.hostLatency);
+    c.hostDelay = -1;
+    EXPECT_THROW(Topology::build(c), std::invalid_argument);
+}
+
+TEST(Network, CountsEventsItDispatches) {
+    Network net(1, TopologyConfig::star(2));
+    EXPECT_EQ(net.eventsProcessed(), 0u);
+    int calls = 0;
+    net.at(10, [&] { ++calls; });
+    net.at(20, [&] { ++calls; });
+    net.runUntilIdle();
+    EXPECT_EQ(calls, 2);
+    EXPECT_EQ(net.eventsProcessed(), 2u);
+}
+
 }  // namespace
 }  // namespace homa::sim

@@ -1,0 +1,316 @@
+// homa-sim: slowdown of a message alone is 1, runs are reproducible, every message is
+// accounted for, derived parameters are sane, bad command lines are refused.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+#include <sys/wait.h>
+
+#include "sim/topology.h"
+#include "simulator.h"
+#include "wire/wire.h"
+
+namespace homa::simtool {
+namespace {
+
+Derived mustDerive(const SimOptions& o) {
+    std::string error;
+    auto d = derive(o, &error);
+    EXPECT_TRUE(d.has_value()) << error;
+    return d ? *d : Derived{};
+}
+
+Results runSim(const SimOptions& o) {
+    Simulation s(o, mustDerive(o));
+    return s.run();
+}
+
+// A small two-tier network: 3 racks of 4 hosts, 2 aggregation switches.
+SimOptions smallNetwork() {
+    SimOptions o;
+    o.racks = 3;
+    o.hostsPerRack = 4;
+    o.aggSwitches = 2;
+    return o;
+}
+
+// Alone, a message takes its ideal time: no message is faster, the typical one takes
+// exactly that. One effect of per-packet spraying is allowed for: in a two-packet message
+// the short second packet may take another aggregation switch and overtake the first
+// (the ideal assumes it does); when both take the same path the message is later by up
+// to that packet's serialisation on the host link (at most 4.5% on these networks).
+void expectAlone(const SimOptions& o, uint64_t messages, const std::string& what) {
+    Results r = runSim(o);
+    EXPECT_EQ(r.completed, messages) << what;
+    EXPECT_EQ(r.failed + r.incomplete, 0u) << what;
+    for (const BucketStats& b : r.buckets) {
+        if (b.count == 0) continue;
+        EXPECT_GE(b.min, 0.999) << what << " bucket <= " << b.maxSize;
+        EXPECT_LE(b.max, 1.05) << what << " bucket <= " << b.maxSize;
+    }
+    EXPECT_NEAR(r.all.p50, 1.0, 0.02) << what;
+    EXPECT_NEAR(r.all.mean, 1.0, 0.02) << what;
+}
+
+TEST(SimAlone, EverySizeHasSlowdownOneInAndAcrossRacks) {
+    // Sizes around packet and unscheduled-byte boundaries, up to several MB.
+    const SimOptions base = SimOptions{};
+    const Derived d = mustDerive(base);
+    const uint32_t payload = d.engine.maxPayload, unsched = d.engine.unschedBytes;
+    for (uint32_t size : {1u, 100u, payload, payload + 1, payload + 195, 2 * payload, unsched - 1, unsched, unsched + 1,
+                          unsched + payload + 1, 30'000u, 100'000u, 1'000'000u, 3'000'000u}) {
+        for (int receiver : {1, 143}) {  // same rack, another rack
+            SimOptions o;
+            o.fixedSize = size;
+            o.soloSender = 0;
+            o.soloReceiver = receiver;
+            o.messages = 16;
+            expectAlone(o, 16, "size " + std::to_string(size) + " to host " + std::to_string(receiver));
+        }
+    }
+}
+
+TEST(SimAlone, WorkloadSizesOnOtherNetworks) {
+    // Every size W3 draws, on a star at 25 Gbps, and W4 on a small two-tier network with
+    // large delays. (With a fabric much slower than 4x the host links, a short last
+    // packet sprayed on another path may or may not overtake a full one, so the time
+    // alone varies by a few percent with the path; the ideal is the best case.)
+    SimOptions star;
+    star.workload = "w3";
+    star.topology = "star";
+    star.hosts = 4;
+    star.hostGbps = 25;
+    star.soloSender = 2;
+    star.messages = 60;
+    star.seed = 7;
+    expectAlone(star, 60, "w3 star 25 Gbps");
+
+    SimOptions slow = smallNetwork();
+    slow.workload = "w4";
+    slow.switchDelayNs = 1000;
+    slow.hostDelayNs = 3000;
+    slow.soloSender = 5;
+    slow.messages = 40;
+    slow.seed = 3;
+    expectAlone(slow, 40, "w4 small two-tier");
+}
+
+TEST(SimIdeal, OnePacketMatchesTopologyMinimum) {
+    const Derived d = mustDerive(SimOptions{});
+    const sim::Topology t = sim::Topology::build(d.topo);
+    for (uint32_t dst : {1u, 20u, 143u}) {
+        for (uint32_t size : {1u, 500u, d.engine.maxPayload}) {
+            EXPECT_EQ(idealOneWay(t, d.engine, 0, dst, size), t.minOneWay(0, dst, wire::kDataHeaderSize + size))
+                << "dst " << dst << " size " << size;
+        }
+    }
+    // Two full packets across racks: the second follows the first by one host-link
+    // serialisation time.
+    const uint32_t p = d.engine.maxPayload;
+    EXPECT_EQ(idealOneWay(t, d.engine, 0, 143, 2 * p) - idealOneWay(t, d.engine, 0, 143, p),
+              t.serializationTime(t.nicPort(0), wire::kDataHeaderSize + p));
+}
+
+TEST(SimRun, SameSeedSameOutputDifferentSeedDifferent) {
+    SimOptions o = smallNetwork();
+    o.workload = "w3";
+    o.load = 0.7;
+    o.durationMs = 1;
+    o.traceHash = true;
+    o.seed = 11;
+    std::printf("seed %lu\n", static_cast<unsigned long>(o.seed));
+    const Derived d = mustDerive(o);
+    Results a = runSim(o), b = runSim(o);
+    EXPECT_GT(a.completed, 100u);
+    EXPECT_EQ(toJson(o, d, a), toJson(o, d, b));
+    EXPECT_EQ(toCsv(a), toCsv(b));
+    EXPECT_EQ(toText(o, d, a), toText(o, d, b));
+    o.seed = 12;
+    Results c = runSim(o);
+    EXPECT_NE(a.traceHash, c.traceHash);
+    EXPECT_NE(toJson(o, d, a), toJson(o, d, c));
+}
+
+void expectAccounted(const Results& r, const std::string& what) {
+    EXPECT_EQ(r.generated, r.deliveredAll + r.failedAll + r.refused + r.pendingAtEnd) << what;
+    EXPECT_EQ(r.measured, r.completed + r.failed + r.incomplete) << what;
+    EXPECT_EQ(r.duplicateDeliveries, 0u) << what;
+    EXPECT_TRUE(r.networkIdle) << what;
+    EXPECT_EQ(r.pendingAtEnd, 0u) << what;
+    // Network: every packet sent was delivered or counted as dropped.
+    EXPECT_EQ(r.packetsSent, r.packetsDelivered + r.queueDropped + r.otherDropped) << what;
+    for (const BucketStats& b : r.buckets)
+        if (b.count > 0) {
+            EXPECT_GE(b.min, 0.98) << what << ": faster than alone, bucket <= " << b.maxSize;
+        }
+}
+
+uint64_t counter(const Results& r, const std::string& name) {
+    for (const auto& [k, v] : r.counters)
+        if (k == name) return v;
+    ADD_FAILURE() << "no counter " << name;
+    return 0;
+}
+
+TEST(SimRun, EveryMessageIsAccountedFor) {
+    SimOptions o = smallNetwork();
+    o.workload = "w4";
+    o.load = 0.8;
+    o.durationMs = 2;
+    o.seed = 5;
+    std::printf("seed %lu\n", static_cast<unsigned long>(o.seed));
+    Results r = runSim(o);
+    expectAccounted(r, "w4 0.8");
+    EXPECT_GT(r.measured, 100u);
+    EXPECT_EQ(r.completed, r.measured);
+    EXPECT_EQ(r.queueDropped, 0u);
+    EXPECT_EQ(counter(r, "rpcs_alive_at_end"), 0u);
+    // Under load something queued somewhere.
+    uint64_t maxQueue = 0;
+    for (uint64_t q : r.portMaxQueueBytes) maxQueue = std::max(maxQueue, q);
+    EXPECT_GT(maxQueue, 0u);
+}
+
+TEST(SimRun, DropsAtFullSwitchQueuesAreCountedAndRecovered) {
+    // Tiny switch buffers: packets are dropped, the engines ask again, every message
+    // still arrives or is reported as failed, and the drops show in the counters.
+    SimOptions o = smallNetwork();
+    o.workload = "w4";
+    o.load = 0.8;
+    o.durationMs = 2;
+    o.switchQueueLimitBytes = 6000;
+    o.tickUs = 100;
+    o.seed = 9;
+    std::printf("seed %lu\n", static_cast<unsigned long>(o.seed));
+    Results r = runSim(o);
+    expectAccounted(r, "small switch queues");
+    EXPECT_GT(r.queueDropped, 0u);
+    EXPECT_GT(counter(r, "resends_sent"), 0u);
+    EXPECT_GT(counter(r, "retransmitted_packets"), 0u);
+    EXPECT_GT(r.completed, 0u);
+}
+
+TEST(SimDerive, PaperLikeDefaults) {
+    const Derived d = mustDerive(SimOptions{});
+    EXPECT_EQ(d.topo.racks * d.topo.hostsPerRack, 144u);
+    // One round trip at 10 Gbps is a few microseconds: about 7 full packets.
+    EXPECT_GT(d.rttNs, 5'000);
+    EXPECT_LT(d.rttNs, 12'000);
+    EXPECT_EQ(d.rttBytes % d.engine.maxPayload, 0u);
+    EXPECT_EQ(d.engine.unschedBytes, d.rttBytes);
+    EXPECT_EQ(d.engine.maxOvercommit, 8 - d.unschedLevels);
+    EXPECT_EQ(d.engine.maxIncoming, d.engine.window * static_cast<uint32_t>(d.engine.maxOvercommit));
+    EXPECT_EQ(d.engine.linkMbps, 10'000u);
+    // W1 is nearly all unscheduled bytes: most levels go to unscheduled packets.
+    SimOptions w1;
+    w1.workload = "w1";
+    EXPECT_GE(mustDerive(w1).unschedLevels, 6);
+}
+
+TEST(SimDerive, CutoffsSplitUnscheduledBytesEvenly) {
+    SimOptions o;
+    o.workload = "w3";
+    const Derived d = mustDerive(o);
+    auto c = deriveCutoffs(d.dist, 10'000, 4);
+    // Levels 7..4 are unscheduled, increasing cutoffs as priority falls; 3..0 scheduled.
+    EXPECT_GT(c[7], 0u);
+    EXPECT_LE(c[7], c[6]);
+    EXPECT_LE(c[6], c[5]);
+    EXPECT_EQ(c[4], 0xffffffffu);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(c[static_cast<size_t>(i)], 0u);
+    // The smallest level carries about a quarter of the unscheduled bytes.
+    double prev = 0, below = 0, total = 0;
+    for (size_t i = 0; i < d.dist.sizes().size(); ++i) {
+        const double p = d.dist.cumulative()[i] - prev;
+        prev = d.dist.cumulative()[i];
+        const double u = p * std::min<uint32_t>(d.dist.sizes()[i], 10'000);
+        total += u;
+        if (d.dist.sizes()[i] <= c[7]) below += u;
+    }
+    EXPECT_GT(below / total, 0.2);
+    EXPECT_LT(below / total, 0.4);
+}
+
+TEST(SimDerive, BadOptionsAreRefused) {
+    auto refused = [](SimOptions o, const std::string& fragment) {
+        std::string error;
+        EXPECT_FALSE(derive(o, &error).has_value()) << fragment;
+        EXPECT_NE(error.find(fragment), std::string::npos) << error;
+    };
+    SimOptions o;
+    o.load = 0;
+    refused(o, "--load");
+    o = SimOptions{};
+    o.topology = "ring";
+    refused(o, "--topology");
+    o = SimOptions{};
+    o.warmupMs = 20;
+    refused(o, "--warmup-ms");
+    o = SimOptions{};
+    o.workload = "w9";
+    refused(o, "w9");
+    o = SimOptions{};
+    o.topology = "star";
+    o.hosts = 1;
+    refused(o, "at least 2 hosts");
+    o = SimOptions{};
+    o.soloSender = 0;
+    o.soloReceiver = 0;
+    refused(o, "--solo-receiver");
+}
+
+#ifdef HOMA_SIM_BIN
+// Runs homa-sim; returns the exit status and the output (stdout and stderr).
+int runTool(const std::string& args, std::string* out) {
+    std::string cmd = std::string(HOMA_SIM_BIN) + " " + args + " 2>&1";
+    FILE* f = popen(cmd.c_str(), "r");
+    if (!f) return -1;
+    std::array<char, 512> buf;
+    out->clear();
+    while (fgets(buf.data(), buf.size(), f)) *out += buf.data();
+    int status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
+    for (const char* args : {"--load 0", "--load abc", "--topology ring", "--workload nonesuch",
+                             "--warmup-ms 50 --duration-ms 10", "--no-such-option", "--racks 0"}) {
+        std::string out;
+        int rc = runTool(args, &out);
+        EXPECT_NE(rc, 0) << args;
+        EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << args << ": " << out;
+        EXPECT_EQ(out.rfind("homa-sim: ", 0), 0u) << args << ": " << out;
+    }
+}
+
+TEST(SimTool, WritesCsvAndJsonAndPlots) {
+    char dir[] = "/tmp/homa-sim-test-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    const std::string d = dir;
+    std::string out;
+    ASSERT_EQ(runTool("--size 3000 --solo-sender 0 -n 3 --csv " + d + "/a.csv --json " + d + "/a.json", &out), 0)
+        << out;
+    EXPECT_NE(out.find("speed:"), std::string::npos);
+    EXPECT_NE(out.find("peak RSS"), std::string::npos);
+    FILE* f = fopen((d + "/a.csv").c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    char line[256];
+    ASSERT_NE(fgets(line, sizeof line, f), nullptr);
+    EXPECT_EQ(std::string(line), "max_size,count,mean,p50,p99,p999,min,max\n");
+    ASSERT_NE(fgets(line, sizeof line, f), nullptr);
+    EXPECT_EQ(std::string(line).rfind("3000,3,1.0000,1.0000,1.0000", 0), 0u) << line;
+    fclose(f);
+    if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+        EXPECT_EQ(runTool("plot " + d + "/a.json " + d + "/a.json -o " + d + "/p.png", &out), 0) << out;
+        FILE* png = fopen((d + "/p.png").c_str(), "r");
+        EXPECT_NE(png, nullptr);
+        if (png) fclose(png);
+    }
+    EXPECT_NE(runTool("plot " + d + "/a.csv -o " + d + "/q.png", &out), 0);
+    std::system(("rm -rf " + d).c_str());
+}
+#endif
+
+}  // namespace
+}  // namespace homa::simtool

@@ -1,0 +1,146 @@
+// homa-sim: the Homa engine on a simulated datacenter network. See docs/simulation.md.
+#include <malloc.h>
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include "simulator.h"
+
+using namespace homa::simtool;
+
+namespace {
+
+bool writeFile(const std::string& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+    return static_cast<bool>(f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    SimOptions o;
+    CLI::App app{"homa-sim: the Homa protocol engine on a simulated datacenter network"};
+    app.set_help_all_flag("--help-all");
+    std::string csv, jsonPath;
+    bool quiet = false;
+
+    app.add_option("-w,--workload", o.workload, "w1..w5 or a size-distribution file")->capture_default_str();
+    app.add_option("--size", o.fixedSize, "every message has this many bytes (instead of a workload)");
+    app.add_option("-l,--load", o.load, "offered load: fraction of host link bandwidth taken by DATA packets")
+        ->capture_default_str();
+    app.add_option("-s,--seed", o.seed, "random seed (same seed, same output)")->capture_default_str();
+    app.add_option("-d,--duration-ms", o.durationMs, "messages arrive during this much simulated time")
+        ->capture_default_str();
+    app.add_option("--warmup-ms", o.warmupMs, "messages arriving earlier are not measured (default: 10% of duration)");
+    app.add_option("-n,--messages", o.messages, "measure at most this many messages (solo: how many to send)");
+    app.add_option("--drain-ms", o.drainMs,
+                   "after the duration, wait at most this long for measured messages (default: = duration)");
+    app.add_option("--solo-sender", o.soloSender,
+                   "only this host sends, one message at a time on an idle network");
+    app.add_option("--solo-receiver", o.soloReceiver, "with --solo-sender: the destination (default: random)");
+    app.add_option("--buckets", o.buckets, "size buckets (quantiles of the message count)")->capture_default_str();
+
+    app.add_option("--topology", o.topology, "twotier or star")->capture_default_str();
+    app.add_option("--racks", o.racks, "twotier: racks")->capture_default_str();
+    app.add_option("--hosts-per-rack", o.hostsPerRack, "twotier: hosts per rack")->capture_default_str();
+    app.add_option("--agg-switches", o.aggSwitches, "twotier: aggregation switches")->capture_default_str();
+    app.add_option("--hosts", o.hosts, "star: hosts")->capture_default_str();
+    app.add_option("--host-gbps", o.hostGbps, "host link rate")->capture_default_str();
+    app.add_option("--agg-gbps", o.aggGbps, "top-of-rack to aggregation link rate")->capture_default_str();
+    app.add_option("--link-latency-ns", o.linkLatencyNs, "propagation delay of every link")->capture_default_str();
+    app.add_option("--switch-delay-ns", o.switchDelayNs, "per-switch forwarding delay")->capture_default_str();
+    app.add_option("--host-delay-ns", o.hostDelayNs, "software delay of every packet at its receiving host")
+        ->capture_default_str();
+    app.add_option("--wire-overhead", o.wireOverheadBytes, "bytes per packet beyond the Homa packet (framing)")
+        ->capture_default_str();
+    app.add_option("--switch-queue-limit", o.switchQueueLimitBytes, "drop-tail limit per switch port, 0 = none")
+        ->capture_default_str();
+
+    app.add_option("--rtt-bytes", o.rttBytes, "bytes of one round trip (default: from the topology)");
+    app.add_option("--unsched-bytes", o.unschedBytes, "unscheduled bytes per message (default: rtt bytes)");
+    app.add_option("--unsched-priorities", o.unschedPriorities,
+                   "priority levels for unscheduled bytes (default: from the workload)");
+    app.add_option("--cutoffs", o.cutoffs, "explicit unscheduled cutoffs, highest priority first")->delimiter(',');
+    app.add_option("--overcommit", o.overcommit, "messages granted at once (default: scheduled levels)");
+    app.add_option("--window", o.window, "bytes granted ahead of received per message (default: rtt bytes)");
+    app.add_option("--max-incoming", o.maxIncoming, "granted-but-not-received bytes (default: overcommit x window)");
+    app.add_option("--grant-fifo", o.grantFifoFraction, "share of grants given to the oldest message")
+        ->capture_default_str();
+    app.add_option("--pacer-fifo", o.pacerFifoFraction, "share of sent bytes given to the oldest message")
+        ->capture_default_str();
+    app.add_option("--max-nic-queue-ns", o.maxNicQueueNs, "sender pacing: NIC backlog bound")->capture_default_str();
+    app.add_option("--tick-us", o.tickUs, "engine timer tick")->capture_default_str();
+    app.add_option("--resend-ticks", o.resendTicks, "silent ticks before RESEND")->capture_default_str();
+    app.add_option("--timeout-ticks", o.timeoutTicks, "silent ticks before an RPC fails")->capture_default_str();
+    app.add_flag("!--no-settle", o.settle, "end at the drain limit without waiting for unmeasured messages");
+    app.add_flag("--trace-hash", o.traceHash, "hash every delivered packet and print the hash");
+
+    app.add_option("--csv", csv, "write the bucket table as CSV to this file");
+    app.add_option("--json", jsonPath, "write everything as JSON to this file");
+    app.add_flag("-q,--quiet", quiet, "no table on stdout");
+
+    std::vector<std::string> plotInputs;
+    std::string plotOutput = "homa-sim.png", plotTitle;
+    CLI::App* plotCmd = app.add_subcommand("plot", "draw P99 slowdown against message size from --json files");
+    plotCmd->add_option("inputs", plotInputs, "JSON files written with --json")->required()->check(CLI::ExistingFile);
+    plotCmd->add_option("-o,--output", plotOutput, "PNG file to write")->capture_default_str();
+    plotCmd->add_option("--title", plotTitle, "title of the plot");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::fprintf(stderr, "homa-sim: %s\n", e.what());
+        return 2;
+    }
+
+    if (plotCmd->parsed()) {
+        std::string error;
+        if (plot(plotInputs, plotOutput, plotTitle, &error) != 0) {
+            std::fprintf(stderr, "homa-sim plot: %s\n", error.c_str());
+            return 1;
+        }
+        std::printf("wrote %s\n", plotOutput.c_str());
+        return 0;
+    }
+
+    std::string error;
+    auto derived = derive(o, &error);
+    if (!derived) {
+        std::fprintf(stderr, "homa-sim: %s\n", error.c_str());
+        return 2;
+    }
+    // Message buffers come and go by the million: keep them in the heap (no mmap per
+    // buffer, no page faults on reuse, no trimming).
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    const auto wallStart = std::chrono::steady_clock::now();
+    Simulation sim(o, std::move(*derived));
+    Results r = sim.run();
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wallStart).count();
+
+    if (!quiet) std::fputs(toText(o, sim.derived(), r).c_str(), stdout);
+    if (!csv.empty() && !writeFile(csv, toCsv(r))) {
+        std::fprintf(stderr, "homa-sim: cannot write %s\n", csv.c_str());
+        return 1;
+    }
+    if (!jsonPath.empty() && !writeFile(jsonPath, toJson(o, sim.derived(), r))) {
+        std::fprintf(stderr, "homa-sim: cannot write %s\n", jsonPath.c_str());
+        return 1;
+    }
+    struct rusage ru {};
+    getrusage(RUSAGE_SELF, &ru);
+    std::printf("speed: %.2f s wall, %.3f ms simulated, %lu events (%.2f M/s), %lu packets (%.2f M/s), peak RSS %.1f MB\n",
+                wall, double(r.endNs) / 1e6, static_cast<unsigned long>(r.events), double(r.events) / wall / 1e6,
+                static_cast<unsigned long>(r.packetsSent), double(r.packetsSent) / wall / 1e6,
+                double(ru.ru_maxrss) / 1024.0);
+    // Exit status 3 when a measured message was lost without completing.
+    return r.incomplete > 0 || r.failed > 0 ? 3 : 0;
+}
