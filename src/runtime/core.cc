@@ -33,6 +33,10 @@ constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 }  // namespace
 
 std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error) {
+    if (options.busyPollUs > 1'000'000) {
+        if (error) *error = Status(StatusCode::InvalidArgument, "busyPollUs must be at most 1000000");
+        return nullptr;
+    }
     std::shared_ptr<Core> core(new Core());
     core->options_ = options;
     driver::UdpDriverOptions d;
@@ -188,7 +192,7 @@ void Core::pollThreadMain() {
         pollThreadWaiting_ = true;
         lk.unlock();
         bool poked = false;
-        if (driver_->wait(waitNs, pollThreadFd_, &poked)) socketReadable_ = true;
+        if (waitForPackets(waitNs, pollThreadFd_, &poked)) socketReadable_ = true;
         if (poked) {
             uint64_t count;
             [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
@@ -209,7 +213,10 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     // Bounded work per iteration: one receive batch. Skipped right after a read that
     // emptied the socket, when the next step is to wait anyway (saves a system call per
     // packet); the wait then says whether there is more.
-    if (!justDrained_ || socketReadable_.exchange(false))
+    // The readable flag is consumed on every pass: left set, it would cost a read that
+    // finds nothing on the pass after the one that emptied the socket.
+    const bool readable = socketReadable_.exchange(false);
+    if (!justDrained_ || readable)
         driver_->receive([&](const Address& a, std::span<const uint8_t> b) { rx.push_back({a, b}); });
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
@@ -258,13 +265,32 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
         // the pacer's waits are a few microseconds, so for those only look at the socket.
         if (waitNs < kShortestSleepNs) waitNs = 0;
-        socketReadable_ = driver_->wait(waitNs, wakeFd_, &poked);
+        socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
+        // A wait that ends without packets (a timer is due) leaves the socket known empty.
+        if (!socketReadable_) justDrained_ = true;
         if (poked) {
             uint64_t count;
             [[maybe_unused]] auto n = ::read(wakeFd_, &count, sizeof(count));
         }
     }
     return idle ? waitNs : 0;
+}
+
+bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
+    const int64_t spinNs = static_cast<int64_t>(options_.busyPollUs) * 1000;
+    if (spinNs > 0 && waitNs > 0) {
+        const int64_t start = nowNs();
+        const int64_t until = start + std::min(waitNs, spinNs);
+        int64_t now = start;
+        do {
+            if (driver_->wait(0, fd, poked)) return true;
+            if (*poked) return false;
+            now = nowNs();
+        } while (now < until);
+        waitNs -= now - start;
+        if (waitNs <= 0) return false;
+    }
+    return driver_->wait(waitNs, fd, poked);
 }
 
 void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now) {
@@ -582,6 +608,7 @@ MetricsSnapshot Core::metrics() {
     add("call_timeouts", callTimeouts_);
     const driver::UdpDriverStats& ds = driver_->stats();
     add("udp_send_calls", ds.sendCalls);
+    add("udp_receive_calls", ds.recvCalls);
     add("udp_gso_batches", ds.gsoBatches);
     add("udp_send_errors", ds.sendErrors);
     return s;

@@ -87,6 +87,9 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// Sends queued packets now, unless this thread is certain to flush soon (under mu_).
     void maybeFlush();
     void pokePollThread();
+    /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
+    /// with busy polling, looks without sleeping first.
+    bool waitForPackets(int64_t waitNs, int fd, bool* poked);
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -47,6 +49,74 @@ TEST(Endpoint, SynchronousEchoOfManySizes) {
         ASSERT_EQ(r.message.size(), size);
         EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data())) << size;
     }
+}
+
+// Each small message is one datagram: the thread running the loop should read the socket
+// once for it, not once more to find it empty (which cost a system call per RPC). Checked
+// for both ways of waiting: synchronous calls, and a chain of callbacks run by the
+// endpoint's poll thread (each completion starts the next call).
+TEST(Endpoint, SmallRpcsReadTheSocketOncePerPacket) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    auto req = bytesOf(64, 3);
+    ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+    constexpr int kRpcs = 300;
+    auto readsPerRpc = [&](auto&& run) {
+        MetricsSnapshot s0 = server->metrics(), c0 = client->metrics();
+        run();
+        MetricsSnapshot ds = server->metrics() - s0, dc = client->metrics() - c0;
+        return std::pair{static_cast<double>(ds.get("udp_receive_calls")) / kRpcs,
+                         static_cast<double>(dc.get("udp_receive_calls")) / kRpcs};
+    };
+    auto [syncServer, syncClient] = readsPerRpc([&] {
+        for (int i = 0; i < kRpcs; ++i) ASSERT_TRUE(client->call(server->address(), req).status.isOk()) << i;
+    });
+    auto [chainServer, chainClient] = readsPerRpc([&] {
+        std::promise<void> finished;
+        std::atomic<int> left{kRpcs}, failures{0};
+        std::function<void(Response)> next = [&](Response r) {
+            if (!r.status.isOk()) ++failures;
+            if (--left == 0) {
+                finished.set_value();
+                return;
+            }
+            client->callAsync(server->address(), req, next);
+        };
+        client->callAsync(server->address(), req, next);
+        ASSERT_EQ(finished.get_future().wait_for(30s), std::future_status::ready);
+        EXPECT_EQ(failures.load(), 0);
+    });
+    std::printf("socket reads per RPC: sync server %.3f client %.3f; callbacks server %.3f client %.3f\n",
+                syncServer, syncClient, chainServer, chainClient);
+    EXPECT_GE(syncServer, 0.99);
+    EXPECT_LE(syncServer, 1.3);
+    EXPECT_LE(syncClient, 1.3);
+    EXPECT_LE(chainServer, 1.3);
+    EXPECT_LE(chainClient, 1.3);
+}
+
+TEST(Endpoint, BusyPollingServesCallsAndIsBounded) {
+    EndpointOptions o = loopback();
+    o.busyPollUs = 200;
+    Status err;
+    auto server = Endpoint::open(o, &err);
+    ASSERT_TRUE(server) << err.toString();
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
+    auto client = Endpoint::open(o, &err);
+    ASSERT_TRUE(client) << err.toString();
+    for (size_t size : {64, 5000, 200'000}) {
+        auto req = bytesOf(size, 9);
+        Response r = client->call(server->address(), req);
+        ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+        EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data()));
+    }
+    auto fut = client->callFuture(server->address(), bytesOf(100, 1));
+    EXPECT_TRUE(fut.get().status.isOk());
+    client->shutdown();  // a busy-polling loop still stops at once
+    o.busyPollUs = 2'000'000;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
 }
 
 TEST(Endpoint, AsyncCallbacksAndFutures) {

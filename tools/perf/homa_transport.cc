@@ -51,6 +51,7 @@ std::unique_ptr<ClientTransport> makeHomaClient(const std::vector<Address>& serv
     EndpointOptions eo;
     eo.address = servers.empty() || servers[0].isIpv4() ? Address::ipv4(0, 0) : *Address::parse("[::]:0");
     eo.mtu = o.mtu;
+    eo.busyPollUs = o.busyPollUs;
     eo.protocol = o.protocol;
     Status s;
     auto ep = Endpoint::open(eo, &s);
@@ -86,6 +87,7 @@ std::unique_ptr<ServerTransport> makeHomaServer(const Address& bind, int ports, 
         eo.address = bind;
         if (bind.port != 0) eo.address.port = static_cast<uint16_t>(bind.port + i);
         eo.mtu = o.mtu;
+        eo.busyPollUs = o.busyPollUs;
         eo.protocol = o.protocol;
         Status s;
         auto ep = Endpoint::open(eo, &s);

@@ -12,6 +12,7 @@ struct HomaTransportOptions {
     ProtocolOptions protocol = EndpointOptions::defaultProtocolOptions();
     int probeTimeoutMs = 2000;
     int serverWorkUs = 0;  ///< server: busy time per request (a processing budget)
+    uint32_t busyPollUs = 0;
 };
 
 /// Opens a client endpoint and checks that every server answers; nullptr and a

@@ -16,6 +16,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--protocol", o->protocol, "homa or tcp")->check(CLI::IsMember({"homa", "tcp"}));
         c->add_option("--mtu", o->mtu, "link MTU for Homa packets")->check(CLI::Range(576, 65535));
         c->add_flag("--metrics", o->metrics, "print the endpoint counters' change over the run");
+        c->add_option("--busy-poll-us", o->busyPollUs, "Homa: look at the socket this long before sleeping")
+            ->check(CLI::Range(0u, 1'000'000u));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");

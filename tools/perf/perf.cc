@@ -55,6 +55,7 @@ json machineInfo() {
 HomaTransportOptions homaOptions(const PerfOptions& o) {
     HomaTransportOptions h;
     h.mtu = o.mtu;
+    h.busyPollUs = o.busyPollUs;
     h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
     h.serverWorkUs = o.serverWorkUs;
     if (o.maxPending > 0) h.protocol.maxPendingRequests = o.maxPending;
@@ -337,7 +338,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["options"] = {{"protocol", o.protocol},     {"workload", o.workload},   {"max_length", o.maxLength},
                         {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
-                        {"mtu", o.mtu},               {"seed", o.seed},           {"servers", o.servers},
+                        {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;

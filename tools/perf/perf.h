@@ -34,6 +34,7 @@ struct PerfOptions {
     double baseRttUs = 0;     ///< 0: measure before the run
     double linkGbps = 25;     ///< for slowdown
     uint32_t mtu = 1500;
+    uint32_t busyPollUs = 0;  ///< Homa endpoints' busy polling (EndpointOptions::busyPollUs)
     uint64_t seed = 1;
     std::string json;
     bool metrics = false;
