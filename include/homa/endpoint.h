@@ -21,6 +21,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "homa/address.h"
 #include "homa/message.h"
@@ -52,6 +53,22 @@ struct EndpointOptions {
     /// for up to this many microseconds. Saves the wake-up (several microseconds on many
     /// machines, more in virtual machines) at the price of a busy CPU. 0 (default): off.
     uint32_t busyPollUs = 0;
+
+    // ---- Observability (docs/observability.md)
+    /// Publish metrics, the live RPCs and time-trace control on a unix socket at this path,
+    /// for homa-metrics. "%p" becomes the process id and "%e" the endpoint's UDP port.
+    /// Empty: the HOMA_METRICS_SOCKET environment variable's value, if it is set; else off.
+    std::string metricsSocket;
+    /// Serve Prometheus text at http://127.0.0.1:<prometheusPort>/metrics.
+    bool prometheus = false;
+    /// 0 picks a free port (Endpoint::prometheusPort() tells which).
+    uint16_t prometheusPort = 0;
+    /// When a FREEZE packet arrives while time tracing is on: stop tracing and dump the
+    /// trace to this file ("%p", "%e" as above). Empty: FREEZE packets are only counted.
+    std::string freezeTraceFile;
+    /// Measure the CPU time spent in the engine (engine_cpu_ns): two timestamp-counter
+    /// reads per engine call.
+    bool engineCpuTime = true;
 
     /// The reference parameters, with overload protection on for servers.
     static ProtocolOptions defaultProtocolOptions() {
@@ -148,6 +165,14 @@ class Endpoint {
     /// Runs the event loop once from this thread, waiting at most `timeout` for work.
     void poll(std::chrono::nanoseconds timeout = std::chrono::nanoseconds(0));
     MetricsSnapshot metrics() const;
+    /// The RPCs the endpoint holds right now.
+    std::vector<RpcSnapshot> rpcs() const;
+    /// The Prometheus port bound (0 if EndpointOptions::prometheus is off).
+    uint16_t prometheusPort() const;
+    /// The metrics socket's path ("" if none).
+    std::string metricsSocketPath() const;
+    /// Sends a FREEZE packet to `peer` (see EndpointOptions::freezeTraceFile).
+    Status sendFreeze(const Address& peer);
     /// Fails every call in flight with StatusCode::Shutdown, wakes every waiting thread,
     /// stops the threads and closes the socket. Idempotent.
     void shutdown();

@@ -106,7 +106,9 @@ std::string dumpToString();
 void clear();
 /// Labels this process in dumps (default: the program's name and pid).
 void setProcessName(const std::string& name);
-/// Dumps to `path` when the process exits normally ("" cancels).
+/// Dumps to `path` when the process exits normally ("" cancels). The environment variable
+/// HOMA_TRACE_FILE=path (where "%p" becomes the process id) turns tracing on at start-up
+/// and dumps there at exit.
 void dumpAtExit(const std::string& path);
 
 /// Formats one record's message (exposed for tests and tools).

@@ -561,6 +561,12 @@ void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
     sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
+void Engine::sendFreeze(const Address& address, Time now) {
+    now = clamp(now);
+    Peer* peer = getPeer(address, now);
+    if (peer) sendControl(peer, 0, wire::PacketType::Freeze);
+}
+
 void Engine::sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority) {
     wire::CommonHeader c;
     c.sport = cfg_.port;

@@ -136,6 +136,8 @@ class Engine {
     /// Number of incoming messages currently granted to (the active set of the last decision).
     int activeGrants() const { return lastActiveCount_; }
     void listRpcs(std::vector<RpcInfo>& out) const;
+    /// Sends a FREEZE packet to `peer`: asks it to stop its time trace where it is.
+    void sendFreeze(const Address& peer, Time now);
     /// Whether a FREEZE packet arrived since the last call (the runtime then dumps the
     /// time trace, when asked to).
     bool takeFreeze() { return std::exchange(freezeReceived_, false); }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 namespace homa::runtime {
@@ -61,10 +62,41 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         return nullptr;
     }
     core->engine_ = std::make_unique<engine::Engine>(cfg, *core);
+    Status published = core->startPublisher();
+    if (!published.isOk()) {
+        if (error) *error = published;
+        return nullptr;
+    }
     core->wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
     return core;
+}
+
+Status Core::startPublisher() {
+    std::string path = options_.metricsSocket;
+    if (path.empty()) {
+        const char* env = std::getenv("HOMA_METRICS_SOCKET");
+        if (env) path = env;
+    }
+    if (path.empty() && !options_.prometheus) return {};
+    uint16_t port = driver_->localAddress().port;
+    Publisher::Sources sources;
+    // The publisher is stopped (its thread joined) in shutdown(), before the Core goes.
+    sources.metricsText = [this] {
+        MetricsSnapshot m = metrics();
+        return "# time_ns " + std::to_string(m.timeNs) + "\n" + m.toText();
+    };
+    sources.rpcsText = [this] { return formatRpcs(rpcs()); };
+    std::string labels = "endpoint=\"" + driver_->localAddress().toString() + "\"";
+    sources.prometheusText = [this, labels] { return metrics().toPrometheus(labels); };
+    Status error;
+    publisher_ = Publisher::start(expandPath(path, port), options_.prometheus, options_.prometheusPort,
+                                  std::move(sources), &error);
+    if (!publisher_) return error;
+    publishedPath_ = publisher_->socketPath();
+    publishedPort_ = publisher_->httpPort();
+    return {};
 }
 
 Core::~Core() {
@@ -221,10 +253,13 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
     bool idle = false;
+    bool freeze = false;
+    if (!rx.empty()) HOMA_TRACE("loop rx %u packets", rx.size());
     {
         std::lock_guard lk(mu_);
         ++loopIterations_;
         int64_t now = nowNs();
+        const uint64_t engineStart = engineClock();
         // Receive livelock: work already accepted (data of RPCs in progress, grants,
         // acks) goes first; packets that would start new requests come last, so when
         // the engine refuses new work (maxPendingRequests) it has finished what it could.
@@ -241,7 +276,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
                 if (engine_->isNewRequest(p.source, p.bytes)) engine_->handlePacket(p.source, p.bytes, now);
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
+        countEngineTime(engineStart);
         dispatch(ready, now);
+        freeze = engine_->takeFreeze();
         driver_->flush();
         idle = rx.empty() && ready.empty() && !shutdown_;
         if (idle) {
@@ -252,11 +289,11 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             waitNs = std::min(waitNs, kMaxPollWaitNs);
         }
     }
+    if (freeze) freezeTrace();
     if (!ready.empty()) {
         ++tDeferFlush;
-        for (auto& [callback, response] : ready) callback(std::move(response));
+        runCallbacks(ready);
         --tDeferFlush;
-        ready.clear();
         std::lock_guard lk(mu_);
         driver_->flush();  // what the callbacks sent, in one batch
     }
@@ -274,6 +311,26 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         }
     }
     return idle ? waitNs : 0;
+}
+
+void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+    const uint64_t start = trace::readClock();
+    for (auto& [callback, response] : ready) {
+        HOMA_TRACE("callback id %u", response.id);
+        callback(std::move(response));
+    }
+    threadCounters_.add(kCallbacksRun, ready.size());
+    threadCounters_.add(kCallbackCycles, trace::readClock() - start);
+    ready.clear();
+}
+
+void Core::freezeTrace() {
+    if (options_.freezeTraceFile.empty() || !trace::enabled()) return;
+    HOMA_TRACE("freeze: trace stopped");
+    trace::enable(false);
+    std::string path = expandPath(options_.freezeTraceFile, driver_->localAddress().port);
+    std::string error;
+    if (!trace::dump(path, &error)) std::fprintf(stderr, "homa: FREEZE: %s\n", error.c_str());
 }
 
 bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
@@ -341,6 +398,8 @@ void Core::finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Call
     r.id = id;
     r.context = call.context;
     ++handoffs_;
+    if (!r.status.isOk()) ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
+    HOMA_TRACE("handoff response id %u status %u", id, static_cast<unsigned>(r.status.code()));
     if (call.waiter) {
         call.waiter->response = std::move(r);
         call.waiter->done = true;
@@ -357,6 +416,7 @@ void Core::deliverRequest(engine::Delivery& d) {
     req.client_ = d.server.client;
     req.id_ = d.server.id;
     if (requestWaiters_.empty()) {
+        HOMA_TRACE("request queued id %u queue %u", req.id_, requests_.size());
         requests_.push_back(std::move(req));
         return;
     }
@@ -366,6 +426,7 @@ void Core::deliverRequest(engine::Delivery& d) {
     if (it == requestWaiters_.end()) it = requestWaiters_.end() - 1;
     Waiter* w = *it;
     requestWaiters_.erase(it);
+    HOMA_TRACE("handoff request id %u other_thread %u", req.id_, w == loopOwner_ ? 0 : 1);
     w->request = std::move(req);
     w->done = true;
     ++handoffs_;
@@ -385,9 +446,12 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     }
     int64_t now = nowNs();
     RpcId id = 0;
+    const uint64_t engineStart = engineClock();
     Status s = engine_->startRequest(server, request, 0, now, &id);
+    countEngineTime(engineStart);
     driver_->flush();
     if (!s.isOk()) {
+        ++callsFailed_[static_cast<size_t>(s.code()) % callsFailed_.size()];
         mu_.unlock();
         r.status = s;
         r.context = options.context;
@@ -424,7 +488,9 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
         } else {
             int64_t now = nowNs();
             RpcId id = 0;
+            const uint64_t engineStart = engineClock();
             Status s = engine_->startRequest(server, request, 0, now, &id);
+            countEngineTime(engineStart);
             maybeFlush();
             if (s.isOk()) {
                 Call& c = calls_[id];
@@ -439,8 +505,11 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             }
             r.status = s;
         }
+        ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
     }
-    done(std::move(r));
+    std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    ready.emplace_back(std::move(done), std::move(r));
+    runCallbacks(ready);
     return 0;
 }
 
@@ -454,7 +523,7 @@ Status Core::abort(RpcId id) {
         r.status = Status(StatusCode::Aborted, "aborted by the application");
         finishCall(id, std::move(r), ready);
     }
-    for (auto& [cb, r] : ready) cb(std::move(r));
+    runCallbacks(ready);
     return {};
 }
 
@@ -466,6 +535,7 @@ std::optional<ServerRequest> Core::receive(int64_t timeoutNs) {
         ServerRequest r = std::move(requests_.front());
         requests_.pop_front();
         ++handoffs_;
+        HOMA_TRACE("handoff request id %u from queue %u", r.id_, requests_.size());
         mu_.unlock();
         return r;
     }
@@ -498,12 +568,15 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
         workers_.emplace_back([this, handler] {
             while (auto request = receive(-1)) {
                 ++tDeferFlush;
+                const uint64_t start = trace::readClock();
                 try {
                     handler(std::move(*request));
                 } catch (...) {
                     // A throwing handler drops its request (the client sees a failure); the
                     // worker goes on serving.
                 }
+                threadCounters_.add(kHandlerCalls, 1);
+                threadCounters_.add(kHandlerCycles, trace::readClock() - start);
                 --tDeferFlush;
                 // Responses wait for at most one more handler: they go out now unless
                 // another request is already queued for this worker to run first.
@@ -518,20 +591,26 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
 Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    const uint64_t engineStart = engineClock();
     Status s = engine_->sendResponse({client, id}, response, nowNs());
+    countEngineTime(engineStart);
     maybeFlush();
     return s;
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
     std::lock_guard lk(mu_);
+    const uint64_t engineStart = engineClock();
     engine_->abortServerRpc({client, id}, nowNs());
+    countEngineTime(engineStart);
     maybeFlush();
 }
 
 void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
     std::lock_guard lk(mu_);
+    const uint64_t engineStart = engineClock();
     engine_->releaseMessage({data, length, capacity}, nowNs());
+    countEngineTime(engineStart);
     maybeFlush();
 }
 
@@ -578,27 +657,44 @@ MetricsSnapshot Core::metrics() {
     add("client_rpcs_timed_out", m.clientRpcsTimedOut);
     add("client_rpcs_aborted", m.clientRpcsAborted);
     add("client_restarts", m.clientRestarts);
+    for (size_t code = 1; code <= static_cast<size_t>(StatusCode::Aborted); ++code) {
+        std::string name = std::string("calls_failed_") + toString(static_cast<StatusCode>(code));
+        std::replace(name.begin(), name.end(), ' ', '_');
+        add(std::move(name), callsFailed_[code]);
+    }
     add("server_requests_received", m.serverRequestsReceived);
     add("server_responses_sent", m.serverResponsesSent);
     add("server_rpcs_acked", m.serverRpcsAcked);
     add("server_rpcs_abandoned", m.serverRpcsAbandoned);
     add("server_rpcs_timed_out", m.serverRpcsTimedOut);
+    add("server_rpcs_aborted", m.serverRpcsAborted);
     add("grants_sent", m.grantsSent);
     add("granted_bytes", m.grantedBytes);
     add("fifo_grant_bytes", m.fifoGrantBytes);
     add("resends_sent", m.resendsSent);
     add("retransmitted_packets", m.retransmittedPackets);
+    add("retransmitted_bytes", m.retransmittedBytes);
     add("busy_sent", m.busySent);
     add("rpc_unknown_sent", m.rpcUnknownSent);
     add("need_acks_sent", m.needAcksSent);
     add("ack_packets_sent", m.ackPacketsSent);
     add("acks_received", m.acksReceived);
+    add("acks_piggybacked", m.acksPiggybacked);
+    add("cutoffs_sent", m.cutoffsSent);
     add("pacer_deferrals", m.pacerDeferrals);
+    add("nic_queue_ns", static_cast<uint64_t>(engine_->nicQueue().backlog(s.timeNs)));
     add("buffer_waits", m.bufferWaits);
     add("buffer_bytes_in_use", engine_->bufferPool().bytesInUse());
     add("buffer_allocation_failures", engine_->bufferPool().allocationFailures());
     add("peers", engine_->peerCount());
+    add("peers_created", m.peersCreated);
+    add("peers_evicted", m.peersEvicted);
     add("rpcs", engine_->rpcCount());
+    add("pending_requests", engine_->pendingRequests());
+    add("incoming_outstanding", engine_->incomingOutstanding());
+    add("active_grants", static_cast<uint64_t>(engine_->activeGrants()));
+    add("calls_in_flight", calls_.size());
+    add("requests_queued", requests_.size());
     add("messages_delivered", messagesDelivered_);
     add("handoffs", handoffs_);
     add("thread_wakeups", wakeups_);
@@ -606,6 +702,14 @@ MetricsSnapshot Core::metrics() {
     add("loop_passes", loopPasses_);
     add("loop_iterations", loopIterations_);
     add("call_timeouts", callTimeouts_);
+    const double cyclesPerNs = trace::cyclesPerNs();
+    auto ns = [&](uint64_t cycles) { return static_cast<uint64_t>(static_cast<double>(cycles) / cyclesPerNs); };
+    add("engine_cpu_ns", ns(engineCycles_));
+    add("handler_calls", threadCounters_.sum(kHandlerCalls));
+    add("handler_ns", ns(threadCounters_.sum(kHandlerCycles)));
+    add("callbacks_run", threadCounters_.sum(kCallbacksRun));
+    add("callback_ns", ns(threadCounters_.sum(kCallbackCycles)));
+    add("trace_enabled", trace::enabled() ? 1 : 0);
     const driver::UdpDriverStats& ds = driver_->stats();
     add("udp_send_calls", ds.sendCalls);
     add("udp_receive_calls", ds.recvCalls);
@@ -614,9 +718,44 @@ MetricsSnapshot Core::metrics() {
     return s;
 }
 
+std::vector<RpcSnapshot> Core::rpcs() {
+    std::vector<engine::RpcInfo> infos;
+    {
+        std::lock_guard lk(mu_);
+        engine_->listRpcs(infos);
+    }
+    std::vector<RpcSnapshot> out;
+    out.reserve(infos.size());
+    for (const engine::RpcInfo& i : infos) {
+        RpcSnapshot r;
+        r.peer = i.peer.toString();
+        r.id = i.id;
+        r.state = engine::toString(i.state);
+        r.outLength = i.outLength;
+        r.outSent = i.outSent;
+        r.outGranted = i.outGranted;
+        r.inLength = i.inLength;
+        r.inReceived = i.inReceived;
+        r.inGranted = i.inGranted;
+        r.waitingForBuffer = i.waitingForBuffer;
+        r.silentTicks = i.silentTicks;
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+Status Core::sendFreeze(const Address& peer) {
+    std::lock_guard lk(mu_);
+    if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    engine_->sendFreeze(peer, nowNs());
+    maybeFlush();
+    return {};
+}
+
 void Core::shutdown() {
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     std::deque<ServerRequest> orphans;
+    std::unique_ptr<Publisher> publisher;
     {
         std::lock_guard lk(mu_);
         if (!shutdown_) {
@@ -642,9 +781,11 @@ void Core::shutdown() {
             pokeLoop();
             pokePollThread();
             orphans.swap(requests_);
+            publisher = std::move(publisher_);
         }
     }
-    for (auto& [cb, r] : ready) cb(std::move(r));
+    publisher.reset();  // joins its thread, which may be waiting for mu_
+    runCallbacks(ready);
     orphans.clear();
     auto join = [](std::thread& t) {
         if (!t.joinable()) return;

@@ -5,10 +5,16 @@
 // Locking: `mu_` guards the engine, the driver's transmit side, and all bookkeeping.
 // The loop token (loopBusy_) lets one thread at a time read the socket; it reads without
 // `mu_`, then takes `mu_` to feed the engine. Callbacks run without `mu_`.
+//
+// Counters: the engine's and those of the runtime updated under `mu_` are plain
+// integers (one writer at a time, ordered by `mu_`); those updated by application code
+// outside `mu_` (handlers, callbacks) are per-thread (ThreadCounters). See
+// docs/observability.md.
 #pragma once
 
 #include <absl/container/flat_hash_map.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -22,6 +28,8 @@
 #include "driver/udp_driver.h"
 #include "engine/engine.h"
 #include "homa/endpoint.h"
+#include "runtime/publisher.h"
+#include "runtime/thread_counters.h"
 
 namespace homa::runtime {
 
@@ -43,6 +51,10 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::optional<ServerRequest> receive(int64_t timeoutNs);
     void poll(int64_t timeoutNs);
     MetricsSnapshot metrics();
+    std::vector<RpcSnapshot> rpcs();
+    Status sendFreeze(const Address& peer);
+    uint16_t prometheusPort() const { return publishedPort_; }
+    std::string metricsSocketPath() const { return publishedPath_; }
     void shutdown();
 
     // Used by Message and ServerRequest.
@@ -93,6 +105,17 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);
+    /// Runs callbacks collected under `mu_` (called without it), counting them.
+    void runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready);
+    /// Starts the metrics socket / Prometheus publisher if the options ask for one.
+    Status startPublisher();
+    /// A FREEZE arrived: stop tracing and dump it (options_.freezeTraceFile).
+    void freezeTrace();
+    /// Adds the time since `startTsc` to the engine's CPU time (under mu_).
+    void countEngineTime(uint64_t startTsc) {
+        if (startTsc != 0) engineCycles_ += trace::readClock() - startTsc;
+    }
+    uint64_t engineClock() const { return options_.engineCpuTime ? trace::readClock() : 0; }
 
     EndpointOptions options_;
     std::unique_ptr<driver::UdpDriver> driver_;
@@ -121,6 +144,14 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     // Runtime counters (under mu_).
     uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
              callTimeouts_ = 0, loopIterations_ = 0;
+    uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
+    std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
+    // Counters of application code run outside mu_ (per thread).
+    enum ThreadCounter : size_t { kHandlerCalls, kHandlerCycles, kCallbacksRun, kCallbackCycles, kThreadCounters };
+    ThreadCounters<kThreadCounters> threadCounters_;
+    std::unique_ptr<Publisher> publisher_;  // (under mu_ once the endpoint runs)
+    std::string publishedPath_;              // set once at creation
+    uint16_t publishedPort_ = 0;
 };
 
 }  // namespace homa::runtime

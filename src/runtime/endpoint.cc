@@ -92,6 +92,14 @@ void Endpoint::poll(std::chrono::nanoseconds timeout) { core_->poll(timeout.coun
 
 MetricsSnapshot Endpoint::metrics() const { return core_->metrics(); }
 
+std::vector<RpcSnapshot> Endpoint::rpcs() const { return core_->rpcs(); }
+
+uint16_t Endpoint::prometheusPort() const { return core_->prometheusPort(); }
+
+std::string Endpoint::metricsSocketPath() const { return core_->metricsSocketPath(); }
+
+Status Endpoint::sendFreeze(const Address& peer) { return core_->sendFreeze(peer); }
+
 void Endpoint::shutdown() { core_->shutdown(); }
 
 }  // namespace homa

@@ -87,12 +87,14 @@ void dumpAtExitHandler() {
     if (!dump(path, &error)) std::fprintf(stderr, "homa: time trace not written: %s\n", error.c_str());
 }
 
-// HOMA_TRACE_FILE=path: trace from start-up and dump there at exit.
+// HOMA_TRACE_FILE=path: trace from start-up and dump there at exit ("%p": the pid).
 struct EnvSetup {
     EnvSetup() {
         const char* path = std::getenv("HOMA_TRACE_FILE");
         if (path && *path) {
-            dumpAtExit(path);
+            std::string p = path;
+            for (size_t at; (at = p.find("%p")) != std::string::npos;) p.replace(at, 2, std::to_string(::getpid()));
+            dumpAtExit(p);
             enable(true);
         }
     }

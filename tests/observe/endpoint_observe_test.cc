@@ -1,0 +1,225 @@
+// Observability of a live endpoint: metrics over its socket and HTTP, the RPC list,
+// per-thread counters under concurrency, FREEZE.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "client.h"
+#include "homa/endpoint.h"
+#include "homa/trace.h"
+#include "trace/reader.h"
+
+namespace homa {
+namespace {
+
+using namespace std::chrono_literals;
+
+EndpointOptions loopback() {
+    EndpointOptions o;
+    o.address = Address::ipv4(0x7f000001, 0);
+    return o;
+}
+
+std::string tempPath(const std::string& name) {
+    return "/tmp/homa-observe-ep-" + std::to_string(::getpid()) + "-" + name;
+}
+
+std::string httpGet(uint16_t port, const std::string& target) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+        ::close(fd);
+        return "connect failed";
+    }
+    std::string req = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string out;
+    char buf[8192];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    return out;
+}
+
+TEST(ObserveEndpoint, MetricsOverTheSocketAndHttp) {
+    EndpointOptions so = loopback();
+    so.metricsSocket = tempPath("%e.sock");
+    so.prometheus = true;
+    Status err;
+    auto server = Endpoint::open(so, &err);
+    ASSERT_TRUE(server) << err.toString();
+    std::string path = server->metricsSocketPath();
+    EXPECT_EQ(path, tempPath(std::to_string(server->address().port) + ".sock"));
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 2).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::vector<uint8_t> req(3000, 7);
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+
+    std::string error;
+    auto m = metrics_tool::readSnapshot(path, &error);
+    ASSERT_TRUE(m) << error;
+    EXPECT_EQ(m->get("server_requests_received"), 20u);
+    EXPECT_EQ(m->get("server_responses_sent"), 20u);
+    EXPECT_EQ(m->get("handler_calls"), 20u);
+    EXPECT_GE(m->get("packets_received_data"), 60u);  // 3000 bytes: 3 packets each
+    EXPECT_GT(m->get("engine_cpu_ns"), 0u);
+    EXPECT_GT(m->timeNs, 0);
+    MetricsSnapshot local = server->metrics();
+    EXPECT_EQ(local.get("server_requests_received"), 20u);
+    MetricsSnapshot c = client->metrics();
+    EXPECT_EQ(c.get("client_rpcs_started"), 20u);
+    EXPECT_EQ(c.get("client_rpcs_completed"), 20u);
+    EXPECT_EQ(c.get("calls_in_flight"), 0u);
+
+    ASSERT_NE(server->prometheusPort(), 0);
+    std::string page = httpGet(server->prometheusPort(), "/metrics");
+    EXPECT_TRUE(page.starts_with("HTTP/1.0 200 OK")) << page.substr(0, 200);
+    EXPECT_NE(page.find("# TYPE homa_server_requests_received_total counter"), std::string::npos);
+    std::string sample = "homa_server_requests_received_total{endpoint=\"" + server->address().toString() + "\"} 20\n";
+    EXPECT_NE(page.find(sample), std::string::npos) << page.substr(0, 400);
+    EXPECT_NE(page.find("# TYPE homa_peers gauge"), std::string::npos);
+
+    server->shutdown();
+    struct stat st;
+    EXPECT_NE(::stat(path.c_str(), &st), 0) << "shutdown removes the socket";
+}
+
+TEST(ObserveEndpoint, BadObservabilityOptionsAreClearErrors) {
+    EndpointOptions o = loopback();
+    o.metricsSocket = "/nonexistent-dir/homa.sock";
+    Status err;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_NE(err.message().find("/nonexistent-dir/homa.sock"), std::string::npos) << err.toString();
+    o.metricsSocket = "/tmp/" + std::string(300, 'x');
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+}
+
+TEST(ObserveEndpoint, LiveRpcsAreListed) {
+    EndpointOptions so = loopback();
+    so.metricsSocket = tempPath("rpcs.sock");
+    auto server = Endpoint::open(so);
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    std::vector<uint8_t> req(5000, 1);
+    std::atomic<bool> answered{false};
+    RpcId id = client->callAsync(server->address(), req, [&](Response r) {
+        EXPECT_TRUE(r.status.isOk());
+        answered = true;
+    });
+    ASSERT_NE(id, 0u);
+    // The server takes the request and holds it unanswered.
+    auto request = server->receive(5s);
+    ASSERT_TRUE(request);
+    std::vector<RpcSnapshot> at = server->rpcs();
+    ASSERT_EQ(at.size(), 1u);
+    EXPECT_EQ(at[0].state, "server-in-service");
+    EXPECT_EQ(at[0].id, id + 1);
+    EXPECT_EQ(at[0].inLength, 5000u);
+    EXPECT_EQ(at[0].inReceived, 5000u);
+    EXPECT_EQ(at[0].peer, client->address().toString());
+    std::vector<RpcSnapshot> ac = client->rpcs();
+    ASSERT_EQ(ac.size(), 1u);
+    EXPECT_EQ(ac[0].state, "client");
+    EXPECT_EQ(ac[0].id, id);
+    EXPECT_EQ(ac[0].outLength, 5000u);
+    EXPECT_EQ(ac[0].outSent, 5000u);
+    std::string error;
+    auto text = metrics_tool::query(server->metricsSocketPath(), "rpcs", &error);
+    ASSERT_TRUE(text) << error;
+    EXPECT_NE(text->find("server-in-service"), std::string::npos) << *text;
+    EXPECT_NE(text->find(std::to_string(id + 1)), std::string::npos) << *text;
+    ASSERT_TRUE(request->respond(request->message().bytes()).isOk());
+    for (int i = 0; i < 500 && !answered; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_TRUE(answered);
+}
+
+TEST(ObserveEndpoint, PerThreadCountersAddUpUnderConcurrency) {
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 4).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    constexpr int kThreads = 4, kCalls = 200;
+    std::atomic<int> callbacks{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+        threads.emplace_back([&] {
+            std::vector<uint8_t> req(100, 3);
+            for (int i = 0; i < kCalls; ++i) {
+                ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+                client->callAsync(server->address(), req, [&](Response r) {
+                    EXPECT_TRUE(r.status.isOk());
+                    ++callbacks;
+                });
+            }
+        });
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < 1000 && callbacks < kThreads * kCalls; ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_EQ(callbacks, kThreads * kCalls);
+    MetricsSnapshot s = server->metrics();
+    EXPECT_EQ(s.get("handler_calls"), 2u * kThreads * kCalls);
+    EXPECT_EQ(s.get("server_requests_received"), 2u * kThreads * kCalls);
+    MetricsSnapshot c = client->metrics();
+    EXPECT_EQ(c.get("callbacks_run"), 1u * kThreads * kCalls);
+}
+
+TEST(ObserveEndpoint, FreezeDumpsTheTrace) {
+    trace::clear();
+    EndpointOptions so = loopback();
+    std::string file = tempPath("freeze-%e.tt");
+    so.freezeTraceFile = file;
+    auto server = Endpoint::open(so);
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::string expected = tempPath("freeze-" + std::to_string(server->address().port) + ".tt");
+    std::remove(expected.c_str());
+    trace::enable(true);
+    std::vector<uint8_t> req(100, 1);
+    Response r = client->call(server->address(), req);
+    ASSERT_TRUE(r.status.isOk());
+    ASSERT_TRUE(client->sendFreeze(server->address()).isOk());
+    struct stat st;
+    for (int i = 0; i < 500 && ::stat(expected.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_EQ(::stat(expected.c_str(), &st), 0) << "no dump at " << expected;
+    EXPECT_FALSE(trace::enabled()) << "FREEZE stops tracing";
+    EXPECT_EQ(server->metrics().get("packets_received_freeze"), 1u);
+    trace::TraceFile t;
+    std::string error;
+    ASSERT_TRUE(trace::readTraceFile(expected, t, &error)) << error;
+    bool start = false, deliver = false, freeze = false;
+    std::string idText = std::to_string(r.id);
+    for (const auto& e : t.events) {
+        start |= e.text == "rpc start id " + idText + " len 100";
+        deliver |= e.text == "deliver request id " + idText + " len 100";
+        freeze |= e.text.starts_with("recv FREEZE");
+    }
+    EXPECT_TRUE(start && deliver && freeze) << "both ends' events (one process) and the FREEZE";
+    std::vector<trace::Event> mine = trace::rpcEvents(t.events, r.id);
+    EXPECT_GE(mine.size(), 6u);
+    std::remove(expected.c_str());
+    // Without freezeTraceFile a FREEZE is only counted.
+    trace::enable(true);
+    ASSERT_TRUE(server->sendFreeze(client->address()).isOk());
+    for (int i = 0; i < 200 && client->metrics().get("packets_received_freeze") == 0; ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(client->metrics().get("packets_received_freeze"), 1u);
+    EXPECT_TRUE(trace::enabled());
+    trace::enable(false);
+    trace::clear();
+}
+
+}  // namespace
+}  // namespace homa
