@@ -428,6 +428,9 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             Peer* known = findPeer(source);
             if (!known || !findServerRpc(known, clientId)) {
                 ++m_.dropped[static_cast<size_t>(DropReason::Overload)];
+                // Tell the client (once per attempt, on the first packet) that we are
+                // alive but busy: it backs off instead of timing out or flooding us.
+                if (p.data.offset == 0) sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);
                 return;
             }
         }
@@ -465,6 +468,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
         case wire::PacketType::Busy:
             if (!rpc) break;
             rpc->silentTicks = 0;
+            if (rpc->isClient()) ++rpc->busyReplies;
             return;
         case wire::PacketType::RpcUnknown:
             if (!rpc) break;
@@ -547,9 +551,13 @@ void Engine::countSent(wire::PacketType type, uint8_t priority, size_t bytes) {
 }
 
 void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
+    sendControl(peer->address, senderId, type);
+}
+
+void Engine::sendControl(const Address& to, uint64_t senderId, wire::PacketType type) {
     wire::CommonHeader c;
     c.sport = cfg_.port;
-    c.dport = peer->address.port;
+    c.dport = to.port;
     c.type = type;
     c.senderId = senderId;
     size_t n = wire::encodeEmpty(scratch_, c);
@@ -558,7 +566,7 @@ void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
     if (type == wire::PacketType::NeedAck) ++m_.needAcksSent;
     countSent(type, cfg_.controlPriority, n);
     HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(type)], senderId);
-    sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+    sink_.transmit(to, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
 void Engine::sendFreeze(const Address& address, Time now) {

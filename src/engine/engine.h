@@ -168,6 +168,7 @@ class Engine {
     void handleGrant(Rpc* rpc, const wire::Packet& p);
     void handleRpcUnknown(Rpc* rpc, Time now);
     void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type);
+    void sendControl(const Address& to, uint64_t senderId, wire::PacketType type);
     void sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority);
     void sendCutoffs(Peer* peer, Time now);
     void countSent(wire::PacketType type, uint8_t priority, size_t bytes);

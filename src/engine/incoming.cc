@@ -52,6 +52,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
         return;
     }
     rpc->silentTicks = 0;
+    rpc->busyReplies = 0;
     // The sender promises to send this much without further grants.
     uint32_t promised = std::min(d.incoming, in.length);
     if (promised > in.granted) {

@@ -55,6 +55,9 @@ struct InMessage {
 using SetHook = bi::set_member_hook<>;
 using ListHook = bi::list_member_hook<>;
 
+/// Most doublings of a client's RESEND interval after BUSY replies (see Rpc::busyReplies).
+inline constexpr int kMaxBusyBackoff = 5;
+
 struct Rpc {
     uint64_t id = 0;  ///< local id: the client's id (even) at a client, id ^ 1 (odd) at a server
     Peer* peer = nullptr;
@@ -69,6 +72,10 @@ struct Rpc {
     int ackWaitTicks = 0; ///< server: ticks since the response was fully sent
     int needAcksSent = 0;
     uint64_t restartTick = UINT64_MAX;  ///< client: the tick of the last restart
+    /// Client: BUSY packets since the response last made progress. Each one doubles the
+    /// wait before the next RESEND (up to kMaxBusyBackoff doublings): a server that says it
+    /// is busy, or that refused the request for overload, is asked again less and less often.
+    int busyReplies = 0;
 
     uint64_t clientId() const { return id & ~uint64_t{1}; }
     bool isClient() const { return (id & 1) == 0; }

@@ -99,9 +99,14 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             }
             break;
     }
-    if (rpc->silentTicks >= cfg_.resendTicks &&
-        (rpc->silentTicks - cfg_.resendTicks) % cfg_.resendInterval == 0)
-        requestMissing(rpc);
+    // A client told BUSY waits longer before each RESEND (BUSY also reset its silence, so
+    // a server that stops answering still times out after timeoutTicks). The wait stays
+    // under half the timeout, so a server that is busy for long is still asked in time.
+    const int backoff = std::min(rpc->busyReplies, kMaxBusyBackoff);
+    const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
+    const int first = std::min(cfg_.resendTicks << backoff, cap);
+    const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
+    if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) requestMissing(rpc);
 }
 
 // Sends RESENDs for every gap and for the granted-but-missing tail of the incoming

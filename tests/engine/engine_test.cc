@@ -712,6 +712,51 @@ TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
     }
 }
 
+// A refused request's client is told BUSY: it neither times out while the server is
+// alive nor floods it with RESENDs; each BUSY doubles its wait (up to half the timeout).
+TEST(Engine, RefusedClientIsToldBusyAndBacksOffWithoutTimingOut) {
+    Config cb = baseConfig();
+    cb.maxPendingRequests = 1;
+    Pair p(baseConfig(), cb);
+    p.call(100, 1);
+    p.pump();
+    auto first = p.deliveries(p.b);
+    ASSERT_EQ(first.size(), 1u);
+    uint64_t refused = p.call(100, 2);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().busySent, 1u) << "the refusal is answered with BUSY";
+    const int ticks = 3 * p.cfgA.timeoutTicks;
+    for (int i = 0; i < ticks; ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_TRUE(p.deliveries(p.a).empty()) << "no timeout while the server says it is busy";
+    // Without backoff, each of the two RPCs would send a RESEND every resendInterval ticks.
+    const uint64_t unbacked = 2u * static_cast<uint64_t>(ticks / p.cfgA.resendInterval);
+    std::printf("RESENDs in %d ticks: %llu (without backoff about %llu)\n", ticks,
+                static_cast<unsigned long long>(p.a.metrics().resendsSent), static_cast<unsigned long long>(unbacked));
+    EXPECT_LE(p.a.metrics().resendsSent, unbacked / 2);
+    EXPECT_GE(p.b.metrics().dropped[static_cast<size_t>(DropReason::Overload)], 2u) << "the client did retry";
+    // Once the first request is answered, the refused one gets in and completes.
+    p.b.releaseMessage(first[0].message, p.now);
+    ASSERT_TRUE(p.b.sendResponse(first[0].server, std::vector<uint8_t>(10), p.now).isOk());
+    p.pump();
+    for (int i = 0; i < p.cfgA.timeoutTicks && p.serveAll(10) == 0; ++i) {
+        p.tick();
+        p.pump();
+    }
+    p.pump();
+    auto responses = p.deliveries(p.a);
+    ASSERT_EQ(responses.size(), 2u);
+    bool sawRefused = false;
+    for (auto& d : responses) {
+        EXPECT_EQ(d.kind, Delivery::Kind::Response);
+        sawRefused |= d.clientId == refused;
+        if (d.message.data) p.a.releaseMessage(d.message, p.now);
+    }
+    EXPECT_TRUE(sawRefused);
+}
+
 // The hard cap evicts an idle peer even when the least recently used peer is busy.
 TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
     Config cb = baseConfig();
