@@ -422,7 +422,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     const uint64_t clientId = p.common.senderId & ~uint64_t{1};
 
     if (p.common.type == wire::PacketType::Data) {
-        if (fromClient && cfg_.maxPendingRequests != 0 && pendingRequests_ >= cfg_.maxPendingRequests) {
+        if (fromClient && overloaded()) {
             // Overloaded: refuse new requests before making any state for them (not even
             // a peer), so work already accepted keeps the capacity. Clients retry later.
             Peer* known = findPeer(source);
@@ -458,6 +458,12 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             return;
         case wire::PacketType::Resend:
             if (!rpc) {
+                if (fromClient && overloaded()) {
+                    // Probably a request we refused; it would be refused again now, so
+                    // the client should wait (and back off), not send it again.
+                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);
+                    return;
+                }
                 // We have no state: say so, so the peer can restart (client) or discard (server).
                 Peer* to = peer ? peer : getPeer(source, now);
                 if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);

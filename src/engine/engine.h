@@ -169,6 +169,8 @@ class Engine {
     void handleRpcUnknown(Rpc* rpc, Time now);
     void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type);
     void sendControl(const Address& to, uint64_t senderId, wire::PacketType type);
+    /// New requests are being refused (maxPendingRequests are pending).
+    bool overloaded() const { return cfg_.maxPendingRequests != 0 && pendingRequests_ >= cfg_.maxPendingRequests; }
     void sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority);
     void sendCutoffs(Peer* peer, Time now);
     void countSent(wire::PacketType type, uint8_t priority, size_t bytes);
