@@ -105,7 +105,7 @@ uint32_t Network::allocSlot() {
     if ((slotCount_ & (kChunkSize - 1)) == 0) {
         // Chunks never move, so a Packet& handed to onPacket stays valid even
         // if the callback sends enough to grow the pool.
-        chunks_.push_back(std::make_unique<Slot[]>(kChunkSize));
+        chunks_.push_back(std::make_unique<std::array<Slot, kChunkSize>>());
     }
     return slotCount_++;
 }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -162,7 +163,7 @@ private:
         Time from, until;
     };
 
-    Slot& slot(uint32_t i) { return chunks_[i >> kChunkBits][i & (kChunkSize - 1)]; }
+    Slot& slot(uint32_t i) { return (*chunks_[i >> kChunkBits])[i & (kChunkSize - 1)]; }
     uint32_t allocSlot();
     void freeSlot(uint32_t i);
     uint32_t cloneSlot(uint32_t i);
@@ -192,7 +193,9 @@ private:
     uint64_t nextSeq_ = 0;
     uint64_t eventsProcessed_ = 0;
 
-    std::vector<std::unique_ptr<Slot[]>> chunks_;
+    // Fixed-size chunks allocated with scalar new: array new is left to message buffers
+    // (homa-sim maps large array allocations onto shared pages).
+    std::vector<std::unique_ptr<std::array<Slot, kChunkSize>>> chunks_;
     uint32_t freeSlots_ = kNone;
     uint32_t slotCount_ = 0;
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "payload_memory.h"
 #include "simulator.h"
 
 using namespace homa::simtool;
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
     app.set_help_all_flag("--help-all");
     std::string csv, jsonPath;
     bool quiet = false;
+    bool realPayloadMemory = false;
 
     app.add_option("-w,--workload", o.workload, "w1..w5 or a size-distribution file")->capture_default_str();
     app.add_option("--size", o.fixedSize, "every message has this many bytes (instead of a workload)");
@@ -82,6 +84,8 @@ int main(int argc, char** argv) {
     app.add_option("--csv", csv, "write the bucket table as CSV to this file");
     app.add_option("--json", jsonPath, "write everything as JSON to this file");
     app.add_flag("-q,--quiet", quiet, "no table on stdout");
+    app.add_flag("--real-payload-memory", realPayloadMemory,
+                 "give every message buffer its own memory (default: buffers of 16 KB or more share one)");
 
     std::vector<std::string> plotInputs;
     std::string plotOutput = "homa-sim.png", plotTitle;
@@ -121,6 +125,7 @@ int main(int argc, char** argv) {
     // buffer, no page faults on reuse, no trimming).
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    setPayloadSharing(!realPayloadMemory);
     const auto wallStart = std::chrono::steady_clock::now();
     Simulation sim(o, std::move(*derived));
     Results r = sim.run();
@@ -137,7 +142,8 @@ int main(int argc, char** argv) {
     }
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
-    std::printf("speed: %.2f s wall, %.3f ms simulated, %lu events (%.2f M/s), %lu packets (%.2f M/s), peak RSS %.1f MB\n",
+    std::printf("speed: %.2f s wall, %.3f ms simulated, %lu events (%.2f M/s), %lu packets (%.2f M/s), "
+                "peak RSS %.1f MB\n",
                 wall, double(r.endNs) / 1e6, static_cast<unsigned long>(r.events), double(r.events) / wall / 1e6,
                 static_cast<unsigned long>(r.packetsSent), double(r.packetsSent) / wall / 1e6,
                 double(ru.ru_maxrss) / 1024.0);

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -135,10 +136,13 @@ class Simulation {
     Simulation(const SimOptions& o, Derived d);
     Results run();
     const Derived& derived() const { return d_; }
+    /// Called every 100 us of simulated time (e.g. to sample memory use).
+    void setStepHook(std::function<void()> hook) { hook_ = std::move(hook); }
 
   private:
     SimOptions o_;
     Derived d_;
+    std::function<void()> hook_;
 };
 
 /// Output (deterministic for a seed: no wall-clock figures).
