@@ -146,7 +146,9 @@ void UdpDriver::flush() {
 
 // Groups packets into datagram messages: with GSO, a run of packets to the same
 // destination at the same priority, all of one size except perhaps a shorter last one,
-// lying back to back in the arena, goes as one GSO send.
+// goes as one GSO send (one iovec per packet, so they need not be adjacent). Runs of
+// small packets matter as much as runs of full ones: many small RPCs to one peer then
+// cost the kernel one datagram's work, and a receiver with GRO reads them in one buffer.
 void UdpDriver::sendRange(size_t begin, size_t end) {
     using Msg = TxMsg;
     std::vector<Msg>& msgs = txMsgs_;
@@ -157,11 +159,8 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
             const size_t maxSegments = std::min<size_t>(kMaxGsoSegments, kMaxGsoBytes / std::max<uint32_t>(tx_[i].length, 1));
             while (j < end && j - i < maxSegments && tx_[j].address == tx_[i].address &&
                    tx_[j].priority == tx_[i].priority && tx_[j - 1].length == tx_[i].length &&
-                   tx_[j].length <= tx_[i].length && tx_[j].offset == tx_[j - 1].offset + maxPacket_)
+                   tx_[j].length <= tx_[i].length)
                 ++j;
-            // Segments must be contiguous: only the slot-aligned layout allows it when
-            // every packet but the last fills its slot exactly.
-            if (j - i > 1 && tx_[i].length != maxPacket_) j = i + 1;
         }
         msgs.push_back({i, j - i, tx_[i].length});
         i = j;
@@ -171,17 +170,20 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     auto& hdrs = txHdrs_;
     auto& iovs = txIovs_;
     auto& controls = txControls_;
+    size_t iov = 0;  // msgs[m] uses iovs[iov, iov + count): one per packet, count <= tx_.size()
     for (size_t m = 0; m < msgs.size(); ++m) {
         const TxPacket& first = tx_[msgs[m].first];
-        size_t bytes = 0;
-        for (size_t k = 0; k < msgs[m].count; ++k) bytes += tx_[msgs[m].first + k].length;
-        iovs[m] = {txArena_.data() + first.offset, bytes};
+        for (size_t k = 0; k < msgs[m].count; ++k) {
+            const TxPacket& p = tx_[msgs[m].first + k];
+            iovs[iov + k] = {txArena_.data() + p.offset, p.length};
+        }
         msghdr& h = hdrs[m].msg_hdr;
         std::memset(&h, 0, sizeof(h));
         h.msg_name = const_cast<sockaddr_storage*>(&first.dest);
         h.msg_namelen = first.destLen;
-        h.msg_iov = &iovs[m];
-        h.msg_iovlen = 1;
+        h.msg_iov = &iovs[iov];
+        h.msg_iovlen = msgs[m].count;
+        iov += msgs[m].count;
         h.msg_control = controls[m].data();
         h.msg_controllen = kCmsgSpace;
         std::memset(controls[m].data(), 0, kCmsgSpace);
@@ -232,7 +234,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         for (int k = 0; k < n; ++k) {
             const Msg& m = msgs[done + static_cast<size_t>(k)];
             stats_.packetsSent += m.count;
-            stats_.bytesSent += iovs[done + static_cast<size_t>(k)].iov_len;
+            for (size_t q = 0; q < m.count; ++q) stats_.bytesSent += tx_[m.first + q].length;
         }
         done += static_cast<size_t>(n);
     }

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 
 namespace homa::driver {
@@ -70,6 +71,40 @@ TEST(UdpDriver, LongRunsOfFullPacketsAllArrive) {
         ++seen[p[0]];
     }
     EXPECT_EQ(seen.size(), static_cast<size_t>(n)) << "every packet once, headers intact";
+}
+
+// Small packets of one size (many small RPCs to one peer) also go out as GSO batches:
+// each arrives whole and separate, in order, at a receiver with GRO (which reads them in
+// a few buffers) and at one without (the kernel splits them).
+TEST(UdpDriver, RunsOfEqualSmallPacketsGoAsOneBatchAndArriveSeparately) {
+    for (bool gro : {true, false}) {
+        SCOPED_TRACE(gro ? "receiver with GRO" : "receiver without GRO");
+        UdpDriverOptions ro;
+        ro.gro = gro;
+        auto a = open(), b = open(ro);
+        const int n = 40;
+        for (int i = 0; i < n; ++i) {
+            // 39 packets of 120 bytes and a shorter last one.
+            std::vector<uint8_t> p(i + 1 < n ? 120 : 77, static_cast<uint8_t>(i));
+            a->queue(b->localAddress(), 2, std::span<const uint8_t>(p).first(8), std::span<const uint8_t>(p).subspan(8));
+        }
+        a->flush();
+        EXPECT_EQ(a->stats().sendErrors, 0u) << "errno " << a->stats().lastSendErrno;
+        if (a->gsoEnabled()) {
+            EXPECT_EQ(a->stats().gsoBatches, 1u);
+            EXPECT_EQ(a->stats().sendCalls, 1u);
+        }
+        EXPECT_EQ(a->stats().packetsSent, static_cast<uint64_t>(n));
+        EXPECT_EQ(a->stats().bytesSent, 39u * 120 + 77);
+        auto got = drain(*b, n);
+        ASSERT_EQ(got.size(), static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) {
+            EXPECT_EQ(got[static_cast<size_t>(i)].size(), i + 1 < n ? 120u : 77u);
+            EXPECT_TRUE(std::all_of(got[static_cast<size_t>(i)].begin(), got[static_cast<size_t>(i)].end(),
+                                    [i](uint8_t v) { return v == static_cast<uint8_t>(i); }))
+                << "packet " << i;
+        }
+    }
 }
 
 TEST(UdpDriver, MixedSizesAndDestinations) {
