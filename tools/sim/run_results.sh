@@ -9,10 +9,11 @@ mkdir -p "$OUT"
 # few minutes of wall time (small messages cost many packets per byte).
 duration() {
     case $1 in
-        w1 | w2) echo 2 ;;
-        w3) echo 5 ;;
-        w4) echo 50 ;;
-        w5) echo 200 ;;
+        w1) echo 2 ;;
+        w2) echo 3 ;;
+        w3) echo 10 ;;
+        w4) echo 100 ;;
+        w5) echo 300 ;;
     esac
 }
 for w in w1 w2 w3 w4 w5; do

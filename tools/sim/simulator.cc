@@ -232,6 +232,9 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
             unsched += p * std::min(s, unschedRounded);
             all += p * s;
         }
+        // Each message is answered by a 1-byte response (one more DATA packet the other
+        // way); with uniform traffic every host link carries both, so the load counts it.
+        d.meanWireBytes += 1 + wire::kDataHeaderSize + o.wireOverheadBytes;
         d.arrivalsPerSecPerHost = o.load * o.hostGbps * 1e9 / 8 / d.meanWireBytes;
         d.unschedLevels = o.unschedPriorities
                               ? o.unschedPriorities
@@ -545,6 +548,9 @@ class Runner {
         uint64_t rpcsLeft = 0;
         for (auto& h : hosts_) rpcsLeft += h->engine().rpcCount();
         c.emplace_back("rpcs_alive_at_end", rpcsLeft);
+        uint64_t outstanding = 0;
+        for (auto& h : hosts_) outstanding += h->engine().incomingOutstanding();
+        c.emplace_back("incoming_outstanding_at_end", outstanding);
         uint64_t inUse = 0, cached = 0;
         for (auto& h : hosts_) {
             inUse += h->engine().bufferPool().bytesInUse();

@@ -19,7 +19,9 @@ struct SimOptions {
     // ---- Traffic
     std::string workload = "w4";  ///< w1..w5 or a distribution file
     uint32_t fixedSize = 0;       ///< > 0: every message has this size (workload ignored)
-    double load = 0.5;            ///< fraction of host link bandwidth (DATA packets on the wire)
+    /// Fraction of host link bandwidth taken by DATA packets on the wire (headers and
+    /// framing included): each message and its 1-byte response.
+    double load = 0.5;
     uint64_t seed = 1;
     double durationMs = 10;       ///< messages arrive during [0, duration)
     double warmupMs = -1;         ///< not measured before this; < 0: 10% of the duration
@@ -71,7 +73,7 @@ struct Derived {
     uint32_t rttBytes = 0;
     int64_t rttNs = 0;
     int unschedLevels = 0;
-    double meanWireBytes = 0;
+    double meanWireBytes = 0;  ///< per message, its response included
     double arrivalsPerSecPerHost = 0;
     std::vector<uint32_t> bucketBounds;
 };
