@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -75,9 +76,11 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
 
 Status Core::startPublisher() {
     std::string path = options_.metricsSocket;
+    bool fromEnvironment = false;
     if (path.empty()) {
         const char* env = std::getenv("HOMA_METRICS_SOCKET");
         if (env) path = env;
+        fromEnvironment = !path.empty();
     }
     if (path.empty() && !options_.prometheus) return {};
     uint16_t port = driver_->localAddress().port;
@@ -91,8 +94,16 @@ Status Core::startPublisher() {
     std::string labels = "endpoint=\"" + driver_->localAddress().toString() + "\"";
     sources.prometheusText = [this, labels] { return metrics().toPrometheus(labels); };
     Status error;
-    publisher_ = Publisher::start(expandPath(path, port), options_.prometheus, options_.prometheusPort,
-                                  std::move(sources), &error);
+    publisher_ = Publisher::start(expandPath(path, port), options_.prometheus, options_.prometheusPort, sources,
+                                  &error);
+    if (!publisher_ && fromEnvironment) {
+        // The environment variable is an aid to watching a program: it must not stop the
+        // program from working (e.g. a second endpoint given the same path).
+        std::fprintf(stderr, "homa: HOMA_METRICS_SOCKET: %s; endpoint %s not published\n", error.message().c_str(),
+                     driver_->localAddress().toString().c_str());
+        if (!options_.prometheus) return {};
+        publisher_ = Publisher::start("", true, options_.prometheusPort, sources, &error);
+    }
     if (!publisher_) return error;
     publishedPath_ = publisher_->socketPath();
     publishedPort_ = publisher_->httpPort();

@@ -105,6 +105,29 @@ TEST(ObserveEndpoint, BadObservabilityOptionsAreClearErrors) {
     EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
 }
 
+TEST(ObserveEndpoint, EnvironmentVariablePublishesWithoutBreakingTheProgram) {
+    std::string pattern = tempPath("env-%e.sock"), fixed = tempPath("env-fixed.sock");
+    ASSERT_EQ(::setenv("HOMA_METRICS_SOCKET", pattern.c_str(), 1), 0);
+    auto a = Endpoint::open(loopback());
+    ASSERT_EQ(::setenv("HOMA_METRICS_SOCKET", fixed.c_str(), 1), 0);
+    auto b = Endpoint::open(loopback());
+    auto c = Endpoint::open(loopback());  // same path as b: opens, unpublished
+    ::unsetenv("HOMA_METRICS_SOCKET");
+    ASSERT_TRUE(a && b && c);
+    EXPECT_EQ(a->metricsSocketPath(), tempPath("env-" + std::to_string(a->address().port) + ".sock"));
+    EXPECT_EQ(b->metricsSocketPath(), fixed);
+    EXPECT_EQ(c->metricsSocketPath(), "");
+    std::string error;
+    EXPECT_TRUE(metrics_tool::readSnapshot(a->metricsSocketPath(), &error)) << error;
+    EXPECT_TRUE(metrics_tool::readSnapshot(fixed, &error)) << error;
+    // An explicit option that cannot be honoured is an error, though.
+    EndpointOptions o = loopback();
+    o.metricsSocket = fixed;
+    Status err;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_NE(err.message().find("in use"), std::string::npos) << err.toString();
+}
+
 TEST(ObserveEndpoint, LiveRpcsAreListed) {
     EndpointOptions so = loopback();
     so.metricsSocket = tempPath("rpcs.sock");
