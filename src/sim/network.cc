@@ -86,6 +86,7 @@ Network::Network(uint64_t seed, Topology topology)
         ps.hopDelay = spec.latency + (next.kind == NodeKind::Host ? 0 : next.switchDelay);
         ps.mbps = static_cast<uint64_t>(std::llround(spec.gbps * 1000.0));
         ps.limit = spec.queueLimitBytes;
+        ps.fifo = topo_.config().fifoNics && topo_.node(spec.from).kind == NodeKind::Host;
     }
     hosts_.resize(topo_.numHosts());
     events_.reserve(1024);
@@ -351,7 +352,7 @@ void Network::enqueue(PortId p, uint32_t pkt) {
         freeSlot(pkt);
         return;
     }
-    const uint8_t prio = s.pkt.priority;
+    const uint8_t prio = ps.fifo ? 0 : s.pkt.priority;
     s.next = kNone;
     if (ps.tail[prio] == kNone) {
         ps.head[prio] = pkt;

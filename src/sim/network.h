@@ -142,6 +142,7 @@ private:
         Time hopDelay = 0;  // propagation + switch delay at `to`
         uint64_t mbps = 0;
         uint64_t limit = 0;
+        bool fifo = false;  // one queue for every priority (a host NIC with fifoNics)
         uint64_t queuedBytes = 0;
         uint64_t maxQueueBytes = 0;
         uint64_t txPackets = 0;

@@ -37,6 +37,10 @@ struct TopologyConfig {
     // latency of every switch -> host link, so it is pipelined like propagation.
     Time hostDelay = 0;
 
+    // Host NICs send in the order packets are handed to them (one FIFO) instead of by
+    // priority; switch ports always have one queue per priority.
+    bool fifoNics = false;
+
     // Extra bytes charged per packet on every link (preamble, framing, ...).
     uint32_t wireOverheadBytes = 0;
     // Drop-tail limits on queued (not in-transmission) bytes; 0 = unlimited.

@@ -59,6 +59,36 @@ TEST(SimNetwork, HigherPriorityOvertakesAndFifoWithinPriority) {
     EXPECT_EQ(net.maxQueueBytes(net.topology().nicPort(0)), 9000u);
 }
 
+TEST(SimNetwork, FifoNicsSendInOrderButSwitchPortsStillUsePriorities) {
+    TopologyConfig c = TopologyConfig::star(3, 10.0, 100, 0);
+    c.fifoNics = true;
+    Network net(1, c);
+    RecordingHost a, b, d;
+    net.attach(&a);
+    net.attach(&b);
+    net.attach(&d);
+    net.send(0, 1, 0, tagged(0, 1000));
+    for (uint32_t i = 0; i < 3; ++i) net.send(0, 1, 2, tagged(20 + i, 1000));
+    for (uint32_t i = 0; i < 3; ++i) net.send(0, 1, 5, tagged(50 + i, 1000));
+    net.runUntilIdle();
+    EXPECT_EQ(tags(b), (std::vector<uint32_t>{0, 20, 21, 22, 50, 51, 52}));
+    for (const auto& r : b.packets) {
+        EXPECT_EQ(r.priority, r.bytes[0] >= 50 ? 5 : r.bytes[0] >= 20 ? 2 : 0);
+    }
+    // Two senders into one downlink: the switch port still serves priorities.
+    b.packets.clear();
+    net.send(0, 1, 0, tagged(1, 1000));
+    for (uint32_t i = 0; i < 3; ++i) net.send(0, 1, 0, tagged(10 + i, 1000));
+    net.runUntil(net.now() + 1500);  // the first low packets reach the switch
+    net.send(2, 1, 6, tagged(60, 1000));
+    net.runUntilIdle();
+    const std::vector<uint32_t> got = tags(b);
+    ASSERT_EQ(got.size(), 5u);
+    EXPECT_EQ(got.back(), 12u);  // the high packet overtook at least the last low one
+    EXPECT_NE(std::find(got.begin(), got.end(), 60u), got.end());
+    EXPECT_LT(std::find(got.begin(), got.end(), 60u) - got.begin(), 4);
+}
+
 TEST(SimNetwork, HighPriorityOvertakesQueueAtCongestedSwitchPort) {
     Network net(1, TopologyConfig::star(4, 10.0, 500, 100));
     std::vector<RecordingHost> hosts(4);

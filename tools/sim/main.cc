@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
     app.add_option("--switch-queue-limit", o.switchQueueLimitBytes, "drop-tail limit per switch port, 0 = none")
         ->capture_default_str();
 
+    app.add_flag("--fifo-nics", o.fifoNics,
+                 "host NICs send in arrival order (default: 8 strict-priority queues, like switch ports)");
     app.add_option("--rtt-bytes", o.rttBytes, "bytes of one round trip (default: from the topology)");
     app.add_option("--unsched-bytes", o.unschedBytes, "unscheduled bytes per message (default: rtt bytes)");
     app.add_option("--unsched-priorities", o.unschedPriorities,

@@ -190,6 +190,7 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     t.hostDelay = o.hostDelayNs;
     t.wireOverheadBytes = o.wireOverheadBytes;
     t.switchQueueLimitBytes = o.switchQueueLimitBytes;
+    t.fifoNics = o.fifoNics;
     if (o.soloSender >= 0 && static_cast<uint64_t>(o.soloSender) >= numHosts) return fail("--solo-sender is not a host");
     if (o.soloReceiver >= 0 && (static_cast<uint64_t>(o.soloReceiver) >= numHosts || o.soloReceiver == o.soloSender))
         return fail("--solo-receiver must be another host");
@@ -697,6 +698,7 @@ std::string toJson(const SimOptions& o, const Derived& d, const Results& r) {
     op["link_latency_ns"] = o.linkLatencyNs;
     op["switch_delay_ns"] = o.switchDelayNs;
     op["host_delay_ns"] = o.hostDelayNs;
+    op["nic_queues"] = o.fifoNics ? "fifo" : "priority";
     json& hp = j["homa"];
     hp["rtt_ns"] = d.rttNs;
     hp["rtt_bytes"] = d.rttBytes;

@@ -43,6 +43,9 @@ struct SimOptions {
     int64_t hostDelayNs = 1000;
     uint32_t wireOverheadBytes = 66;  ///< Ethernet + IP + UDP framing, preamble, gap
     uint64_t switchQueueLimitBytes = 0;  ///< 0: unlimited
+    /// Host NICs send in the order the engine hands them packets (one FIFO); default: 8
+    /// strict-priority queues like the switch ports.
+    bool fifoNics = false;
 
     // ---- Homa (0 / -1 / empty: derived, see derive())
     uint32_t rttBytes = 0;       ///< bytes of one round trip; 0: from the topology
