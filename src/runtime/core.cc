@@ -249,6 +249,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     struct Rx {
         Address source;
         std::span<const uint8_t> bytes;
+        bool deferred = false;  // starts a new request: handled after the rest of the batch
     };
     thread_local std::vector<Rx> rx;
     thread_local std::vector<std::pair<Endpoint::Callback, Response>> ready;
@@ -274,17 +275,20 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         // Receive livelock: work already accepted (data of RPCs in progress, grants,
         // acks) goes first; packets that would start new requests come last, so when
         // the engine refuses new work (maxPendingRequests) it has finished what it could.
+        // The second pass takes exactly the packets the first one put aside: asking again
+        // would skip every packet but the first of a new multi-packet request, since the
+        // first one creates the RPC (they were lost until a RESEND).
         bool anyNew = false;
-        for (const Rx& p : rx) {
+        for (Rx& p : rx) {
             if (engine_->isNewRequest(p.source, p.bytes)) {
-                anyNew = true;
+                p.deferred = anyNew = true;
                 continue;
             }
             engine_->handlePacket(p.source, p.bytes, now);
         }
         if (anyNew)
             for (const Rx& p : rx)
-                if (engine_->isNewRequest(p.source, p.bytes)) engine_->handlePacket(p.source, p.bytes, now);
+                if (p.deferred) engine_->handlePacket(p.source, p.bytes, now);
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         countEngineTime(engineStart);
