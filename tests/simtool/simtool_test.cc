@@ -258,6 +258,9 @@ TEST(SimDerive, BadOptionsAreRefused) {
     o.soloSender = 0;
     o.soloReceiver = 0;
     refused(o, "--solo-receiver");
+    o = SimOptions{};
+    o.pacerRate = 1.5;
+    refused(o, "--pacer-rate");
 }
 
 #ifdef HOMA_SIM_BIN

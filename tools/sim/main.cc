@@ -77,6 +77,9 @@ int main(int argc, char** argv) {
     app.add_option("--pacer-fifo", o.pacerFifoFraction, "share of sent bytes given to the oldest message")
         ->capture_default_str();
     app.add_option("--max-nic-queue-ns", o.maxNicQueueNs, "sender pacing: NIC backlog bound")->capture_default_str();
+    app.add_option("--pacer-rate", o.pacerRate,
+                   "link rate the engines' pacers assume, as a fraction of the host link rate")
+        ->capture_default_str();
     app.add_option("--tick-us", o.tickUs, "engine timer tick")->capture_default_str();
     app.add_option("--resend-ticks", o.resendTicks, "silent ticks before RESEND")->capture_default_str();
     app.add_option("--timeout-ticks", o.timeoutTicks, "silent ticks before an RPC fails")->capture_default_str();

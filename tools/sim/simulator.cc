@@ -198,7 +198,8 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     engine::Config& c = d.engine;
     c.port = kPort;
     c.wireOverheadBytes = o.wireOverheadBytes;
-    c.linkMbps = static_cast<uint32_t>(std::llround(o.hostGbps * 1000));
+    if (!(o.pacerRate > 0.1 && o.pacerRate <= 1.0)) return fail("--pacer-rate must be in (0.1, 1]");
+    c.linkMbps = static_cast<uint32_t>(std::llround(o.hostGbps * 1000 * o.pacerRate));
     c.maxMessageLength = std::max<uint32_t>(d.dist.maxSize(), 1);
     // Limits the engines never reach in these runs: loss of data for lack of memory
     // would be a property of the host, not of the protocol on this network.
@@ -699,6 +700,7 @@ std::string toJson(const SimOptions& o, const Derived& d, const Results& r) {
     op["switch_delay_ns"] = o.switchDelayNs;
     op["host_delay_ns"] = o.hostDelayNs;
     op["nic_queues"] = o.fifoNics ? "fifo" : "priority";
+    op["pacer_rate"] = o.pacerRate;
     json& hp = j["homa"];
     hp["rtt_ns"] = d.rttNs;
     hp["rtt_bytes"] = d.rttBytes;

@@ -58,6 +58,8 @@ struct SimOptions {
     double grantFifoFraction = 0.05;
     double pacerFifoFraction = 0.05;
     int64_t maxNicQueueNs = 2000;
+    /// The link rate the engines' pacers assume, as a fraction of the host link rate.
+    double pacerRate = 1.0;
     int64_t tickUs = 1000;
     int resendTicks = 5;
     int timeoutTicks = 100;
