@@ -1,5 +1,7 @@
 #include "driver/udp_driver.h"
 
+#include "homa/trace.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -209,6 +211,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     size_t done = 0;
     while (done < msgs.size()) {
         ++stats_.sendCalls;
+        HOMA_TRACE("udp sendmmsg %u datagrams", msgs.size() - done);
         int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), 0);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -261,6 +264,7 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
     }
     ++stats_.recvCalls;
     int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
+    HOMA_TRACE("udp recvmmsg %u datagrams", n < 0 ? 0 : n);
     drained_ = n < static_cast<int>(batch);
     if (n <= 0) return 0;
     int packets = 0;
@@ -305,7 +309,9 @@ bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady) {
         ts.tv_nsec = timeoutNs % 1'000'000'000;
         tp = &ts;
     }
+    HOMA_TRACE("udp wait timeout_ns %u", timeoutNs);
     int r = ::ppoll(fds, static_cast<nfds_t>(nfds), tp, nullptr);
+    HOMA_TRACE("udp woke socket %u", r > 0 && (fds[0].revents & POLLIN));
     if (extraReady) *extraReady = r > 0 && nfds == 2 && (fds[1].revents & POLLIN);
     return r > 0 && (fds[0].revents & POLLIN);
 }

@@ -23,6 +23,8 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             // late a packet of it arrives.
             if (peer->seen && peer->seen->contains(clientId)) {
                 ++m_.dropped[static_cast<size_t>(DropReason::StaleRequest)];
+                HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                           static_cast<unsigned>(DropReason::StaleRequest));
                 return;
             }
             if (!peer->seen) peer->seen = std::make_unique<SeenIds>(cfg_.seenIdWindow);
@@ -33,12 +35,16 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             // The whole request arrived already; this is a retransmission.
             rpc->silentTicks = 0;
             ++m_.dropped[static_cast<size_t>(DropReason::Duplicate)];
+            HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                       static_cast<unsigned>(DropReason::Duplicate));
             return;
         }
     } else {
         rpc = findClientRpc(clientId);
         if (!rpc || rpc->peer != peer) {
             ++m_.dropped[static_cast<size_t>(DropReason::UnknownRpc)];
+            HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                       static_cast<unsigned>(DropReason::UnknownRpc));
             return;
         }
     }
@@ -49,6 +55,8 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
         // Only consistent data shows the peer is working on this RPC: a packet that
         // contradicts what we know must not keep the RPC alive.
         ++m_.dropped[static_cast<size_t>(DropReason::Inconsistent)];
+        HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                   static_cast<unsigned>(DropReason::Inconsistent));
         return;
     }
     rpc->silentTicks = 0;
@@ -63,6 +71,8 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
     if (in.waitingForBuffer) {
         recountIncoming(rpc);
         ++m_.dropped[static_cast<size_t>(DropReason::NoBuffer)];
+        HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                   static_cast<unsigned>(DropReason::NoBuffer));
         return;
     }
     const auto payload = p.payload;
@@ -72,13 +82,18 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
                                  });
     if (added == 0) {
         ++m_.dropped[static_cast<size_t>(DropReason::Duplicate)];
+        HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                   static_cast<unsigned>(DropReason::Duplicate));
         return;
     }
     in.received += added;
     if (in.received > in.granted) in.granted = in.received;
     recountIncoming(rpc);
     grantsDirty_ = true;
-    if (in.received == in.length) completeInMessage(rpc, now);
+    if (in.received == in.length) {
+        HOMA_TRACE("message complete id %u len %u", rpc->id, in.length);
+        completeInMessage(rpc, now);
+    }
 }
 
 void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time now) {
@@ -95,6 +110,7 @@ void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time n
         in.waitingForBuffer = true;
         bufferWaiters_.push_back(*rpc);
         ++m_.bufferWaits;
+        HOMA_TRACE("buffer wait id %u len %u in_use %u", rpc->id, length, inPool_.bytesInUse());
         return;
     }
     updateGrantable(rpc);
@@ -120,6 +136,7 @@ void Engine::retryBufferWaiters(Time now) {
         updateGrantable(rpc);
         recountIncoming(rpc);
         // Everything sent so far was dropped: ask for it again.
+        HOMA_TRACE("buffer granted id %u len %u", rpc->id, in.length);
         sendResend(rpc, 0, in.granted, in.priority);
         grantsDirty_ = true;
     }

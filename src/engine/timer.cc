@@ -65,6 +65,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                     rpc->ackWaitTicks % cfg_.requestAckTicks == 0) {
                     if (rpc->needAcksSent >= cfg_.needAckLimit) {
                         ++m_.serverRpcsAbandoned;
+                        HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
                         freeRpc(rpc);
                         return;
                     }
@@ -75,12 +76,16 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             }
             if (++rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.serverRpcsTimedOut;
+                HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
+                           rpc->silentTicks);
                 freeRpc(rpc);
             }
             return;
         case RpcState::ServerIncoming:
             if (++rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.serverRpcsTimedOut;
+                HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
+                           rpc->silentTicks);
                 freeRpc(rpc);
                 return;
             }
@@ -92,6 +97,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             }
             if (++rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.clientRpcsTimedOut;
+                HOMA_TRACE("timeout client id %u silent %u", rpc->id, rpc->silentTicks);
                 Time ms = static_cast<Time>(cfg_.timeoutTicks) * cfg_.tickNs / 1'000'000;
                 failRpc(rpc, Status(StatusCode::Timeout, "no response from " + rpc->peer->address.toString() +
                                                              " for " + std::to_string(ms) + " ms"));
@@ -106,7 +112,11 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
     const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
     const int first = std::min(cfg_.resendTicks << backoff, cap);
     const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
-    if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) requestMissing(rpc);
+    if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) {
+        HOMA_TRACE("resend due id %u silent %u received %u backoff %u", rpc->id, rpc->silentTicks, rpc->in.received,
+                   backoff);
+        requestMissing(rpc);
+    }
 }
 
 // Sends RESENDs for every gap and for the granted-but-missing tail of the incoming
