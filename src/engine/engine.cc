@@ -548,7 +548,11 @@ void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
 
 // ---------------------------------------------------------------- control packets
 
+// Every packet, control packets too, occupies the NIC: all of them feed the pacer's
+// estimate of its backlog (otherwise GRANTs, ACKs and RESENDs make the real queue grow
+// past the estimate).
 void Engine::countSent(wire::PacketType type, uint8_t priority, size_t bytes) {
+    nic_.sent(lastNow_ == INT64_MIN ? 0 : lastNow_, static_cast<uint32_t>(bytes + cfg_.wireOverheadBytes));
     size_t t = EngineMetrics::typeIndex(type);
     ++m_.packetsSent[t];
     m_.bytesSent[t] += bytes;

@@ -195,7 +195,7 @@ class Engine {
     // outgoing.cc
     void updateSendable(Rpc* rpc);
     void transmitData(Time now);
-    void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit, Time now);
+    void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit);
     void handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now);
 
     // timer.cc

@@ -15,7 +15,11 @@ class NicQueue {
 
     /// Records `wireBytes` handed to the NIC at `now`.
     void sent(Time now, uint32_t wireBytes) {
-        idleAt_ = std::max(idleAt_, now) + transmitTime(wireBytes);
+        // Whole nanoseconds, carrying the remainder: rounding each packet's time down
+        // would let the estimate run ahead of the real link, packet after packet.
+        uint64_t scaled = uint64_t{wireBytes} * 8000 + remainder_;
+        remainder_ = scaled % linkMbps_;
+        idleAt_ = std::max(idleAt_, now) + static_cast<Time>(scaled / linkMbps_);
     }
     /// Time until the NIC would drain. A `now` older than the estimator's own idea of
     /// time yields a larger backlog, never an underflowed or empty one: the caller may
@@ -29,6 +33,7 @@ class NicQueue {
   private:
     uint32_t linkMbps_;
     Time idleAt_ = 0;
+    uint64_t remainder_ = 0;  ///< bit-times (in 1/linkMbps ns) not yet counted
 };
 
 }  // namespace homa::engine

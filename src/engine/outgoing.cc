@@ -16,7 +16,7 @@ void Engine::updateSendable(Rpc* rpc) {
     }
 }
 
-void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit, Time now) {
+void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit) {
     OutMessage& o = rpc->out;
     Peer* peer = rpc->peer;
     uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
@@ -42,7 +42,6 @@ void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool re
         ++m_.retransmittedPackets;
         m_.retransmittedBytes += length;
     }
-    nic_.sent(now, static_cast<uint32_t>(n + length + cfg_.wireOverheadBytes));
     HOMA_TRACE(kTraceSend[0], rpc->id, offset, length, priority);
     sink_.transmit(peer->address, priority, std::span(scratch_.data(), n),
                    std::span<const uint8_t>(o.buffer.data + offset, length));
@@ -64,7 +63,7 @@ void Engine::transmitData(Time now) {
         uint32_t offset = o.nextOffset;
         uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
         uint8_t priority = offset < o.unsched ? o.unschedPriority : o.schedPriority;
-        sendDataPacket(rpc, offset, priority, offset < o.retransmitBelow, now);
+        sendDataPacket(rpc, offset, priority, offset < o.retransmitBelow);
         o.nextOffset = offset + length;
         if (fifo) {
             pacerFifoCredit_ -= length;
@@ -77,7 +76,7 @@ void Engine::transmitData(Time now) {
     pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
 }
 
-void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
+void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time) {
     if (rpc->state == RpcState::ServerIncoming || rpc->state == RpcState::ServerInService) {
         if (r.length != wire::kResendAll) {
             // A range of a response we never started: the client holds response state
@@ -121,7 +120,7 @@ void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now) {
         return;
     }
     for (uint64_t offset = start; offset < sendEnd; offset += cfg_.maxPayload)
-        sendDataPacket(rpc, static_cast<uint32_t>(offset), r.priority, true, now);
+        sendDataPacket(rpc, static_cast<uint32_t>(offset), r.priority, true);
 }
 
 }  // namespace homa::engine

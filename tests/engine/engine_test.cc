@@ -762,6 +762,22 @@ TEST(Engine, RefusedClientIsToldBusyAndBacksOffWithoutTimingOut) {
     EXPECT_TRUE(sawRefused);
 }
 
+// Control packets occupy the NIC too: the pacer's backlog estimate counts them (GRANTs
+// and the like, uncounted, let the real NIC queue grow far past the estimate).
+TEST(Engine, ControlPacketsCountInThePacersBacklogEstimate) {
+    Config cb = baseConfig();
+    cb.linkMbps = 1000;  // 1 Gbps: 8 ns per byte
+    Pair p(baseConfig(), cb);
+    p.call(200'000);  // B will grant
+    for (auto& s : p.sinkA.take()) p.b.receive(kA, s.bytes, p.now);
+    p.b.advance(p.now);
+    auto out = p.sinkB.take();
+    size_t wire = 0;
+    for (auto& s : out) wire += s.bytes.size() + cb.wireOverheadBytes;
+    ASSERT_FALSE(out.empty()) << "B sent grants";
+    EXPECT_GE(p.b.nicQueue().idleAt(), p.now + static_cast<Time>(wire) * 8 - 1);
+}
+
 // The hard cap evicts an idle peer even when the least recently used peer is busy.
 TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
     Config cb = baseConfig();

@@ -28,5 +28,14 @@ TEST(NicQueue, StaleTimeReportsALargerBacklogNotAnEmptyOne) {
     EXPECT_EQ(q.idleAt(), 1'002'000);
 }
 
+// Per-packet times are whole nanoseconds, but the fractions add up: 1,000 back-to-back
+// 1,538-byte packets at 10 Gbps take exactly 1,230,400 ns (1,230.4 each), not 1,230,000.
+// Dropping the fractions let the estimate run ahead of the real link.
+TEST(NicQueue, FractionsOfNanosecondsAreCarriedNotDropped) {
+    NicQueue q(10'000);
+    for (int i = 0; i < 1000; ++i) q.sent(0, 1538);
+    EXPECT_EQ(q.idleAt(), 1'230'400);
+}
+
 }  // namespace
 }  // namespace homa::engine

@@ -634,7 +634,8 @@ std::string cutoffsText(const engine::Config& c) {
     for (int p = 7; p >= 0; --p) {
         uint32_t v = c.unschedCutoffs[static_cast<size_t>(p)];
         if (v == 0) break;
-        s += (s.empty() ? "" : ",") + (v == std::numeric_limits<uint32_t>::max() ? std::string("max") : std::to_string(v));
+        if (!s.empty()) s += ',';
+        s += v == std::numeric_limits<uint32_t>::max() ? std::string("max") : std::to_string(v);
     }
     return s;
 }
