@@ -1,8 +1,10 @@
 #include "runtime/publisher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include <fcntl.h>
+#include <httplib.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -10,7 +12,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <mutex>
 
 #include "homa/trace.h"
 
@@ -20,6 +24,8 @@ namespace {
 
 constexpr size_t kMaxRequest = 8192;
 constexpr int kIoTimeoutMs = 1000;
+constexpr size_t kHttpWorkers = 2;
+constexpr char kPrometheusContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
 void setTimeouts(int fd) {
     timeval tv{kIoTimeoutMs / 1000, (kIoTimeoutMs % 1000) * 1000};
@@ -108,45 +114,123 @@ std::unique_ptr<Publisher> Publisher::start(const std::string& socketPath, bool 
         p->socketPath_ = socketPath;
         if (::listen(fd, 16) != 0) return fail(errnoText("listen on " + socketPath));
     }
-    if (httpEnabled) {
-        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) return fail(errnoText("prometheus socket"));
-        p->httpFd_ = fd;
-        int one = 1;
-        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_port = htons(httpPort);
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0)
-            return fail(errnoText("cannot bind 127.0.0.1:" + std::to_string(httpPort) + " for prometheus"));
-        if (::listen(fd, 16) != 0) return fail(errnoText("listen for prometheus"));
-        socklen_t len = sizeof(a);
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-        p->httpPort_ = ntohs(a.sin_port);
+    if (p->unixFd_ >= 0) {
+        p->stopFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->stopFd_ < 0) return fail(errnoText("eventfd"));
     }
-    p->stopFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (p->stopFd_ < 0) return fail(errnoText("eventfd"));
-    p->thread_ = std::thread([raw = p.get()] { raw->run(); });
+    if (httpEnabled) {
+        std::string why = p->bindHttp(httpPort);
+        if (!why.empty()) return fail(why);
+    }
+    if (p->unixFd_ >= 0) p->thread_ = std::thread([raw = p.get()] { raw->run(); });
+    if (p->http_) {
+        p->httpThread_ = std::thread([raw = p.get()] {
+            // The library writes with plain send(): a scraper that goes away mid-answer
+            // would raise SIGPIPE. It is blocked in this thread, which starts the worker
+            // pool, so the workers inherit the mask and such a write just fails (EPIPE).
+            sigset_t pipe;
+            sigemptyset(&pipe);
+            sigaddset(&pipe, SIGPIPE);
+            pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+            raw->http_->listen_after_bind();
+            raw->httpDone_ = true;
+        });
+    }
     return p;
 }
 
 Publisher::~Publisher() {
+    stopHttp();
     if (thread_.joinable()) {
         uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(stopFd_, &one, sizeof(one));
         thread_.join();
     }
     if (unixFd_ >= 0) ::close(unixFd_);
-    if (httpFd_ >= 0) ::close(httpFd_);
     if (stopFd_ >= 0) ::close(stopFd_);
     if (!socketPath_.empty()) ::unlink(socketPath_.c_str());
 }
 
+std::string Publisher::bindHttp(uint16_t port) {
+    // httplib::Server's constructor sets SIGPIPE to SIG_IGN for the whole process. The
+    // endpoint must not change how its program handles signals, so the disposition is put
+    // back (the server's own threads block SIGPIPE instead, see start()). The lock keeps
+    // endpoints opened at once on several threads from saving one another's SIG_IGN.
+    {
+        static std::mutex sigpipeMu;
+        std::lock_guard lk(sigpipeMu);
+        struct sigaction saved {};
+        ::sigaction(SIGPIPE, nullptr, &saved);
+        http_ = std::make_unique<httplib::Server>();
+        ::sigaction(SIGPIPE, &saved, nullptr);
+    }
+    httplib::Server& s = *http_;
+    s.new_task_queue = [] { return new httplib::ThreadPool(kHttpWorkers); };
+    // One request per connection and short timeouts: a stalled client holds a worker, and
+    // delays shutdown, for a second or two at most.
+    s.set_keep_alive_max_count(1);
+    s.set_keep_alive_timeout(1);
+    s.set_read_timeout(std::chrono::milliseconds(kIoTimeoutMs));
+    s.set_write_timeout(std::chrono::milliseconds(kIoTimeoutMs));
+    s.set_payload_max_length(kMaxRequest);
+    // The library's default sets SO_REUSEPORT, with which a second endpoint could bind the
+    // same port and take a share of its scrapes. SO_REUSEADDR only, as for any server.
+    // (This applies to the listening socket only; the library accepts connections with
+    // plain accept(), so those are not close-on-exec.)
+    s.set_socket_options([](int fd) {
+        int one = 1;
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    });
+    // Methods are checked before paths, and before any request body is read.
+    s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+        if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
+        res.status = 405;
+        res.set_header("Allow", "GET, HEAD");
+        res.set_content("only GET\n", "text/plain");
+        return httplib::Server::HandlerResponse::Handled;
+    });
+    s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(sources_.prometheusText(), kPrometheusContentType);
+    });
+    s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        if (res.status == 404) res.set_content("try /metrics\n", "text/plain");
+        if (res.status == 400) res.set_content("bad request\n", "text/plain");
+    });
+    errno = 0;
+    bool bound;
+    if (port == 0) {
+        int any = s.bind_to_any_port("127.0.0.1");
+        bound = any > 0;
+        if (bound) port = static_cast<uint16_t>(any);
+    } else {
+        bound = s.bind_to_port("127.0.0.1", port);
+    }
+    if (!bound) {
+        std::string why = "cannot bind 127.0.0.1:" + std::to_string(port) + " for prometheus";
+        if (errno != 0) why += std::string(": ") + std::strerror(errno);
+        http_.reset();
+        return why;
+    }
+    httpPort_ = port;
+    return {};
+}
+
+void Publisher::stopHttp() {
+    if (!httpThread_.joinable()) return;
+    // stop() only acts once the listening loop is running: wait for that (or for the loop
+    // to have ended by itself). Requests in progress finish (within the timeouts), then
+    // the workers are joined.
+    while (!http_->is_running() && !httpDone_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!httpDone_) http_->stop();
+    httpThread_.join();
+}
+
 void Publisher::run() {
     while (true) {
-        pollfd fds[3] = {{stopFd_, POLLIN, 0}, {unixFd_, POLLIN, 0}, {httpFd_, POLLIN, 0}};
-        int n = ::poll(fds, 3, -1);
+        pollfd fds[2] = {{stopFd_, POLLIN, 0}, {unixFd_, POLLIN, 0}};
+        int n = ::poll(fds, 2, -1);
         if (n < 0) {
             if (errno == EINTR) continue;
             return;
@@ -156,13 +240,6 @@ void Publisher::run() {
             int c = ::accept4(unixFd_, nullptr, nullptr, SOCK_CLOEXEC);
             if (c >= 0) {
                 serveUnix(c);
-                ::close(c);
-            }
-        }
-        if (fds[2].revents & POLLIN) {
-            int c = ::accept4(httpFd_, nullptr, nullptr, SOCK_CLOEXEC);
-            if (c >= 0) {
-                serveHttp(c);
                 ::close(c);
             }
         }
@@ -206,33 +283,6 @@ void Publisher::serveUnix(int fd) {
         return;
     }
     writeAll(fd, answer(req.substr(0, eol)));
-}
-
-void Publisher::serveHttp(int fd) {
-    setTimeouts(fd);
-    std::string req = readRequest(fd, "\r\n\r\n");
-    size_t eol = req.find("\r\n");
-    std::string line = req.substr(0, eol);
-    auto reply = [&](const char* status, const std::string& type, const std::string& body) {
-        writeAll(fd, std::string("HTTP/1.0 ") + status + "\r\nContent-Type: " + type +
-                         "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
-    };
-    size_t sp1 = line.find(' ');
-    size_t sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
-    if (sp2 == std::string::npos || !line.substr(sp2 + 1).starts_with("HTTP/")) {
-        reply("400 Bad Request", "text/plain", "bad request\n");
-        return;
-    }
-    std::string method = line.substr(0, sp1), target = line.substr(sp1 + 1, sp2 - sp1 - 1);
-    if (method != "GET") {
-        reply("405 Method Not Allowed", "text/plain", "only GET\n");
-        return;
-    }
-    if (target != "/metrics") {
-        reply("404 Not Found", "text/plain", "try /metrics\n");
-        return;
-    }
-    reply("200 OK", "text/plain; version=0.0.4", sources_.prometheusText());
 }
 
 }  // namespace homa::runtime

@@ -1,6 +1,8 @@
 // Publishes an endpoint's state to other processes: a unix-domain socket that answers
 // one-line commands (what homa-metrics reads), and a Prometheus scrape endpoint over
-// HTTP on 127.0.0.1. One background thread serves both, one short connection at a time.
+// HTTP on 127.0.0.1. One background thread serves the socket, one short connection at a
+// time; the HTTP side is a cpp-httplib server with its own listening thread and a pool of
+// two workers.
 //
 // Socket protocol: the client sends one command line, the publisher answers with text
 // and closes the connection.
@@ -11,10 +13,14 @@
 //   trace dump PATH    writes the time trace to PATH
 // Anything else gets a line starting "error: ".
 //
+// HTTP: GET (or HEAD) /metrics answers the Prometheus text; another path gets 404, another
+// method 405, a malformed request 400 (cpp-httplib's parser). One request per connection.
+//
 // Thread safety: construction and destruction from one thread; the callbacks run on the
-// publisher's thread.
+// publisher's threads, prometheusText possibly on two at once and alongside the others.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -22,6 +28,10 @@
 #include <thread>
 
 #include "homa/status.h"
+
+namespace httplib {
+class Server;
+}
 
 namespace homa::runtime {
 
@@ -49,13 +59,18 @@ class Publisher {
     Publisher() = default;
     void run();
     void serveUnix(int fd);
-    void serveHttp(int fd);
+    /// Makes http_, binds it to 127.0.0.1:port. An empty string, or why it failed.
+    std::string bindHttp(uint16_t port);
+    void stopHttp();
 
     Sources sources_;
     std::string socketPath_;
     uint16_t httpPort_ = 0;
-    int unixFd_ = -1, httpFd_ = -1, stopFd_ = -1;
-    std::thread thread_;
+    int unixFd_ = -1, stopFd_ = -1;
+    std::thread thread_;  // serves the unix socket
+    std::unique_ptr<httplib::Server> http_;
+    std::thread httpThread_;  // http_'s listening loop; it starts the worker pool
+    std::atomic<bool> httpDone_{false};  // the listening loop has returned
 };
 
 /// Expands "%p" (process id) and "%e" (the endpoint's port) in a path.

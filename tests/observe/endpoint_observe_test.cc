@@ -83,7 +83,7 @@ TEST(ObserveEndpoint, MetricsOverTheSocketAndHttp) {
 
     ASSERT_NE(server->prometheusPort(), 0);
     std::string page = httpGet(server->prometheusPort(), "/metrics");
-    EXPECT_TRUE(page.starts_with("HTTP/1.0 200 OK")) << page.substr(0, 200);
+    EXPECT_TRUE(page.starts_with("HTTP/1.1 200 OK")) << page.substr(0, 200);
     EXPECT_NE(page.find("# TYPE homa_server_requests_received_total counter"), std::string::npos);
     std::string sample = "homa_server_requests_received_total{endpoint=\"" + server->address().toString() + "\"} 20\n";
     EXPECT_NE(page.find(sample), std::string::npos) << page.substr(0, 400);

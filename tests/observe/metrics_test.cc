@@ -7,8 +7,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "client.h"
@@ -237,17 +241,133 @@ TEST(Publisher, ServesPrometheusOverHttp) {
     auto p = runtime::Publisher::start("", true, 0, fakeSources(), &err);
     ASSERT_TRUE(p) << err.toString();
     ASSERT_NE(p->httpPort(), 0);
+    const std::string body = "# TYPE homa_peers gauge\nhoma_peers 1\n";
+    ASSERT_EQ(snap(0, {{"peers", 1}}).toPrometheus(), body);
     std::string ok = httpGet(p->httpPort(), "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    EXPECT_TRUE(ok.starts_with("HTTP/1.0 200 OK\r\n")) << ok;
-    EXPECT_NE(ok.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << ok;
-    EXPECT_NE(ok.find("\r\n\r\n# TYPE homa_peers gauge\nhoma_peers 1\n"), std::string::npos) << ok;
-    EXPECT_TRUE(httpGet(p->httpPort(), "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 404")) ;
-    EXPECT_TRUE(httpGet(p->httpPort(), "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 405"));
-    EXPECT_TRUE(httpGet(p->httpPort(), "garbage\r\n\r\n").starts_with("HTTP/1.0 400"));
+    EXPECT_TRUE(ok.starts_with("HTTP/1.1 200 OK\r\n")) << ok;
+    EXPECT_NE(ok.find("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos) << ok;
+    EXPECT_NE(ok.find("\r\nContent-Length: " + std::to_string(body.size()) + "\r\n"), std::string::npos) << ok;
+    EXPECT_NE(ok.find("\r\nConnection: close\r\n"), std::string::npos) << ok;
+    EXPECT_TRUE(ok.ends_with("\r\n\r\n" + body)) << ok;
+    // An HTTP/1.0 client and a query string get the same page.
+    EXPECT_TRUE(httpGet(p->httpPort(), "GET /metrics HTTP/1.0\r\n\r\n").ends_with("\r\n\r\n" + body));
+    EXPECT_TRUE(httpGet(p->httpPort(), "GET /metrics?x=1 HTTP/1.1\r\n\r\n").ends_with("\r\n\r\n" + body));
+    // HEAD: the headers without the body.
+    std::string head = httpGet(p->httpPort(), "HEAD /metrics HTTP/1.1\r\n\r\n");
+    EXPECT_TRUE(head.starts_with("HTTP/1.1 200 OK\r\n")) << head;
+    EXPECT_TRUE(head.ends_with("\r\n\r\n")) << head;
+
+    std::string other = httpGet(p->httpPort(), "GET /other HTTP/1.1\r\n\r\n");
+    EXPECT_TRUE(other.starts_with("HTTP/1.1 404 Not Found\r\n")) << other;
+    EXPECT_TRUE(other.ends_with("\r\n\r\ntry /metrics\n")) << other;
+    // Methods are checked first, and at once: a POST without a length is not waited on.
+    auto t0 = std::chrono::steady_clock::now();
+    std::string post = httpGet(p->httpPort(), "POST /metrics HTTP/1.1\r\n\r\n");
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(900));
+    EXPECT_TRUE(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")) << post;
+    EXPECT_NE(post.find("\r\nAllow: GET, HEAD\r\n"), std::string::npos) << post;
+    EXPECT_TRUE(post.ends_with("\r\n\r\nonly GET\n")) << post;
+    EXPECT_TRUE(httpGet(p->httpPort(), "POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+                    .starts_with("HTTP/1.1 405"));
+    EXPECT_TRUE(httpGet(p->httpPort(), "DELETE /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    // What the parser rejects: a malformed request line, an unknown method or version.
+    std::string garbage = httpGet(p->httpPort(), "garbage\r\n\r\n");
+    EXPECT_TRUE(garbage.starts_with("HTTP/1.1 400 Bad Request\r\n")) << garbage;
+    EXPECT_TRUE(garbage.ends_with("\r\n\r\nbad request\n")) << garbage;
+    EXPECT_TRUE(httpGet(p->httpPort(), "FROB /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+    EXPECT_TRUE(httpGet(p->httpPort(), "GET /metrics HTTP/9.9\r\n\r\n").starts_with("HTTP/1.1 400"));
+    EXPECT_TRUE(httpGet(p->httpPort(), "GET /metrics\r\n\r\n").starts_with("HTTP/1.1 400"));
     // A port in use is a clear error.
     auto again = runtime::Publisher::start("", true, p->httpPort(), fakeSources(), &err);
     EXPECT_FALSE(again);
     EXPECT_NE(err.message().find("prometheus"), std::string::npos) << err.toString();
+    EXPECT_NE(err.message().find(std::to_string(p->httpPort())), std::string::npos) << err.toString();
+    // Freed at destruction: the port can be bound again.
+    uint16_t port = p->httpPort();
+    p.reset();
+    EXPECT_EQ(httpGet(port, "GET /metrics HTTP/1.1\r\n\r\n"), "connect failed");
+    auto rebound = runtime::Publisher::start("", true, port, fakeSources(), &err);
+    ASSERT_TRUE(rebound) << err.toString();
+    EXPECT_EQ(rebound->httpPort(), port);
+    EXPECT_TRUE(httpGet(port, "GET /metrics HTTP/1.1\r\n\r\n").ends_with(body));
+}
+
+// The process's threads: id -> blocked-signal mask (from /proc).
+std::map<int, uint64_t> threadMasks() {
+    std::map<int, uint64_t> out;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream in(e.path() / "status");
+        std::string line;
+        while (std::getline(in, line))
+            if (line.starts_with("SigBlk:")) out[std::stoi(e.path().filename())] = std::stoull(line.substr(7), nullptr, 16);
+    }
+    return out;
+}
+
+TEST(Publisher, HttpUsesFewThreadsAndLeavesSigpipeAlone) {
+    struct sigaction before {}, dfl {};
+    dfl.sa_handler = SIG_DFL;
+    ASSERT_EQ(::sigaction(SIGPIPE, &dfl, &before), 0);
+    auto base = threadMasks();
+    Status err;
+    auto p = runtime::Publisher::start("", true, 0, fakeSources(), &err);
+    ASSERT_TRUE(p) << err.toString();
+    struct sigaction now {};
+    ::sigaction(SIGPIPE, nullptr, &now);
+    EXPECT_EQ(now.sa_handler, SIG_DFL) << "the program's SIGPIPE handling is not changed";
+    // Once a request has been served the worker pool exists: the listener and two workers,
+    // each with SIGPIPE blocked (writes to a vanished client fail instead of signalling).
+    ASSERT_TRUE(httpGet(p->httpPort(), "GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    auto running = threadMasks();
+    size_t added = 0;
+    for (const auto& [tid, mask] : running) {
+        if (base.count(tid)) continue;
+        ++added;
+        EXPECT_TRUE(mask & (uint64_t{1} << (SIGPIPE - 1))) << "thread " << tid << " mask " << std::hex << mask;
+    }
+    EXPECT_EQ(added, 3u);
+    p.reset();
+    EXPECT_EQ(threadMasks().size(), base.size()) << "all the publisher's threads are joined";
+    ::sigaction(SIGPIPE, &before, nullptr);
+}
+
+TEST(Publisher, HttpStopsPromptly) {
+    // Stopped before its listening loop has started: no hang, no leaked thread.
+    size_t base = threadMasks().size();
+    for (int i = 0; i < 50; ++i) {
+        Status err;
+        auto p = runtime::Publisher::start(i % 2 ? tempPath("stop.sock") : "", true, 0, fakeSources(), &err);
+        ASSERT_TRUE(p) << err.toString();
+    }
+    EXPECT_EQ(threadMasks().size(), base);
+    // Stopped while clients hold connections open without finishing a request: within
+    // the one-second timeouts, not the library's default five.
+    Status err;
+    auto p = runtime::Publisher::start("", true, 0, fakeSources(), &err);
+    ASSERT_TRUE(p) << err.toString();
+    std::vector<int> idle;
+    auto stall = [&](const char* partial) {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(p->httpPort());
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+        ::send(fd, partial, std::strlen(partial), MSG_NOSIGNAL);
+        idle.push_back(fd);
+    };
+    // One stalled client occupies one worker; the other still answers at once.
+    stall("");
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(httpGet(p->httpPort(), "GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+    stall("GET /metr");
+    stall("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    t0 = std::chrono::steady_clock::now();
+    p.reset();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(3500));
+    EXPECT_EQ(threadMasks().size(), base);
+    for (int fd : idle) ::close(fd);
 }
 
 TEST(Publisher, PathPatterns) {
