@@ -262,7 +262,7 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
         h.msg_control = controls[i].data();
         h.msg_controllen = kCmsgSpace;
     }
-    ++stats_.recvCalls;
+    bump(rx_.calls);
     int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
     HOMA_TRACE("udp recvmmsg %u datagrams", n < 0 ? 0 : n);
     drained_ = n < static_cast<int>(batch);
@@ -272,7 +272,7 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
         const msghdr& h = hdrs[static_cast<size_t>(i)].msg_hdr;
         size_t len = hdrs[static_cast<size_t>(i)].msg_len;
         if (h.msg_flags & MSG_TRUNC) {
-            ++stats_.truncated;
+            bump(rx_.truncated);
             continue;
         }
         uint32_t segment = 0;
@@ -286,12 +286,12 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
         Address source = fromSockaddr(sources[static_cast<size_t>(i)]);
         const uint8_t* base = rxArena_.data() + static_cast<size_t>(i) * rxBufferSize_;
         if (segment == 0 || segment >= len) segment = static_cast<uint32_t>(len);
-        else ++stats_.groBuffers;
+        else bump(rx_.groBuffers);
         // A GRO buffer holds several datagrams of `segment` bytes (the last may be shorter).
         for (size_t off = 0; off < len; off += segment) {
             size_t l = std::min<size_t>(segment, len - off);
-            ++stats_.packetsReceived;
-            stats_.bytesReceived += l;
+            bump(rx_.packets);
+            bump(rx_.bytes, l);
             fn(source, std::span<const uint8_t>(base + off, l));
             ++packets;
         }

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -68,7 +69,19 @@ class UdpDriver {
     /// would only cost a system call).
     bool drained() const { return drained_; }
 
-    const UdpDriverStats& stats() const { return stats_; }
+    /// A copy of the counters. Send-side counters change under the caller's lock; the
+    /// receive-side ones are written by whichever thread runs receive(), without it, so
+    /// they are kept as relaxed atomics (plain loads and stores: one writer at a time)
+    /// and may be read from any thread.
+    UdpDriverStats stats() const {
+        UdpDriverStats s = stats_;
+        s.packetsReceived = rx_.packets.load(std::memory_order_relaxed);
+        s.bytesReceived = rx_.bytes.load(std::memory_order_relaxed);
+        s.recvCalls = rx_.calls.load(std::memory_order_relaxed);
+        s.groBuffers = rx_.groBuffers.load(std::memory_order_relaxed);
+        s.truncated = rx_.truncated.load(std::memory_order_relaxed);
+        return s;
+    }
 
   private:
     struct TxPacket {
@@ -106,7 +119,13 @@ class UdpDriver {
         uint32_t segment;
     };
     std::vector<TxMsg> txMsgs_;
-    UdpDriverStats stats_;
+    UdpDriverStats stats_;  // send side; the receive-side fields live in rx_
+    struct RxCounters {
+        std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0};
+    } rx_;
+    static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
+        c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
 };
 
 /// Socket address <-> Address conversions.

@@ -115,6 +115,32 @@ TEST(Endpoint, NewMultiPacketRequestsLoseNoPacketsInTheRuntime) {
     EXPECT_EQ(c.get("retransmitted_packets"), 0u);
 }
 
+// Counters may be read from any thread while the loop runs (the receive-side counters are
+// written without the endpoint's lock; ThreadSanitizer checks this test).
+TEST(Endpoint, MetricsCanBeReadWhileTrafficFlows) {
+    auto server = echoServer(2);
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::atomic<bool> stop{false};
+    std::atomic<int> nonMonotonic{0};
+    std::thread reader([&] {
+        uint64_t lastServer = 0, lastClient = 0;
+        while (!stop) {
+            uint64_t s = server->metrics().get("udp_receive_calls"), c = client->metrics().get("udp_receive_calls");
+            if (s < lastServer || c < lastClient) ++nonMonotonic;
+            lastServer = s;
+            lastClient = c;
+        }
+    });
+    std::vector<std::future<Response>> calls;
+    for (int i = 0; i < 400; ++i) calls.push_back(client->callFuture(server->address(), bytesOf(64 + i, 1)));
+    for (auto& f : calls) EXPECT_TRUE(f.get().status.isOk());
+    stop = true;
+    reader.join();
+    EXPECT_EQ(nonMonotonic.load(), 0);
+    EXPECT_GT(server->metrics().get("udp_receive_calls"), 0u);
+}
+
 TEST(Endpoint, BusyPollingServesCallsAndIsBounded) {
     EndpointOptions o = loopback();
     o.busyPollUs = 200;
