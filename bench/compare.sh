@@ -5,7 +5,7 @@
 #
 #   64 B round trip, P50/P99: homa-perf Homa, homa-perf TCP, sockperf UDP and TCP
 #       ping-pong (--full-rtt), gRPC unary echo (bench/grpc); Homa and sockperf UDP also
-#       with both ends pinned to one CPU, and Homa with busy polling (medians of 3 runs)
+#       with both ends pinned to one CPU (medians of 3 runs)
 #   small-RPC throughput (64 B, 64 outstanding): Homa, TCP, gRPC
 #   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
 #   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages
@@ -64,10 +64,11 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 note "== 64 B round trip"
 # Latency on a 2-core virtual machine depends on where the two ends run (waking a thread
 # on the other, idle, CPU costs far more than on the same one), and runs vary: each
-# figure is the median of $reps runs, Homa and sockperf UDP alternating, in three
-# placements: as the scheduler likes, both ends pinned to CPU 0, and Homa busy polling.
+# figure is the median of $reps runs, Homa and sockperf UDP alternating, in two
+# placements: as the scheduler likes, and both ends pinned to CPU 0. (Busy polling,
+# --busy-poll-us, needs a spare core per polling thread; on two cores it is slower.)
 reps=3
-declare -a hd50 hd99 sd50 sd99 hp50 sp50 hb50 hb99
+declare -a hd50 hd99 sd50 sd99 hp50 sp50
 for r in $(seq "$reps"); do
   f=$(hp "lat-homa-$r" --workload 64 --client-max 1)
   hd50+=("$(j "$f" .totals.rtt_p50_us)"); hd99+=("$(j "$f" .totals.rtt_p99_us)")
@@ -75,11 +76,9 @@ for r in $(seq "$reps"); do
   f=$(cpus=0 hp "lat-homa-cpu0-$r" --workload 64 --client-max 1)
   hp50+=("$(j "$f" .totals.rtt_p50_us)")
   read -r a b <<< "$(sockperf_pp udp 0)"; sp50+=("$a")
-  f=$(hp "lat-homa-busy-$r" --workload 64 --client-max 1 --busy-poll-us 50)
-  hb50+=("$(j "$f" .totals.rtt_p50_us)"); hb99+=("$(j "$f" .totals.rtt_p99_us)")
 done
 hl50=$(median "${hd50[@]}"); hl99=$(median "${hd99[@]}"); su50=$(median "${sd50[@]}"); su99=$(median "${sd99[@]}")
-hpin50=$(median "${hp50[@]}"); spin50=$(median "${sp50[@]}"); hbusy50=$(median "${hb50[@]}"); hbusy99=$(median "${hb99[@]}")
+hpin50=$(median "${hp50[@]}"); spin50=$(median "${sp50[@]}")
 tl=$(hp lat-tcp --protocol tcp --workload 64 --client-max 1)
 read -r st50 st99 <<< "$(sockperf_pp tcp)"
 g50=n/a; g99=n/a; gk=n/a
@@ -123,8 +122,6 @@ row() { printf '%-44s %12s %12s %10s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 row "64 B RTT P50 us vs sockperf UDP" "$(printf %.1f "$hl50")" "$su50"
 row "64 B RTT P99 us vs sockperf UDP" "$(printf %.1f "$hl99")" "$su99"
 row "  both ends on CPU 0: P50 vs sockperf UDP" "$(printf %.1f "$hpin50")" "$spin50"
-row "  Homa busy polling: P50 vs sockperf UDP" "$(printf %.1f "$hbusy50")" "$su50"
-row "  Homa busy polling: P99 vs sockperf UDP" "$(printf %.1f "$hbusy99")" "$su99"
 row "64 B RTT P50 us vs sockperf TCP" "$(printf %.1f "$hl50")" "$st50"
 row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "$(j "$tl" .totals.rtt_p50_us)")"
 row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$(j "$tl" .totals.rtt_p99_us)")"
