@@ -18,6 +18,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_flag("--metrics", o->metrics, "print the endpoint counters' change over the run");
         c->add_option("--busy-poll-us", o->busyPollUs, "Homa: look at the socket this long before sleeping")
             ->check(CLI::Range(0u, 1'000'000u));
+        c->add_flag("--no-engine-cpu-time", o->noEngineCpuTime, "Homa: do not time engine calls (engine_cpu_ns)");
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");

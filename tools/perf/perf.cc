@@ -56,6 +56,7 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     HomaTransportOptions h;
     h.mtu = o.mtu;
     h.busyPollUs = o.busyPollUs;
+    h.engineCpuTime = !o.noEngineCpuTime;
     h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
     h.serverWorkUs = o.serverWorkUs;
     if (o.maxPending > 0) h.protocol.maxPendingRequests = o.maxPending;

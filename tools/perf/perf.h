@@ -35,6 +35,7 @@ struct PerfOptions {
     double linkGbps = 25;     ///< for slowdown
     uint32_t mtu = 1500;
     uint32_t busyPollUs = 0;  ///< Homa endpoints' busy polling (EndpointOptions::busyPollUs)
+    bool noEngineCpuTime = false;  ///< EndpointOptions::engineCpuTime = false
     uint64_t seed = 1;
     std::string json;
     bool metrics = false;
