@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cinttypes>
 #include <cstdio>
 
@@ -13,17 +14,11 @@ constexpr std::array<std::string_view, 10> kGauges = {
     "incoming_outstanding", "active_grants", "calls_in_flight", "requests_queued", "trace_enabled",
 };
 
+// Decimal digits only (no sign, no spaces), the whole string, no overflow.
 bool parseUnsigned(std::string_view s, uint64_t& out) {
-    if (s.empty() || s.size() > 20) return false;
-    uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return false;
-        uint64_t next = v * 10 + static_cast<uint64_t>(c - '0');
-        if (next / 10 != v) return false;
-        v = next;
-    }
-    out = v;
-    return true;
+    if (s.empty() || s.front() < '0' || s.front() > '9') return false;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return ec == std::errc() && end == s.data() + s.size();
 }
 
 bool validName(std::string_view n) {
@@ -75,7 +70,12 @@ std::string MetricsSnapshot::toText() const {
 
 std::string MetricsSnapshot::toPrometheus(std::string_view labels) const {
     std::string s;
-    std::string lab = labels.empty() ? std::string() : "{" + std::string(labels) + "}";
+    std::string lab;
+    if (!labels.empty()) {
+        lab += '{';
+        lab += labels;
+        lab += '}';
+    }
     for (const auto& [n, v] : counters) {
         bool gauge = isGauge(n);
         std::string name = "homa_" + n + (gauge ? "" : "_total");

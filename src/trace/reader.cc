@@ -1,6 +1,7 @@
 #include "trace/reader.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -34,17 +35,11 @@ std::string_view word(std::string_view s, size_t& pos) {
     return s.substr(start, pos - start);
 }
 
+// Decimal digits only (no sign, no spaces), the whole string, no overflow.
 bool parseUnsigned(std::string_view s, uint64_t& out) {
-    if (s.empty() || s.size() > 20) return false;
-    uint64_t v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return false;
-        uint64_t next = v * 10 + static_cast<uint64_t>(c - '0');
-        if (next / 10 != v) return false;
-        v = next;
-    }
-    out = v;
-    return true;
+    if (s.empty() || s.front() < '0' || s.front() > '9') return false;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return ec == std::errc() && end == s.data() + s.size();
 }
 
 }  // namespace

@@ -240,14 +240,25 @@ std::string dumpToString() {
 
 bool dump(const std::string& path, std::string* error) {
     std::string text = dumpToString();
-    std::FILE* f = std::fopen(path.c_str(), "w");
+    // Written under a temporary name and renamed: whoever waits for the file (a test, a
+    // script collecting traces) never reads half of it.
+    const std::string partial = path + ".partial";
+    std::FILE* f = std::fopen(partial.c_str(), "w");
     if (!f) {
-        if (error) *error = "cannot write " + path + ": " + std::strerror(errno);
+        if (error) *error = "cannot write " + partial + ": " + std::strerror(errno);
         return false;
     }
     bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
     ok = (std::fclose(f) == 0) && ok;
-    if (!ok && error) *error = "error writing " + path;
+    if (ok && std::rename(partial.c_str(), path.c_str()) != 0) {
+        if (error) *error = "cannot rename " + partial + " to " + path + ": " + std::strerror(errno);
+        std::remove(partial.c_str());
+        return false;
+    }
+    if (!ok) {
+        if (error) *error = "error writing " + partial;
+        std::remove(partial.c_str());
+    }
     return ok;
 }
 
