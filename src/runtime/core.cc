@@ -329,12 +329,14 @@ int64_t Core::iterate(int64_t maxWaitNs) {
 }
 
 void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+    // Counted before they run: whoever a callback tells that its call finished must find
+    // that call counted.
+    threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
     for (auto& [callback, response] : ready) {
         HOMA_TRACE("callback id %u", response.id);
         callback(std::move(response));
     }
-    threadCounters_.add(kCallbacksRun, ready.size());
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);
     ready.clear();
 }
@@ -583,6 +585,9 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
         workers_.emplace_back([this, handler] {
             while (auto request = receive(-1)) {
                 ++tDeferFlush;
+                // Counted before it runs: its response may reach the client (through
+                // another thread's flush) before this thread is done.
+                threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
                 try {
                     handler(std::move(*request));
@@ -590,7 +595,6 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                     // A throwing handler drops its request (the client sees a failure); the
                     // worker goes on serving.
                 }
-                threadCounters_.add(kHandlerCalls, 1);
                 threadCounters_.add(kHandlerCycles, trace::readClock() - start);
                 --tDeferFlush;
                 // Responses wait for at most one more handler: they go out now unless

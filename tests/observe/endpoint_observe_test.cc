@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <thread>
 
 #include "client.h"
@@ -92,6 +93,34 @@ TEST(ObserveEndpoint, MetricsOverTheSocketAndHttp) {
     server->shutdown();
     struct stat st;
     EXPECT_NE(::stat(path.c_str(), &st), 0) << "shutdown removes the socket";
+}
+
+// A handler or callback is counted before it runs, so that whoever learns of its effect
+// (a client with its response, a caller told by the callback) finds it counted.
+TEST(ObserveEndpoint, HandlersAndCallbacksAreCountedBeforeTheyRun) {
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    std::promise<uint64_t> inHandler;
+    ASSERT_TRUE(server
+                    ->serve(
+                        [&](ServerRequest r) {
+                            inHandler.set_value(server->metrics().get("handler_calls"));
+                            r.respond(r.message().bytes());
+                        },
+                        1)
+                    .isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<uint64_t> inCallback;
+    client->callAsync(server->address(), std::vector<uint8_t>(10, 1), [&](Response r) {
+        EXPECT_TRUE(r.status.isOk());
+        inCallback.set_value(client->metrics().get("callbacks_run"));
+    });
+    auto h = inHandler.get_future(), c = inCallback.get_future();
+    ASSERT_EQ(h.wait_for(10s), std::future_status::ready);
+    ASSERT_EQ(c.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(h.get(), 1u);
+    EXPECT_EQ(c.get(), 1u);
 }
 
 TEST(ObserveEndpoint, BadObservabilityOptionsAreClearErrors) {
