@@ -469,7 +469,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
                 return;
             }
-            handleResend(rpc, p.resend, now);
+            handleResend(rpc, p.resend);
             return;
         case wire::PacketType::Busy:
             if (!rpc) break;

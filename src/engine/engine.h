@@ -196,7 +196,7 @@ class Engine {
     void updateSendable(Rpc* rpc);
     void transmitData(Time now);
     void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit);
-    void handleResend(Rpc* rpc, const wire::ResendHeader& r, Time now);
+    void handleResend(Rpc* rpc, const wire::ResendHeader& r);
 
     // timer.cc
     void runTick(Time now);

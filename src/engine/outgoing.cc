@@ -76,7 +76,7 @@ void Engine::transmitData(Time now) {
     pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
 }
 
-void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r, Time) {
+void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r) {
     if (rpc->state == RpcState::ServerIncoming || rpc->state == RpcState::ServerInService) {
         if (r.length != wire::kResendAll) {
             // A range of a response we never started: the client holds response state

@@ -681,13 +681,23 @@ namespace {
 
 // Receive livelock (seed 003): past maxPendingRequests, new requests are dropped before
 // any state exists for them, while work in progress goes on; the refused client retries.
-TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
+// B admits one pending request at a time; A's first request fills it.
+Config oneRequestServer() {
     Config cb = baseConfig();
     cb.maxPendingRequests = 1;
-    Pair p(baseConfig(), cb);
+    return cb;
+}
+std::vector<Delivery> fillTheServer(Pair& p) {
     p.call(100, 1);
     p.pump();
     auto first = p.deliveries(p.b);
+    EXPECT_EQ(first.size(), 1u);
+    return first;
+}
+
+TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
+    Pair p(baseConfig(), oneRequestServer());
+    auto first = fillTheServer(p);
     ASSERT_EQ(first.size(), 1u);
     p.call(100, 2);
     p.pump();
@@ -715,12 +725,8 @@ TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
 // A refused request's client is told BUSY: it neither times out while the server is
 // alive nor floods it with RESENDs; each BUSY doubles its wait (up to half the timeout).
 TEST(Engine, RefusedClientIsToldBusyAndBacksOffWithoutTimingOut) {
-    Config cb = baseConfig();
-    cb.maxPendingRequests = 1;
-    Pair p(baseConfig(), cb);
-    p.call(100, 1);
-    p.pump();
-    auto first = p.deliveries(p.b);
+    Pair p(baseConfig(), oneRequestServer());
+    auto first = fillTheServer(p);
     ASSERT_EQ(first.size(), 1u);
     uint64_t refused = p.call(100, 2);
     p.pump();

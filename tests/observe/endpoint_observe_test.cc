@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "client.h"
+#include "http_client.h"
 #include "homa/endpoint.h"
 #include "homa/trace.h"
 #include "trace/reader.h"
@@ -32,23 +33,7 @@ std::string tempPath(const std::string& name) {
 }
 
 std::string httpGet(uint16_t port, const std::string& target) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-        ::close(fd);
-        return "connect failed";
-    }
-    std::string req = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-    std::string out;
-    char buf[8192];
-    ssize_t n;
-    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-    ::close(fd);
-    return out;
+    return test_http::httpExchange(port, "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n");
 }
 
 TEST(ObserveEndpoint, MetricsOverTheSocketAndHttp) {

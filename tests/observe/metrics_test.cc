@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "client.h"
+#include "http_client.h"
 #include "homa/metrics.h"
 #include "homa/trace.h"
 #include "runtime/publisher.h"
@@ -143,22 +144,7 @@ runtime::Publisher::Sources fakeSources() {
 }
 
 std::string httpGet(uint16_t port, const std::string& request) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-        ::close(fd);
-        return "connect failed";
-    }
-    ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-    std::string out;
-    char buf[4096];
-    ssize_t n;
-    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-    ::close(fd);
-    return out;
+    return test_http::httpExchange(port, request);
 }
 
 TEST(Publisher, AnswersCommandsOnItsSocket) {
