@@ -300,8 +300,11 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
 }
 
 bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady) {
-    pollfd fds[2] = {{fd_, POLLIN, 0}, {extraFd, POLLIN, 0}};
-    int nfds = extraFd >= 0 ? 2 : 1;
+    return wait(timeoutNs, extraFd, extraReady, -1, nullptr);
+}
+
+bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady, int secondFd, bool* secondReady) {
+    pollfd fds[3] = {{fd_, POLLIN, 0}, {extraFd, POLLIN, 0}, {secondFd, POLLIN, 0}};
     timespec ts;
     timespec* tp = nullptr;
     if (timeoutNs >= 0) {
@@ -310,9 +313,11 @@ bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady) {
         tp = &ts;
     }
     HOMA_TRACE("udp wait timeout_ns %u", timeoutNs);
-    int r = ::ppoll(fds, static_cast<nfds_t>(nfds), tp, nullptr);
+    // A negative descriptor is ignored by ppoll (its revents stay 0).
+    int r = ::ppoll(fds, 3, tp, nullptr);
     HOMA_TRACE("udp woke socket %u", r > 0 && (fds[0].revents & POLLIN));
-    if (extraReady) *extraReady = r > 0 && nfds == 2 && (fds[1].revents & POLLIN);
+    if (extraReady) *extraReady = r > 0 && extraFd >= 0 && (fds[1].revents & POLLIN);
+    if (secondReady) *secondReady = r > 0 && secondFd >= 0 && (fds[2].revents & POLLIN);
     return r > 0 && (fds[0].revents & POLLIN);
 }
 

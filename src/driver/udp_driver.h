@@ -65,6 +65,8 @@ class UdpDriver {
     /// (negative: forever). Returns true if the socket is readable; *extraReady tells
     /// whether `extraFd` is.
     bool wait(int64_t timeoutNs, int extraFd, bool* extraReady = nullptr);
+    /// The same with two other descriptors (either may be -1).
+    bool wait(int64_t timeoutNs, int extraFd, bool* extraReady, int secondFd, bool* secondReady);
     /// Whether the last receive() drained the socket (so reading again before waiting
     /// would only cost a system call).
     bool drained() const { return drained_; }

@@ -120,6 +120,11 @@ class Engine {
     void advance(Time now);
     /// When advance() is next needed (kNever when the engine is idle).
     Time nextWakeup() const;
+    /// The two parts of nextWakeup(). The tick is coarse: running it up to one tick late
+    /// only delays RESENDs and timeouts by that much, so a host may drive it from a
+    /// periodic timer. The pacer's wake-up is precise (a few microseconds ahead).
+    Time nextTickDue() const;
+    Time nextPacerWakeup() const;
 
     // ---- Outputs and inspection
     bool pollDelivery(Delivery& out);

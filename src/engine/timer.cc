@@ -11,12 +11,16 @@
 
 namespace homa::engine {
 
-Time Engine::nextWakeup() const {
-    Time t = kNever;
-    if (!allRpcs_.empty() || !peersWithAcks_.empty() || peers_.size() > cfg_.peerGcThreshold)
-        t = nextTick_;
-    if (pacerDeferred_ && !sendable_.empty()) t = std::min(t, nic_.idleAt() - cfg_.maxNicQueueNs);
-    return t;
+Time Engine::nextWakeup() const { return std::min(nextTickDue(), nextPacerWakeup()); }
+
+Time Engine::nextTickDue() const {
+    if (!allRpcs_.empty() || !peersWithAcks_.empty() || peers_.size() > cfg_.peerGcThreshold) return nextTick_;
+    return kNever;
+}
+
+Time Engine::nextPacerWakeup() const {
+    if (pacerDeferred_ && !sendable_.empty()) return nic_.idleAt() - cfg_.maxNicQueueNs;
+    return kNever;
 }
 
 void Engine::advance(Time now) {

@@ -1,6 +1,7 @@
 #include "runtime/core.h"
 
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@ uint64_t clockSeededFirstId() {
 }
 constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a wait even with nothing due
 constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
+constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets or the tick timer
 
 // Nonzero while this thread runs code after which a flush is certain (callbacks inside
 // the loop, a handler whose worker flushes when it runs out of queued requests): packets
@@ -70,6 +72,8 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
     }
     core->wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    // Without a timer (it cannot fail in practice) every wait carries a timeout instead.
+    core->tickFd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
     return core;
 }
@@ -114,6 +118,7 @@ Core::~Core() {
     shutdown();
     if (wakeFd_ >= 0) ::close(wakeFd_);
     if (pollThreadFd_ >= 0) ::close(pollThreadFd_);
+    if (tickFd_ >= 0) ::close(tickFd_);
 }
 
 void Core::transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
@@ -297,11 +302,8 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         driver_->flush();
         idle = rx.empty() && ready.empty() && !shutdown_;
         if (idle) {
-            int64_t until = engine_->nextWakeup();
-            if (!deadlines_.empty()) until = std::min<int64_t>(until, deadlines_.begin()->first);
-            waitNs = until == engine::kNever ? kMaxPollWaitNs : std::max<int64_t>(0, until - now);
+            waitNs = sleepBudget(now);
             if (maxWaitNs > 0) waitNs = std::min(waitNs, maxWaitNs);
-            waitNs = std::min(waitNs, kMaxPollWaitNs);
         }
     }
     if (freeze) freezeTrace();
@@ -350,21 +352,75 @@ void Core::freezeTrace() {
     if (!trace::dump(path, &error)) std::fprintf(stderr, "homa: FREEZE: %s\n", error.c_str());
 }
 
+int64_t Core::sleepBudget(int64_t now) {
+    const int64_t period = options_.protocol.tickNs;
+    const int64_t tick = engine_->nextTickDue();
+    int64_t precise = engine_->nextPacerWakeup();
+    if (!deadlines_.empty()) precise = std::min<int64_t>(precise, deadlines_.begin()->first);
+    if (tick != engine::kNever) {
+        tickIdleSince_ = 0;
+        if (!tickArmed_) setTickTimer(now, true);
+    } else if (tickArmed_) {
+        // Disarmed lazily: an endpoint between two RPCs would otherwise arm and disarm
+        // the timer for each.
+        if (tickIdleSince_ == 0) {
+            tickIdleSince_ = now;
+        } else if (now - tickIdleSince_ >= period) {
+            setTickTimer(now, false);
+        }
+    }
+    int64_t until = precise;
+    if (tickArmed_) {
+        const int64_t nextExpiry = tickArmedAt_ + ((now - tickArmedAt_) / period + 1) * period;
+        if (precise >= nextExpiry) return kUntilTimer;  // the timer ends the wait in time
+    } else {
+        until = std::min(until, tick);
+    }
+    if (until == engine::kNever) return kMaxPollWaitNs;
+    return std::clamp<int64_t>(until - now, 0, kMaxPollWaitNs);
+}
+
+void Core::setTickTimer(int64_t now, bool on) {
+    tickIdleSince_ = 0;
+    if (tickFd_ < 0) return;
+    const int64_t period = options_.protocol.tickNs;
+    auto spec = [](int64_t ns) { return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)}; };
+    itimerspec its{};
+    if (on) {
+        its.it_interval = spec(period);
+        its.it_value = spec(now + period);  // absolute: nowNs() reads CLOCK_MONOTONIC
+    }
+    if (timerfd_settime(tickFd_, on ? TFD_TIMER_ABSTIME : 0, &its, nullptr) != 0) return;
+    HOMA_TRACE("tick timer %u", on ? 1 : 0);
+    tickArmed_ = on;
+    tickArmedAt_ = now;
+}
+
 bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
+    bool ticked = false;
+    bool readable = false;
+    bool done = false;
     const int64_t spinNs = static_cast<int64_t>(options_.busyPollUs) * 1000;
     if (spinNs > 0 && waitNs > 0) {
         const int64_t start = nowNs();
         const int64_t until = start + std::min(waitNs, spinNs);
         int64_t now = start;
         do {
-            if (driver_->wait(0, fd, poked)) return true;
-            if (*poked) return false;
+            readable = driver_->wait(0, fd, poked, tickFd_, &ticked);
+            done = readable || *poked || ticked;
             now = nowNs();
-        } while (now < until);
-        waitNs -= now - start;
-        if (waitNs <= 0) return false;
+        } while (!done && now < until);
+        if (waitNs != kUntilTimer) {
+            waitNs -= now - start;
+            done = done || waitNs <= 0;
+        }
     }
-    return driver_->wait(waitNs, fd, poked);
+    if (!done) readable = driver_->wait(waitNs == kUntilTimer ? -1 : waitNs, fd, poked, tickFd_, &ticked);
+    if (ticked) {
+        uint64_t expirations;
+        [[maybe_unused]] auto n = ::read(tickFd_, &expirations, sizeof(expirations));
+    }
+    return readable;
 }
 
 void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now) {

@@ -102,6 +102,11 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
     /// with busy polling, looks without sleeping first.
     bool waitForPackets(int64_t waitNs, int fd, bool* poked);
+    /// How long an idle loop may sleep (under mu_): kUntilTimer when only the tick timer
+    /// needs to wake it. Arms the tick timer while the engine has ticks due, disarms it
+    /// once the engine has had none for a whole tick.
+    int64_t sleepBudget(int64_t now);
+    void setTickTimer(int64_t now, bool on);
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);
@@ -122,6 +127,14 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::unique_ptr<engine::Engine> engine_;
     int wakeFd_ = -1;        // interrupts a loop owner's wait (shutdown)
     int pollThreadFd_ = -1;  // interrupts the poll thread's wait
+    // The engine's ticks are driven by one periodic timer rather than by a timeout on
+    // every wait: a wait with a timeout arms and cancels a kernel timer each time, which
+    // costs microseconds per RPC on virtual machines. Only the pacer and call deadlines
+    // (precise times) still give a wait a timeout. Fields under mu_.
+    int tickFd_ = -1;
+    bool tickArmed_ = false;
+    int64_t tickArmedAt_ = 0;    // the timer expires at tickArmedAt_ + k * tickNs, k >= 1
+    int64_t tickIdleSince_ = 0;  // armed with no tick due since then (0: a tick is due)
     std::atomic<bool> socketReadable_{false};  // set by the poll thread without the loop
     bool justDrained_ = false;                 // loop owner only: see iterate()
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
