@@ -201,6 +201,9 @@ void Engine::freeRpc(Rpc* rpc) {
     } else {
         serverRpcs_.erase(ServerKey{rpc->peer, rpc->clientId()});
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
+        // Never delivered, so never executed: the client may send it again (after
+        // RPC_UNKNOWN) and must then be served, not dropped as a repeat.
+        if (rpc->state == RpcState::ServerIncoming && rpc->peer->seen) rpc->peer->seen->forget(rpc->clientId());
     }
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));

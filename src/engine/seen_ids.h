@@ -1,7 +1,8 @@
 // The client RPC ids a server has ever created state for, per client endpoint. This is
 // what makes execution at-most-once: a request packet for an id in this set that no
 // longer has an RPC (finished, acknowledged and freed; or abandoned) is dropped, however
-// late it arrives, instead of starting the RPC again.
+// late it arrives, instead of starting the RPC again. A request given up while it was
+// still arriving (never executed) is forgotten, so that the client's retry is served.
 //
 // Client ids grow by 2 from a per-endpoint start, so the set is a sliding bitmap over
 // the last `window` ids plus the rule that every id below the window counts as seen.
@@ -38,6 +39,14 @@ class SeenIds {
         if (i < base_) return;
         if (i >= base_ + capacity()) slide(i - capacity() + 1);
         bits_[(i % capacity()) / 64] |= uint64_t{1} << (i % 64);
+    }
+
+    /// Unmarks `id` (a request given up before it was executed may come again). Ids
+    /// below the window stay seen.
+    void forget(uint64_t id) {
+        uint64_t i = id >> 1;
+        if (!initialised_ || i < base_ || i >= base_ + capacity()) return;
+        bits_[(i % capacity()) / 64] &= ~(uint64_t{1} << (i % 64));
     }
 
     uint64_t capacity() const { return bits_.size() * 64; }

@@ -227,6 +227,33 @@ TEST(Scenario, ServerRestartedMidRequestRecoversTheMissingBytes) {
     EXPECT_GT(c.engine(1).metrics().resendsSent, 0u);
 }
 
+// The server gives up on a request that stopped arriving (its packets were lost for
+// longer than the timeout, while the server's RESENDs kept the client waiting). The
+// request was never executed, so when the client, told RPC_UNKNOWN, sends it again the
+// server must take it as new: it once counted the id as served and dropped every packet
+// of the retry as stale, and the client timed out.
+TEST(Scenario, RequestAbandonedMidwayIsServedWhenTheClientRetries) {
+    Cluster c(2, testConfig());
+    EchoServer server;
+    server.install(c.host(1));
+    Client client;
+    client.install(c.host(0));
+    ASSERT_TRUE(client.call(c.host(0), 1, 1, 500'000, 100).isOk());
+    const sim::Time start = 100'000;
+    const sim::Time heal = start + static_cast<sim::Time>(c.config.timeoutTicks + 20) * c.config.tickNs;
+    c.net.at(start, [&] { c.net.setFaults(1, sim::Faults{.loss = 1.0}); });  // nothing reaches the server
+    c.net.at(heal, [&] { c.net.clearFaults(1); });
+    c.runToIdle();
+    EXPECT_GT(c.engine(1).metrics().serverRpcsTimedOut, 0u) << "the server never gave up on the request";
+    EXPECT_EQ(client.rpcs[1].failures, 0) << client.rpcs[1].status.toString();
+    EXPECT_EQ(client.rpcs[1].responses, 1);
+    EXPECT_TRUE(client.rpcs[1].correct);
+    EXPECT_GT(c.engine(0).metrics().clientRestarts, 0u);
+    EXPECT_EQ(server.seen.size(), 1u);
+    EXPECT_EQ(server.duplicates, 0);
+    expectClean(c);
+}
+
 TEST(Scenario, SameSeedSameTrace) {
     auto run = [](uint64_t seed) {
         Cluster c(3, testConfig(), seed);

@@ -39,5 +39,17 @@ TEST(SeenIds, ARestartedClientWithClockSeededIdsIsServed) {
     EXPECT_TRUE(s.contains(50));
 }
 
+TEST(SeenIds, ForgetUnmarksOnlyThatIdAndOnlyInsideTheWindow) {
+    SeenIds s(128);
+    s.insert(1000);
+    s.insert(1002);
+    s.forget(1000);
+    EXPECT_FALSE(s.contains(1000));
+    EXPECT_TRUE(s.contains(1002));
+    s.insert(1000 + 2 * 1000);  // slides the window past 1002
+    s.forget(1002);
+    EXPECT_TRUE(s.contains(1002)) << "ids below the window always count as seen";
+}
+
 }  // namespace
 }  // namespace homa::engine
