@@ -75,7 +75,7 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
         return fail({StatusCode::InvalidArgument, "batch must be between 1 and 1024"});
     std::unique_ptr<UdpDriver> d(new UdpDriver());
     d->ipv6_ = !bind.isIpv4();
-    d->fd_ = ::socket(d->ipv6_ ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    d->fd_ = ::socket(d->ipv6_ ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (d->fd_ < 0) return fail(sysError("socket"));
     int size = options.socketBufferBytes;
     // As root the FORCE variants ignore the system-wide limits; otherwise take what we get.
@@ -212,7 +212,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     while (done < msgs.size()) {
         ++stats_.sendCalls;
         HOMA_TRACE("udp sendmmsg %u datagrams", msgs.size() - done);
-        int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), 0);
+        int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == ENOBUFS) {
@@ -243,7 +243,29 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     }
 }
 
-int UdpDriver::receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn) {
+bool UdpDriver::wakeReceiver() {
+    // To the bound address, or to loopback when bound to the wildcard address.
+    Address to = local_;
+    bool wildcard = true;
+    for (uint8_t b : to.ip) wildcard = wildcard && b == 0;
+    if (to.isIpv4() && to.ipv4Host() == 0) {
+        to = Address::ipv4(0x7f000001, local_.port);
+    } else if (wildcard) {
+        to.ip[15] = 1;  // ::1
+    }
+    sockaddr_storage ss;
+    socklen_t len;
+    toSockaddr(to, ipv6_, &ss, &len);
+    return ::sendto(fd_, "", 0, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+}
+
+void UdpDriver::shutdownReceive() {
+    // On a UDP socket this marks the receive side shut and wakes every blocked reader
+    // (it reports ENOTCONN for an unconnected socket, but does it all the same).
+    ::shutdown(fd_, SHUT_RD);
+}
+
+int UdpDriver::readBatch(bool block) {
     constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(int)) * 2;
     static_assert(kCmsgSpace <= kControlBytes);
     const size_t batch = static_cast<size_t>(batch_);
@@ -263,14 +285,37 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
         h.msg_controllen = kCmsgSpace;
     }
     bump(rx_.calls);
-    int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), MSG_DONTWAIT, nullptr);
+    // The socket itself blocks: MSG_DONTWAIT makes every other read non-blocking.
+    int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), block ? MSG_WAITFORONE : MSG_DONTWAIT, nullptr);
     HOMA_TRACE("udp recvmmsg %u datagrams", n < 0 ? 0 : n);
     drained_ = n < static_cast<int>(batch);
+    return n;
+}
+
+bool UdpDriver::blockForPackets() {
+    if (held_ > 0) return true;
+    int n = readBatch(true);
+    // Zero datagrams means the receive side was shut down.
+    if (n <= 0) return false;
+    held_ = n;
+    return true;
+}
+
+int UdpDriver::receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn) {
+    int n = held_;
+    held_ = 0;
+    if (n == 0) n = readBatch(false);
     if (n <= 0) return 0;
+    auto& hdrs = rxHdrs_;
+    auto& sources = rxSources_;
     int packets = 0;
     for (int i = 0; i < n; ++i) {
         const msghdr& h = hdrs[static_cast<size_t>(i)].msg_hdr;
         size_t len = hdrs[static_cast<size_t>(i)].msg_len;
+        if (len == 0) {  // wakeReceiver(), or anyone's empty datagram: nothing to deliver
+            bump(rx_.empty);
+            continue;
+        }
         if (h.msg_flags & MSG_TRUNC) {
             bump(rx_.truncated);
             continue;

@@ -34,7 +34,7 @@ struct UdpDriverOptions {
 struct UdpDriverStats {
     uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
     int lastSendErrno = 0;
-    uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0;
+    uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0, emptyDatagrams = 0;
 };
 
 class UdpDriver {
@@ -61,6 +61,15 @@ class UdpDriver {
     /// Receives what is waiting, up to one batch, without blocking; calls
     /// fn(source, packet) for each packet. Returns the number of packets.
     int receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn);
+    /// Blocks until at least one datagram arrives and keeps what it read for the next
+    /// receive(): one system call both waits and reads. Returns false without waiting for
+    /// packets if it was interrupted (shutdownReceive(), a signal, an error).
+    bool blockForPackets();
+    /// Wakes a thread blocked in blockForPackets() with an empty datagram sent to this
+    /// socket (receive() counts and skips empty datagrams). False if it could not be sent.
+    bool wakeReceiver();
+    /// Ends every present and future blockForPackets() at once (used at shutdown).
+    void shutdownReceive();
     /// Waits until the socket (or `extraFd`, if >= 0) is readable or `timeoutNs` passes
     /// (negative: forever). Returns true if the socket is readable; *extraReady tells
     /// whether `extraFd` is.
@@ -82,6 +91,7 @@ class UdpDriver {
         s.recvCalls = rx_.calls.load(std::memory_order_relaxed);
         s.groBuffers = rx_.groBuffers.load(std::memory_order_relaxed);
         s.truncated = rx_.truncated.load(std::memory_order_relaxed);
+        s.emptyDatagrams = rx_.empty.load(std::memory_order_relaxed);
         return s;
     }
 
@@ -96,12 +106,15 @@ class UdpDriver {
     };
     UdpDriver() = default;
     void sendRange(size_t begin, size_t end);
+    /// One recvmmsg into the receive arena; returns the datagram count (<= 0: none).
+    int readBatch(bool block);
 
     int fd_ = -1;
     bool ipv6_ = false;
     bool gso_ = false;
     bool gro_ = false;
     bool drained_ = false;
+    int held_ = 0;  // datagrams read by blockForPackets(), delivered by the next receive()
     Address local_;
     uint32_t maxPacket_ = 0;
     int batch_ = 32;
@@ -123,7 +136,7 @@ class UdpDriver {
     std::vector<TxMsg> txMsgs_;
     UdpDriverStats stats_;  // send side; the receive-side fields live in rx_
     struct RxCounters {
-        std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0};
+        std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0}, empty{0};
     } rx_;
     static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

@@ -1,5 +1,6 @@
 #include "runtime/core.h"
 
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -33,6 +34,8 @@ constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets or the t
 // the loop, a handler whose worker flushes when it runs out of queued requests): packets
 // queued meanwhile go out together in one sendmmsg instead of one system call each.
 thread_local int tDeferFlush = 0;
+// True while this thread runs iterate() (the loop, and callbacks inside it).
+thread_local bool tLoopThread = false;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 }  // namespace
 
@@ -74,6 +77,14 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
     core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Without a timer (it cannot fail in practice) every wait carries a timeout instead.
     core->tickFd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (options.pollThread && options.busyPollUs == 0 && core->tickFd_ >= 0) {
+        // The wake-up datagram must reach the socket (it cannot where loopback is down).
+        bool poked = false;
+        if (core->driver_->wakeReceiver() && core->driver_->wait(100'000'000, -1, &poked)) {
+            core->driver_->receive([](const Address&, std::span<const uint8_t>) {});
+            core->blockingReceive_ = true;
+        }
+    }
     if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
     return core;
 }
@@ -223,7 +234,20 @@ void Core::pollThreadMain() {
     std::unique_lock lk(mu_);
     while (!shutdown_) {
         if (appWaiters_ > 0 || loopBusy_) {
-            pollThreadCv_.wait_for(lk, std::chrono::nanoseconds(kPollThreadRecheckNs));
+            // An application thread runs the loop, perhaps blocked in a receive that no
+            // timer ends: this thread runs the engine's timers meanwhile. It looks again
+            // at least every tick.
+            const int64_t waitNs = tickArmed_ ? -1 : kPollThreadRecheckNs;
+            lk.unlock();
+            pollfd fds[2] = {{pollThreadFd_, POLLIN, 0}, {tickFd_, POLLIN, 0}};
+            timespec ts{static_cast<time_t>(waitNs / 1'000'000'000), static_cast<long>(waitNs % 1'000'000'000)};
+            int r = ::ppoll(fds, 2, waitNs < 0 ? nullptr : &ts, nullptr);
+            uint64_t count;
+            if (r > 0 && (fds[0].revents & POLLIN)) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
+            const bool ticked = r > 0 && (fds[1].revents & POLLIN);
+            if (ticked) [[maybe_unused]] auto n = ::read(tickFd_, &count, sizeof(count));
+            lk.lock();
+            if (ticked && !shutdown_) runTimers(lk);
             continue;
         }
         loopBusy_ = true;
@@ -238,6 +262,7 @@ void Core::pollThreadMain() {
         }
         if (waitNs < kShortestSleepNs || appWaiters_ > 0 || shutdown_) continue;  // see iterate()
         pollThreadWaiting_ = true;
+        ++socketWaits_;
         lk.unlock();
         bool poked = false;
         if (waitForPackets(waitNs, pollThreadFd_, &poked)) socketReadable_ = true;
@@ -250,6 +275,38 @@ void Core::pollThreadMain() {
     }
 }
 
+void Core::runTimers(std::unique_lock<std::mutex>& lk) {
+    ++timerRuns_;
+    std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    const int64_t now = nowNs();
+    const uint64_t engineStart = engineClock();
+    if (now >= engine_->nextWakeup()) engine_->advance(now);
+    countEngineTime(engineStart);
+    dispatch(ready, now);
+    driver_->flush();
+    sleepBudget(now);  // disarms the timer once the engine has no more ticks due
+    afterEngineWork(now);
+    if (ready.empty()) return;
+    lk.unlock();
+    ++tDeferFlush;
+    runCallbacks(ready);
+    --tDeferFlush;
+    lk.lock();
+    driver_->flush();
+}
+
+void Core::afterEngineWork(int64_t now) {
+    if (!tickArmed_ && engine_->nextTickDue() != engine::kNever) setTickTimer(now, true);
+    if (!loopBusy_ || tLoopThread || loopOwner_ == nullptr) return;
+    if (loopOwner_->done || engine_->nextPacerWakeup() != engine::kNever) {
+        if (ownerBlocked_) {
+            driver_->wakeReceiver();
+        } else {
+            pokeLoop();
+        }
+    }
+}
+
 int64_t Core::iterate(int64_t maxWaitNs) {
     struct Rx {
         Address source;
@@ -259,6 +316,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     thread_local std::vector<Rx> rx;
     thread_local std::vector<std::pair<Endpoint::Callback, Response>> ready;
     rx.clear();
+    tLoopThread = true;
     // Bounded work per iteration: one receive batch. Skipped right after a read that
     // emptied the socket, when the next step is to wait anyway (saves a system call per
     // packet); the wait then says whether there is more.
@@ -270,6 +328,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
     bool idle = false;
+    bool block = false;
     bool freeze = false;
     if (!rx.empty()) HOMA_TRACE("loop rx %u packets", rx.size());
     {
@@ -300,10 +359,18 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         dispatch(ready, now);
         freeze = engine_->takeFreeze();
         driver_->flush();
-        idle = rx.empty() && ready.empty() && !shutdown_;
+        // (A timer may have finished the owner's own call: then it must not wait.)
+        idle = rx.empty() && ready.empty() && !shutdown_ && !(loopOwner_ && loopOwner_->done);
         if (idle) {
             waitNs = sleepBudget(now);
             if (maxWaitNs > 0) waitNs = std::min(waitNs, maxWaitNs);
+            block = blockingReceive_ && maxWaitNs < 0 && waitNs == kUntilTimer && loopOwner_ != nullptr;
+            if (block) {
+                ownerBlocked_ = true;
+                ++blockingReceives_;
+            } else if (maxWaitNs != 0 && waitNs >= kShortestSleepNs) {
+                ++socketWaits_;
+            }
         }
     }
     if (freeze) freezeTrace();
@@ -319,7 +386,13 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
         // the pacer's waits are a few microseconds, so for those only look at the socket.
         if (waitNs < kShortestSleepNs) waitNs = 0;
-        socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
+        if (block) {
+            HOMA_TRACE("loop blocks in receive");
+            socketReadable_ = driver_->blockForPackets();
+            ownerBlocked_ = false;
+        } else {
+            socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
+        }
         // A wait that ends without packets (a timer is due) leaves the socket known empty.
         if (!socketReadable_) justDrained_ = true;
         if (poked) {
@@ -327,6 +400,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             [[maybe_unused]] auto n = ::read(wakeFd_, &count, sizeof(count));
         }
     }
+    tLoopThread = false;
     return idle ? waitNs : 0;
 }
 
@@ -523,6 +597,7 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     Status s = engine_->startRequest(server, request, 0, now, &id);
     countEngineTime(engineStart);
     driver_->flush();
+    afterEngineWork(now);
     if (!s.isOk()) {
         ++callsFailed_[static_cast<size_t>(s.code()) % callsFailed_.size()];
         mu_.unlock();
@@ -573,7 +648,8 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
                     c.deadline = now + options.timeout.count();
                     deadlines_.insert({c.deadline, id});
                 }
-                if (!loopBusy_) pollThreadCv_.notify_one();
+                afterEngineWork(now);
+                if (!loopBusy_ && !pollThreadWaiting_) pokePollThread();
                 return id;
             }
             r.status = s;
@@ -591,10 +667,12 @@ Status Core::abort(RpcId id) {
     {
         std::lock_guard lk(mu_);
         if (!calls_.contains(id)) return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
-        engine_->abortClientRpc(id, nowNs());
+        const int64_t now = nowNs();
+        engine_->abortClientRpc(id, now);
         Response r;
         r.status = Status(StatusCode::Aborted, "aborted by the application");
         finishCall(id, std::move(r), ready);
+        afterEngineWork(now);
     }
     runCallbacks(ready);
     return {};
@@ -667,26 +745,32 @@ Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> r
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
     const uint64_t engineStart = engineClock();
-    Status s = engine_->sendResponse({client, id}, response, nowNs());
+    const int64_t now = nowNs();
+    Status s = engine_->sendResponse({client, id}, response, now);
     countEngineTime(engineStart);
     maybeFlush();
+    afterEngineWork(now);
     return s;
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
     std::lock_guard lk(mu_);
     const uint64_t engineStart = engineClock();
-    engine_->abortServerRpc({client, id}, nowNs());
+    const int64_t now = nowNs();
+    engine_->abortServerRpc({client, id}, now);
     countEngineTime(engineStart);
     maybeFlush();
+    afterEngineWork(now);
 }
 
 void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
     std::lock_guard lk(mu_);
     const uint64_t engineStart = engineClock();
-    engine_->releaseMessage({data, length, capacity}, nowNs());
+    const int64_t now = nowNs();
+    engine_->releaseMessage({data, length, capacity}, now);
     countEngineTime(engineStart);
     maybeFlush();
+    afterEngineWork(now);
 }
 
 void Core::poll(int64_t timeoutNs) {
@@ -777,6 +861,10 @@ MetricsSnapshot Core::metrics() {
     add("loop_passes", loopPasses_);
     add("loop_iterations", loopIterations_);
     add("call_timeouts", callTimeouts_);
+    add("socket_waits", socketWaits_);
+    add("blocking_receives", blockingReceives_);
+    add("poll_thread_timer_runs", timerRuns_);
+    add("tick_timer_armed", tickArmed_ ? 1 : 0);
     const double cyclesPerNs = trace::cyclesPerNs();
     auto ns = [&](uint64_t cycles) { return static_cast<uint64_t>(static_cast<double>(cycles) / cyclesPerNs); };
     add("engine_cpu_ns", ns(engineCycles_));
@@ -790,6 +878,7 @@ MetricsSnapshot Core::metrics() {
     add("udp_receive_calls", ds.recvCalls);
     add("udp_gso_batches", ds.gsoBatches);
     add("udp_send_errors", ds.sendErrors);
+    add("udp_empty_datagrams", ds.emptyDatagrams);
     return s;
 }
 
@@ -822,8 +911,10 @@ std::vector<RpcSnapshot> Core::rpcs() {
 Status Core::sendFreeze(const Address& peer) {
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
-    engine_->sendFreeze(peer, nowNs());
+    const int64_t now = nowNs();
+    engine_->sendFreeze(peer, now);
     maybeFlush();
+    afterEngineWork(now);
     return {};
 }
 
@@ -852,8 +943,8 @@ void Core::shutdown() {
             calls_.clear();
             deadlines_.clear();
             for (Waiter* w : sleepers_) w->cv.notify_one();
-            pollThreadCv_.notify_all();
             pokeLoop();
+            if (driver_) driver_->shutdownReceive();  // a loop owner blocked in the socket
             pokePollThread();
             orphans.swap(requests_);
             publisher = std::move(publisher_);

@@ -107,6 +107,14 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// once the engine has had none for a whole tick.
     int64_t sleepBudget(int64_t now);
     void setTickTimer(int64_t now, bool on);
+    /// Under mu_, after engine work done outside the loop (calls from other threads, the
+    /// poll thread's timers): arms the tick timer if the engine now has ticks due, and
+    /// ends the loop owner's wait if that work finished its call or left the pacer
+    /// something to send.
+    void afterEngineWork(int64_t now);
+    /// The poll thread's job while an application thread runs the loop: runs the engine's
+    /// timers and call deadlines (a thread blocked in a receive sees no timer).
+    void runTimers(std::unique_lock<std::mutex>& lk);
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);
@@ -136,6 +144,12 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     int64_t tickArmedAt_ = 0;    // the timer expires at tickArmedAt_ + k * tickNs, k >= 1
     int64_t tickIdleSince_ = 0;  // armed with no tick due since then (0: a tick is due)
     std::atomic<bool> socketReadable_{false};  // set by the poll thread without the loop
+    // An application thread that runs the loop with nothing precise to wait for blocks in
+    // the socket's receive (one system call to wait and read, as a plain UDP program
+    // does) rather than in ppoll followed by a read. It needs the poll thread (timers)
+    // and a working wake-up datagram, checked at creation.
+    bool blockingReceive_ = false;
+    std::atomic<bool> ownerBlocked_{false};  // the loop owner is in blockForPackets()
     bool justDrained_ = false;                 // loop owner only: see iterate()
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
 
@@ -149,14 +163,13 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::deque<ServerRequest> requests_;   // requests nobody was waiting for
     absl::flat_hash_map<RpcId, Call> calls_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;
-    std::condition_variable pollThreadCv_;
     std::thread pollThread_;
     std::vector<std::thread> workers_;
     bool serving_ = false;
 
     // Runtime counters (under mu_).
     uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
-             callTimeouts_ = 0, loopIterations_ = 0;
+             callTimeouts_ = 0, loopIterations_ = 0, socketWaits_ = 0, blockingReceives_ = 0, timerRuns_ = 0;
     uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
     std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
     // Counters of application code run outside mu_ (per thread).

@@ -96,6 +96,85 @@ TEST(Endpoint, SmallRpcsReadTheSocketOncePerPacket) {
     EXPECT_LE(chainClient, 1.3);
 }
 
+// A thread waiting for its own synchronous call, or for a request, with nothing timed to
+// wait for, waits inside the socket's receive: one system call both waits and reads (a
+// ppoll and then a read cost one more per packet, as much as the RPC's own send).
+TEST(Endpoint, SynchronousWaitersBlockInTheSocketItself) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    auto req = bytesOf(64, 5);
+    ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+    constexpr int kRpcs = 200;
+    MetricsSnapshot s0 = server->metrics(), c0 = client->metrics();
+    for (int i = 0; i < kRpcs; ++i) ASSERT_TRUE(client->call(server->address(), req).status.isOk()) << i;
+    MetricsSnapshot ds = server->metrics() - s0, dc = client->metrics() - c0;
+    for (auto* d : {&ds, &dc}) {
+        const char* who = d == &ds ? "server" : "client";
+        std::printf("%s: blocking receives %lu, socket waits %lu, receive calls %lu for %d RPCs\n", who,
+                    static_cast<unsigned long>(d->get("blocking_receives")),
+                    static_cast<unsigned long>(d->get("socket_waits")),
+                    static_cast<unsigned long>(d->get("udp_receive_calls")), kRpcs);
+        EXPECT_GE(d->get("blocking_receives"), kRpcs * 9 / 10) << who;
+        EXPECT_LE(d->get("socket_waits"), kRpcs / 10) << who;
+        EXPECT_LE(d->get("udp_receive_calls"), kRpcs * 13 / 10) << who;
+    }
+}
+
+// A thread blocked in the socket sees no timer: the poll thread runs the engine's ticks
+// for it, and wakes it when they end its call (here the engine's own timeout, as the
+// server never answers and the call has no timeout of its own).
+TEST(Endpoint, CallBlockedInTheSocketStillTimesOut) {
+    int hole = socket(AF_INET, SOCK_DGRAM, 0);  // swallows requests, answers nothing
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_addr.s_addr = htonl(0x7f000001);
+    ASSERT_EQ(bind(hole, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
+    socklen_t len = sizeof(at);
+    ASSERT_EQ(getsockname(hole, reinterpret_cast<sockaddr*>(&at), &len), 0);
+    EndpointOptions o = loopback();
+    o.protocol.timeoutTicks = 30;
+    auto client = Endpoint::open(o);
+    ASSERT_TRUE(client);
+    Response r = client->call(Address::ipv4(0x7f000001, ntohs(at.sin_port)), bytesOf(100, 1));
+    EXPECT_EQ(r.status.code(), StatusCode::Timeout) << r.status.toString();
+    MetricsSnapshot m = client->metrics();
+    EXPECT_GE(m.get("blocking_receives"), 1u);
+    EXPECT_GE(m.get("poll_thread_timer_runs"), 5u) << "the ticks came from somewhere else";
+    close(hole);
+}
+
+// The tick timer runs while the engine has RPCs, and stops once it has had nothing to
+// do for a tick: an idle endpoint does not wake up every millisecond.
+TEST(Endpoint, IdleEndpointStopsItsTickTimer) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<void> inFlight, release;
+    auto released = release.get_future().share();
+    auto slow = Endpoint::open(loopback());
+    ASSERT_TRUE(slow);
+    ASSERT_TRUE(slow->serve([&, released](ServerRequest r) {
+                         inFlight.set_value();
+                         released.wait();
+                         r.respond(r.message().bytes());
+                     }, 1)
+                    .isOk());
+    std::future<Response> pending = client->callFuture(slow->address(), bytesOf(10, 1));
+    inFlight.get_future().wait();
+    EXPECT_EQ(client->metrics().get("tick_timer_armed"), 1u) << "a call in flight needs ticks";
+    release.set_value();
+    ASSERT_TRUE(pending.get().status.isOk());
+    ASSERT_TRUE(client->call(server->address(), bytesOf(10, 2)).status.isOk());
+    for (auto* ep : {client.get(), server.get(), slow.get()}) {
+        for (int i = 0; i < 300 && ep->metrics().get("tick_timer_armed") != 0; ++i) std::this_thread::sleep_for(10ms);
+        EXPECT_EQ(ep->metrics().get("tick_timer_armed"), 0u);
+        uint64_t before = ep->metrics().get("loop_iterations");
+        std::this_thread::sleep_for(200ms);
+        EXPECT_LE(ep->metrics().get("loop_iterations") - before, 10u) << "an idle loop kept waking up";
+    }
+}
+
 // The packets of a new multi-packet request usually arrive in one receive batch; every
 // one of them must reach the engine (the runtime once kept only the first, and the rest
 // came back only after a RESEND, milliseconds later). On loopback nothing is lost, so
@@ -291,8 +370,10 @@ TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
         client->callAsync(server->address(), bytesOf(50'000, static_cast<uint8_t>(i)), [&](Response r) {
             if (r.status.isOk() && r.message.size() == 50'000) ++ok;
         });
+    uint64_t empty = 0;
     for (int i = 0; i < 3000; ++i) {
         std::vector<uint8_t> junk(rng() % 100);
+        if (junk.empty()) ++empty;
         for (auto& b : junk) b = static_cast<uint8_t>(rng());
         if (i % 3 == 0 && junk.size() >= 28) junk[11] = 0x10;  // claims to be DATA
         sendto(fd, junk.data(), junk.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
@@ -302,6 +383,8 @@ TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
     EXPECT_EQ(ok.load(), 20);
     MetricsSnapshot m = server->metrics();
     EXPECT_GT(m.get("dropped_malformed"), 100u);
+    ASSERT_GT(empty, 0u);
+    EXPECT_GE(m.get("udp_empty_datagrams"), empty);
     Response r = client->call(server->address(), bytesOf(100, 3));
     EXPECT_TRUE(r.status.isOk());
 }
