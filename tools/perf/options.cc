@@ -37,6 +37,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::Range(1, 100'000));
         c->add_option("--gbps", o->gbps, "open loop: Poisson arrivals offering this many Gbps of requests")
             ->check(CLI::Range(0.0, 1000.0));
+        c->add_option("--calls", o->callMode,
+                      "closed loop: sync (--client-max threads making synchronous calls), async "
+                      "(completion callbacks), auto (sync for --client-max 1 with Homa)")
+            ->check(CLI::IsMember({"auto", "sync", "async"}));
         c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
         c->add_option("--duration", o->duration, "seconds of load")->check(CLI::Range(0.1, 86400.0));
         c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
@@ -92,6 +96,14 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
     }
     if ((o->role == "server" || o->role == "local") && !Address::parse(o->bind)) {
         *error = "--bind: '" + o->bind + "' is not an address";
+        return false;
+    }
+    if (o->callMode == "sync" && o->protocol != "homa") {
+        *error = "--calls sync: only Homa has synchronous calls (the TCP baseline is event driven)";
+        return false;
+    }
+    if (o->callMode == "sync" && o->gbps > 0) {
+        *error = "--calls sync: only for the closed loop (no --gbps)";
         return false;
     }
     return true;

@@ -93,6 +93,12 @@ void printMetrics(const char* who, const MetricsSnapshot& diff) {
 
 // ---------------------------------------------------------------- client
 
+/// Whether the closed loop makes synchronous calls (see PerfOptions::callMode).
+bool usesSyncCalls(const PerfOptions& o, const ClientTransport& t) {
+    if (o.gbps > 0 || !t.hasSyncCalls()) return false;
+    return o.callMode == "sync" || (o.callMode == "auto" && o.clientMax == 1);
+}
+
 class LoadGenerator {
   public:
     LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
@@ -105,8 +111,11 @@ class LoadGenerator {
         startNs_ = nowNs();
         const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
         std::thread open;
+        std::vector<std::thread> callers;
         if (o_.gbps > 0) {
             open = std::thread([this, end] { openLoop(end); });
+        } else if (syncCalls()) {
+            for (int i = 0; i < o_.clientMax; ++i) callers.emplace_back([this] { syncLoop(); });
         } else {
             for (int i = 0; i < o_.clientMax; ++i) issue();
         }
@@ -120,6 +129,7 @@ class LoadGenerator {
         }
         stopping_ = true;
         if (open.joinable()) open.join();
+        for (auto& t : callers) t.join();
         std::unique_lock lk(mu_);
         cv_.wait_for(lk, std::chrono::seconds(10), [this] { return outstanding_ == 0; });
         elapsedNs_ = std::min(nowNs(), end) - startNs_;
@@ -133,43 +143,65 @@ class LoadGenerator {
     uint64_t bytesOut = 0, bytesIn = 0;
 
   private:
-    void issue() {
+    bool syncCalls() const { return usesSyncCalls(o_, transport_); }
+
+    struct Call {
         uint32_t size, reqLen, respLen;
+        size_t server;
+    };
+    /// Draws the next call and builds its request in `request`; false once stopping.
+    bool prepare(Call* c, std::vector<uint8_t>& request) {
         {
             std::lock_guard lk(mu_);
-            if (stopping_) return;
-            size = dist_.sample(rng_);
+            if (stopping_) return false;
+            c->size = dist_.sample(rng_);
             ++outstanding_;
         }
-        reqLen = std::max<uint32_t>(size, 4);
-        respLen = o_.oneWay ? 8 : std::max<uint32_t>(size, 1);
-        size_t server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
+        c->reqLen = std::max<uint32_t>(c->size, 4);
+        c->respLen = o_.oneWay ? 8 : std::max<uint32_t>(c->size, 1);
+        c->server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
+        request.assign(scratch_.begin(), scratch_.begin() + c->reqLen);
+        putResponseLength(request.data(), c->respLen);
+        return true;
+    }
+    /// Records a finished call; returns whether the closed loop goes on.
+    bool finish(const Call& c, const CallResult& r, int64_t rtt) {
+        std::lock_guard lk(mu_);
+        --outstanding_;
+        if (r.ok) {
+            samples.push_back({c.size, c.reqLen + c.respLen, rtt});
+            intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
+            bytesOut += c.reqLen;
+            bytesIn += r.responseLength;
+            intervalOut_ += c.reqLen;
+            intervalIn_ += r.responseLength;
+        } else {
+            ++errors;
+            if (firstError.empty()) firstError = r.error;
+        }
+        if (outstanding_ == 0) cv_.notify_all();
+        return !stopping_ && o_.gbps == 0;
+    }
+
+    void issue() {
+        Call c;
         thread_local std::vector<uint8_t> request;
-        request.assign(scratch_.begin(), scratch_.begin() + reqLen);
-        putResponseLength(request.data(), respLen);
+        if (!prepare(&c, request)) return;
         int64_t start = nowNs();
-        transport_.call(server, request, [this, size, reqLen, respLen, start](CallResult r) {
-            int64_t rtt = nowNs() - start;
-            bool again;
-            {
-                std::lock_guard lk(mu_);
-                --outstanding_;
-                if (r.ok) {
-                    samples.push_back({size, reqLen + respLen, rtt});
-                    intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
-                    bytesOut += reqLen;
-                    bytesIn += r.responseLength;
-                    intervalOut_ += reqLen;
-                    intervalIn_ += r.responseLength;
-                } else {
-                    ++errors;
-                    if (firstError.empty()) firstError = r.error;
-                }
-                again = !stopping_ && o_.gbps == 0;
-                if (outstanding_ == 0) cv_.notify_all();
-            }
-            if (again) issue();
+        transport_.call(c.server, request, [this, c, start](CallResult r) {
+            if (finish(c, r, nowNs() - start)) issue();
         });
+    }
+
+    void syncLoop() {
+        Call c;
+        std::vector<uint8_t> request;
+        CallResult r;
+        while (prepare(&c, request)) {
+            int64_t start = nowNs();
+            transport_.callSync(c.server, request, &r);
+            if (!finish(c, r, nowNs() - start)) break;
+        }
     }
 
     void openLoop(int64_t end) {
@@ -233,12 +265,19 @@ class LoadGenerator {
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
 };
 
-// Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown.
+// Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown
+// (synchronous calls where the transport has them: no thread hand-over).
 double measureBaseRtt(ClientTransport& t) {
     std::vector<double> rtts;
     std::vector<uint8_t> req(100, 1);
     putResponseLength(req.data(), 100);
     for (int i = 0; i < 300; ++i) {
+        CallResult result;
+        int64_t begin = nowNs();
+        if (t.hasSyncCalls() && t.callSync(0, req, &result)) {
+            if (result.ok) rtts.push_back(static_cast<double>(nowNs() - begin) / 1e3);
+            continue;
+        }
         std::mutex mu;
         std::condition_variable cv;
         bool done = false, ok = false;
@@ -297,7 +336,9 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %.0f Gbps\n",
                 o.protocol.c_str(), o.workload.c_str(),
                 o.gbps > 0 ? ("open loop " + std::to_string(o.gbps) + " Gbps").c_str()
-                           : ("closed loop, " + std::to_string(o.clientMax) + " outstanding").c_str(),
+                           : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +
+                              (usesSyncCalls(o, *transport) ? " (synchronous calls)" : ""))
+                                 .c_str(),
                 o.duration, model.baseRttUs, measured ? "measured" : "given", o.linkGbps);
     std::fflush(stdout);
 
@@ -338,6 +379,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["schema"] = 1;
         j["options"] = {{"protocol", o.protocol},     {"workload", o.workload},   {"max_length", o.maxLength},
                         {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
+                        {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};

@@ -27,6 +27,9 @@ struct PerfOptions {
     uint32_t maxLength = 1'000'000;
     int clientMax = 16;       ///< outstanding RPCs (closed loop; also the open-loop cap)
     double gbps = 0;          ///< open loop: offered request bytes per second, in Gbps
+    /// Closed loop: "sync" (client-max threads each making synchronous calls), "async"
+    /// (callbacks issue the next call), or "auto" (sync for one outstanding Homa RPC).
+    std::string callMode = "auto";
     bool oneWay = false;      ///< responses of 8 bytes instead of the request's size
     double duration = 5;      ///< seconds of load
     int tcpConnections = 1;   ///< per server

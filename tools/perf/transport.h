@@ -30,6 +30,12 @@ class ClientTransport {
     virtual ~ClientTransport() = default;
     /// Sends `request` to server `server` (an index into the list given at creation).
     virtual void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) = 0;
+    /// A synchronous call on the calling thread, if the transport has one (false if not).
+    virtual bool callSync(size_t server, std::span<const uint8_t> request, CallResult* result) {
+        (void)server, (void)request, (void)result;
+        return false;
+    }
+    virtual bool hasSyncCalls() const { return false; }
     /// Stops: outstanding calls complete (with an error if need be) before this returns.
     virtual void stop() = 0;
 };
