@@ -50,6 +50,9 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--busy-poll-us", "2000000"},
         {"local", "--busy-poll-us", "soon"},
         {"local", "--no-engine-cpu-time=maybe"},
+        {"local", "--calls", "sometimes"},
+        {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
+        {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},
         {},
     };
@@ -135,6 +138,27 @@ TEST(PerfLocal, HomaEndToEndWritesJson) {
     nlohmann::json j = nlohmann::json::parse(f);
     checkSchema(j, "homa");
     EXPECT_TRUE(j["options"]["capped"].get<bool>()) << "w2 reaches 3.5 MB: capped at 1 MB";
+}
+
+// One outstanding RPC: synchronous calls on one thread by default; --calls async keeps
+// the callback-driven loop. The JSON says which ran, and both complete RPCs.
+TEST(PerfLocal, OneOutstandingRpcUsesSynchronousCallsUnlessAsked) {
+    for (const char* mode : {"auto", "async", "sync"}) {
+        PerfOptions o;
+        std::string e;
+        std::string path = tempPath((std::string("calls-") + mode).c_str());
+        ASSERT_TRUE(parse({"local", "--workload", "64", "--duration", "1.1", "--client-max", "1", "--calls", mode,
+                           "--json", path, "--quiet"},
+                          &o, &e))
+            << e;
+        EXPECT_EQ(runLocal(o), 0);
+        std::ifstream f(path);
+        nlohmann::json j = nlohmann::json::parse(f);
+        checkSchema(j, "homa");
+        EXPECT_EQ(j["options"]["calls"], std::string(mode) == "async" ? "async" : "sync") << mode;
+        EXPECT_GT(j["totals"]["rpcs"].get<uint64_t>(), 10u) << mode;
+        EXPECT_EQ(j["totals"]["errors"].get<uint64_t>(), 0u) << mode;
+    }
 }
 
 TEST(PerfLocal, TcpEndToEndWritesJson) {
