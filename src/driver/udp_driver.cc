@@ -261,7 +261,9 @@ bool UdpDriver::wakeReceiver() {
 
 void UdpDriver::shutdownReceive() {
     // On a UDP socket this marks the receive side shut and wakes every blocked reader
-    // (it reports ENOTCONN for an unconnected socket, but does it all the same).
+    // (it reports ENOTCONN for an unconnected socket, but does it all the same). A read
+    // then returns at once with an empty datagram, and poll reports the socket readable
+    // for good: only for shutdown.
     ::shutdown(fd_, SHUT_RD);
 }
 
@@ -295,8 +297,7 @@ int UdpDriver::readBatch(bool block) {
 bool UdpDriver::blockForPackets() {
     if (held_ > 0) return true;
     int n = readBatch(true);
-    // Zero datagrams means the receive side was shut down.
-    if (n <= 0) return false;
+    if (n <= 0) return false;  // interrupted, or an error
     held_ = n;
     return true;
 }

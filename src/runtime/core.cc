@@ -79,11 +79,20 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
     core->tickFd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (options.pollThread && options.busyPollUs == 0 && core->tickFd_ >= 0) {
         // The wake-up datagram must reach the socket (it cannot where loopback is down).
-        bool poked = false;
-        if (core->driver_->wakeReceiver() && core->driver_->wait(100'000'000, -1, &poked)) {
-            core->driver_->receive([](const Address&, std::span<const uint8_t>) {});
-            core->blockingReceive_ = true;
+        // A peer's packet arriving meanwhile proves nothing, and goes to the engine.
+        const uint64_t before = core->driver_->stats().emptyDatagrams;
+        const int64_t until = nowNs() + 100'000'000;
+        bool sent = core->driver_->wakeReceiver();
+        while (sent && core->driver_->stats().emptyDatagrams == before && nowNs() < until) {
+            if (!core->driver_->wait(until - nowNs(), -1)) continue;
+            const int64_t now = nowNs();
+            if (core->driver_->receive([&](const Address& a, std::span<const uint8_t> b) {
+                    core->engine_->handlePacket(a, b, now);
+                }) > 0)
+                core->engine_->finishBatch(now);
+            core->driver_->flush();
         }
+        core->blockingReceive_ = core->driver_->stats().emptyDatagrams > before;
     }
     if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
     return core;
@@ -236,12 +245,13 @@ void Core::pollThreadMain() {
         if (appWaiters_ > 0 || loopBusy_) {
             // An application thread runs the loop, perhaps blocked in a receive that no
             // timer ends: this thread runs the engine's timers meanwhile. It looks again
-            // at least every tick.
-            const int64_t waitNs = tickArmed_ ? -1 : kPollThreadRecheckNs;
+            // at least every kPollThreadRecheckNs even with the timer stopped, since the
+            // owner may leave the loop without telling it (see releaseLoop).
+            const int64_t waitNs = kPollThreadRecheckNs;
             lk.unlock();
             pollfd fds[2] = {{pollThreadFd_, POLLIN, 0}, {tickFd_, POLLIN, 0}};
             timespec ts{static_cast<time_t>(waitNs / 1'000'000'000), static_cast<long>(waitNs % 1'000'000'000)};
-            int r = ::ppoll(fds, 2, waitNs < 0 ? nullptr : &ts, nullptr);
+            int r = ::ppoll(fds, 2, &ts, nullptr);
             uint64_t count;
             if (r > 0 && (fds[0].revents & POLLIN)) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
             const bool ticked = r > 0 && (fds[1].revents & POLLIN);
@@ -298,13 +308,26 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
 void Core::afterEngineWork(int64_t now) {
     if (!tickArmed_ && engine_->nextTickDue() != engine::kNever) setTickTimer(now, true);
     if (!loopBusy_ || tLoopThread || loopOwner_ == nullptr) return;
-    if (loopOwner_->done || engine_->nextPacerWakeup() != engine::kNever) {
-        if (ownerBlocked_) {
-            driver_->wakeReceiver();
-        } else {
-            pokeLoop();
-        }
+    // What the owner must wake for: its own call finished, the pacer has packets to send,
+    // or a call deadline falls before the tick timer's next expiry (the owner's wait
+    // must then be timed for it).
+    bool wake = loopOwner_->done || engine_->nextPacerWakeup() != engine::kNever;
+    if (!wake && !deadlines_.empty())
+        wake = !tickArmed_ || deadlines_.begin()->first < nextTimerExpiry(now);
+    if (!wake) return;
+    if (!ownerBlocked_) {
+        pokeLoop();
+    } else if (!driver_->wakeReceiver()) {
+        // Not sent (e.g. the send buffer is full): try again at the next tick, with the
+        // timer kept running for it (see sleepBudget).
+        ownerWakeFailed_ = true;
+        if (!tickArmed_) setTickTimer(now, true);
     }
+}
+
+int64_t Core::nextTimerExpiry(int64_t now) const {
+    const int64_t period = options_.protocol.tickNs;
+    return tickArmedAt_ + ((now - tickArmedAt_) / period + 1) * period;
 }
 
 int64_t Core::iterate(int64_t maxWaitNs) {
@@ -365,6 +388,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             waitNs = sleepBudget(now);
             if (maxWaitNs > 0) waitNs = std::min(waitNs, maxWaitNs);
             block = blockingReceive_ && maxWaitNs < 0 && waitNs == kUntilTimer && loopOwner_ != nullptr;
+            ownerWakeFailed_ = false;
             if (block) {
                 ownerBlocked_ = true;
                 ++blockingReceives_;
@@ -389,7 +413,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         if (block) {
             HOMA_TRACE("loop blocks in receive");
             socketReadable_ = driver_->blockForPackets();
-            ownerBlocked_ = false;
+            ownerBlocked_ = false;  // (ownerWakeFailed_ is cleared at the next decision)
         } else {
             socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
         }
@@ -434,6 +458,8 @@ int64_t Core::sleepBudget(int64_t now) {
     if (tick != engine::kNever) {
         tickIdleSince_ = 0;
         if (!tickArmed_) setTickTimer(now, true);
+    } else if (tickArmed_ && ownerWakeFailed_ && ownerBlocked_) {
+        tickIdleSince_ = 0;  // a blocked owner still has to be woken: keep ticking
     } else if (tickArmed_) {
         // Disarmed lazily: an endpoint between two RPCs would otherwise arm and disarm
         // the timer for each.
@@ -445,8 +471,7 @@ int64_t Core::sleepBudget(int64_t now) {
     }
     int64_t until = precise;
     if (tickArmed_) {
-        const int64_t nextExpiry = tickArmedAt_ + ((now - tickArmedAt_) / period + 1) * period;
-        if (precise >= nextExpiry) return kUntilTimer;  // the timer ends the wait in time
+        if (precise >= nextTimerExpiry(now)) return kUntilTimer;  // the timer ends the wait in time
     } else {
         until = std::min(until, tick);
     }

@@ -107,6 +107,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// once the engine has had none for a whole tick.
     int64_t sleepBudget(int64_t now);
     void setTickTimer(int64_t now, bool on);
+    int64_t nextTimerExpiry(int64_t now) const;  // (under mu_, timer armed)
     /// Under mu_, after engine work done outside the loop (calls from other threads, the
     /// poll thread's timers): arms the tick timer if the engine now has ticks due, and
     /// ends the loop owner's wait if that work finished its call or left the pacer
@@ -150,6 +151,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     // and a working wake-up datagram, checked at creation.
     bool blockingReceive_ = false;
     std::atomic<bool> ownerBlocked_{false};  // the loop owner is in blockForPackets()
+    bool ownerWakeFailed_ = false;  // a wake-up datagram could not be sent (under mu_)
     bool justDrained_ = false;                 // loop owner only: see iterate()
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
 

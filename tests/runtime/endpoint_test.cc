@@ -175,6 +175,105 @@ TEST(Endpoint, IdleEndpointStopsItsTickTimer) {
     }
 }
 
+// An application thread that leaves the loop does not tell the poll thread; the poll
+// thread must still look at the socket soon, even after the tick timer stopped while that
+// thread owned the loop (it once slept for good: requests sat unread in the socket).
+TEST(Endpoint, PollThreadReadsTheSocketAfterAnOwnerLeaves) {
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(0x7f000001);
+    to.sin_port = htons(server->address().port);
+    for (int trial = 0; trial < 3; ++trial) {
+        std::atomic<int> answered{0};
+        client->callAsync(server->address(), bytesOf(10, 1), [&](Response r) { answered += r.status.isOk(); });
+        auto first = server->receive(-1ns);
+        ASSERT_TRUE(first);
+        first->respond(first->message().bytes());
+        // Own the loop for a while with no RPC left (the timer stops meanwhile); empty
+        // datagrams keep the loop turning.
+        std::atomic<bool> stop{false};
+        std::thread stray([&] {
+            while (!stop) {
+                sendto(fd, "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+                std::this_thread::sleep_for(100us);
+            }
+        });
+        EXPECT_FALSE(server->receive(100ms));
+        stop = true;
+        stray.join();
+        // Nobody waits on the server now: only its poll thread can read the next request.
+        client->callAsync(server->address(), bytesOf(10, 2), [&](Response r) { answered += r.status.isOk(); });
+        std::optional<ServerRequest> second;
+        for (int i = 0; i < 2000 && !second; ++i) {
+            second = server->receive(0ns);  // never runs the loop itself
+            if (!second) std::this_thread::sleep_for(1ms);
+        }
+        ASSERT_TRUE(second) << "trial " << trial << ": the request was never read from the socket";
+        second->respond(second->message().bytes());
+        for (int i = 0; i < 2000 && answered < 2; ++i) std::this_thread::sleep_for(1ms);
+        EXPECT_EQ(answered.load(), 2);
+    }
+    close(fd);
+}
+
+// Every way of waiting at once on one endpoint (synchronous calls, callbacks, aborts,
+// call timeouts to a peer that never answers, receive() with a timeout), with large and
+// small messages: every call ends, none hangs.
+TEST(Endpoint, MixedWaitersAllFinish) {
+    int hole = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_addr.s_addr = htonl(0x7f000001);
+    ASSERT_EQ(bind(hole, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
+    socklen_t len = sizeof(at);
+    ASSERT_EQ(getsockname(hole, reinterpret_cast<sockaddr*>(&at), &len), 0);
+    const Address silent = Address::ipv4(0x7f000001, ntohs(at.sin_port));
+    auto server = echoServer(2);
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    const uint64_t seed = 77;
+    std::printf("seed %lu\n", static_cast<unsigned long>(seed));
+    std::atomic<bool> stop{false};
+    std::atomic<int> finished{0}, wrong{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+            std::mt19937_64 rng(seed + static_cast<uint64_t>(t));
+            while (!stop) {
+                const bool toSilent = rng() % 4 == 0;
+                CallOptions o;
+                if (toSilent) o.timeout = std::chrono::microseconds(2000 + rng() % 3000);
+                const auto req = bytesOf(rng() % 3 == 0 ? 200'000 : 64, static_cast<uint8_t>(t));
+                const Address to = toSilent ? silent : server->address();
+                if (t == 3) {
+                    std::promise<Response> p;
+                    RpcId id = client->callAsync(to, req, [&](Response r) { p.set_value(std::move(r)); }, o);
+                    if (rng() % 3 == 0 && id != 0) client->abort(id);
+                    Response r = p.get_future().get();
+                    if (r.status.isOk() && r.message.size() != req.size()) ++wrong;
+                } else {
+                    Response r = client->call(to, req, o);
+                    if (!toSilent && !r.status.isOk()) ++wrong;
+                    if (toSilent && r.status.code() != StatusCode::Timeout) ++wrong;
+                }
+                ++finished;
+            }
+        });
+    threads.emplace_back([&] {
+        while (!stop) EXPECT_FALSE(client->receive(3ms));  // nobody sends the client requests
+    });
+    std::this_thread::sleep_for(1500ms);
+    stop = true;
+    for (auto& th : threads) th.join();  // a hang shows as the test's timeout
+    close(hole);
+    EXPECT_GT(finished.load(), 20);
+    EXPECT_EQ(wrong.load(), 0);
+}
+
 // The packets of a new multi-packet request usually arrive in one receive batch; every
 // one of them must reach the engine (the runtime once kept only the first, and the rest
 // came back only after a RESEND, milliseconds later). On loopback nothing is lost, so
