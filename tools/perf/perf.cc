@@ -60,6 +60,9 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
     h.serverWorkUs = o.serverWorkUs;
     if (o.maxPending > 0) h.protocol.maxPendingRequests = o.maxPending;
+    if (o.unschedBytes > 0) h.protocol.unschedBytes = o.unschedBytes;
+    if (o.maxIncoming > 0) h.protocol.maxIncoming = o.maxIncoming;
+    if (o.overcommit > 0) h.protocol.maxOvercommit = o.overcommit;
     return h;
 }
 
@@ -214,10 +217,12 @@ class LoadGenerator {
         while (!stopping_ && !interrupted) {
             next += static_cast<int64_t>(gap(arrivals));
             if (next >= end) break;
-            int64_t now;
-            while ((now = nowNs()) < next) {
-                if (next - now > 200'000) std::this_thread::sleep_for(std::chrono::nanoseconds(next - now - 100'000));
-            }
+            // Sleep, never spin: a spinning generator takes a whole core from the client
+            // and server it measures (on a 2-core machine they then share the other one
+            // and stall each other for scheduler time slices, milliseconds). Arrivals due
+            // during a sleep go out together when it ends (sleeps last at least the
+            // kernel's timer slack, about 50 us).
+            if (int64_t now = nowNs(); now < next) std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
             bool full;
             {
                 std::lock_guard lk(mu_);
@@ -381,7 +386,8 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
-                        {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs}, {"seed", o.seed},           {"servers", o.servers},
+                        {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
+                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
