@@ -35,6 +35,12 @@ TEST(PerfOptions, ClientOptionsAreParsed) {
     EXPECT_EQ(o.protocol, "tcp");
     EXPECT_TRUE(o.oneWay);
     EXPECT_EQ(o.json, "x.json");
+    PerfOptions h;
+    ASSERT_TRUE(parse({"local", "--unsched-bytes", "10000", "--max-incoming", "100000", "--overcommit", "2"}, &h, &e))
+        << e;
+    EXPECT_EQ(h.unschedBytes, 10'000u);
+    EXPECT_EQ(h.maxIncoming, 100'000u);
+    EXPECT_EQ(h.overcommit, 2);
 }
 
 TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
@@ -51,6 +57,9 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--busy-poll-us", "soon"},
         {"local", "--no-engine-cpu-time=maybe"},
         {"local", "--calls", "sometimes"},
+        {"local", "--unsched-bytes", "0"},
+        {"local", "--max-incoming", "-5"},
+        {"local", "--overcommit", "65"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},

@@ -19,6 +19,12 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--busy-poll-us", o->busyPollUs, "Homa: look at the socket this long before sleeping")
             ->check(CLI::Range(0u, 1'000'000u));
         c->add_flag("--no-engine-cpu-time", o->noEngineCpuTime, "Homa: do not time engine calls (engine_cpu_ns)");
+        c->add_option("--unsched-bytes", o->unschedBytes, "Homa: bytes of each message sent before a grant")
+            ->check(CLI::Range(1u, 10'000'000u));
+        c->add_option("--max-incoming", o->maxIncoming, "Homa: granted-but-not-received bytes, all messages")
+            ->check(CLI::Range(1u, 1'000'000'000u));
+        c->add_option("--overcommit", o->overcommit, "Homa: messages a receiver grants to at once")
+            ->check(CLI::Range(1, 64));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");

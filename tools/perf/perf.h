@@ -38,6 +38,10 @@ struct PerfOptions {
     double linkGbps = 25;     ///< for slowdown
     uint32_t mtu = 1500;
     uint32_t busyPollUs = 0;  ///< Homa endpoints' busy polling (EndpointOptions::busyPollUs)
+    // Homa protocol parameters (0: the library's default)
+    uint32_t unschedBytes = 0;
+    uint32_t maxIncoming = 0;
+    int overcommit = 0;
     bool noEngineCpuTime = false;  ///< EndpointOptions::engineCpuTime = false
     uint64_t seed = 1;
     std::string json;
