@@ -26,9 +26,9 @@ uint64_t clockSeededFirstId() {
     uint64_t ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
     return ns & ~uint64_t{1};
 }
-constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a wait even with nothing due
+constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a timed wait
 constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
-constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets or the tick timer
+constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
 
 // Nonzero while this thread runs code after which a flush is certain (callbacks inside
 // the loop, a handler whose worker flushes when it runs out of queued requests): packets
@@ -475,7 +475,9 @@ int64_t Core::sleepBudget(int64_t now) {
     } else {
         until = std::min(until, tick);
     }
-    if (until == engine::kNever) return kMaxPollWaitNs;
+    // Nothing due at all: only packets or other threads (which poke the loop, or arm the
+    // timer: afterEngineWork) can give the loop work.
+    if (until == engine::kNever) return kUntilTimer;
     return std::clamp<int64_t>(until - now, 0, kMaxPollWaitNs);
 }
 

@@ -121,6 +121,42 @@ TEST(Endpoint, SynchronousWaitersBlockInTheSocketItself) {
     }
 }
 
+// The same after the endpoint has gone idle (its tick timer stopped): the first request
+// after a pause is waited for in the socket too, not in a timed ppoll.
+TEST(Endpoint, IdleWaitersBlockInTheSocketToo) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    auto req = bytesOf(64, 6);
+    ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(0x7f000001);
+    to.sin_port = htons(server->address().port);
+    constexpr int kPauses = 10;
+    MetricsSnapshot s0 = server->metrics();
+    for (int i = 0; i < kPauses; ++i) {
+        for (int w = 0; w < 300 && server->metrics().get("tick_timer_armed") != 0; ++w)
+            std::this_thread::sleep_for(2ms);
+        ASSERT_EQ(server->metrics().get("tick_timer_armed"), 0u) << "the server never went idle";
+        // An empty datagram turns the idle loop once: it must wait in the socket again.
+        const uint64_t iterations = server->metrics().get("loop_iterations");
+        sendto(fd, "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+        for (int w = 0; w < 300 && server->metrics().get("loop_iterations") == iterations; ++w)
+            std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(1ms);
+        ASSERT_TRUE(client->call(server->address(), req).status.isOk()) << i;
+    }
+    MetricsSnapshot ds = server->metrics() - s0;
+    std::printf("server after %d pauses: blocking receives %lu, socket waits %lu\n", kPauses,
+                static_cast<unsigned long>(ds.get("blocking_receives")),
+                static_cast<unsigned long>(ds.get("socket_waits")));
+    EXPECT_GE(ds.get("blocking_receives"), static_cast<uint64_t>(kPauses));
+    EXPECT_LE(ds.get("socket_waits"), 2u);
+    close(fd);
+}
+
 // A thread blocked in the socket sees no timer: the poll thread runs the engine's ticks
 // for it, and wakes it when they end its call (here the engine's own timeout, as the
 // server never answers and the call has no timeout of its own).
