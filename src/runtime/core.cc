@@ -758,8 +758,9 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 }
                 threadCounters_.add(kHandlerCycles, trace::readClock() - start);
                 --tDeferFlush;
-                // Responses wait for at most one more handler: they go out now unless
-                // another request is already queued for this worker to run first.
+                // Responses go out when this worker has no queued request left to run
+                // (or when the driver's batch fills): the responses to one burst of
+                // requests leave together in one sendmmsg.
                 std::lock_guard lk(mu_);
                 if (requests_.empty()) driver_->flush();
             }
