@@ -38,6 +38,44 @@ std::unique_ptr<Endpoint> echoServer(int threads = 1) {
     return server;
 }
 
+// A plain UDP socket sending raw datagrams to an endpoint's port on loopback.
+class RawSender {
+  public:
+    explicit RawSender(uint16_t port) : fd_(socket(AF_INET, SOCK_DGRAM, 0)) {
+        to_.sin_family = AF_INET;
+        to_.sin_addr.s_addr = htonl(0x7f000001);
+        to_.sin_port = htons(port);
+    }
+    ~RawSender() { close(fd_); }
+    void send(std::span<const uint8_t> bytes = {}) {
+        sendto(fd_, bytes.data(), bytes.size(), 0, reinterpret_cast<const sockaddr*>(&to_), sizeof(to_));
+    }
+
+  private:
+    int fd_;
+    sockaddr_in to_{};
+};
+
+// A bound UDP socket on loopback that swallows what it is sent and never answers.
+class BlackHole {
+  public:
+    BlackHole() : fd_(socket(AF_INET, SOCK_DGRAM, 0)) {
+        sockaddr_in at{};
+        at.sin_family = AF_INET;
+        at.sin_addr.s_addr = htonl(0x7f000001);
+        socklen_t len = sizeof(at);
+        if (bind(fd_, reinterpret_cast<sockaddr*>(&at), sizeof(at)) == 0 &&
+            getsockname(fd_, reinterpret_cast<sockaddr*>(&at), &len) == 0)
+            address_ = Address::ipv4(0x7f000001, ntohs(at.sin_port));
+    }
+    ~BlackHole() { close(fd_); }
+    Address address() const { return address_; }  ///< port 0 if it could not bind
+
+  private:
+    int fd_;
+    Address address_;
+};
+
 TEST(Endpoint, SynchronousEchoOfManySizes) {
     auto server = echoServer();
     auto client = Endpoint::open(loopback());
@@ -129,11 +167,7 @@ TEST(Endpoint, IdleWaitersBlockInTheSocketToo) {
     ASSERT_TRUE(client);
     auto req = bytesOf(64, 6);
     ASSERT_TRUE(client->call(server->address(), req).status.isOk());
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_addr.s_addr = htonl(0x7f000001);
-    to.sin_port = htons(server->address().port);
+    RawSender stray(server->address().port);
     constexpr int kPauses = 10;
     MetricsSnapshot s0 = server->metrics();
     for (int i = 0; i < kPauses; ++i) {
@@ -142,7 +176,7 @@ TEST(Endpoint, IdleWaitersBlockInTheSocketToo) {
         ASSERT_EQ(server->metrics().get("tick_timer_armed"), 0u) << "the server never went idle";
         // An empty datagram turns the idle loop once: it must wait in the socket again.
         const uint64_t iterations = server->metrics().get("loop_iterations");
-        sendto(fd, "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+        stray.send();
         for (int w = 0; w < 300 && server->metrics().get("loop_iterations") == iterations; ++w)
             std::this_thread::sleep_for(1ms);
         std::this_thread::sleep_for(1ms);
@@ -154,30 +188,23 @@ TEST(Endpoint, IdleWaitersBlockInTheSocketToo) {
                 static_cast<unsigned long>(ds.get("socket_waits")));
     EXPECT_GE(ds.get("blocking_receives"), static_cast<uint64_t>(kPauses));
     EXPECT_LE(ds.get("socket_waits"), 2u);
-    close(fd);
 }
 
 // A thread blocked in the socket sees no timer: the poll thread runs the engine's ticks
 // for it, and wakes it when they end its call (here the engine's own timeout, as the
 // server never answers and the call has no timeout of its own).
 TEST(Endpoint, CallBlockedInTheSocketStillTimesOut) {
-    int hole = socket(AF_INET, SOCK_DGRAM, 0);  // swallows requests, answers nothing
-    sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_addr.s_addr = htonl(0x7f000001);
-    ASSERT_EQ(bind(hole, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
-    socklen_t len = sizeof(at);
-    ASSERT_EQ(getsockname(hole, reinterpret_cast<sockaddr*>(&at), &len), 0);
+    BlackHole hole;  // swallows requests, answers nothing
+    ASSERT_NE(hole.address().port, 0);
     EndpointOptions o = loopback();
     o.protocol.timeoutTicks = 30;
     auto client = Endpoint::open(o);
     ASSERT_TRUE(client);
-    Response r = client->call(Address::ipv4(0x7f000001, ntohs(at.sin_port)), bytesOf(100, 1));
+    Response r = client->call(hole.address(), bytesOf(100, 1));
     EXPECT_EQ(r.status.code(), StatusCode::Timeout) << r.status.toString();
     MetricsSnapshot m = client->metrics();
     EXPECT_GE(m.get("blocking_receives"), 1u);
     EXPECT_GE(m.get("poll_thread_timer_runs"), 5u) << "the ticks came from somewhere else";
-    close(hole);
 }
 
 // The tick timer runs while the engine has RPCs, and stops once it has had nothing to
@@ -218,11 +245,7 @@ TEST(Endpoint, PollThreadReadsTheSocketAfterAnOwnerLeaves) {
     auto server = Endpoint::open(loopback());
     auto client = Endpoint::open(loopback());
     ASSERT_TRUE(server && client);
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_addr.s_addr = htonl(0x7f000001);
-    to.sin_port = htons(server->address().port);
+    RawSender sender(server->address().port);
     for (int trial = 0; trial < 3; ++trial) {
         std::atomic<int> answered{0};
         client->callAsync(server->address(), bytesOf(10, 1), [&](Response r) { answered += r.status.isOk(); });
@@ -234,7 +257,7 @@ TEST(Endpoint, PollThreadReadsTheSocketAfterAnOwnerLeaves) {
         std::atomic<bool> stop{false};
         std::thread stray([&] {
             while (!stop) {
-                sendto(fd, "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+                sender.send();
                 std::this_thread::sleep_for(100us);
             }
         });
@@ -253,21 +276,15 @@ TEST(Endpoint, PollThreadReadsTheSocketAfterAnOwnerLeaves) {
         for (int i = 0; i < 2000 && answered < 2; ++i) std::this_thread::sleep_for(1ms);
         EXPECT_EQ(answered.load(), 2);
     }
-    close(fd);
 }
 
 // Every way of waiting at once on one endpoint (synchronous calls, callbacks, aborts,
 // call timeouts to a peer that never answers, receive() with a timeout), with large and
 // small messages: every call ends, none hangs.
 TEST(Endpoint, MixedWaitersAllFinish) {
-    int hole = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_addr.s_addr = htonl(0x7f000001);
-    ASSERT_EQ(bind(hole, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
-    socklen_t len = sizeof(at);
-    ASSERT_EQ(getsockname(hole, reinterpret_cast<sockaddr*>(&at), &len), 0);
-    const Address silent = Address::ipv4(0x7f000001, ntohs(at.sin_port));
+    BlackHole hole;
+    ASSERT_NE(hole.address().port, 0);
+    const Address silent = hole.address();
     auto server = echoServer(2);
     auto client = Endpoint::open(loopback());
     ASSERT_TRUE(client);
@@ -305,7 +322,6 @@ TEST(Endpoint, MixedWaitersAllFinish) {
     std::this_thread::sleep_for(1500ms);
     stop = true;
     for (auto& th : threads) th.join();  // a hang shows as the test's timeout
-    close(hole);
     EXPECT_GT(finished.load(), 20);
     EXPECT_EQ(wrong.load(), 0);
 }
@@ -492,11 +508,7 @@ TEST(Endpoint, BadArgumentsGetClearErrors) {
 TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
     auto server = echoServer();
     auto client = Endpoint::open(loopback());
-    int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(server->address().port);
-    to.sin_addr.s_addr = htonl(0x7f000001);
+    RawSender junkSender(server->address().port);
     const uint64_t seed = 4242;
     std::cout << "seed " << seed << "\n";
     std::mt19937_64 rng(seed);
@@ -511,15 +523,16 @@ TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
         if (junk.empty()) ++empty;
         for (auto& b : junk) b = static_cast<uint8_t>(rng());
         if (i % 3 == 0 && junk.size() >= 28) junk[11] = 0x10;  // claims to be DATA
-        sendto(fd, junk.data(), junk.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+        junkSender.send(junk);
     }
-    close(fd);
     for (int i = 0; i < 500 && ok < 20; ++i) std::this_thread::sleep_for(10ms);
     EXPECT_EQ(ok.load(), 20);
     MetricsSnapshot m = server->metrics();
     EXPECT_GT(m.get("dropped_malformed"), 100u);
+    // (The kernel may drop some of the flood when the socket's buffer is full, so the
+    // counts are lower bounds of what was sent, not equal to it.)
     ASSERT_GT(empty, 0u);
-    EXPECT_GE(m.get("udp_empty_datagrams"), empty);
+    EXPECT_GT(m.get("udp_empty_datagrams"), 0u);
     Response r = client->call(server->address(), bytesOf(100, 3));
     EXPECT_TRUE(r.status.isOk());
 }
