@@ -50,6 +50,9 @@ struct ProtocolOptions {
     // ---- Memory bounds
     /// Bytes of incoming-message buffers (in reassembly or held by the application).
     uint64_t maxBufferBytes = 64ull << 20;
+    /// Share of maxBufferBytes only single-packet messages may use (0 to 0.5), so that a
+    /// pool filled by large messages never makes a small one wait or lose its packet.
+    double smallMessageReserve = 1.0 / 16;
     /// Bytes of outgoing messages held by the engine.
     uint64_t maxOutgoingBytes = 256ull << 20;
     /// Peers kept without RPCs are evicted once the table holds more than this many...

@@ -1,5 +1,6 @@
 #include "engine/buffer_pool.h"
 
+#include <algorithm>
 #include <bit>
 #include <cassert>
 #include <cstddef>
@@ -10,7 +11,8 @@ namespace {
 constexpr uint32_t kMinClass = 256;
 }
 
-BufferPool::BufferPool(uint64_t limitBytes) : limit_(limitBytes), freeLists_(130) {}
+BufferPool::BufferPool(uint64_t limitBytes, uint64_t reserveBytes)
+    : limit_(limitBytes), reserve_(std::min(reserveBytes, limitBytes)), freeLists_(130) {}
 
 BufferPool::~BufferPool() {
     for (auto& list : freeLists_)
@@ -42,12 +44,12 @@ uint32_t BufferPool::classSize(uint32_t length) {
     return size > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(size);
 }
 
-bool BufferPool::canAllocate(uint32_t length) const {
-    return length > 0 && inUse_ + classSize(length) <= limit_;
+bool BufferPool::canAllocate(uint32_t length, bool small) const {
+    return length > 0 && inUse_ + classSize(length) <= (small ? limit_ : limit_ - reserve_);
 }
 
-BufferPool::Buffer BufferPool::allocate(uint32_t length) {
-    if (!canAllocate(length)) {
+BufferPool::Buffer BufferPool::allocate(uint32_t length, bool small) {
+    if (!canAllocate(length, small)) {
         ++failures_;
         return {};
     }

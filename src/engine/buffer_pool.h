@@ -4,6 +4,7 @@
 // freed buffers are kept for reuse, so a steady stream of similar messages allocates
 // nothing from the heap. The limit counts the capacity of buffers handed out; cached
 // free buffers are given back to the heap when an allocation would otherwise exceed it.
+// The last `reserve` bytes of the limit are for small buffers only (see allocate()).
 #pragma once
 
 #include <cstdint>
@@ -19,18 +20,18 @@ class BufferPool {
         explicit operator bool() const { return data != nullptr; }
     };
 
-    explicit BufferPool(uint64_t limitBytes);
+    explicit BufferPool(uint64_t limitBytes, uint64_t reserveBytes = 0);
     ~BufferPool();
     BufferPool(const BufferPool&) = delete;
     BufferPool& operator=(const BufferPool&) = delete;
 
     /// A buffer of at least `length` bytes (length >= 1), or an empty Buffer when
-    /// the limit would be exceeded.
-    Buffer allocate(uint32_t length);
+    /// the limit would be exceeded. Only a `small` buffer may use the reserve.
+    Buffer allocate(uint32_t length, bool small = false);
     void release(Buffer buffer);
 
     /// Whether a buffer of `length` bytes could be allocated now.
-    bool canAllocate(uint32_t length) const;
+    bool canAllocate(uint32_t length, bool small = false) const;
     uint64_t bytesInUse() const { return inUse_; }
     uint64_t bytesCached() const { return cached_; }
     uint64_t limit() const { return limit_; }
@@ -44,6 +45,7 @@ class BufferPool {
     void trimCache(uint64_t needed);
 
     uint64_t limit_;
+    uint64_t reserve_;
     uint64_t inUse_ = 0;
     uint64_t cached_ = 0;
     uint64_t failures_ = 0;

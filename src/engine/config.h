@@ -25,6 +25,12 @@ struct Config : ProtocolOptions {
 
     /// Empty when the configuration is consistent, otherwise what is wrong.
     std::string validate() const;
+    /// Bytes of the receive pool kept for single-packet messages.
+    uint64_t smallBufferReserve() const {
+        return smallMessageReserve > 0 && smallMessageReserve <= 0.5
+                   ? static_cast<uint64_t>(static_cast<double>(maxBufferBytes) * smallMessageReserve)
+                   : 0;
+    }
 };
 
 }  // namespace homa::engine

@@ -60,8 +60,9 @@ namespace homa::engine {
 std::string Config::validate() const {
     if (maxPayload == 0) return "maxPayload must be positive";
     if (maxMessageLength == 0) return "maxMessageLength must be positive";
-    if (maxBufferBytes < BufferPool::classSize(maxMessageLength))
-        return "maxBufferBytes must hold at least one message of maxMessageLength";
+    if (!(smallMessageReserve >= 0 && smallMessageReserve <= 0.5)) return "smallMessageReserve must be in [0, 0.5]";
+    if (maxBufferBytes - smallBufferReserve() < BufferPool::classSize(maxMessageLength))
+        return "maxBufferBytes (less smallMessageReserve) must hold at least one message of maxMessageLength";
     if (maxOutgoingBytes < BufferPool::classSize(maxMessageLength))
         return "maxOutgoingBytes must hold at least one message of maxMessageLength";
     if (maxOvercommit < 1) return "maxOvercommit must be at least 1";
@@ -87,7 +88,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
     : cfg_(config),
       sink_(sink),
       maxSchedPriority_(config.maxSchedPriority()),
-      inPool_(config.maxBufferBytes),
+      inPool_(config.maxBufferBytes, config.smallBufferReserve()),
       outPool_(config.maxOutgoingBytes),
       nic_(config.linkMbps),
       nextClientId_(std::max<uint64_t>(2, config.firstClientId & ~uint64_t{1})) {

@@ -103,7 +103,7 @@ void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time n
     in.granted = std::min(incoming, length);
     in.birth = now;
     in.priority = static_cast<uint8_t>(maxSchedPriority_);
-    in.buffer = inPool_.allocate(length);
+    in.buffer = inPool_.allocate(length, length <= cfg_.maxPayload);
     if (!in.buffer) {
         // No room: keep the (small) RPC state, grant nothing, drop its data, and ask for
         // the data again once buffers come back. Nothing accepted is ever dropped.
@@ -127,10 +127,11 @@ void Engine::retryBufferWaiters(Time now) {
     // First come, first served: stop at the first message that still does not fit.
     while (!bufferWaiters_.empty()) {
         Rpc* rpc = &bufferWaiters_.front();
-        if (!inPool_.canAllocate(rpc->in.length)) break;
+        const bool small = rpc->in.length <= cfg_.maxPayload;
+        if (!inPool_.canAllocate(rpc->in.length, small)) break;
         bufferWaiters_.pop_front();
         InMessage& in = rpc->in;
-        in.buffer = inPool_.allocate(in.length);
+        in.buffer = inPool_.allocate(in.length, small);
         in.waitingForBuffer = false;
         in.birth = now;
         updateGrantable(rpc);

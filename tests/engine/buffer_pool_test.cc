@@ -51,6 +51,22 @@ TEST(BufferPool, CacheIsTrimmedToKeepTotalWithinLimit) {
     pool.release(b);
 }
 
+TEST(BufferPool, ReserveIsForSmallBuffersOnly) {
+    BufferPool pool(100'000, 20'000);
+    auto big = pool.allocate(60'000);  // class 65,536: within the 80,000 outside the reserve
+    ASSERT_TRUE(big);
+    EXPECT_FALSE(pool.canAllocate(16'000)) << "a large buffer may not use the reserve";
+    EXPECT_FALSE(pool.allocate(16'000));
+    auto small = pool.allocate(16'000, true);
+    EXPECT_TRUE(small) << "a small one may";
+    EXPECT_LE(pool.bytesInUse(), pool.limit());
+    pool.release(big);
+    pool.release(small);
+    BufferPool all(1'000, 5'000);  // a reserve larger than the pool is the whole pool
+    EXPECT_FALSE(all.canAllocate(100));
+    EXPECT_TRUE(all.canAllocate(100, true));
+}
+
 TEST(BufferPool, ZeroLengthIsRefused) {
     BufferPool pool(1000);
     EXPECT_FALSE(pool.canAllocate(0));

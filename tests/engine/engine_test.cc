@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <random>
 
 namespace homa::engine {
@@ -523,6 +525,14 @@ TEST(Engine, ConfigErrorsAreReported) {
     c = baseConfig();
     c.maxBufferBytes = 1000;
     EXPECT_NE(c.validate(), "");
+    for (double bad : {-0.1, 0.6, std::nan("")}) {
+        c = baseConfig();
+        c.smallMessageReserve = bad;
+        EXPECT_NE(c.validate().find("smallMessageReserve"), std::string::npos) << bad;
+    }
+    c = baseConfig();
+    c.maxBufferBytes = BufferPool::classSize(c.maxMessageLength) + 1000;  // the reserve leaves too little
+    EXPECT_NE(c.validate().find("maxMessageLength"), std::string::npos);
     EXPECT_EQ(baseConfig().validate(), "");
 }
 
@@ -603,6 +613,7 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     Config cb = baseConfig();
     cb.maxMessageLength = 200'000;
     cb.maxBufferBytes = BufferPool::classSize(200'000) + 10'000;
+    cb.smallMessageReserve = 0;
     Pair p(baseConfig(), cb);
     p.call(200'000, 1);
     p.pump();
@@ -620,6 +631,39 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     auto second = p.deliveries(p.b);
     ASSERT_EQ(second.size(), 1u);
     EXPECT_EQ(second[0].message.length, 150'000u);
+    p.b.releaseMessage(second[0].message, p.now);
+}
+
+// A pool filled by a large message still takes a single-packet one: its share of the
+// pool is kept for small messages (they once waited, their packet dropped, until the
+// large message's buffer came back).
+TEST(Engine, FullPoolStillTakesSmallMessages) {
+    Config cb = baseConfig();
+    cb.maxMessageLength = 200'000;
+    // 20 % reserved: the 200 KB message's buffer (229,376 bytes) just fits in the rest.
+    cb.maxBufferBytes = BufferPool::classSize(200'000) * 5 / 4 + 1'000;
+    cb.smallMessageReserve = 0.2;
+    Pair p(baseConfig(), cb);
+    p.call(200'000, 1);
+    p.pump();
+    auto first = p.deliveries(p.b);
+    ASSERT_EQ(first.size(), 1u);  // held by the application
+    // Without the reserve this one would take the rest of the pool and the next one,
+    // a single packet, would wait (its packet dropped) until buffers came back.
+    p.call(50'000, 2);
+    p.call(1'000, 3);
+    p.pump();
+    auto small = p.deliveries(p.b);
+    ASSERT_EQ(small.size(), 1u);
+    EXPECT_EQ(small[0].message.length, 1'000u);
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u) << "only the large message waited";
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::NoBuffer)] > 0, true);
+    p.b.releaseMessage(small[0].message, p.now);
+    p.b.releaseMessage(first[0].message, p.now);
+    p.pump();
+    auto second = p.deliveries(p.b);
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_EQ(second[0].message.length, 50'000u);
     p.b.releaseMessage(second[0].message, p.now);
 }
 
@@ -880,6 +924,7 @@ TEST(Engine, BufferWaiterResumesWhenATimedOutRpcFreesItsBuffer) {
     Config ca = baseConfig();
     ca.maxMessageLength = 100'000;
     ca.maxBufferBytes = BufferPool::classSize(100'000) + 1000;
+    ca.smallMessageReserve = 0;
     Pair p(ca);
     // A stranger's partial request fills A's pool, then goes silent.
     p.a.receive(Address::ipv4(0x0a000009, kPort), forgedData(2, 100'000, 0, 1416), p.now);

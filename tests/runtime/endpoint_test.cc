@@ -573,6 +573,7 @@ TEST(Endpoint, FullBufferPoolStopsGrantingAndResumes) {
     EndpointOptions so = loopback();
     // Room for two 900 KB messages (buffers come in size classes of about 917 KB here).
     so.protocol.maxBufferBytes = 2 * 917'504 + 100'000;
+    so.protocol.smallMessageReserve = 0;
     auto server = Endpoint::open(so);
     auto client = Endpoint::open(loopback());
     std::atomic<int> ok{0};
