@@ -272,7 +272,7 @@ void Core::pollThreadMain() {
         }
         if (waitNs < kShortestSleepNs || appWaiters_ > 0 || shutdown_) continue;  // see iterate()
         pollThreadWaiting_ = true;
-        ++socketWaits_;
+        ++pollThreadSocketWaits_;
         lk.unlock();
         bool poked = false;
         if (waitForPackets(waitNs, pollThreadFd_, &poked)) socketReadable_ = true;
@@ -392,7 +392,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             if (block) {
                 ownerBlocked_ = true;
                 ++blockingReceives_;
-            } else if (maxWaitNs != 0 && waitNs >= kShortestSleepNs) {
+            } else if (maxWaitNs != 0 && waitNs >= kShortestSleepNs && loopOwner_ != nullptr) {
                 ++socketWaits_;
             }
         }
@@ -890,6 +890,7 @@ MetricsSnapshot Core::metrics() {
     add("loop_iterations", loopIterations_);
     add("call_timeouts", callTimeouts_);
     add("socket_waits", socketWaits_);
+    add("poll_thread_socket_waits", pollThreadSocketWaits_);
     add("blocking_receives", blockingReceives_);
     add("poll_thread_timer_runs", timerRuns_);
     add("tick_timer_armed", tickArmed_ ? 1 : 0);

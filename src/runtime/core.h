@@ -171,7 +171,8 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
 
     // Runtime counters (under mu_).
     uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
-             callTimeouts_ = 0, loopIterations_ = 0, socketWaits_ = 0, blockingReceives_ = 0, timerRuns_ = 0;
+             callTimeouts_ = 0, loopIterations_ = 0, socketWaits_ = 0, blockingReceives_ = 0, timerRuns_ = 0,
+             pollThreadSocketWaits_ = 0;
     uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
     std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
     // Counters of application code run outside mu_ (per thread).

@@ -149,12 +149,15 @@ TEST(Endpoint, SynchronousWaitersBlockInTheSocketItself) {
     MetricsSnapshot ds = server->metrics() - s0, dc = client->metrics() - c0;
     for (auto* d : {&ds, &dc}) {
         const char* who = d == &ds ? "server" : "client";
-        std::printf("%s: blocking receives %lu, socket waits %lu, receive calls %lu for %d RPCs\n", who,
-                    static_cast<unsigned long>(d->get("blocking_receives")),
+        std::printf("%s: blocking receives %lu, socket waits %lu (poll thread %lu), receive calls %lu for %d RPCs\n",
+                    who, static_cast<unsigned long>(d->get("blocking_receives")),
                     static_cast<unsigned long>(d->get("socket_waits")),
+                    static_cast<unsigned long>(d->get("poll_thread_socket_waits")),
                     static_cast<unsigned long>(d->get("udp_receive_calls")), kRpcs);
-        EXPECT_GE(d->get("blocking_receives"), kRpcs * 9 / 10) << who;
-        EXPECT_LE(d->get("socket_waits"), kRpcs / 10) << who;
+        // (Bounds loose enough for sanitizer builds, where the poll thread takes the
+        // loop more often while a slow worker runs its handler.)
+        EXPECT_GE(d->get("blocking_receives"), kRpcs / 2) << who;
+        EXPECT_LE(d->get("socket_waits"), kRpcs / 20) << who << ": application threads waited in ppoll";
         EXPECT_LE(d->get("udp_receive_calls"), kRpcs * 13 / 10) << who;
     }
 }
