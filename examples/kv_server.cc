@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
             kv::Parsed p = kv::parse(req.message().view());
             std::string reply;
             if (!p.ok) {
-                reply = "E";
+                reply.assign(1, 'E');
             } else if (p.op == 'G') {
                 std::shared_lock g(lock);
                 auto it = store.find(p.key);
@@ -47,10 +47,10 @@ int main(int argc, char** argv) {
             } else if (p.op == 'P') {
                 std::unique_lock g(lock);
                 store.insert_or_assign(std::string(p.key), std::string(p.value));
-                reply = "K";
+                reply.assign(1, 'K');
             } else {
                 std::unique_lock g(lock);
-                reply = store.erase(std::string(p.key)) ? "K" : "N";
+                reply.assign(1, store.erase(std::string(p.key)) ? 'K' : 'N');
             }
             req.respond(std::span(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
         },
