@@ -37,6 +37,10 @@ thread_local int tDeferFlush = 0;
 // True while this thread runs iterate() (the loop, and callbacks inside it).
 thread_local bool tLoopThread = false;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
+
+timespec toTimespec(int64_t ns) {
+    return {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+}
 }  // namespace
 
 std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error) {
@@ -250,7 +254,7 @@ void Core::pollThreadMain() {
             const int64_t waitNs = kPollThreadRecheckNs;
             lk.unlock();
             pollfd fds[2] = {{pollThreadFd_, POLLIN, 0}, {tickFd_, POLLIN, 0}};
-            timespec ts{static_cast<time_t>(waitNs / 1'000'000'000), static_cast<long>(waitNs % 1'000'000'000)};
+            const timespec ts = toTimespec(waitNs);
             int r = ::ppoll(fds, 2, &ts, nullptr);
             uint64_t count;
             if (r > 0 && (fds[0].revents & POLLIN)) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
@@ -485,11 +489,10 @@ void Core::setTickTimer(int64_t now, bool on) {
     tickIdleSince_ = 0;
     if (tickFd_ < 0) return;
     const int64_t period = options_.protocol.tickNs;
-    auto spec = [](int64_t ns) { return timespec{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)}; };
     itimerspec its{};
     if (on) {
-        its.it_interval = spec(period);
-        its.it_value = spec(now + period);  // absolute: nowNs() reads CLOCK_MONOTONIC
+        its.it_interval = toTimespec(period);
+        its.it_value = toTimespec(now + period);  // absolute: nowNs() reads CLOCK_MONOTONIC
     }
     if (timerfd_settime(tickFd_, on ? TFD_TIMER_ABSTIME : 0, &its, nullptr) != 0) return;
     HOMA_TRACE("tick timer %u", on ? 1 : 0);
@@ -772,33 +775,19 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
 Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
-    const uint64_t engineStart = engineClock();
-    const int64_t now = nowNs();
-    Status s = engine_->sendResponse({client, id}, response, now);
-    countEngineTime(engineStart);
-    maybeFlush();
-    afterEngineWork(now);
+    Status s;
+    outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now); });
     return s;
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
     std::lock_guard lk(mu_);
-    const uint64_t engineStart = engineClock();
-    const int64_t now = nowNs();
-    engine_->abortServerRpc({client, id}, now);
-    countEngineTime(engineStart);
-    maybeFlush();
-    afterEngineWork(now);
+    outsideLoop([&](int64_t now) { engine_->abortServerRpc({client, id}, now); });
 }
 
 void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
     std::lock_guard lk(mu_);
-    const uint64_t engineStart = engineClock();
-    const int64_t now = nowNs();
-    engine_->releaseMessage({data, length, capacity}, now);
-    countEngineTime(engineStart);
-    maybeFlush();
-    afterEngineWork(now);
+    outsideLoop([&](int64_t now) { engine_->releaseMessage({data, length, capacity}, now); });
 }
 
 void Core::poll(int64_t timeoutNs) {
@@ -940,10 +929,7 @@ std::vector<RpcSnapshot> Core::rpcs() {
 Status Core::sendFreeze(const Address& peer) {
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
-    const int64_t now = nowNs();
-    engine_->sendFreeze(peer, now);
-    maybeFlush();
-    afterEngineWork(now);
+    outsideLoop([&](int64_t now) { engine_->sendFreeze(peer, now); });
     return {};
 }
 

@@ -113,6 +113,18 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// ends the loop owner's wait if that work finished its call or left the pacer
     /// something to send.
     void afterEngineWork(int64_t now);
+    /// An engine call made outside the loop, under mu_: `call(now)` is timed into the
+    /// engine's CPU time, what it queued is sent (unless a flush is certain soon), and
+    /// the loop is told (afterEngineWork).
+    template <class Call>
+    void outsideLoop(Call&& call) {
+        const uint64_t engineStart = engineClock();
+        const int64_t now = nowNs();
+        call(now);
+        countEngineTime(engineStart);
+        maybeFlush();
+        afterEngineWork(now);
+    }
     /// The poll thread's job while an application thread runs the loop: runs the engine's
     /// timers and call deadlines (a thread blocked in a receive sees no timer).
     void runTimers(std::unique_lock<std::mutex>& lk);
