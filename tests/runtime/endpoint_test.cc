@@ -498,6 +498,11 @@ TEST(Endpoint, BadArgumentsGetClearErrors) {
     o.protocol.maxOvercommit = 0;
     EXPECT_FALSE(Endpoint::open(o, &err));
     EXPECT_NE(err.message().find("maxOvercommit"), std::string::npos);
+    o = loopback();
+    o.protocol.smallMessageReserve = 0.75;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(err.message().find("smallMessageReserve"), std::string::npos);
     auto server = echoServer();
     EXPECT_EQ(server->serve([](ServerRequest) {}, 1).code(), StatusCode::InvalidArgument);
     auto client = Endpoint::open(loopback());
