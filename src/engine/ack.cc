@@ -2,19 +2,39 @@
 // the response so that a retried request is answered from it, never executed again.
 //
 // A client queues one ack per completed RPC on the server's peer; acks ride on DATA
-// packets to that peer, and go out in ACK packets when five are pending, at the next
-// tick, or when the server asks with NEED_ACK.
+// packets to that peer, and go out in ACK packets when a packet's worth (five) are
+// pending at the end of a batch of work (sendDueAcks), at the end of the batch in which
+// a tick passed (all of them), or when the server asks with NEED_ACK. Waiting for the end of the batch lets the requests that
+// the application starts on receiving responses carry their acks: a client that keeps
+// many small RPCs going then sends no ACK packets at all, where sending one per five
+// responses cost both ends a packet, and the server a wake-up of its own.
 #include "engine/engine.h"
 
 namespace homa::engine {
 
 void Engine::queueAck(Peer* peer, uint64_t clientId) {
-    peer->pendingAcks.push_back({clientId, peer->address.port});
-    if (peer->pendingAcks.size() == wire::kMaxAcksPerPacket) {
-        sendAckPacket(peer, 0);
+    peer->pendingAcks.push({clientId, peer->address.port});
+    if (!peer->acksHook.is_linked()) peersWithAcks_.push_back(*peer);
+    if (peer->pendingAcks.size() >= wire::kMaxAcksPerPacket && !peer->ackDueHook.is_linked())
+        peersAckDue_.push_back(*peer);
+}
+
+wire::AckEntry Engine::popPendingAck(Peer* peer) {
+    wire::AckEntry a = peer->pendingAcks.pop();
+    if (peer->pendingAcks.size() < wire::kMaxAcksPerPacket && peer->ackDueHook.is_linked())
+        peersAckDue_.erase(peersAckDue_.iterator_to(*peer));
+    if (peer->pendingAcks.empty() && peer->acksHook.is_linked())
+        peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    return a;
+}
+
+void Engine::sendDueAcks() {
+    if (ackFlushRequested_) {
+        ackFlushRequested_ = false;
+        flushAcks();
         return;
     }
-    if (!peer->acksHook.is_linked()) peersWithAcks_.push_back(*peer);
+    while (!peersAckDue_.empty()) sendAckPacket(&peersAckDue_.front(), 0);
 }
 
 // Sends the peer's pending acks, plus `extraClientId` if non-zero.
@@ -24,12 +44,7 @@ void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) {
     c.dport = peer->address.port;
     wire::AckHeader h;
     if (extraClientId != 0) h.acks[h.numAcks++] = {extraClientId, peer->address.port};
-    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket) {
-        h.acks[h.numAcks++] = peer->pendingAcks.back();
-        peer->pendingAcks.pop_back();
-    }
-    if (peer->pendingAcks.empty() && peer->acksHook.is_linked())
-        peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket) h.acks[h.numAcks++] = popPendingAck(peer);
     size_t n = wire::encodeAck(scratch_, c, h);
     ++m_.ackPacketsSent;
     countSent(wire::PacketType::Ack, cfg_.controlPriority, n);

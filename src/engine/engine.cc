@@ -101,6 +101,7 @@ Engine::~Engine() {
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
     idlePeers_.clear();
     peersWithAcks_.clear();
+    peersAckDue_.clear();
 }
 
 Time Engine::clamp(Time now) {
@@ -152,6 +153,7 @@ void Engine::touchPeer(Peer* peer, Time now) {
 void Engine::evictPeer(Peer* peer) {
     if (!peer->pendingAcks.empty()) sendAckPacket(peer, 0);
     if (peer->acksHook.is_linked()) peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
+    if (peer->ackDueHook.is_linked()) peersAckDue_.erase(peersAckDue_.iterator_to(*peer));
     if (peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     ++m_.peersEvicted;
     peers_.erase(peer->address);

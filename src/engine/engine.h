@@ -110,6 +110,12 @@ class Engine {
     void handlePacket(const Address& source, std::span<const uint8_t> packet, Time now);
     /// Ends a batch of packets: decides grants once and transmits what is allowed.
     void finishBatch(Time now);
+    /// Sends an ACK packet to each server for which a packet's worth of acks (finished
+    /// client RPCs) is pending. Call once the application has seen the batch's
+    /// deliveries: requests it starts meanwhile carry pending acks in their DATA packets
+    /// for free. Fewer pending acks wait for such a request, or for the first call after
+    /// a tick, which sends them all (without calls, the tick after sends them).
+    void sendDueAcks();
     /// Whether `packet` would start a new server RPC (a request we hold no state for).
     /// Cheap, reads only the header: lets a runtime serve work in progress before new
     /// requests when it is behind.
@@ -212,6 +218,8 @@ class Engine {
 
     // ack.cc
     void queueAck(Peer* peer, uint64_t clientId);
+    /// Takes the oldest of the peer's pending acks (there must be one).
+    wire::AckEntry popPendingAck(Peer* peer);
     void sendAckPacket(Peer* peer, uint64_t extraClientId);
     void handleAckEntry(Peer* peer, const wire::AckEntry& ack);
     void handleNeedAck(Peer* peer, uint64_t clientId, Time now);
@@ -232,6 +240,8 @@ class Engine {
     std::vector<Rpc*> freeRpcs_;
     PeerLru idlePeers_;  ///< peers without RPCs, least recently used first
     PeerAckList peersWithAcks_;
+    PeerAckDueList peersAckDue_;  ///< peers holding at least kMaxAcksPerPacket pending acks
+    bool ackFlushRequested_ = false;  ///< a tick asked sendDueAcks() to send every pending ack
 
     GrantPeerSet grantPeers_;
     GrantFifoSet grantFifo_;

@@ -27,12 +27,7 @@ void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool re
     wire::DataHeader d;
     d.messageLength = o.length;
     d.incoming = std::max(o.granted, o.unsched);
-    if (!peer->pendingAcks.empty()) {
-        d.ack = peer->pendingAcks.back();
-        peer->pendingAcks.pop_back();
-        if (peer->pendingAcks.empty() && peer->acksHook.is_linked())
-            peersWithAcks_.erase(peersWithAcks_.iterator_to(*peer));
-    }
+    if (!peer->pendingAcks.empty()) d.ack = popPendingAck(peer);
     d.cutoffVersion = peer->cutoffVersion;
     d.retransmit = retransmit;
     d.offset = offset;

@@ -13,6 +13,35 @@
 
 namespace homa::engine {
 
+/// Acks waiting to be sent, oldest first: the oldest go first, so that no finished RPC
+/// waits at the server (which asks with NEED_ACK after a while) behind newer ones.
+class AckQueue {
+  public:
+    bool empty() const { return head_ == entries_.size(); }
+    size_t size() const { return entries_.size() - head_; }
+    void push(const wire::AckEntry& a) {
+        // Drop what was taken once it is at least half the storage: amortised O(1), and
+        // the storage stays as large as the most acks ever pending at once.
+        if (head_ > 0 && head_ * 2 >= entries_.size()) {
+            entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
+        }
+        entries_.push_back(a);
+    }
+    wire::AckEntry pop() {
+        wire::AckEntry a = entries_[head_++];
+        if (head_ == entries_.size()) {
+            entries_.clear();
+            head_ = 0;
+        }
+        return a;
+    }
+
+  private:
+    absl::InlinedVector<wire::AckEntry, wire::kMaxAcksPerPacket> entries_;
+    size_t head_ = 0;
+};
+
 struct Peer {
     Address address;
     uint64_t serial = 0;  ///< engine-unique creation number: breaks ties deterministically
@@ -23,7 +52,7 @@ struct Peer {
     Time cutoffsSentAt = INT64_MIN;  ///< when we last sent the peer our cutoffs
 
     /// Acks for RPCs we ran as client against this peer, not yet sent.
-    absl::InlinedVector<wire::AckEntry, wire::kMaxAcksPerPacket> pendingAcks;
+    AckQueue pendingAcks;
 
     /// Client ids this peer used with us as server (created lazily).
     std::unique_ptr<SeenIds> seen;
@@ -38,6 +67,7 @@ struct Peer {
 
     ListHook lruHook;        ///< in the engine's list of idle peers (no RPCs), LRU first
     ListHook acksHook;       ///< in the list of peers with pending acks
+    ListHook ackDueHook;     ///< in the list of peers with a full ACK packet's worth pending
 };
 
 /// Peers with grantable messages, ordered by their best message.
@@ -55,5 +85,6 @@ using GrantPeerSet =
     bi::multiset<Peer, bi::member_hook<Peer, SetHook, &Peer::grantPeersHook>, bi::compare<GrantPeerOrder>>;
 using PeerLru = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::lruHook>>;
 using PeerAckList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::acksHook>>;
+using PeerAckDueList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::ackDueHook>>;
 
 }  // namespace homa::engine

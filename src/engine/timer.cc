@@ -46,7 +46,11 @@ void Engine::runTick(Time now) {
         ++it;  // checkRpc may free rpc
         checkRpc(rpc, now);
     }
-    flushAcks();
+    // Pending acks go out at the end of the batch of work this tick interrupts
+    // (sendDueAcks), after the application has had its chance to start requests that
+    // carry them; here only if the last tick's request to do so was not heard.
+    if (ackFlushRequested_) flushAcks();
+    ackFlushRequested_ = !peersWithAcks_.empty();
     collectPeers(now);
 }
 

@@ -385,6 +385,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         countEngineTime(engineStart);
         dispatch(ready, now);
         freeze = engine_->takeFreeze();
+        // Acks wait for the callbacks when there are any: the requests they start carry
+        // them (Engine::sendDueAcks).
+        if (ready.empty()) engine_->sendDueAcks();
         driver_->flush();
         // (A timer may have finished the owner's own call: then it must not wait.)
         idle = rx.empty() && ready.empty() && !shutdown_ && !(loopOwner_ && loopOwner_->done);
@@ -407,6 +410,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         runCallbacks(ready);
         --tDeferFlush;
         std::lock_guard lk(mu_);
+        engine_->sendDueAcks();
         driver_->flush();  // what the callbacks sent, in one batch
     }
     if (idle && maxWaitNs != 0) {

@@ -39,6 +39,7 @@ void EngineHost::settle() {
             engine_->releaseMessage(d.message, net_.now());
         }
     }
+    engine_->sendDueAcks();
     settling_ = false;
     engine::Time t = engine_->nextWakeup();
     if (t != engine::kNever) net_.wakeAt(id_, std::max(t, net_.now()));

@@ -85,6 +85,9 @@ struct Pair {
             now += cfgA.tickNs;
             a.advance(now);
             b.advance(now);
+            // As a host does at the end of each batch of work (acks due after a tick).
+            a.sendDueAcks();
+            b.sendDueAcks();
         }
     }
     uint64_t call(uint32_t length, uint64_t cookie = 0) {
@@ -212,7 +215,7 @@ TEST(Engine, WholeExchangeCompletesAndFreesBothSides) {
     p.a.releaseMessage(d[0].message, p.now);
     EXPECT_EQ(p.a.rpcCount(), 0u);
     EXPECT_EQ(p.b.rpcCount(), 1u) << "the server keeps the RPC until acknowledged";
-    p.tick();  // pending acks are flushed at the tick
+    p.tick();  // pending acks are flushed after the tick
     p.pump();
     EXPECT_EQ(p.b.rpcCount(), 0u);
     EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
@@ -429,6 +432,82 @@ TEST(Engine, AcksRideOnDataToTheSamePeer) {
     EXPECT_EQ(p.b.metrics().acksPiggybacked, 1u);
     EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
     p.releaseAll(p.b);
+}
+
+TEST(Engine, AcksOfABatchOfResponsesRideOnTheRequestsThatFollowOldestFirst) {
+    // A client that starts a request for each response it gets (a closed loop) sends no
+    // ACK packet: each request carries one ack, the oldest pending first.
+    Pair p;
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 8; ++i) ids.push_back(p.call(64));
+    p.pump();
+    p.serveAll(64);
+    p.pump();
+    std::vector<uint64_t> completed;
+    for (auto& d : p.deliveries(p.a)) {
+        completed.push_back(d.clientId);
+        p.a.releaseMessage(d.message, p.now);
+    }
+    ASSERT_EQ(completed.size(), 8u);
+    EXPECT_EQ(p.a.metrics().ackPacketsSent, 0u);  // more than a packet's worth, still held
+    for (int i = 0; i < 8; ++i) p.call(64);
+    p.a.sendDueAcks();
+    ASSERT_EQ(p.sinkA.out.size(), 8u);
+    for (size_t i = 0; i < 8; ++i) {
+        ASSERT_EQ(p.sinkA.out[i].type(), wire::PacketType::Data);
+        EXPECT_EQ(p.sinkA.out[i].packet().data.ack.clientId, completed[i]) << i;
+    }
+    p.pump();
+    EXPECT_EQ(p.a.metrics().ackPacketsSent, 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 8u);
+    p.releaseAll(p.b);
+}
+
+TEST(Engine, PendingAcksGoOutInFullPacketsAtTheEndOfABatchAndTheRestAfterATick) {
+    Pair p;
+    for (int i = 0; i < 7; ++i) p.call(64);
+    p.pump();
+    p.serveAll(64);
+    p.pump();
+    p.releaseAll(p.a);
+    EXPECT_EQ(p.sinkA.count(wire::PacketType::Ack), 0u);
+    // No request follows: one full ACK packet now, the two left wait.
+    p.a.sendDueAcks();
+    ASSERT_EQ(p.sinkA.count(wire::PacketType::Ack), 1u);
+    EXPECT_EQ(p.sinkA.first(wire::PacketType::Ack).packet().ack.numAcks, 5u);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 5u);
+    p.a.sendDueAcks();
+    EXPECT_TRUE(p.sinkA.out.empty());
+    // A tick asks for the rest; the end of the next batch sends them.
+    p.now += p.cfgA.tickNs;
+    p.a.advance(p.now);
+    EXPECT_TRUE(p.sinkA.out.empty());
+    p.a.sendDueAcks();
+    ASSERT_EQ(p.sinkA.count(wire::PacketType::Ack), 1u);
+    EXPECT_EQ(p.sinkA.first(wire::PacketType::Ack).packet().ack.numAcks, 2u);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 7u);
+    EXPECT_EQ(p.a.metrics().ackPacketsSent, 2u);
+}
+
+TEST(Engine, PendingAcksGoOutAtTheSecondTickWhenNoBatchEnds) {
+    // A host that never calls sendDueAcks() still sends every ack within two ticks.
+    Pair p;
+    for (int i = 0; i < 3; ++i) p.call(64);
+    p.pump();
+    p.serveAll(64);
+    p.pump();
+    p.releaseAll(p.a);
+    p.now += p.cfgA.tickNs;
+    p.a.advance(p.now);
+    EXPECT_EQ(p.sinkA.count(wire::PacketType::Ack), 0u);
+    p.now += p.cfgA.tickNs;
+    p.a.advance(p.now);
+    ASSERT_EQ(p.sinkA.count(wire::PacketType::Ack), 1u);
+    EXPECT_EQ(p.sinkA.first(wire::PacketType::Ack).packet().ack.numAcks, 3u);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 3u);
 }
 
 TEST(Engine, AbortedClientRpcDeliversNothingAndTheServerIsReleased) {
