@@ -114,8 +114,12 @@ Time Engine::clamp(Time now) {
 // ---------------------------------------------------------------- peers
 
 Peer* Engine::findPeer(const Address& address) {
+    // Packets come in batches, mostly from few peers: the last one found is checked first.
+    if (lastPeer_ != nullptr && lastPeer_->address == address) return lastPeer_;
     auto it = peers_.find(address);
-    return it == peers_.end() ? nullptr : it->second.get();
+    if (it == peers_.end()) return nullptr;
+    lastPeer_ = it->second.get();
+    return lastPeer_;
 }
 
 Peer* Engine::getPeer(const Address& address, Time now) {
@@ -156,6 +160,7 @@ void Engine::evictPeer(Peer* peer) {
     if (peer->ackDueHook.is_linked()) peersAckDue_.erase(peersAckDue_.iterator_to(*peer));
     if (peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     ++m_.peersEvicted;
+    if (lastPeer_ == peer) lastPeer_ = nullptr;
     peers_.erase(peer->address);
 }
 

@@ -232,6 +232,7 @@ class Engine {
     NicQueue nic_;
 
     absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
+    Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
     absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
     absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
     RpcList allRpcs_;

@@ -36,6 +36,14 @@ constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke 
 thread_local int tDeferFlush = 0;
 // True while this thread runs iterate() (the loop, and callbacks inside it).
 thread_local bool tLoopThread = false;
+// Buffers released by this thread while a Core::ReleaseBatch is open (see core.h).
+struct DeferredRelease {
+    const Core* core;
+    uint8_t* data;
+    uint32_t length, capacity;
+};
+thread_local const Core* tReleaseBatch = nullptr;
+thread_local std::vector<DeferredRelease> tReleases;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 timespec toTimespec(int64_t ns) {
@@ -306,7 +314,6 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
     runCallbacks(ready);
     --tDeferFlush;
     lk.lock();
-    driver_->flush();
 }
 
 void Core::afterEngineWork(int64_t now) {
@@ -361,6 +368,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     {
         std::lock_guard lk(mu_);
         ++loopIterations_;
+        // A callback or handler that runs the loop itself (a nested call) first returns
+        // what it released so far: its own call may need the room.
+        releaseDeferred();
         int64_t now = nowNs();
         const uint64_t engineStart = engineClock();
         // Receive livelock: work already accepted (data of RPCs in progress, grants,
@@ -368,10 +378,14 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         // the engine refuses new work (maxPendingRequests) it has finished what it could.
         // The second pass takes exactly the packets the first one put aside: asking again
         // would skip every packet but the first of a new multi-packet request, since the
-        // first one creates the RPC (they were lost until a RESEND).
+        // first one creates the RPC (they were lost until a RESEND). While the batch could
+        // not reach the limit even if every packet started a request, the order changes
+        // nothing and one pass does (sorting costs two more table lookups per packet).
+        const uint32_t limit = options_.protocol.maxPendingRequests;
+        const bool sort = limit != 0 && engine_->pendingRequests() + rx.size() >= limit;
         bool anyNew = false;
         for (Rx& p : rx) {
-            if (engine_->isNewRequest(p.source, p.bytes)) {
+            if (sort && engine_->isNewRequest(p.source, p.bytes)) {
                 p.deferred = anyNew = true;
                 continue;
             }
@@ -409,9 +423,6 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         ++tDeferFlush;
         runCallbacks(ready);
         --tDeferFlush;
-        std::lock_guard lk(mu_);
-        engine_->sendDueAcks();
-        driver_->flush();  // what the callbacks sent, in one batch
     }
     if (idle && maxWaitNs != 0) {
         bool poked = false;
@@ -437,16 +448,26 @@ int64_t Core::iterate(int64_t maxWaitNs) {
 }
 
 void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+    if (ready.empty()) return;
     // Counted before they run: whoever a callback tells that its call finished must find
     // that call counted.
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
-    for (auto& [callback, response] : ready) {
-        HOMA_TRACE("callback id %u", response.id);
-        callback(std::move(response));
+    {
+        ReleaseBatch batch(this);
+        for (auto& [callback, response] : ready) {
+            HOMA_TRACE("callback id %u", response.id);
+            callback(std::move(response));
+        }
+        ready.clear();
     }
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);
-    ready.clear();
+    std::lock_guard lk(mu_);
+    releaseDeferred();
+    // Acks waited for the requests the callbacks started (Engine::sendDueAcks); what
+    // the callbacks sent leaves in one batch.
+    engine_->sendDueAcks();
+    driver_->flush();
 }
 
 void Core::freezeTrace() {
@@ -751,25 +772,41 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     serving_ = true;
     for (int i = 0; i < threads; ++i) {
         workers_.emplace_back([this, handler] {
-            while (auto request = receive(-1)) {
+            std::optional<ServerRequest> request = receive(-1);
+            while (request) {
                 ++tDeferFlush;
                 // Counted before it runs: its response may reach the client (through
                 // another thread's flush) before this thread is done.
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
-                try {
-                    handler(std::move(*request));
-                } catch (...) {
-                    // A throwing handler drops its request (the client sees a failure); the
-                    // worker goes on serving.
+                {
+                    ReleaseBatch batch(this);
+                    try {
+                        handler(std::move(*request));
+                    } catch (...) {
+                        // A throwing handler drops its request (the client sees a
+                        // failure); the worker goes on serving.
+                    }
+                    request.reset();
                 }
                 threadCounters_.add(kHandlerCycles, trace::readClock() - start);
-                --tDeferFlush;
-                // Responses go out when this worker has no queued request left to run
-                // (or when the driver's batch fills): the responses to one burst of
+                // One lock: the request's buffer goes back, and the next queued request is
+                // taken. Responses go out when this worker has no queued request left to
+                // run (or when the driver's batch fills): the responses to one burst of
                 // requests leave together in one sendmmsg.
-                std::lock_guard lk(mu_);
-                if (requests_.empty()) driver_->flush();
+                std::unique_lock lk(mu_);
+                releaseDeferred();
+                --tDeferFlush;
+                if (!requests_.empty() && !shutdown_) {
+                    request = std::move(requests_.front());
+                    requests_.pop_front();
+                    ++handoffs_;
+                    HOMA_TRACE("handoff request id %u from queue %u", request->id_, requests_.size());
+                    continue;
+                }
+                driver_->flush();
+                lk.unlock();
+                request = receive(-1);
             }
         });
     }
@@ -790,8 +827,33 @@ void Core::dropRequest(const Address& client, RpcId id) {
 }
 
 void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
+    if (tReleaseBatch == this) {
+        tReleases.push_back({this, data, length, capacity});
+        return;
+    }
     std::lock_guard lk(mu_);
     outsideLoop([&](int64_t now) { engine_->releaseMessage({data, length, capacity}, now); });
+}
+
+Core::ReleaseBatch::ReleaseBatch(const Core* core) : previous_(tReleaseBatch) { tReleaseBatch = core; }
+
+Core::ReleaseBatch::~ReleaseBatch() { tReleaseBatch = previous_; }
+
+void Core::releaseDeferred() {
+    if (tReleases.empty()) return;
+    // Entries of another endpoint (a batch of its own that this one's callbacks ran
+    // inside) stay for their owner.
+    outsideLoop([&](int64_t now) {
+        size_t kept = 0;
+        for (const DeferredRelease& r : tReleases) {
+            if (r.core == this) {
+                engine_->releaseMessage({r.data, r.length, r.capacity}, now);
+            } else {
+                tReleases[kept++] = r;
+            }
+        }
+        tReleases.resize(kept);
+    });
 }
 
 void Core::poll(int64_t timeoutNs) {

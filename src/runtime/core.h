@@ -131,8 +131,24 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void releaseLoop(std::unique_lock<std::mutex>& lk);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);
-    /// Runs callbacks collected under `mu_` (called without it), counting them.
+    /// Runs callbacks collected under `mu_` (called without it), counting them; then, under
+    /// `mu_`, returns the buffers they released, sends due acks and flushes.
     void runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready);
+    /// While one exists, buffers that this thread releases for this endpoint (messages
+    /// destroyed by callbacks or a handler) wait in a thread-local list for
+    /// releaseDeferred(): one lock for a batch instead of one each.
+    class ReleaseBatch {
+      public:
+        explicit ReleaseBatch(const Core* core);
+        ~ReleaseBatch();
+        ReleaseBatch(const ReleaseBatch&) = delete;
+        ReleaseBatch& operator=(const ReleaseBatch&) = delete;
+
+      private:
+        const Core* previous_;
+    };
+    /// Returns the buffers this thread deferred for this endpoint (under mu_).
+    void releaseDeferred();
     /// Starts the metrics socket / Prometheus publisher if the options ask for one.
     Status startPublisher();
     /// A FREEZE arrived: stop tracing and dump it (options_.freezeTraceFile).

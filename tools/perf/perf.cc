@@ -1,6 +1,7 @@
 // homa-perf's roles: server, client (closed or open loop), local, plot.
 #include "perf/perf.h"
 
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -300,6 +301,18 @@ double measureBaseRtt(ClientTransport& t) {
     return percentile(rtts, 50);
 }
 
+struct CpuTimes {
+    double userS = 0, systemS = 0;
+    CpuTimes operator-(const CpuTimes& o) const { return {userS - o.userS, systemS - o.systemS}; }
+};
+
+CpuTimes processCpu() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+    return {s(u.ru_utime), s(u.ru_stime)};
+}
+
 int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     std::string error;
     std::optional<workload::Distribution> dist;
@@ -350,7 +363,9 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     MetricsSnapshot before;
     if (metrics) before = metrics();
     LoadGenerator gen(o, *transport, sizes, servers.size());
+    const CpuTimes cpuBefore = processCpu();
     gen.run();
+    const CpuTimes cpu = processCpu() - cpuBefore;
     MetricsSnapshot after;
     if (metrics) after = metrics();
     transport->stop();
@@ -369,6 +384,10 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                 gen.samples.size(), seconds, kops, gen.bytesOut * 8 / seconds / 1e9, gen.bytesIn * 8 / seconds / 1e9,
                 static_cast<unsigned long>(gen.errors), static_cast<unsigned long>(gen.skipped));
     std::printf("rtt p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n", p50, p99, p999);
+    // The whole process: with `local`, the server's threads too.
+    const double cpuUsPerRpc = gen.samples.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.samples.size());
+    std::printf("cpu %.2f us per RPC (process: user %.2f s, system %.2f s, %.0f%% of one core)\n", cpuUsPerRpc,
+                cpu.userS, cpu.systemS, seconds > 0 ? (cpu.userS + cpu.systemS) / seconds * 100 : 0.0);
     if (!gen.firstError.empty()) std::printf("first error: %s\n", gen.firstError.c_str());
     std::printf("%12s %10s %12s %12s %14s %14s\n", "size <=", "count", "rtt p50 us", "rtt p99 us", "slowdown p50",
                 "slowdown p99");
@@ -396,7 +415,8 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["totals"] = {{"rpcs", gen.samples.size()}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
                        {"errors", gen.errors}, {"skipped_arrivals", gen.skipped}, {"rtt_p50_us", p50},
-                       {"rtt_p99_us", p99}, {"rtt_p999_us", p999}};
+                       {"rtt_p99_us", p99}, {"rtt_p999_us", p999}, {"cpu_us_per_rpc", cpuUsPerRpc},
+                       {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS}};
         json jb = json::array();
         for (const Bucket& b : buckets)
             jb.push_back({{"max_size", b.maxSize}, {"count", b.count}, {"rtt_p50_us", b.rttP50Us},
