@@ -216,7 +216,7 @@ void Engine::freeRpc(Rpc* rpc) {
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
-    if (rpc->waitHook.is_linked()) bufferWaiters_.erase(bufferWaiters_.iterator_to(*rpc));
+    cancelBufferWait(rpc);
     allRpcs_.erase(allRpcs_.iterator_to(*rpc));
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
@@ -547,7 +547,7 @@ void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
     releaseInBuffer(rpc);
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
-    if (rpc->waitHook.is_linked()) bufferWaiters_.erase(bufferWaiters_.iterator_to(*rpc));
+    cancelBufferWait(rpc);
     rpc->in.started = false;
     rpc->in.waitingForBuffer = false;
     rpc->in.received = rpc->in.granted = rpc->in.length = 0;

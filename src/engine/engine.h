@@ -191,7 +191,12 @@ class Engine {
     void handleData(Peer* peer, const wire::Packet& p, Time now);
     void startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time now);
     void completeInMessage(Rpc* rpc, Time now);
+    /// Whether a message of `length` bytes fits in one packet (and may use the reserve).
+    bool singlePacket(uint32_t length) const { return length <= cfg_.maxPayload; }
+    WaitList& bufferWaitList(const Rpc* rpc);
+    void cancelBufferWait(Rpc* rpc);
     void retryBufferWaiters(Time now);
+    void resumeBufferWaiter(Rpc* rpc, bool small, Time now);
     void releaseInBuffer(Rpc* rpc);
 
     // grant.cc
@@ -236,7 +241,8 @@ class Engine {
     absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
     absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
     RpcList allRpcs_;
-    WaitList bufferWaiters_;
+    WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
+    WaitList largeBufferWaiters_;  ///< larger ones, oldest first
     std::vector<std::unique_ptr<Rpc>> rpcStorage_;
     std::vector<Rpc*> freeRpcs_;
     PeerLru idlePeers_;  ///< peers without RPCs, least recently used first

@@ -103,12 +103,15 @@ void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time n
     in.granted = std::min(incoming, length);
     in.birth = now;
     in.priority = static_cast<uint8_t>(maxSchedPriority_);
-    in.buffer = inPool_.allocate(length, length <= cfg_.maxPayload);
+    // A large message does not pass older large ones waiting for space, even where it
+    // would fit: they get buffers in order of arrival (see retryBufferWaiters()).
+    const bool small = singlePacket(length);
+    if (small || largeBufferWaiters_.empty()) in.buffer = inPool_.allocate(length, small);
     if (!in.buffer) {
         // No room: keep the (small) RPC state, grant nothing, drop its data, and ask for
         // the data again once buffers come back. Nothing accepted is ever dropped.
         in.waitingForBuffer = true;
-        bufferWaiters_.push_back(*rpc);
+        bufferWaitList(rpc).push_back(*rpc);
         ++m_.bufferWaits;
         HOMA_TRACE("buffer wait id %u len %u in_use %u", rpc->id, length, inPool_.bytesInUse());
         return;
@@ -123,24 +126,46 @@ void Engine::releaseInBuffer(Rpc* rpc) {
     }
 }
 
+WaitList& Engine::bufferWaitList(const Rpc* rpc) {
+    return singlePacket(rpc->in.length) ? smallBufferWaiters_ : largeBufferWaiters_;
+}
+
+void Engine::cancelBufferWait(Rpc* rpc) {
+    if (!rpc->waitHook.is_linked()) return;
+    WaitList& list = bufferWaitList(rpc);
+    list.erase(list.iterator_to(*rpc));
+}
+
+// Single-packet messages first, then large ones; each kind first come, first served,
+// stopping at the first message of that kind that still does not fit. A small message
+// thus never waits behind a large one (it may also use the reserve, which a large one
+// may not). Large messages keep their order: no younger large message, waiting or new
+// (see startInMessage()), gets a buffer before the oldest, so it gets one once enough
+// comes back; only small messages, at most one packet's buffer each, pass it.
 void Engine::retryBufferWaiters(Time now) {
-    // First come, first served: stop at the first message that still does not fit.
-    while (!bufferWaiters_.empty()) {
-        Rpc* rpc = &bufferWaiters_.front();
-        const bool small = rpc->in.length <= cfg_.maxPayload;
-        if (!inPool_.canAllocate(rpc->in.length, small)) break;
-        bufferWaiters_.pop_front();
-        InMessage& in = rpc->in;
-        in.buffer = inPool_.allocate(in.length, small);
-        in.waitingForBuffer = false;
-        in.birth = now;
-        updateGrantable(rpc);
-        recountIncoming(rpc);
-        // Everything sent so far was dropped: ask for it again.
-        HOMA_TRACE("buffer granted id %u len %u", rpc->id, in.length);
-        sendResend(rpc, 0, in.granted, in.priority);
-        grantsDirty_ = true;
+    while (!smallBufferWaiters_.empty() && inPool_.canAllocate(smallBufferWaiters_.front().in.length, true)) {
+        Rpc* rpc = &smallBufferWaiters_.front();
+        smallBufferWaiters_.pop_front();
+        resumeBufferWaiter(rpc, true, now);
     }
+    while (!largeBufferWaiters_.empty() && inPool_.canAllocate(largeBufferWaiters_.front().in.length)) {
+        Rpc* rpc = &largeBufferWaiters_.front();
+        largeBufferWaiters_.pop_front();
+        resumeBufferWaiter(rpc, false, now);
+    }
+}
+
+void Engine::resumeBufferWaiter(Rpc* rpc, bool small, Time now) {
+    InMessage& in = rpc->in;
+    in.buffer = inPool_.allocate(in.length, small);
+    in.waitingForBuffer = false;
+    in.birth = now;
+    updateGrantable(rpc);
+    recountIncoming(rpc);
+    // Everything sent so far was dropped: ask for it again.
+    HOMA_TRACE("buffer granted id %u len %u", rpc->id, in.length);
+    sendResend(rpc, 0, in.granted, in.priority);
+    grantsDirty_ = true;
 }
 
 void Engine::completeInMessage(Rpc* rpc, Time now) {

@@ -746,6 +746,87 @@ TEST(Engine, FullPoolStillTakesSmallMessages) {
     p.b.releaseMessage(second[0].message, p.now);
 }
 
+// Buffers coming back go to every waiting single-packet message that fits, even one
+// queued behind a large message still too big for the pool; the large one is served
+// once its buffer fits.
+TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
+    Config cb = baseConfig();
+    cb.maxMessageLength = 200'000;
+    cb.maxBufferBytes = BufferPool::classSize(200'000) * 5 / 4 + 1'000;
+    cb.smallMessageReserve = 0.2;
+    Pair p(baseConfig(), cb);
+    p.call(200'000, 1);
+    p.pump();
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 1u);
+    // Single-packet messages, held by the application, fill the rest (the reserve too).
+    for (int i = 0; i < 56; ++i) p.call(1'000);
+    p.pump();
+    auto smallHeld = p.deliveries(p.b);
+    ASSERT_EQ(smallHeld.size(), 56u);
+    ASSERT_FALSE(p.b.bufferPool().canAllocate(1'000, true)) << "the pool must be full";
+    p.call(1'000, 2);
+    p.call(100'000, 3);
+    p.call(1'000, 4);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().bufferWaits, 3u);
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+    // Room for both small messages, not for the large one between them.
+    p.b.releaseMessage(smallHeld[0].message, p.now);
+    p.b.releaseMessage(smallHeld[1].message, p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Resend), 2u) << "both small waiters ask for their data";
+    p.pump();
+    auto small = p.deliveries(p.b);
+    ASSERT_EQ(small.size(), 2u);
+    EXPECT_EQ(small[0].message.length, 1'000u);
+    EXPECT_EQ(small[1].message.length, 1'000u);
+    // The large message gets its buffer once enough comes back.
+    p.b.releaseMessage(held[0].message, p.now);
+    p.pump();
+    auto large = p.deliveries(p.b);
+    ASSERT_EQ(large.size(), 1u);
+    EXPECT_EQ(large[0].message.length, 100'000u);
+    p.b.releaseMessage(large[0].message, p.now);
+    for (auto& d : small) p.b.releaseMessage(d.message, p.now);
+    for (size_t i = 2; i < smallHeld.size(); ++i) p.b.releaseMessage(smallHeld[i].message, p.now);
+    EXPECT_EQ(p.b.bufferPool().bytesInUse(), 0u);
+}
+
+// Large messages get buffers in order of arrival: a younger one that would fit waits
+// behind an older one that does not, or a stream of such messages could keep the
+// older one waiting for ever.
+TEST(Engine, LargeMessageWaitsBehindAnOlderLargeWaiter) {
+    Config cb = baseConfig();
+    cb.maxMessageLength = 200'000;
+    cb.maxBufferBytes = BufferPool::classSize(200'000) + BufferPool::classSize(25'000) + 1'000;
+    cb.smallMessageReserve = 0;
+    Pair p(baseConfig(), cb);
+    p.call(200'000, 1);
+    p.call(25'000, 2);
+    p.pump();
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 2u);
+    const Delivery& big = held[0].message.length == 200'000 ? held[0] : held[1];
+    const Delivery& medium = held[0].message.length == 200'000 ? held[1] : held[0];
+    p.call(150'000, 3);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    p.b.releaseMessage(medium.message, p.now);  // room for 20 KB, not for 150 KB
+    p.sinkB.take();
+    p.call(20'000, 4);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().bufferWaits, 2u) << "the younger message waits although it fits";
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+    p.b.releaseMessage(big.message, p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Resend), 2u) << "both waiters get buffers";
+    p.pump();
+    auto done = p.deliveries(p.b);
+    ASSERT_EQ(done.size(), 2u);
+    EXPECT_EQ(done[0].message.length + done[1].message.length, 170'000u);
+    for (auto& d : done) p.b.releaseMessage(d.message, p.now);
+    EXPECT_EQ(p.b.bufferPool().bytesInUse(), 0u);
+}
+
 TEST(Engine, PeerTableIsBoundedAndEvictsIdlePeers) {
     Config cb = baseConfig();
     cb.maxPeers = 4;
