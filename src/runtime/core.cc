@@ -28,6 +28,7 @@ uint64_t clockSeededFirstId() {
 }
 constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a timed wait
 constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
+constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
 constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
 
 // Nonzero while this thread runs code after which a flush is certain (callbacks inside
@@ -772,6 +773,8 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     serving_ = true;
     for (int i = 0; i < threads; ++i) {
         workers_.emplace_back([this, handler] {
+            const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
+            uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1);
             while (request) {
                 ++tDeferFlush;
@@ -779,6 +782,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 // another thread's flush) before this thread is done.
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
+                if (holdingSince == 0) holdingSince = start;
                 {
                     ReleaseBatch batch(this);
                     try {
@@ -789,22 +793,30 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                     }
                     request.reset();
                 }
-                threadCounters_.add(kHandlerCycles, trace::readClock() - start);
+                const uint64_t end = trace::readClock();
+                threadCounters_.add(kHandlerCycles, end - start);
                 // One lock: the request's buffer goes back, and the next queued request is
                 // taken. Responses go out when this worker has no queued request left to
-                // run (or when the driver's batch fills): the responses to one burst of
-                // requests leave together in one sendmmsg.
+                // run (or when the driver's batch fills), so that the responses to one
+                // burst of requests leave together in one sendmmsg; but a response waits
+                // at most about kMaxResponseHoldNs of handler time for the others (slow
+                // handlers would otherwise hold the first response of a burst until the
+                // last one is done).
                 std::unique_lock lk(mu_);
                 releaseDeferred();
                 --tDeferFlush;
-                if (!requests_.empty() && !shutdown_) {
+                const bool more = !requests_.empty() && !shutdown_;
+                if (!more || end - holdingSince >= maxHoldCycles) {
+                    driver_->flush();
+                    holdingSince = 0;
+                }
+                if (more) {
                     request = std::move(requests_.front());
                     requests_.pop_front();
                     ++handoffs_;
                     HOMA_TRACE("handoff request id %u from queue %u", request->id_, requests_.size());
                     continue;
                 }
-                driver_->flush();
                 lk.unlock();
                 request = receive(-1);
             }
