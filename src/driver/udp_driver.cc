@@ -97,6 +97,13 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
         int one = 1;
         d->gro_ = setsockopt(d->fd_, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) == 0;
     }
+    {
+        // The TOS byte / traffic class of received packets, for counting by priority (an
+        // IPv6 socket also receives IPv4 packets, whose TOS comes as IP_TOS). Best effort.
+        int one = 1;
+        setsockopt(d->fd_, IPPROTO_IP, IP_RECVTOS, &one, sizeof(one));
+        if (d->ipv6_) setsockopt(d->fd_, IPPROTO_IPV6, IPV6_RECVTCLASS, &one, sizeof(one));
+    }
     d->gso_ = options.gso;  // confirmed (or given up) by the first GSO send
     d->rxBufferSize_ = d->gro_ ? kGroBuffer : d->maxPacket_ + 64;
     d->rxArena_.resize(d->rxBufferSize_ * static_cast<size_t>(d->batch_));
@@ -268,6 +275,7 @@ void UdpDriver::shutdownReceive() {
 }
 
 int UdpDriver::readBatch(bool block) {
+    // UDP_GRO's segment size and the TOS byte (IP_TOS) or traffic class (IPV6_TCLASS).
     constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(int)) * 2;
     static_assert(kCmsgSpace <= kControlBytes);
     const size_t batch = static_cast<size_t>(batch_);
@@ -322,18 +330,27 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
             continue;
         }
         uint32_t segment = 0;
+        int tos = -1;
         for (const cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(const_cast<msghdr*>(&h), const_cast<cmsghdr*>(c))) {
             if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
                 int s;
                 std::memcpy(&s, CMSG_DATA(c), sizeof(s));
                 segment = static_cast<uint32_t>(s);
+            } else if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_TOS) {
+                tos = *CMSG_DATA(c);  // one byte
+            } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_TCLASS) {
+                int t;
+                std::memcpy(&t, CMSG_DATA(c), sizeof(t));
+                tos = t & 0xff;
             }
         }
         Address source = fromSockaddr(sources[static_cast<size_t>(i)]);
         const uint8_t* base = rxArena_.data() + static_cast<size_t>(i) * rxBufferSize_;
         if (segment == 0 || segment >= len) segment = static_cast<uint32_t>(len);
         else bump(rx_.groBuffers);
-        // A GRO buffer holds several datagrams of `segment` bytes (the last may be shorter).
+        // A GRO buffer holds several datagrams of `segment` bytes (the last may be shorter);
+        // the kernel coalesces only datagrams with the same IP header, TOS included.
+        if (tos >= 0) bump(rx_.byPriority[static_cast<size_t>(tos) >> 5], (len + segment - 1) / segment);
         for (size_t off = 0; off < len; off += segment) {
             size_t l = std::min<size_t>(segment, len - off);
             bump(rx_.packets);

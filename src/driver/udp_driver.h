@@ -2,7 +2,9 @@
 // system calls (sendmmsg / recvmmsg), the packet priority in the IP TOS / IPv6 traffic
 // class (priority p -> p << 5, as the Linux module does), UDP GSO for runs of equal-sized
 // packets to one destination and UDP GRO on receive, each with a fallback when the kernel
-// refuses. No protocol knowledge beyond "a packet is bytes with a priority".
+// refuses. Received packets are counted by the priority their TOS byte carries (so that
+// one can see whether the network kept the marking). No protocol knowledge beyond "a
+// packet is bytes with a priority".
 //
 // Thread safety: none; the runtime calls a driver from one thread at a time.
 #pragma once
@@ -35,6 +37,10 @@ struct UdpDriverStats {
     uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
     int lastSendErrno = 0;
     uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0, emptyDatagrams = 0;
+    /// Packets received by the priority their IP TOS byte / traffic class carried (what
+    /// the network delivered, where the sender set it: p << 5). Packets whose TOS could
+    /// not be read are not counted here.
+    std::array<uint64_t, 8> packetsReceivedByPriority{};
 };
 
 class UdpDriver {
@@ -92,6 +98,7 @@ class UdpDriver {
         s.groBuffers = rx_.groBuffers.load(std::memory_order_relaxed);
         s.truncated = rx_.truncated.load(std::memory_order_relaxed);
         s.emptyDatagrams = rx_.empty.load(std::memory_order_relaxed);
+        for (size_t p = 0; p < 8; ++p) s.packetsReceivedByPriority[p] = rx_.byPriority[p].load(std::memory_order_relaxed);
         return s;
     }
 
@@ -137,6 +144,7 @@ class UdpDriver {
     UdpDriverStats stats_;  // send side; the receive-side fields live in rx_
     struct RxCounters {
         std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0}, empty{0};
+        std::array<std::atomic<uint64_t>, 8> byPriority{};
     } rx_;
     static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {
         c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);

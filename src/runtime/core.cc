@@ -975,6 +975,8 @@ MetricsSnapshot Core::metrics() {
     add("udp_gso_batches", ds.gsoBatches);
     add("udp_send_errors", ds.sendErrors);
     add("udp_empty_datagrams", ds.emptyDatagrams);
+    for (size_t p = 0; p < ds.packetsReceivedByPriority.size(); ++p)
+        add("udp_received_priority_" + std::to_string(p), ds.packetsReceivedByPriority[p]);
     return s;
 }
 

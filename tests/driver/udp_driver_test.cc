@@ -151,6 +151,24 @@ TEST(UdpDriver, PriorityIsCarriedInTheTosByte) {
     close(fd);
 }
 
+TEST(UdpDriver, ReceivedPacketsAreCountedByTheirPriority) {
+    auto a = open();
+    auto b = open();
+    uint8_t x[20] = {};
+    // Runs of equal packets (sent as one GSO batch, received as one GRO buffer) and
+    // single ones, at three priorities.
+    for (int i = 0; i < 6; ++i) a->queue(b->localAddress(), 7, x, {});
+    for (int i = 0; i < 3; ++i) a->queue(b->localAddress(), 2, std::span(x, 10), {});
+    a->queue(b->localAddress(), 0, std::span(x, 5), {});
+    a->flush();
+    ASSERT_EQ(drain(*b, 10).size(), 10u);
+    auto byPriority = b->stats().packetsReceivedByPriority;
+    EXPECT_EQ(byPriority[7], 6u);
+    EXPECT_EQ(byPriority[2], 3u);
+    EXPECT_EQ(byPriority[0], 1u);
+    EXPECT_EQ(byPriority[1] + byPriority[3] + byPriority[4] + byPriority[5] + byPriority[6], 0u);
+}
+
 TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     Status e;
     auto a = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
@@ -159,7 +177,7 @@ TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     ASSERT_TRUE(b);
     EXPECT_EQ(a->maxPacketBytes(), 1500u - 40 - 8);
     uint8_t x[3] = {1, 2, 3};
-    a->queue(b->localAddress(), 0, x, {});
+    a->queue(b->localAddress(), 3, x, {});
     a->flush();
     Address from;
     std::vector<std::vector<uint8_t>> got;
@@ -172,6 +190,7 @@ TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     }
     ASSERT_EQ(got.size(), 1u);
     EXPECT_EQ(from, a->localAddress());
+    EXPECT_EQ(b->stats().packetsReceivedByPriority[3], 1u);  // read from the traffic class
 }
 
 TEST(UdpDriver, OversizedPacketIsRefusedNotSent) {
