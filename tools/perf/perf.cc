@@ -112,6 +112,11 @@ class LoadGenerator {
 
     /// Runs the load; returns the samples of RPCs that completed.
     void run() {
+        // Room for the samples of a few million RPCs a second, reserved (not touched) up
+        // front: growing the vector as RPCs complete would copy it whole now and then, a
+        // stall of tens of milliseconds in the middle of the measurement, on the thread
+        // that completes calls.
+        samples.reserve(static_cast<size_t>(std::min(o_.duration * 3e6, 16e6)) + 1024);
         startNs_ = nowNs();
         const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
         std::thread open;
@@ -240,6 +245,7 @@ class LoadGenerator {
         {
             std::lock_guard lk(mu_);
             rtts.swap(intervalRtts_);
+            intervalRtts_.reserve(rtts.size() + rtts.size() / 4);
             out = std::exchange(intervalOut_, 0);
             in = std::exchange(intervalIn_, 0);
         }
