@@ -44,17 +44,21 @@ uint32_t BufferPool::classSize(uint32_t length) {
     return size > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(size);
 }
 
+bool BufferPool::fits(uint32_t length, uint32_t size, bool small) const {
+    return length > 0 && inUse_ + size <= (small ? limit_ : limit_ - reserve_);
+}
+
 bool BufferPool::canAllocate(uint32_t length, bool small) const {
-    return length > 0 && inUse_ + classSize(length) <= (small ? limit_ : limit_ - reserve_);
+    return fits(length, classSize(length), small);
 }
 
 BufferPool::Buffer BufferPool::allocate(uint32_t length, bool small) {
-    if (!canAllocate(length, small)) {
+    const uint32_t size = classSize(length);
+    if (!fits(length, size, small)) {
         ++failures_;
         return {};
     }
     int index = classIndex(length);
-    uint32_t size = classSize(length);
     auto& list = freeLists_[static_cast<size_t>(index)];
     uint8_t* p;
     if (!list.empty()) {
@@ -76,7 +80,10 @@ void BufferPool::release(Buffer buffer) {
     inUse_ -= buffer.capacity;
     freeLists_[static_cast<size_t>(index)].push_back(buffer.data);
     cached_ += buffer.capacity;
-    trimCache(0);
+    // Releasing only moves bytes from in use to cached, so their sum (which allocate()
+    // keeps within the limit) is unchanged: there is something to trim only if the limit
+    // was exceeded already.
+    if (inUse_ + cached_ > limit_) trimCache(0);
 }
 
 // Keeps in-use plus cached memory within the limit.

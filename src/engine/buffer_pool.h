@@ -42,6 +42,8 @@ class BufferPool {
   private:
     static int classIndex(uint32_t length);
     static uint64_t sizeOfClass(int index);
+    /// Whether a buffer of `size` bytes (classSize(length)) could be allocated now.
+    bool fits(uint32_t length, uint32_t size, bool small) const;
     void trimCache(uint64_t needed);
 
     uint64_t limit_;

@@ -94,6 +94,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
       nextClientId_(std::max<uint64_t>(2, config.firstClientId & ~uint64_t{1})) {
     std::string error = cfg_.validate();
     if (!error.empty()) throw std::invalid_argument("homa engine config: " + error);
+    unschedPackets_ = (uint64_t{cfg_.unschedBytes} + cfg_.maxPayload - 1) / cfg_.maxPayload * cfg_.maxPayload;
     activeScratch_.reserve(static_cast<size_t>(cfg_.maxOvercommit));
 }
 
@@ -113,9 +114,7 @@ Time Engine::clamp(Time now) {
 
 // ---------------------------------------------------------------- peers
 
-Peer* Engine::findPeer(const Address& address) {
-    // Packets come in batches, mostly from few peers: the last one found is checked first.
-    if (lastPeer_ != nullptr && lastPeer_->address == address) return lastPeer_;
+Peer* Engine::findPeerInTable(const Address& address) {
     auto it = peers_.find(address);
     if (it == peers_.end()) return nullptr;
     lastPeer_ = it->second.get();
@@ -273,13 +272,11 @@ Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now
     o.buffer = buffer;
     o.length = static_cast<uint32_t>(data.size());
     o.nextOffset = 0;
-    uint64_t unsched = (uint64_t{cfg_.unschedBytes} + cfg_.maxPayload - 1) / cfg_.maxPayload * cfg_.maxPayload;
-    o.unsched = static_cast<uint32_t>(std::min<uint64_t>(unsched, o.length));
+    o.unsched = static_cast<uint32_t>(std::min<uint64_t>(unschedPackets_, o.length));
     o.granted = o.unsched;
     o.unschedPriority = unschedPriority(rpc->peer, o.length);
     o.schedPriority = 0;
     o.birth = now;
-    updateSendable(rpc);
     return {};
 }
 
@@ -305,7 +302,7 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
     ++m_.clientRpcsStarted;
     HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
     if (id) *id = rpcId;
-    transmitData(now);
+    startSending(rpc, now);
     return {};
 }
 
@@ -327,11 +324,10 @@ Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> resp
     --pendingRequests_;
     rpc->silentTicks = 0;
     rpc->ackWaitTicks = 0;
-    updateSendable(rpc);
     touchPeer(peer, now);
     ++m_.serverResponsesSent;
     HOMA_TRACE("response start id %u len %u", rpc->id, response.size());
-    transmitData(now);
+    startSending(rpc, now);
     return {};
 }
 
@@ -372,9 +368,13 @@ bool Engine::isNewRequest(const Address& source, std::span<const uint8_t> packet
     uint64_t senderId = 0;
     for (size_t i = 20; i < 28; ++i) senderId = (senderId << 8) | packet[i];
     if (senderId & 1) return false;  // from a server: one of our client RPCs
-    auto peer = peers_.find(source);
-    if (peer == peers_.end()) return true;
-    return !serverRpcs_.contains(ServerKey{peer->second.get(), senderId});
+    const Peer* peer = lastPeer_;  // findPeer()'s cache, without updating it
+    if (peer == nullptr || !sameAddress(peer->address, source)) {
+        auto it = peers_.find(source);
+        if (it == peers_.end()) return true;
+        peer = it->second.get();
+    }
+    return !serverRpcs_.contains(ServerKey{peer, senderId});
 }
 
 void Engine::receive(const Address& source, std::span<const uint8_t> packet, Time now) {
@@ -391,7 +391,7 @@ void Engine::finishBatch(Time now) {
 
 void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes, Time now) {
     now = clamp(now);
-    wire::Packet p;
+    wire::Packet& p = packet_;
     wire::DecodeError err = wire::decode(bytes, cfg_.maxMessageLength, p);
     if (err != wire::DecodeError::Ok) {
         ++m_.decodeErrors[static_cast<size_t>(err)];

@@ -19,6 +19,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <span>
@@ -39,7 +40,7 @@
 namespace homa::engine {
 
 /// Where the engine's packets go. `header` and `payload` together form one packet; the
-/// spans are valid only during the call.
+/// spans are valid only during the call, which must not call back into the engine.
 class PacketSink {
   public:
     virtual ~PacketSink() = default;
@@ -166,7 +167,17 @@ class Engine {
 
     // engine.cc
     Time clamp(Time now);
-    Peer* findPeer(const Address& address);
+    /// Packets come in batches, mostly from few peers: the last peer found is checked
+    /// first, inline, and only a different peer costs a hash lookup.
+    Peer* findPeer(const Address& address) {
+        if (lastPeer_ != nullptr && sameAddress(lastPeer_->address, address)) return lastPeer_;
+        return findPeerInTable(address);
+    }
+    Peer* findPeerInTable(const Address& address);
+    /// Address equality, inline: Address::operator== calls memcmp() for the IP bytes.
+    static bool sameAddress(const Address& a, const Address& b) {
+        return a.port == b.port && std::memcmp(a.ip.data(), b.ip.data(), sizeof a.ip) == 0;
+    }
     Peer* getPeer(const Address& address, Time now);
     void touchPeer(Peer* peer, Time now);
     void evictPeer(Peer* peer);
@@ -174,6 +185,7 @@ class Engine {
     void freeRpc(Rpc* rpc);
     Rpc* findClientRpc(uint64_t id);
     Rpc* findServerRpc(Peer* peer, uint64_t clientId);
+    /// Copies the message; the caller then hands the RPC to startSending().
     Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
     void failRpc(Rpc* rpc, Status status);
     void handleGrant(Rpc* rpc, const wire::Packet& p);
@@ -211,6 +223,13 @@ class Engine {
     // outgoing.cc
     void updateSendable(Rpc* rpc);
     void transmitData(Time now);
+    void startSending(Rpc* rpc, Time now);
+    uint32_t sendNextPacket(Rpc* rpc);
+    /// Whether the pacer holds the message back: the NIC queue is long, and the message
+    /// is not short enough to pass anyway.
+    bool pacerDefers(const OutMessage& o, Time now) const {
+        return o.length >= cfg_.deferMinBytes && nic_.backlog(now) > cfg_.maxNicQueueNs;
+    }
     void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit);
     void handleResend(Rpc* rpc, const wire::ResendHeader& r);
 
@@ -235,6 +254,8 @@ class Engine {
     BufferPool inPool_;
     BufferPool outPool_;
     NicQueue nic_;
+    /// unschedBytes rounded up to whole packets: what a message may send without grants.
+    uint64_t unschedPackets_ = 0;
 
     absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
@@ -272,6 +293,8 @@ class Engine {
 
     RingQueue<Delivery> deliveries_;
     std::array<uint8_t, wire::kMaxHeaderSize> scratch_{};
+    /// The packet being handled. decode() resets it; a local would be initialised twice.
+    wire::Packet packet_;
     EngineMetrics m_;
     bool freezeReceived_ = false;
 };

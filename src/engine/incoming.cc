@@ -172,7 +172,7 @@ void Engine::completeInMessage(Rpc* rpc, Time now) {
     removeGrantable(rpc);
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
-    Delivery d;
+    Delivery& d = deliveries_.emplace_back();
     d.message = {rpc->in.buffer.data, rpc->in.length, rpc->in.buffer.capacity};
     rpc->in.buffer = {};  // now the application's
     ++m_.deliveries;
@@ -182,7 +182,6 @@ void Engine::completeInMessage(Rpc* rpc, Time now) {
         d.cookie = rpc->cookie;
         ++m_.clientRpcsCompleted;
         queueAck(rpc->peer, rpc->id);
-        deliveries_.push_back(std::move(d));
         freeRpc(rpc);
         return;
     }
@@ -192,7 +191,6 @@ void Engine::completeInMessage(Rpc* rpc, Time now) {
     rpc->silentTicks = 0;
     ++m_.serverRequestsReceived;
     (void)now;
-    deliveries_.push_back(std::move(d));
 }
 
 }  // namespace homa::engine

@@ -42,33 +42,60 @@ void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool re
                    std::span<const uint8_t>(o.buffer.data + offset, length));
 }
 
+// Sends the next packet of the message; returns its payload length.
+uint32_t Engine::sendNextPacket(Rpc* rpc) {
+    OutMessage& o = rpc->out;
+    uint32_t offset = o.nextOffset;
+    uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
+    uint8_t priority = offset < o.unsched ? o.unschedPriority : o.schedPriority;
+    sendDataPacket(rpc, offset, priority, offset < o.retransmitBelow);
+    o.nextOffset = offset + length;
+    if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
+    return length;
+}
+
 void Engine::transmitData(Time now) {
     pacerDeferred_ = false;
+    if (sendable_.empty()) {
+        // Nothing to send, the usual case: return before the loop's set-up costs anything.
+        pacerFifoCredit_ = 0;
+        return;
+    }
     while (!sendable_.empty()) {
         // Mostly shortest-remaining first; a small share goes to the oldest message.
         bool fifo = cfg_.pacerFifoFraction > 0 && pacerFifoCredit_ >= cfg_.maxPayload;
         Rpc* rpc = fifo ? &*sendFifo_.begin() : &*sendable_.begin();
-        OutMessage& o = rpc->out;
-        if (o.length >= cfg_.deferMinBytes && nic_.backlog(now) > cfg_.maxNicQueueNs) {
+        if (pacerDefers(rpc->out, now)) {
             pacerDeferred_ = true;
             ++m_.pacerDeferrals;
             HOMA_TRACE("pacer defer id %u backlog_ns %u sendable %u", rpc->id, nic_.backlog(now), sendable_.size());
             return;
         }
-        uint32_t offset = o.nextOffset;
-        uint32_t length = std::min(cfg_.maxPayload, o.length - offset);
-        uint8_t priority = offset < o.unsched ? o.unschedPriority : o.schedPriority;
-        sendDataPacket(rpc, offset, priority, offset < o.retransmitBelow);
-        o.nextOffset = offset + length;
+        uint32_t length = sendNextPacket(rpc);
         if (fifo) {
             pacerFifoCredit_ -= length;
         } else if (cfg_.pacerFifoFraction > 0) {
             pacerFifoCredit_ += length * cfg_.pacerFifoFraction / (1.0 - cfg_.pacerFifoFraction);
         }
-        if (rpc->state == RpcState::ServerOutgoing) rpc->ackWaitTicks = 0;
         updateSendable(rpc);
     }
     pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
+}
+
+// A new outgoing message (request or response) joins the sender. When no other message
+// is waiting, transmitData() would pick this one at once; if it is a single packet the
+// pacer lets through, it is then sent directly instead of being filed in the sender's
+// two sets only to be taken out again, with the same packet and the same end state.
+void Engine::startSending(Rpc* rpc, Time now) {
+    const OutMessage& o = rpc->out;
+    if (sendable_.empty() && singlePacket(o.length) && o.nextOffset < o.sendable() && !pacerDefers(o, now)) {
+        pacerDeferred_ = false;
+        sendNextPacket(rpc);
+        pacerFifoCredit_ = 0;  // as transmitData() leaves it once nothing is sendable
+        return;
+    }
+    updateSendable(rpc);
+    transmitData(now);
 }
 
 void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r) {

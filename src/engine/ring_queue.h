@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -10,29 +12,39 @@ namespace homa::engine {
 
 template <typename T>
 class RingQueue {
+    static_assert(std::is_nothrow_default_constructible_v<T>, "pop_front() rebuilds slots in place");
+
   public:
     bool empty() const { return size_ == 0; }
     size_t size() const { return size_; }
-    void push_back(T value) {
+    void push_back(T value) { emplace_back() = std::move(value); }
+    /// Appends an element and returns it, to be filled in place. Every free slot holds
+    /// T{}, so the element starts out default-constructed and nothing is moved.
+    T& emplace_back() {
         if (size_ == slots_.size()) grow();
-        slots_[(head_ + size_) % slots_.size()] = std::move(value);
-        ++size_;
+        return slots_[(head_ + size_++) & mask_];
     }
     T& front() { return slots_[head_]; }
     void pop_front() {
-        slots_[head_] = T{};
-        head_ = (head_ + 1) % slots_.size();
+        // Back to T{} (and its resources freed) by destroying and constructing in place,
+        // which is cheaper than assigning a temporary.
+        std::destroy_at(&slots_[head_]);
+        std::construct_at(&slots_[head_]);
+        head_ = (head_ + 1) & mask_;
         --size_;
     }
 
   private:
     void grow() {
         std::vector<T> bigger(slots_.empty() ? 8 : slots_.size() * 2);
-        for (size_t i = 0; i < size_; ++i) bigger[i] = std::move(slots_[(head_ + i) % slots_.size()]);
+        for (size_t i = 0; i < size_; ++i) bigger[i] = std::move(slots_[(head_ + i) & mask_]);
         slots_ = std::move(bigger);
+        mask_ = slots_.size() - 1;
         head_ = 0;
     }
     std::vector<T> slots_;
+    // The capacity is a power of two, so an index wraps with a mask, not a division.
+    size_t mask_ = 0;
     size_t head_ = 0;
     size_t size_ = 0;
 };
