@@ -36,8 +36,11 @@ TEST(PerfOptions, ClientOptionsAreParsed) {
     EXPECT_TRUE(o.oneWay);
     EXPECT_EQ(o.json, "x.json");
     PerfOptions h;
-    ASSERT_TRUE(parse({"local", "--unsched-bytes", "10000", "--max-incoming", "100000", "--overcommit", "2"}, &h, &e))
+    ASSERT_TRUE(parse({"local", "--unsched-bytes", "10000", "--max-incoming", "100000", "--overcommit", "2",
+                       "--buffer-mb", "256"},
+                      &h, &e))
         << e;
+    EXPECT_EQ(h.bufferMb, 256u);
     EXPECT_EQ(h.unschedBytes, 10'000u);
     EXPECT_EQ(h.maxIncoming, 100'000u);
     EXPECT_EQ(h.overcommit, 2);
@@ -60,6 +63,7 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--unsched-bytes", "0"},
         {"local", "--max-incoming", "-5"},
         {"local", "--overcommit", "65"},
+        {"local", "--buffer-mb", "0"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},

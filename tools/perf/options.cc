@@ -25,6 +25,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::Range(1u, 1'000'000'000u));
         c->add_option("--overcommit", o->overcommit, "Homa: messages a receiver grants to at once")
             ->check(CLI::Range(1, 64));
+        c->add_option("--buffer-mb", o->bufferMb, "Homa: receive buffer pool per endpoint, MB (default 64)")
+            ->check(CLI::Range(1u, 1'000'000u));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");

@@ -64,6 +64,7 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     if (o.unschedBytes > 0) h.protocol.unschedBytes = o.unschedBytes;
     if (o.maxIncoming > 0) h.protocol.maxIncoming = o.maxIncoming;
     if (o.overcommit > 0) h.protocol.maxOvercommit = o.overcommit;
+    if (o.bufferMb > 0) h.protocol.maxBufferBytes = uint64_t{o.bufferMb} << 20;
     return h;
 }
 
@@ -412,7 +413,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
-                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"seed", o.seed},           {"servers", o.servers},
+                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
