@@ -688,12 +688,18 @@ TEST(Engine, SenderServesTheShortestRemainingMessageFirst) {
 
 // ---------------------------------------------------------------- memory bounds
 
+// A server engine for the buffer tests: messages up to 200 KB, a pool of `poolBytes` of
+// which `reserve` is kept for single-packet messages.
+Config smallPool(uint64_t poolBytes, double reserve) {
+    Config c = baseConfig();
+    c.maxMessageLength = 200'000;
+    c.maxBufferBytes = poolBytes;
+    c.smallMessageReserve = reserve;
+    return c;
+}
+
 TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
-    Config cb = baseConfig();
-    cb.maxMessageLength = 200'000;
-    cb.maxBufferBytes = BufferPool::classSize(200'000) + 10'000;
-    cb.smallMessageReserve = 0;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) + 10'000, 0));
     p.call(200'000, 1);
     p.pump();
     auto first = p.deliveries(p.b);
@@ -717,12 +723,8 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
 // pool is kept for small messages (they once waited, their packet dropped, until the
 // large message's buffer came back).
 TEST(Engine, FullPoolStillTakesSmallMessages) {
-    Config cb = baseConfig();
-    cb.maxMessageLength = 200'000;
     // 20 % reserved: the 200 KB message's buffer (229,376 bytes) just fits in the rest.
-    cb.maxBufferBytes = BufferPool::classSize(200'000) * 5 / 4 + 1'000;
-    cb.smallMessageReserve = 0.2;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
     p.call(200'000, 1);
     p.pump();
     auto first = p.deliveries(p.b);
@@ -750,11 +752,7 @@ TEST(Engine, FullPoolStillTakesSmallMessages) {
 // queued behind a large message still too big for the pool; the large one is served
 // once its buffer fits.
 TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
-    Config cb = baseConfig();
-    cb.maxMessageLength = 200'000;
-    cb.maxBufferBytes = BufferPool::classSize(200'000) * 5 / 4 + 1'000;
-    cb.smallMessageReserve = 0.2;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
     p.call(200'000, 1);
     p.pump();
     auto held = p.deliveries(p.b);
@@ -796,11 +794,7 @@ TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
 // behind an older one that does not, or a stream of such messages could keep the
 // older one waiting for ever.
 TEST(Engine, LargeMessageWaitsBehindAnOlderLargeWaiter) {
-    Config cb = baseConfig();
-    cb.maxMessageLength = 200'000;
-    cb.maxBufferBytes = BufferPool::classSize(200'000) + BufferPool::classSize(25'000) + 1'000;
-    cb.smallMessageReserve = 0;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) + BufferPool::classSize(25'000) + 1'000, 0));
     p.call(200'000, 1);
     p.call(25'000, 2);
     p.pump();
