@@ -114,6 +114,15 @@ struct Pair {
         }
         return n;
     }
+    /// Runs `n` calls of `length` bytes each way to completion; returns the client's
+    /// deliveries (their buffers still held).
+    std::vector<Delivery> roundTrips(int n, uint32_t length) {
+        for (int i = 0; i < n; ++i) call(length);
+        pump();
+        serveAll(length);
+        pump();
+        return deliveries(a);
+    }
     void releaseAll(Engine& e) {
         for (auto& d : deliveries(e))
             if (d.message.data) e.releaseMessage(d.message, now);
@@ -438,13 +447,8 @@ TEST(Engine, AcksOfABatchOfResponsesRideOnTheRequestsThatFollowOldestFirst) {
     // A client that starts a request for each response it gets (a closed loop) sends no
     // ACK packet: each request carries one ack, the oldest pending first.
     Pair p;
-    std::vector<uint64_t> ids;
-    for (int i = 0; i < 8; ++i) ids.push_back(p.call(64));
-    p.pump();
-    p.serveAll(64);
-    p.pump();
     std::vector<uint64_t> completed;
-    for (auto& d : p.deliveries(p.a)) {
+    for (auto& d : p.roundTrips(8, 64)) {
         completed.push_back(d.clientId);
         p.a.releaseMessage(d.message, p.now);
     }
@@ -465,11 +469,7 @@ TEST(Engine, AcksOfABatchOfResponsesRideOnTheRequestsThatFollowOldestFirst) {
 
 TEST(Engine, PendingAcksGoOutInFullPacketsAtTheEndOfABatchAndTheRestAfterATick) {
     Pair p;
-    for (int i = 0; i < 7; ++i) p.call(64);
-    p.pump();
-    p.serveAll(64);
-    p.pump();
-    p.releaseAll(p.a);
+    for (auto& d : p.roundTrips(7, 64)) p.a.releaseMessage(d.message, p.now);
     EXPECT_EQ(p.sinkA.count(wire::PacketType::Ack), 0u);
     // No request follows: one full ACK packet now, the two left wait.
     p.a.sendDueAcks();
@@ -494,11 +494,7 @@ TEST(Engine, PendingAcksGoOutInFullPacketsAtTheEndOfABatchAndTheRestAfterATick) 
 TEST(Engine, PendingAcksGoOutAtTheSecondTickWhenNoBatchEnds) {
     // A host that never calls sendDueAcks() still sends every ack within two ticks.
     Pair p;
-    for (int i = 0; i < 3; ++i) p.call(64);
-    p.pump();
-    p.serveAll(64);
-    p.pump();
-    p.releaseAll(p.a);
+    for (auto& d : p.roundTrips(3, 64)) p.a.releaseMessage(d.message, p.now);
     p.now += p.cfgA.tickNs;
     p.a.advance(p.now);
     EXPECT_EQ(p.sinkA.count(wire::PacketType::Ack), 0u);
