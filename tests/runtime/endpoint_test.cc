@@ -209,6 +209,47 @@ TEST(Endpoint, SlowHandlersDoNotHoldTheFirstResponseOfABurst) {
     EXPECT_GE(spaced, kBurst - 2);
 }
 
+// Buffers that callbacks and handlers release go back at the end of their batch: with
+// pools that hold only two of the largest messages, a chain of large calls (each
+// callback dropping its response and starting the next) keeps going on both sides, and
+// both pools are empty at the end.
+TEST(Endpoint, BuffersDroppedInCallbacksAndHandlersGoBackToThePool) {
+    EndpointOptions so = loopback();
+    so.protocol.maxBufferBytes = 2'500'000;
+    Status err;
+    auto server = Endpoint::open(so, &err);
+    ASSERT_TRUE(server) << err.toString();
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }).isOk());
+    EndpointOptions co = loopback();
+    co.protocol.maxBufferBytes = 2'500'000;
+    auto client = Endpoint::open(co, &err);
+    ASSERT_TRUE(client) << err.toString();
+    auto req = bytesOf(900'000, 9);
+    constexpr int kCalls = 12;
+    std::atomic<int> left{kCalls}, failures{0};
+    std::promise<void> finished;
+    std::function<void(Response)> next = [&](Response r) {
+        if (!r.status.isOk() || r.message.size() != req.size()) ++failures;
+        r.message.reset();
+        if (--left == 0) {
+            finished.set_value();
+            return;
+        }
+        client->callAsync(server->address(), req, next, {.timeout = 10s});
+    };
+    client->callAsync(server->address(), req, next, {.timeout = 10s});
+    const bool done = finished.get_future().wait_for(60s) == std::future_status::ready;
+    if (!done) client->shutdown();  // (the chain's callbacks use this scope's variables)
+    ASSERT_TRUE(done) << left.load() << " calls left";
+    EXPECT_EQ(failures.load(), 0);
+    for (int i = 0; i < 100 && (client->metrics().get("buffer_bytes_in_use") != 0 ||
+                                server->metrics().get("buffer_bytes_in_use") != 0);
+         ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(client->metrics().get("buffer_bytes_in_use"), 0u);
+    EXPECT_EQ(server->metrics().get("buffer_bytes_in_use"), 0u);
+}
+
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
 // wait for, waits inside the socket's receive: one system call both waits and reads (a
 // ppoll and then a read cost one more per packet, as much as the RPC's own send).
