@@ -215,6 +215,98 @@ void BM_SmallRpc(benchmark::State& state) {
 }
 BENCHMARK(BM_SmallRpc)->ComputeStatistics("min", minimum);
 
+// ------------------------------------------------------------------ large message
+
+/// One RPC with a 1 MB request and an 8-byte response (homa-perf --one-way): the cost of
+/// the data path per DATA packet, on both sides, with grants and pacing.
+class LargeRpc {
+  public:
+    static constexpr size_t kRequestBytes = 1'000'000;
+    /// Virtual time per exchange of batches: the pacer releases what the link carried.
+    static constexpr Time kStepNs = 5'000;
+
+    explicit LargeRpc(const Config& config)
+        : request_(kRequestBytes), client_(config, clientOut_), server_(config, serverOut_) {
+        for (size_t i = 0; i < kRequestBytes; ++i) request_[i] = static_cast<uint8_t>(i * 7);
+    }
+
+    __attribute__((noinline)) bool oneRpc() {
+        uint64_t id = 0;
+        if (!client_.startRequest(serverAddress_, request_, ++cookie_, now_, &id).isOk())
+            return fail("startRequest failed");
+        for (int round = 0; round < 100'000; ++round) {
+            deliverBatch(clientOut_, server_, clientAddress_, now_);
+            while (server_.pollDelivery(delivery_)) {
+                if (delivery_.kind != Delivery::Kind::Request || delivery_.message.length != kRequestBytes)
+                    return fail("the server delivered something else");
+                const engine::ReceivedMessage request = delivery_.message;
+                if (!server_.sendResponse(delivery_.server, response_, now_).isOk())
+                    return fail("sendResponse failed");
+                server_.releaseMessage(request, now_);
+            }
+            deliverBatch(serverOut_, client_, serverAddress_, now_);
+            while (client_.pollDelivery(delivery_)) {
+                if (delivery_.kind != Delivery::Kind::Response || delivery_.clientId != id)
+                    return fail("the client delivered something else");
+                client_.releaseMessage(delivery_.message, now_);
+                return true;
+            }
+            now_ += kStepNs;
+            if (now_ >= client_.nextWakeup()) client_.advance(now_);
+            if (now_ >= server_.nextWakeup()) server_.advance(now_);
+        }
+        return fail("the RPC did not complete");
+    }
+
+    Engine& server() { return server_; }
+    const std::string& error() const { return error_; }
+    uint64_t sinkOverflows() const { return clientOut_.overflowed() + serverOut_.overflowed(); }
+
+  private:
+    bool fail(const char* what) {
+        if (error_.empty()) error_ = what;
+        return false;
+    }
+
+    std::vector<uint8_t> request_;
+    PacketQueue clientOut_{1024};
+    PacketQueue serverOut_{1024};
+    Engine client_;
+    Engine server_;
+    const Address clientAddress_ = hostAddress(1);
+    const Address serverAddress_ = hostAddress(2);
+    std::array<uint8_t, 8> response_{};
+    Delivery delivery_;
+    Time now_ = 1'000'000'000;
+    uint64_t cookie_ = 0;
+    std::string error_;
+};
+
+void BM_LargeRpc(benchmark::State& state) {
+    LargeRpc rpc(benchConfig());
+    for (int i = 0; i < 20; ++i) {
+        if (!rpc.oneRpc()) {
+            state.SkipWithError(("warm-up: " + rpc.error()).c_str());
+            return;
+        }
+    }
+    const uint64_t packetsBefore = rpc.server().metrics().packetsReceived[0];
+    for (auto _ : state) {
+        if (!rpc.oneRpc()) {
+            state.SkipWithError(rpc.error().c_str());
+            return;
+        }
+    }
+    const double packets = static_cast<double>(rpc.server().metrics().packetsReceived[0] - packetsBefore);
+    state.SetItemsProcessed(state.iterations());
+    // Both engines' work (and one copy of each packet) per DATA packet received.
+    state.counters["ns_per_data_packet"] = benchmark::Counter(
+        packets / static_cast<double>(state.iterations()), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+    state.counters["data_packets_per_rpc"] = packets / static_cast<double>(state.iterations());
+    if (rpc.sinkOverflows() != 0) state.SkipWithError("the packet queue overflowed");
+}
+BENCHMARK(BM_LargeRpc)->ComputeStatistics("min", minimum);
+
 // ------------------------------------------------------------------ grant decision
 
 /// A receiving engine with many large incoming requests, fed by a model of their senders

@@ -522,7 +522,8 @@ void Engine::handleGrant(Rpc* rpc, const wire::Packet& p) {
     uint32_t offset = std::min(p.grant.offset, o.length);
     if (offset > o.granted) o.granted = offset;
     o.schedPriority = p.grant.priority;
-    updateSendable(rpc);
+    // A grant only adds sendable bytes: a message filed already keeps its place.
+    if (!rpc->sendHook.is_linked()) updateSendable(rpc);
 }
 
 void Engine::handleRpcUnknown(Rpc* rpc, Time now) {

@@ -77,7 +77,16 @@ void Engine::transmitData(Time now) {
         } else if (cfg_.pacerFifoFraction > 0) {
             pacerFifoCredit_ += length * cfg_.pacerFifoFraction / (1.0 - cfg_.pacerFifoFraction);
         }
-        updateSendable(rpc);
+        // Sending a packet only shortens the message's remaining bytes: its place in the
+        // FIFO set stands, and so does its place in the SRPT set when it was first there.
+        // Re-file it only when it is done or may have to move up (updateSendable's result).
+        const OutMessage& o = rpc->out;
+        if (o.nextOffset >= o.sendable()) {
+            updateSendable(rpc);
+        } else if (fifo && rpc != &*sendable_.begin()) {
+            sendable_.erase(sendable_.iterator_to(*rpc));
+            sendable_.insert(*rpc);
+        }
     }
     pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
 }
