@@ -161,13 +161,16 @@ TEST(Endpoint, ClosedLoopCallsCarryTheirAcksOnTheNextRequests) {
     for (int i = 0; i < 200 && !server->rpcs().empty(); ++i) std::this_thread::sleep_for(10ms);
     EXPECT_TRUE(server->rpcs().empty());
     MetricsSnapshot ds = server->metrics() - s0, dc = client->metrics() - c0;
-    std::printf("%d RPCs: %llu acked, %llu acks on DATA, %llu ACK packets\n", kRpcs,
+    std::printf("%d RPCs: %llu acked, %llu acks on DATA, %llu ACK packets, %llu NEED_ACKs\n", kRpcs,
                 static_cast<unsigned long long>(ds.get("server_rpcs_acked")),
                 static_cast<unsigned long long>(ds.get("acks_piggybacked")),
-                static_cast<unsigned long long>(dc.get("ack_packets_sent")));
+                static_cast<unsigned long long>(dc.get("ack_packets_sent")),
+                static_cast<unsigned long long>(dc.get("packets_received_need_ack")));
     EXPECT_GE(ds.get("server_rpcs_acked"), static_cast<uint64_t>(kRpcs));
     EXPECT_GE(ds.get("acks_piggybacked"), static_cast<uint64_t>(kRpcs / 2));
-    EXPECT_LT(dc.get("ack_packets_sent"), static_cast<uint64_t>(kRpcs / 10));
+    // Besides the answers to the server's NEED_ACKs (many when a sanitizer slows the
+    // client past the server's two ticks), few ACK packets.
+    EXPECT_LT(dc.get("ack_packets_sent"), dc.get("packets_received_need_ack") + kRpcs / 10);
 }
 
 // A worker sends the responses to a burst of requests together, once it has run out of
