@@ -5,8 +5,8 @@
 #
 #   64 B round trip, P50/P99: homa-perf Homa, homa-perf TCP, sockperf UDP and TCP
 #       ping-pong (--full-rtt), gRPC unary echo (bench/grpc); Homa and sockperf UDP also
-#       with both ends pinned to one CPU (medians of 3 runs)
-#   small-RPC throughput (64 B, 64 outstanding): Homa, TCP, gRPC
+#       with both ends pinned to one CPU (Homa, sockperf UDP and gRPC: medians of 3 runs)
+#   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 3), gRPC
 #   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
 #   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages
 # --quick shortens every run (the README's first command uses it). JSON files and plots
@@ -83,8 +83,14 @@ tl=$(hp lat-tcp --protocol tcp --workload 64 --client-max 1)
 read -r st50 st99 <<< "$(sockperf_pp tcp)"
 g50=n/a; g99=n/a; gk=n/a
 if [ -x "$grpc" ]; then
-  gl=$("$grpc" local --mode latency --size 64 --duration "$secs")
-  g50=$(echo "$gl" | sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p'); g99=$(echo "$gl" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')
+  # gRPC's latency moves with where the scheduler puts its threads: the median of $reps
+  # runs, as for Homa and sockperf.
+  declare -a gd50 gd99
+  for r in $(seq "$reps"); do
+    gl=$("$grpc" local --mode latency --size 64 --duration "$secs")
+    gd50+=("$(echo "$gl" | sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p')"); gd99+=("$(echo "$gl" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')")
+  done
+  g50=$(median "${gd50[@]}"); g99=$(median "${gd99[@]}")
   gt=$("$grpc" local --mode throughput --size 64 --outstanding 64 --duration "$secs")
   gk=$(echo "$gt" | sed -n 's/.*kops=\([0-9.]*\).*/\1/p')
 else
@@ -92,8 +98,13 @@ else
 fi
 
 note "== small-RPC throughput"
-ht=$(hp tput-homa --workload 64 --client-max 64)
-tt=$(hp tput-tcp --protocol tcp --workload 64 --client-max 64)
+# Medians of $reps runs, Homa and TCP alternating.
+declare -a hk tk
+for r in $(seq "$reps"); do
+  hk+=("$(j "$(hp "tput-homa-$r" --workload 64 --client-max 64)" .totals.kops)")
+  tk+=("$(j "$(hp "tput-tcp-$r" --protocol tcp --workload 64 --client-max 64)" .totals.kops)")
+done
+hkops=$(median "${hk[@]}"); tkops=$(median "${tk[@]}")
 
 note "== 1 MB one-way"
 hb=$(hp big-homa --workload 1000000 --one-way --client-max 4)
@@ -127,8 +138,8 @@ row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "
 row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$(j "$tl" .totals.rtt_p99_us)")"
 row "64 B RTT P50 us vs gRPC" "$(printf %.1f "$hl50")" "$g50"
 row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
-row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$(j "$ht" .totals.kops)")" "$(printf %.1f "$(j "$tt" .totals.kops)")"
-row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$(j "$ht" .totals.kops)")" "$gk"
+row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops")" "$(printf %.1f "$tkops")"
+row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$hkops")" "$gk"
 row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$(j "$tb" .totals.gbps_out)")"
 row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$iperf")"
 row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h3")")" "$(printf %.2f "$(small "$t3")")"
