@@ -31,10 +31,24 @@ constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
 constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
 
-// Nonzero while this thread runs code after which a flush is certain (callbacks inside
-// the loop, a handler whose worker flushes when it runs out of queued requests): packets
-// queued meanwhile go out together in one sendmmsg instead of one system call each.
-thread_local int tDeferFlush = 0;
+// The endpoint whose flush is certain to follow what this thread runs now (its callbacks
+// inside the loop, a handler whose worker flushes when it runs out of queued requests):
+// packets queued meanwhile on that endpoint go out together in one sendmmsg instead of one
+// system call each. Only that endpoint's: a call the code makes on another endpoint (a
+// middle tier's handler calling a backend) is sent at once, since nothing would flush it
+// before that endpoint's next loop pass or tick.
+thread_local const Core* tDeferFlushFor = nullptr;
+// Defers this thread's flushes of `core` while it exists (see tDeferFlushFor).
+class DeferFlush {
+  public:
+    explicit DeferFlush(const Core* core) : saved_(std::exchange(tDeferFlushFor, core)) {}
+    ~DeferFlush() { tDeferFlushFor = saved_; }
+    DeferFlush(const DeferFlush&) = delete;
+    DeferFlush& operator=(const DeferFlush&) = delete;
+
+  private:
+    const Core* saved_;
+};
 // True while this thread runs iterate() (the loop, and callbacks inside it).
 thread_local bool tLoopThread = false;
 // Buffers released by this thread while a Core::ReleaseBatch is open (see core.h).
@@ -171,7 +185,7 @@ Message Core::makeMessage(const engine::ReceivedMessage& m) {
 // ---------------------------------------------------------------- the loop
 
 void Core::maybeFlush() {
-    if (tDeferFlush == 0) driver_->flush();
+    if (tDeferFlushFor != this) driver_->flush();
 }
 
 void Core::pokeLoop() {
@@ -311,9 +325,10 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
     afterEngineWork(now);
     if (ready.empty()) return;
     lk.unlock();
-    ++tDeferFlush;
-    runCallbacks(ready);
-    --tDeferFlush;
+    {
+        DeferFlush defer(this);
+        runCallbacks(ready);
+    }
     lk.lock();
 }
 
@@ -421,9 +436,8 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     }
     if (freeze) freezeTrace();
     if (!ready.empty()) {
-        ++tDeferFlush;
+        DeferFlush defer(this);
         runCallbacks(ready);
-        --tDeferFlush;
     }
     if (idle && maxWaitNs != 0) {
         bool poked = false;
@@ -777,7 +791,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1);
             while (request) {
-                ++tDeferFlush;
+                const Core* deferred = std::exchange(tDeferFlushFor, this);
                 // Counted before it runs: its response may reach the client (through
                 // another thread's flush) before this thread is done.
                 threadCounters_.add(kHandlerCalls, 1);
@@ -804,7 +818,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 // last one is done).
                 std::unique_lock lk(mu_);
                 releaseDeferred();
-                --tDeferFlush;
+                tDeferFlushFor = deferred;
                 const bool more = !requests_.empty() && !shutdown_;
                 if (!more || end - holdingSince >= maxHoldCycles) {
                     driver_->flush();

@@ -253,6 +253,48 @@ TEST(Endpoint, BuffersDroppedInCallbacksAndHandlersGoBackToThePool) {
     EXPECT_EQ(server->metrics().get("buffer_bytes_in_use"), 0u);
 }
 
+// A handler or a callback of one endpoint that starts a call on another (a middle tier):
+// that call's packets leave at once. (They used to wait in the other endpoint's queue
+// for its next loop pass or tick, up to a millisecond, because the first endpoint's
+// handler or callback batch deferred every flush made on its thread.)
+TEST(Endpoint, CallsOnAnotherEndpointFromHandlersAndCallbacksLeaveAtOnce) {
+    auto backend = echoServer();
+    auto tier = Endpoint::open(loopback());  // the middle tier's client endpoint
+    ASSERT_TRUE(tier);
+    std::atomic<int> heldInHandler{0}, heldInCallback{0};
+    auto sendsOf = [](Endpoint& e) { return e.metrics().get("udp_send_calls"); };
+    Status err;
+    auto front = Endpoint::open(loopback(), &err);
+    ASSERT_TRUE(front) << err.toString();
+    ASSERT_TRUE(front->serve([&](ServerRequest r) {
+                         const uint64_t before = sendsOf(*tier);
+                         auto req = std::make_shared<ServerRequest>(std::move(r));
+                         tier->callAsync(backend->address(), req->message().bytes(),
+                                         [req](Response resp) { req->respond(resp.message.bytes()); });
+                         if (sendsOf(*tier) == before) ++heldInHandler;
+                     }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    for (int i = 0; i < 20; ++i) {
+        Response r = client->call(front->address(), bytesOf(64, static_cast<uint8_t>(i)), {.timeout = 10s});
+        ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+    }
+    EXPECT_EQ(heldInHandler.load(), 0) << "calls started by a handler waited in the queue";
+    // The same from callbacks run by the client endpoint's loop.
+    std::promise<void> done;
+    std::atomic<int> left{20};
+    std::function<void(Response)> next = [&](Response) {
+        const uint64_t before = sendsOf(*tier);
+        tier->callAsync(backend->address(), bytesOf(64, 1), [&](Response) {
+            if (--left == 0) done.set_value();
+        });
+        if (sendsOf(*tier) == before) ++heldInCallback;
+    };
+    for (int i = 0; i < 20; ++i) client->callAsync(backend->address(), bytesOf(64, 2), next);
+    ASSERT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
+    EXPECT_EQ(heldInCallback.load(), 0) << "calls started by a callback waited in the queue";
+}
+
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
 // wait for, waits inside the socket's receive: one system call both waits and reads (a
 // ppoll and then a read cost one more per packet, as much as the RPC's own send).
