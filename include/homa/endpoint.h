@@ -153,6 +153,23 @@ class Endpoint {
                                      CallOptions options = {});
     /// Gives up on a call; its callback/future/caller gets StatusCode::Aborted.
     Status abort(RpcId id);
+    /// While it exists, the packets of the asynchronous calls this thread starts on the
+    /// endpoint wait, and leave together in one system call when it ends (a fan-out of
+    /// calls to many servers, or a burst to one). Callbacks and handlers get this on
+    /// their own. Keep it short: nothing the thread starts on this endpoint leaves before
+    /// the end (a synchronous call() still sends at once). One thread; the endpoint
+    /// must outlive it.
+    class CallBatch {
+      public:
+        explicit CallBatch(Endpoint& endpoint);
+        ~CallBatch();
+        CallBatch(const CallBatch&) = delete;
+        CallBatch& operator=(const CallBatch&) = delete;
+
+      private:
+        runtime::Core* core_;
+        const void* previous_;
+    };
 
     // ---- Server
     /// Handler-based server: `threads` workers receive requests and run `handler`. A

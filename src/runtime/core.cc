@@ -865,6 +865,15 @@ Core::ReleaseBatch::ReleaseBatch(const Core* core) : previous_(tReleaseBatch) { 
 
 Core::ReleaseBatch::~ReleaseBatch() { tReleaseBatch = previous_; }
 
+const void* Core::beginCallBatch() { return std::exchange(tDeferFlushFor, this); }
+
+void Core::endCallBatch(const void* previous) {
+    tDeferFlushFor = static_cast<const Core*>(previous);
+    if (tDeferFlushFor == this) return;  // nested in a batch of its own: that one flushes
+    std::lock_guard lk(mu_);
+    driver_->flush();
+}
+
 void Core::releaseDeferred() {
     if (tReleases.empty()) return;
     // Entries of another endpoint (a batch of its own that this one's callbacks ran

@@ -65,6 +65,11 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
                   std::span<const uint8_t> payload) override;
 
+    /// Endpoint::CallBatch: defer this thread's flushes of this endpoint; the end
+    /// restores what was deferred before (returned by the beginning) and flushes.
+    const void* beginCallBatch();
+    void endCallBatch(const void* previous);
+
   private:
     /// A thread waiting in call() or receive().
     struct Waiter {

@@ -82,6 +82,11 @@ std::future<Response> Endpoint::callFuture(const Address& server, std::span<cons
 
 Status Endpoint::abort(RpcId id) { return core_->abort(id); }
 
+Endpoint::CallBatch::CallBatch(Endpoint& endpoint)
+    : core_(endpoint.core_.get()), previous_(core_->beginCallBatch()) {}
+
+Endpoint::CallBatch::~CallBatch() { core_->endCallBatch(previous_); }
+
 Status Endpoint::serve(Handler handler, int threads) { return core_->serve(std::move(handler), threads); }
 
 std::optional<ServerRequest> Endpoint::receive(std::chrono::nanoseconds timeout) {

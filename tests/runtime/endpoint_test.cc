@@ -295,6 +295,33 @@ TEST(Endpoint, CallsOnAnotherEndpointFromHandlersAndCallbacksLeaveAtOnce) {
     EXPECT_EQ(heldInCallback.load(), 0) << "calls started by a callback waited in the queue";
 }
 
+// A burst of asynchronous calls started inside a CallBatch leaves in one system call
+// (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
+TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    ASSERT_TRUE(client->call(server->address(), bytesOf(64, 1)).status.isOk());
+    constexpr int kCalls = 20;
+    std::atomic<int> ok{0};
+    std::promise<void> done;
+    std::atomic<int> left{kCalls};
+    auto count = [&](Response r) {
+        ok += r.status.isOk();
+        if (--left == 0) done.set_value();
+    };
+    const uint64_t before = client->metrics().get("udp_send_calls");
+    {
+        Endpoint::CallBatch batch(*client);
+        for (int i = 0; i < kCalls; ++i) client->callAsync(server->address(), bytesOf(64, static_cast<uint8_t>(i)), count);
+    }
+    const uint64_t sends = client->metrics().get("udp_send_calls") - before;
+    ASSERT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
+    EXPECT_EQ(ok.load(), kCalls);
+    EXPECT_GE(sends, 1u);
+    EXPECT_LT(sends, 5u) << "one sendmmsg per call instead of one for the burst";
+}
+
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
 // wait for, waits inside the socket's receive: one system call both waits and reads (a
 // ppoll and then a read cost one more per packet, as much as the RPC's own send).
