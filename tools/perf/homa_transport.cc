@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <optional>
 
 namespace homa::perf {
 
@@ -35,6 +36,8 @@ class HomaClient : public ClientTransport {
         return true;
     }
     bool hasSyncCalls() const override { return true; }
+    void holdSends() override { batch_.emplace(*ep_); }
+    void releaseSends() override { batch_.reset(); }
     void stop() override { ep_->shutdown(); }
     Endpoint& endpoint() { return *ep_; }
 
@@ -61,6 +64,7 @@ class HomaClient : public ClientTransport {
 
     std::unique_ptr<Endpoint> ep_;
     std::vector<Address> servers_;
+    std::optional<Endpoint::CallBatch> batch_;  ///< (the thread between holdSends and releaseSends)
     std::mutex slotsMu_;
     std::vector<Done> slots_;        ///< callbacks of calls in flight (slotsMu_)
     std::vector<uint64_t> freeSlots_;  ///< (slotsMu_)

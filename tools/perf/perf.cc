@@ -221,6 +221,7 @@ class LoadGenerator {
         std::exponential_distribution<double> gap(perSecond / 1e9);
         std::mt19937_64 arrivals(o_.seed ^ 0x9e3779b97f4a7c15ull);
         int64_t next = nowNs();
+        transport_.holdSends();
         while (!stopping_ && !interrupted) {
             next += static_cast<int64_t>(gap(arrivals));
             if (next >= end) break;
@@ -228,8 +229,12 @@ class LoadGenerator {
             // and server it measures (on a 2-core machine they then share the other one
             // and stall each other for scheduler time slices, milliseconds). Arrivals due
             // during a sleep go out together when it ends (sleeps last at least the
-            // kernel's timer slack, about 50 us).
-            if (int64_t now = nowNs(); now < next) std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+            // kernel's timer slack, about 50 us), their packets in one system call.
+            if (int64_t now = nowNs(); now < next) {
+                transport_.releaseSends();
+                std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+                transport_.holdSends();
+            }
             bool full;
             {
                 std::lock_guard lk(mu_);
@@ -238,6 +243,7 @@ class LoadGenerator {
             }
             if (!full) issue();
         }
+        transport_.releaseSends();
     }
 
     void report(int64_t at) {

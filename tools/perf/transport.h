@@ -36,6 +36,10 @@ class ClientTransport {
         return false;
     }
     virtual bool hasSyncCalls() const { return false; }
+    /// Between these, calls made on this thread may be held back and sent together at
+    /// releaseSends() (the open-loop generator's arrivals due at once).
+    virtual void holdSends() {}
+    virtual void releaseSends() {}
     /// Stops: outstanding calls complete (with an error if need be) before this returns.
     virtual void stop() = 0;
 };
