@@ -168,7 +168,7 @@ class Endpoint {
 
       private:
         runtime::Core* core_;
-        const void* previous_;
+        const runtime::Core* outer_;
     };
 
     // ---- Server

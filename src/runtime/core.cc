@@ -31,34 +31,22 @@ constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
 constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
 
-// The endpoint whose flush is certain to follow what this thread runs now (its callbacks
-// inside the loop, a handler whose worker flushes when it runs out of queued requests):
-// packets queued meanwhile on that endpoint go out together in one sendmmsg instead of one
-// system call each. Only that endpoint's: a call the code makes on another endpoint (a
-// middle tier's handler calling a backend) is sent at once, since nothing would flush it
-// before that endpoint's next loop pass or tick.
-thread_local const Core* tDeferFlushFor = nullptr;
-// Defers this thread's flushes of `core` while it exists (see tDeferFlushFor).
-class DeferFlush {
-  public:
-    explicit DeferFlush(const Core* core) : saved_(std::exchange(tDeferFlushFor, core)) {}
-    ~DeferFlush() { tDeferFlushFor = saved_; }
-    DeferFlush(const DeferFlush&) = delete;
-    DeferFlush& operator=(const DeferFlush&) = delete;
-
-  private:
-    const Core* saved_;
-};
-// True while this thread runs iterate() (the loop, and callbacks inside it).
-thread_local bool tLoopThread = false;
-// Buffers released by this thread while a Core::ReleaseBatch is open (see core.h).
+// The endpoint whose batch this thread runs now (its callbacks inside the loop, a handler,
+// an Endpoint::CallBatch; see Core::Batch): packets queued on that endpoint meanwhile go
+// out together in one sendmmsg at the end instead of one system call each, and buffers
+// released for it go back in one locked step. Only that endpoint's: a call the code makes
+// on another endpoint (a middle tier's handler calling a backend) is sent at once, since
+// nothing would flush it before that endpoint's next loop pass or tick.
+thread_local const Core* tBatchFor = nullptr;
+// Buffers released by this thread during a batch, returned by releaseDeferred().
 struct DeferredRelease {
     const Core* core;
     uint8_t* data;
     uint32_t length, capacity;
 };
-thread_local const Core* tReleaseBatch = nullptr;
 thread_local std::vector<DeferredRelease> tReleases;
+// True while this thread runs iterate() (the loop, and callbacks inside it).
+thread_local bool tLoopThread = false;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 timespec toTimespec(int64_t ns) {
@@ -185,7 +173,7 @@ Message Core::makeMessage(const engine::ReceivedMessage& m) {
 // ---------------------------------------------------------------- the loop
 
 void Core::maybeFlush() {
-    if (tDeferFlushFor != this) driver_->flush();
+    if (tBatchFor != this) driver_->flush();
 }
 
 void Core::pokeLoop() {
@@ -325,10 +313,7 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
     afterEngineWork(now);
     if (ready.empty()) return;
     lk.unlock();
-    {
-        DeferFlush defer(this);
-        runCallbacks(ready);
-    }
+    runCallbacks(ready);
     lk.lock();
 }
 
@@ -435,10 +420,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         }
     }
     if (freeze) freezeTrace();
-    if (!ready.empty()) {
-        DeferFlush defer(this);
-        runCallbacks(ready);
-    }
+    runCallbacks(ready);
     if (idle && maxWaitNs != 0) {
         bool poked = false;
         // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
@@ -468,14 +450,12 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
     // that call counted.
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
-    {
-        ReleaseBatch batch(this);
-        for (auto& [callback, response] : ready) {
-            HOMA_TRACE("callback id %u", response.id);
-            callback(std::move(response));
-        }
-        ready.clear();
+    Batch batch(this);
+    for (auto& [callback, response] : ready) {
+        HOMA_TRACE("callback id %u", response.id);
+        callback(std::move(response));
     }
+    ready.clear();
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);
     std::lock_guard lk(mu_);
     releaseDeferred();
@@ -791,22 +771,19 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1);
             while (request) {
-                const Core* deferred = std::exchange(tDeferFlushFor, this);
+                const Core* outer = beginBatch();
                 // Counted before it runs: its response may reach the client (through
                 // another thread's flush) before this thread is done.
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
                 if (holdingSince == 0) holdingSince = start;
-                {
-                    ReleaseBatch batch(this);
-                    try {
-                        handler(std::move(*request));
-                    } catch (...) {
-                        // A throwing handler drops its request (the client sees a
-                        // failure); the worker goes on serving.
-                    }
-                    request.reset();
+                try {
+                    handler(std::move(*request));
+                } catch (...) {
+                    // A throwing handler drops its request (the client sees a failure);
+                    // the worker goes on serving.
                 }
+                request.reset();
                 const uint64_t end = trace::readClock();
                 threadCounters_.add(kHandlerCycles, end - start);
                 // One lock: the request's buffer goes back, and the next queued request is
@@ -818,7 +795,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 // last one is done).
                 std::unique_lock lk(mu_);
                 releaseDeferred();
-                tDeferFlushFor = deferred;
+                tBatchFor = outer;  // the batch ends with this step
                 const bool more = !requests_.empty() && !shutdown_;
                 if (!more || end - holdingSince >= maxHoldCycles) {
                     driver_->flush();
@@ -853,7 +830,7 @@ void Core::dropRequest(const Address& client, RpcId id) {
 }
 
 void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
-    if (tReleaseBatch == this) {
+    if (tBatchFor == this) {
         tReleases.push_back({this, data, length, capacity});
         return;
     }
@@ -861,18 +838,18 @@ void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
     outsideLoop([&](int64_t now) { engine_->releaseMessage({data, length, capacity}, now); });
 }
 
-Core::ReleaseBatch::ReleaseBatch(const Core* core) : previous_(tReleaseBatch) { tReleaseBatch = core; }
+const Core* Core::beginBatch() { return std::exchange(tBatchFor, this); }
 
-Core::ReleaseBatch::~ReleaseBatch() { tReleaseBatch = previous_; }
-
-const void* Core::beginCallBatch() { return std::exchange(tDeferFlushFor, this); }
-
-void Core::endCallBatch(const void* previous) {
-    tDeferFlushFor = static_cast<const Core*>(previous);
-    if (tDeferFlushFor == this) return;  // nested in a batch of its own: that one flushes
-    std::lock_guard lk(mu_);
-    driver_->flush();
+void Core::endBatch(const Core* outer) {
+    if (outer != this) {  // (nested in a batch of its own, that one ends it)
+        std::lock_guard lk(mu_);
+        releaseDeferred();
+        driver_->flush();
+    }
+    tBatchFor = outer;
 }
+
+Core::Batch::~Batch() { tBatchFor = outer_; }
 
 void Core::releaseDeferred() {
     if (tReleases.empty()) return;

@@ -65,10 +65,13 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
                   std::span<const uint8_t> payload) override;
 
-    /// Endpoint::CallBatch: defer this thread's flushes of this endpoint; the end
-    /// restores what was deferred before (returned by the beginning) and flushes.
-    const void* beginCallBatch();
-    void endCallBatch(const void* previous);
+    /// A batch of this thread's work on this endpoint (callbacks, a handler, an
+    /// Endpoint::CallBatch): until it ends, the packets the thread queues here wait for
+    /// one flush, and the buffers it releases here for one locked step. beginBatch()
+    /// returns the batch it is nested in, for endBatch(), which returns the buffers and
+    /// flushes (unless nested in a batch of this endpoint).
+    const Core* beginBatch();
+    void endBatch(const Core* outer);
 
   private:
     /// A thread waiting in call() or receive().
@@ -139,18 +142,17 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// Runs callbacks collected under `mu_` (called without it), counting them; then, under
     /// `mu_`, returns the buffers they released, sends due acks and flushes.
     void runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready);
-    /// While one exists, buffers that this thread releases for this endpoint (messages
-    /// destroyed by callbacks or a handler) wait in a thread-local list for
-    /// releaseDeferred(): one lock for a batch instead of one each.
-    class ReleaseBatch {
+    /// The thread's batch (see beginBatch()) for a scope that returns the buffers and
+    /// flushes itself before it ends (runCallbacks()).
+    class Batch {
       public:
-        explicit ReleaseBatch(const Core* core);
-        ~ReleaseBatch();
-        ReleaseBatch(const ReleaseBatch&) = delete;
-        ReleaseBatch& operator=(const ReleaseBatch&) = delete;
+        explicit Batch(Core* core) : outer_(core->beginBatch()) {}
+        ~Batch();
+        Batch(const Batch&) = delete;
+        Batch& operator=(const Batch&) = delete;
 
       private:
-        const Core* previous_;
+        const Core* outer_;
     };
     /// Returns the buffers this thread deferred for this endpoint (under mu_).
     void releaseDeferred();

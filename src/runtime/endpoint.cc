@@ -83,9 +83,9 @@ std::future<Response> Endpoint::callFuture(const Address& server, std::span<cons
 Status Endpoint::abort(RpcId id) { return core_->abort(id); }
 
 Endpoint::CallBatch::CallBatch(Endpoint& endpoint)
-    : core_(endpoint.core_.get()), previous_(core_->beginCallBatch()) {}
+    : core_(endpoint.core_.get()), outer_(core_->beginBatch()) {}
 
-Endpoint::CallBatch::~CallBatch() { core_->endCallBatch(previous_); }
+Endpoint::CallBatch::~CallBatch() { core_->endBatch(outer_); }
 
 Status Endpoint::serve(Handler handler, int threads) { return core_->serve(std::move(handler), threads); }
 
