@@ -167,6 +167,23 @@ TEST(UdpDriver, ReceivedPacketsAreCountedByTheirPriority) {
     EXPECT_EQ(byPriority[2], 3u);
     EXPECT_EQ(byPriority[0], 1u);
     EXPECT_EQ(byPriority[1] + byPriority[3] + byPriority[4] + byPriority[5] + byPriority[6], 0u);
+    // Anyone's datagram, with any TOS byte (here all bits set, ECN included): counted by
+    // its top three bits, delivered as bytes for the engine to judge.
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int tos = 0xff;
+    setsockopt(fd, IPPROTO_IP, IP_TOS, &tos, sizeof(tos));
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(0x7f000001);
+    to.sin_port = htons(b->localAddress().port);
+    const char junk[] = "not a homa packet";
+    ASSERT_EQ(sendto(fd, junk, sizeof(junk), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)),
+              static_cast<ssize_t>(sizeof(junk)));
+    close(fd);
+    auto got = drain(*b, 1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].size(), sizeof(junk));
+    EXPECT_EQ(b->stats().packetsReceivedByPriority[7], 7u);
 }
 
 TEST(UdpDriver, Ipv6WorksWhereAvailable) {

@@ -181,6 +181,21 @@ TEST(PerfLocal, TcpEndToEndWritesJson) {
     checkSchema(j, "tcp");
 }
 
+// A receive pool too small for the largest message is refused before any traffic, with
+// the library's reason, and the run fails; one that holds it runs and says so in the JSON.
+TEST(PerfLocal, BufferPoolTooSmallForTheLargestMessageIsRefused) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--workload", "64", "--duration", "0.3", "--buffer-mb", "1", "--quiet"}, &o, &e)) << e;
+    testing::internal::CaptureStderr();
+    EXPECT_NE(runLocal(o), 0);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("maxBufferBytes"), std::string::npos) << err;
+    nlohmann::json j = runLocalJson({"--workload", "64", "--duration", "1.1", "--buffer-mb", "8"}, "pool8");
+    ASSERT_FALSE(j.is_null());
+    EXPECT_EQ(j["options"]["buffer_mb"], 8);
+}
+
 TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {
     PerfOptions o;
     std::string e;
