@@ -4,10 +4,11 @@
 // A client queues one ack per completed RPC on the server's peer; acks ride on DATA
 // packets to that peer, and go out in ACK packets when a packet's worth (five) are
 // pending at the end of a batch of work (sendDueAcks), at the end of the batch in which
-// a tick passed (all of them), or when the server asks with NEED_ACK. Waiting for the end of the batch lets the requests that
-// the application starts on receiving responses carry their acks: a client that keeps
-// many small RPCs going then sends no ACK packets at all, where sending one per five
-// responses cost both ends a packet, and the server a wake-up of its own.
+// a tick passed (all of them), or when the server asks with NEED_ACK. Waiting for the
+// end of the batch lets the requests that the application starts on receiving responses
+// carry their acks: a client that keeps many small RPCs going then sends no ACK packets
+// at all, where sending one per five responses cost both ends a packet, and the server
+// a wake-up of its own.
 #include "engine/engine.h"
 
 namespace homa::engine {
@@ -44,7 +45,8 @@ void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) {
     c.dport = peer->address.port;
     wire::AckHeader h;
     if (extraClientId != 0) h.acks[h.numAcks++] = {extraClientId, peer->address.port};
-    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket) h.acks[h.numAcks++] = popPendingAck(peer);
+    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket)
+        h.acks[h.numAcks++] = popPendingAck(peer);
     size_t n = wire::encodeAck(scratch_, c, h);
     ++m_.ackPacketsSent;
     countSent(wire::PacketType::Ack, cfg_.controlPriority, n);
