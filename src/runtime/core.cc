@@ -13,10 +13,6 @@
 
 namespace homa::runtime {
 
-int64_t nowNs() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
-
 namespace {
 // Client ids must grow across restarts of a client (servers remember ids they served):
 // start from the real-time clock, which a restarted process finds further on.

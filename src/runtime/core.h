@@ -28,13 +28,11 @@
 #include "driver/udp_driver.h"
 #include "engine/engine.h"
 #include "homa/endpoint.h"
+#include "runtime/clock.h"
 #include "runtime/publisher.h"
 #include "runtime/thread_counters.h"
 
 namespace homa::runtime {
-
-using Clock = std::chrono::steady_clock;
-int64_t nowNs();
 
 class Core : public engine::PacketSink, public std::enable_shared_from_this<Core> {
   public:
