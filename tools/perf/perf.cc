@@ -19,6 +19,7 @@
 
 #include "perf/homa_transport.h"
 #include "perf/transport.h"
+#include "homa/trace.h"
 #include "workload/workload.h"
 
 namespace homa::perf {
@@ -107,17 +108,24 @@ bool usesSyncCalls(const PerfOptions& o, const ClientTransport& t) {
 class LoadGenerator {
   public:
     LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
-        : o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed) {
+        : o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed), cyclesPerNs_(trace::cyclesPerNs()) {
         scratch_.assign(std::max<uint32_t>(o.maxLength, 8), 0x33);
+        // Calls in flight never exceed clientMax (the closed loop starts that many; the
+        // open loop skips arrivals beyond it).
+        inFlight_.resize(static_cast<size_t>(o.clientMax));
+        for (int i = o.clientMax - 1; i >= 0; --i) freeSlots_.push_back(static_cast<uint32_t>(i));
     }
 
     /// Runs the load; returns the samples of RPCs that completed.
     void run() {
-        // Room for the samples of a few million RPCs a second, reserved (not touched) up
-        // front: growing the vector as RPCs complete would copy it whole now and then, a
-        // stall of tens of milliseconds in the middle of the measurement, on the thread
-        // that completes calls.
-        samples.reserve(static_cast<size_t>(std::min(o_.duration * 3e6, 16e6)) + 1024);
+        // Room for the samples of a few million RPCs a second, made up front: growing the
+        // vector as RPCs complete would copy it whole now and then, a stall of tens of
+        // milliseconds in the middle of the measurement, on the thread that completes
+        // calls. Touched too (resized, then emptied): the first write to each fresh page
+        // is a page fault, a few microseconds on a virtual machine, which the measurement
+        // would pay.
+        samples.resize(static_cast<size_t>(std::min(o_.duration * 3e6, 16e6)) + 1024);
+        samples.clear();
         startNs_ = nowNs();
         const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
         std::thread open;
@@ -159,13 +167,18 @@ class LoadGenerator {
         uint32_t size, reqLen, respLen;
         size_t server;
     };
-    /// Draws the next call and builds its request in `request`; false once stopping.
-    bool prepare(Call* c, std::vector<uint8_t>& request) {
+    /// Draws the next call and builds its request in `request`; false once stopping. With
+    /// `slot`, the call also gets one of the clientMax slots of calls in flight.
+    bool prepare(Call* c, std::vector<uint8_t>& request, uint32_t* slot = nullptr) {
         {
             std::lock_guard lk(mu_);
             if (stopping_) return false;
             c->size = dist_.sample(rng_);
             ++outstanding_;
+            if (slot) {
+                *slot = freeSlots_.back();
+                freeSlots_.pop_back();
+            }
         }
         c->reqLen = std::max<uint32_t>(c->size, 4);
         c->respLen = o_.oneWay ? 8 : std::max<uint32_t>(c->size, 1);
@@ -174,10 +187,12 @@ class LoadGenerator {
         putResponseLength(request.data(), c->respLen);
         return true;
     }
-    /// Records a finished call; returns whether the closed loop goes on.
-    bool finish(const Call& c, const CallResult& r, int64_t rtt) {
+    /// Records a finished call (and frees its slot, if it has one); returns whether the
+    /// closed loop goes on.
+    bool finish(const Call& c, const CallResult& r, int64_t rtt, int64_t slot = -1) {
         std::lock_guard lk(mu_);
         --outstanding_;
+        if (slot >= 0) freeSlots_.push_back(static_cast<uint32_t>(slot));
         if (r.ok) {
             samples.push_back({c.size, c.reqLen + c.respLen, rtt});
             intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
@@ -192,14 +207,23 @@ class LoadGenerator {
         if (outstanding_ == 0) cv_.notify_all();
         return !stopping_ && o_.gbps == 0;
     }
+    /// Round trips are timed with the timestamp counter: a clock_gettime before and after
+    /// each call would cost as much as a tenth of a small RPC's own work.
+    int64_t sinceNs(uint64_t startTsc) const {
+        return static_cast<int64_t>(static_cast<double>(trace::readClock() - startTsc) / cyclesPerNs_);
+    }
 
     void issue() {
         Call c;
+        uint32_t slot;
         thread_local std::vector<uint8_t> request;
-        if (!prepare(&c, request)) return;
-        int64_t start = nowNs();
-        transport_.call(c.server, request, [this, c, start](CallResult r) {
-            if (finish(c, r, nowNs() - start)) issue();
+        if (!prepare(&c, request, &slot)) return;
+        // The callback holds only `this` and the slot, so std::function keeps it without
+        // a heap allocation per call.
+        inFlight_[slot] = {c, trace::readClock()};
+        transport_.call(c.server, request, [this, slot](CallResult r) {
+            const InFlight f = inFlight_[slot];
+            if (finish(f.call, r, sinceNs(f.startTsc), slot)) issue();
         });
     }
 
@@ -208,9 +232,9 @@ class LoadGenerator {
         std::vector<uint8_t> request;
         CallResult r;
         while (prepare(&c, request)) {
-            int64_t start = nowNs();
+            const uint64_t start = trace::readClock();
             transport_.callSync(c.server, request, &r);
-            if (!finish(c, r, nowNs() - start)) break;
+            if (!finish(c, r, sinceNs(start))) break;
         }
     }
 
@@ -247,12 +271,15 @@ class LoadGenerator {
     }
 
     void report(int64_t at) {
-        std::vector<double> rtts;
+        // The interval's round trips come out in exchange for the buffer they were in the
+        // time before (emptied; its pages already touched), so the completing thread
+        // refills an old buffer instead of growing a new one page by page.
+        std::vector<double>& rtts = spareRtts_;
+        rtts.clear();
         uint64_t out, in;
         {
             std::lock_guard lk(mu_);
             rtts.swap(intervalRtts_);
-            intervalRtts_.reserve(rtts.size() + rtts.size() / 4);
             out = std::exchange(intervalOut_, 0);
             in = std::exchange(intervalIn_, 0);
         }
@@ -273,7 +300,14 @@ class LoadGenerator {
     const workload::Distribution& dist_;
     size_t servers_;
     std::mt19937_64 rng_;
+    const double cyclesPerNs_;
     std::vector<uint8_t> scratch_;
+    struct InFlight {
+        Call call;
+        uint64_t startTsc = 0;
+    };
+    std::vector<InFlight> inFlight_;  ///< by slot; a slot's owner is the call given it
+    std::vector<uint32_t> freeSlots_;  ///< (mu_)
     std::mutex mu_;
     std::condition_variable cv_;
     int64_t outstanding_ = 0;
@@ -281,6 +315,7 @@ class LoadGenerator {
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
     std::vector<double> intervalRtts_;
+    std::vector<double> spareRtts_;  ///< (the reporting thread's)
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
 };
 
