@@ -137,6 +137,11 @@ class LoadGenerator {
         // 2 MiB with huge ones.
         samples.reserve(static_cast<size_t>(std::min(o_.duration * 3e6, 16e6)) + 1024);
         adviseHugePages(samples.data(), samples.capacity() * sizeof(Sample));
+        // The same for a second's round trips (two buffers, see report()).
+        for (auto* v : {&intervalRtts_, &spareRtts_}) {
+            v->reserve(1 << 20);
+            adviseHugePages(v->data(), v->capacity() * sizeof(double));
+        }
         startNs_ = nowNs();
         const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
         std::thread open;
