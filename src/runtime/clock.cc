@@ -100,6 +100,8 @@ int64_t slowRead() {
     uint32_t seq = gSeq.load(std::memory_order_relaxed);
     // One thread takes the new anchor; the others just use what they read.
     if ((seq & 1) == 0 && gSeq.compare_exchange_strong(seq, seq + 1, std::memory_order_acquire)) {
+        // A reader that sees any of the new anchor's fields then sees the odd count.
+        std::atomic_thread_fence(std::memory_order_release);
         reanchor(tsc, ns);
         gSeq.store(seq + 2, std::memory_order_release);
     }
