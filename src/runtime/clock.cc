@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <x86intrin.h>
 #define HOMA_CLOCK_TSC 1
 #endif
@@ -20,8 +21,77 @@ int64_t monotonicNs() {
 
 namespace {
 
+constexpr int64_t kIdleNs = 100'000'000'000;  // see ClockScale::update
+
+int64_t scaled(uint64_t cycles, uint64_t mult) {
+    return static_cast<int64_t>((static_cast<unsigned __int128>(cycles) * mult) >> 32);
+}
+
+}  // namespace
+
+bool ClockScale::update(uint64_t tsc, int64_t ns) {
+    if (resets_ >= kMaxResets) return false;
+    bool restart = baseNs_ == 0;
+    bool fault = false;
+    if (!restart && (tsc <= tsc_ || ns <= ns_)) {
+        restart = fault = true;  // the counter went back
+    } else if (!restart && trusted_) {
+        const uint64_t cycles = tsc - tsc_;
+        const int64_t elapsed = ns - ns_;
+        if (elapsed >= kIdleNs) {
+            restart = true;  // not read for minutes: measure again, nothing is wrong
+        } else if (cycles >= (uint64_t{1} << 40)) {
+            restart = fault = true;  // over 10 GHz since the last anchor: a jump
+        } else {
+            // Off by more than the scale's own error can explain: the counter jumped or
+            // changed rate.
+            const int64_t predicted = ns_ + scaled(cycles, mult_);
+            restart = fault = std::llabs(predicted - ns) > 20'000 + elapsed / 1000;
+        }
+    }
+    tsc_ = tsc;
+    ns_ = ns;
+    if (fault) ++resets_;
+    if (restart) {
+        baseTsc_ = tsc;
+        baseNs_ = ns;
+        trusted_ = false;
+        candidate_ = 0;
+        return false;
+    }
+    return measure(tsc, ns);
+}
+
+bool ClockScale::measure(uint64_t tsc, int64_t ns) {
+    const int64_t spanNs = ns - baseNs_;
+    if (spanNs < kClockAnchorNs) return false;  // (only while not trusted: the base is older)
+    const double rate = static_cast<double>(spanNs) / static_cast<double>(tsc - baseTsc_);
+    if (!(rate >= 0.05 && rate <= 20.0)) {
+        ++resets_;
+        baseTsc_ = tsc;
+        baseNs_ = ns;
+        trusted_ = false;
+        candidate_ = 0;
+        return false;
+    }
+    if (!trusted_) {
+        const bool agrees = candidate_ != 0 && std::abs(rate - candidate_) <= candidate_ * 1e-3;
+        if (!agrees) {
+            candidate_ = rate;
+            candidateNs_ = ns;
+            return false;
+        }
+        if (ns - candidateNs_ < kClockAnchorNs) return false;
+        trusted_ = true;
+    }
+    mult_ = static_cast<uint64_t>(rate * 4294967296.0);
+    span_ = static_cast<uint64_t>(static_cast<double>(kClockAnchorNs) / rate);
+    return true;
+}
+
+namespace {
+
 std::atomic<uint64_t> gAnchors{0};
-std::atomic<uint64_t> gResets{0};
 thread_local int64_t tLast = 0;  // the last value this thread was given
 
 int64_t notBefore(int64_t ns) {
@@ -31,80 +101,48 @@ int64_t notBefore(int64_t ns) {
 }
 
 #ifdef HOMA_CLOCK_TSC
+// Only a counter that runs at a constant rate in every power state (CPUID's "invariant
+// TSC") can stand in for CLOCK_MONOTONIC.
+bool invariantCounter() {
+    unsigned a, b, c, d;
+    return __get_cpuid(0x80000007, &a, &b, &c, &d) && (d & (1u << 8)) != 0;
+}
+const bool gCounterOk = invariantCounter();  // (false until initialised: clock_gettime)
+
+// A sample whose two counter reads are further apart than this was interrupted (a
+// preemption, a virtual machine exit): its midpoint may be anywhere in between.
+constexpr uint64_t kMaxSampleCycles = 10'000;
+
 // The anchor readers use, published under a sequence lock: gSeq is odd while a writer
-// changes it. A zero span means "no scale yet": read CLOCK_MONOTONIC.
+// changes it. A zero span means "no trusted scale": read CLOCK_MONOTONIC.
 std::atomic<uint32_t> gSeq{0};
 std::atomic<uint64_t> gTsc{0};
 std::atomic<int64_t> gNs{0};
-std::atomic<uint64_t> gMult{0};  // nanoseconds per cycle, times 2^32
-std::atomic<uint64_t> gSpan{0};  // cycles an anchor serves
-
-// The writer's own state (only the thread holding gSeq odd touches it; the acquire and
-// release on gSeq order one writer after the next).
-uint64_t wBaseTsc = 0;  // where the scale's measurement started
-int64_t wBaseNs = 0;
-uint64_t wTsc = 0;  // the published anchor
-int64_t wNs = 0;
-uint64_t wMult = 0;
-
-int64_t scaled(uint64_t cycles, uint64_t mult) {
-    return static_cast<int64_t>((static_cast<unsigned __int128>(cycles) * mult) >> 32);
-}
-
-void publish(uint64_t tsc, int64_t ns, uint64_t mult, uint64_t span) {
-    wTsc = tsc;
-    wNs = ns;
-    wMult = mult;
-    gTsc.store(tsc, std::memory_order_relaxed);
-    gNs.store(ns, std::memory_order_relaxed);
-    gMult.store(mult, std::memory_order_relaxed);
-    gSpan.store(span, std::memory_order_relaxed);
-}
-
-// Takes a new anchor at (tsc, ns) and measures the scale again.
-void reanchor(uint64_t tsc, int64_t ns) {
-    gAnchors.fetch_add(1, std::memory_order_relaxed);
-    bool restart = wBaseNs == 0 || tsc < wBaseTsc;
-    if (!restart && wMult != 0) {
-        // Where the scale puts this moment. Off by more than the scale's own error can
-        // explain: the counter jumped or changed rate (a restored or migrated guest).
-        const int64_t elapsed = ns - wNs;
-        const int64_t allowed = 20'000 + elapsed / 1000;
-        const int64_t predicted = tsc >= wTsc ? wNs + scaled(tsc - wTsc, wMult) : INT64_MIN / 2;
-        if (std::llabs(predicted - ns) > allowed) {
-            restart = true;
-            gResets.fetch_add(1, std::memory_order_relaxed);
-        }
-    }
-    if (restart) {
-        wBaseTsc = tsc;
-        wBaseNs = ns;
-        publish(tsc, ns, 0, 0);
-        return;
-    }
-    const int64_t spanNs = ns - wBaseNs;
-    if (spanNs < kClockAnchorNs || tsc == wBaseTsc) {
-        publish(tsc, ns, 0, 0);  // not measured over long enough yet
-        return;
-    }
-    const double nsPerCycle = static_cast<double>(spanNs) / static_cast<double>(tsc - wBaseTsc);
-    const auto mult = static_cast<uint64_t>(nsPerCycle * 4294967296.0);
-    const auto span = static_cast<uint64_t>(static_cast<double>(kClockAnchorNs) / nsPerCycle);
-    publish(tsc, ns, mult, span);
-}
+std::atomic<uint64_t> gMult{0};
+std::atomic<uint64_t> gSpan{0};
+ClockScale gScale;  // (only the thread holding gSeq odd touches it)
 
 int64_t slowRead() {
+    uint32_t seq = gSeq.load(std::memory_order_relaxed);
+    // One thread takes the new anchor (sampling after it has the lock, so the sample is
+    // not older than the last anchor); the others just read the clock.
+    if (!gCounterOk || (seq & 1) != 0 ||
+        !gSeq.compare_exchange_strong(seq, seq + 1, std::memory_order_acquire))
+        return monotonicNs();
+    // A reader that sees any of the new anchor's fields then sees the odd count.
+    std::atomic_thread_fence(std::memory_order_release);
     const uint64_t before = __rdtsc();
     const int64_t ns = monotonicNs();
-    const uint64_t tsc = before + (__rdtsc() - before) / 2;
-    uint32_t seq = gSeq.load(std::memory_order_relaxed);
-    // One thread takes the new anchor; the others just use what they read.
-    if ((seq & 1) == 0 && gSeq.compare_exchange_strong(seq, seq + 1, std::memory_order_acquire)) {
-        // A reader that sees any of the new anchor's fields then sees the odd count.
-        std::atomic_thread_fence(std::memory_order_release);
-        reanchor(tsc, ns);
-        gSeq.store(seq + 2, std::memory_order_release);
+    const uint64_t after = __rdtsc();
+    gAnchors.fetch_add(1, std::memory_order_relaxed);
+    if (after >= before && after - before <= kMaxSampleCycles) {
+        const bool serves = gScale.update(before + (after - before) / 2, ns);
+        gTsc.store(gScale.anchorTsc(), std::memory_order_relaxed);
+        gNs.store(gScale.anchorNs(), std::memory_order_relaxed);
+        gMult.store(serves ? gScale.mult() : 0, std::memory_order_relaxed);
+        gSpan.store(serves ? gScale.span() : 0, std::memory_order_relaxed);
     }
+    gSeq.store(seq + 2, std::memory_order_release);
     return ns;
 }
 #endif
@@ -133,7 +171,13 @@ int64_t nowNs() {
 
 namespace clock_detail {
 uint64_t anchorsTaken() { return gAnchors.load(std::memory_order_relaxed); }
-uint64_t scaleResets() { return gResets.load(std::memory_order_relaxed); }
+bool counterUsed() {
+#ifdef HOMA_CLOCK_TSC
+    return gCounterOk;
+#else
+    return false;
+#endif
+}
 }  // namespace clock_detail
 
 }  // namespace homa::runtime
