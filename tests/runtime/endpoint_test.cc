@@ -318,8 +318,10 @@ TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
     const uint64_t sends = client->metrics().get("udp_send_calls") - before;
     ASSERT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
     EXPECT_EQ(ok.load(), kCalls);
+    // (The poll thread's tick may flush part of the burst early on a loaded machine, as
+    // under ThreadSanitizer with other tests running: a few more sends, not one per call.)
     EXPECT_GE(sends, 1u);
-    EXPECT_LT(sends, 5u) << "one sendmmsg per call instead of one for the burst";
+    EXPECT_LE(sends, 10u) << "one sendmmsg per call instead of one for the burst";
 }
 
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
