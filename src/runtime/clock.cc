@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,6 +23,7 @@ int64_t monotonicNs() {
 namespace {
 
 constexpr int64_t kIdleNs = 100'000'000'000;  // see ClockScale::update
+constexpr int64_t kMinSampleGapNs = 50'000;
 
 int64_t scaled(uint64_t cycles, uint64_t mult) {
     return static_cast<int64_t>((static_cast<unsigned __int128>(cycles) * mult) >> 32);
@@ -30,7 +32,11 @@ int64_t scaled(uint64_t cycles, uint64_t mult) {
 }  // namespace
 
 bool ClockScale::update(uint64_t tsc, int64_t ns) {
-    if (resets_ >= kMaxResets) return false;
+    if (givenUp()) return false;
+    // Until a scale is trusted every read comes here; a measurement needs only a sample
+    // now and then.
+    if (!trusted_ && baseNs_ != 0 && ns >= ns_ && ns - ns_ < kMinSampleGapNs) return false;
+    ++samples_;
     bool restart = baseNs_ == 0;
     bool fault = false;
     if (!restart && (tsc <= tsc_ || ns <= ns_)) {
@@ -52,14 +58,16 @@ bool ClockScale::update(uint64_t tsc, int64_t ns) {
     tsc_ = tsc;
     ns_ = ns;
     if (fault) ++resets_;
-    if (restart) {
-        baseTsc_ = tsc;
-        baseNs_ = ns;
-        trusted_ = false;
-        candidate_ = 0;
-        return false;
-    }
+    if (restart) return restartMeasurement(tsc, ns);
     return measure(tsc, ns);
+}
+
+bool ClockScale::restartMeasurement(uint64_t tsc, int64_t ns) {
+    baseTsc_ = tsc;
+    baseNs_ = ns;
+    trusted_ = false;
+    candidate_ = 0;
+    return false;
 }
 
 bool ClockScale::measure(uint64_t tsc, int64_t ns) {
@@ -68,11 +76,7 @@ bool ClockScale::measure(uint64_t tsc, int64_t ns) {
     const double rate = static_cast<double>(spanNs) / static_cast<double>(tsc - baseTsc_);
     if (!(rate >= 0.05 && rate <= 20.0)) {
         ++resets_;
-        baseTsc_ = tsc;
-        baseNs_ = ns;
-        trusted_ = false;
-        candidate_ = 0;
-        return false;
+        return restartMeasurement(tsc, ns);
     }
     if (!trusted_) {
         const bool agrees = candidate_ != 0 && std::abs(rate - candidate_) <= candidate_ * 1e-3;
@@ -91,7 +95,6 @@ bool ClockScale::measure(uint64_t tsc, int64_t ns) {
 
 namespace {
 
-std::atomic<uint64_t> gAnchors{0};
 thread_local int64_t tLast = 0;  // the last value this thread was given
 
 int64_t notBefore(int64_t ns) {
@@ -107,7 +110,9 @@ bool invariantCounter() {
     unsigned a, b, c, d;
     return __get_cpuid(0x80000007, &a, &b, &c, &d) && (d & (1u << 8)) != 0;
 }
-const bool gCounterOk = invariantCounter();  // (false until initialised: clock_gettime)
+// Cleared for good when the scale gives the counter up: reads then go straight to
+// clock_gettime instead of sampling for an anchor each time.
+std::atomic<bool> gCounterOk{invariantCounter()};  // (false until initialised)
 
 // A sample whose two counter reads are further apart than this was interrupted (a
 // preemption, a virtual machine exit): its midpoint may be anywhere in between.
@@ -121,12 +126,13 @@ std::atomic<int64_t> gNs{0};
 std::atomic<uint64_t> gMult{0};
 std::atomic<uint64_t> gSpan{0};
 ClockScale gScale;  // (only the thread holding gSeq odd touches it)
+std::atomic<uint64_t> gAnchors{0};  // gScale.samples(), for tests
 
 int64_t slowRead() {
     uint32_t seq = gSeq.load(std::memory_order_relaxed);
     // One thread takes the new anchor (sampling after it has the lock, so the sample is
     // not older than the last anchor); the others just read the clock.
-    if (!gCounterOk || (seq & 1) != 0 ||
+    if (!gCounterOk.load(std::memory_order_relaxed) || (seq & 1) != 0 ||
         !gSeq.compare_exchange_strong(seq, seq + 1, std::memory_order_acquire))
         return monotonicNs();
     // A reader that sees any of the new anchor's fields then sees the odd count.
@@ -134,13 +140,14 @@ int64_t slowRead() {
     const uint64_t before = __rdtsc();
     const int64_t ns = monotonicNs();
     const uint64_t after = __rdtsc();
-    gAnchors.fetch_add(1, std::memory_order_relaxed);
     if (after >= before && after - before <= kMaxSampleCycles) {
         const bool serves = gScale.update(before + (after - before) / 2, ns);
         gTsc.store(gScale.anchorTsc(), std::memory_order_relaxed);
         gNs.store(gScale.anchorNs(), std::memory_order_relaxed);
         gMult.store(serves ? gScale.mult() : 0, std::memory_order_relaxed);
         gSpan.store(serves ? gScale.span() : 0, std::memory_order_relaxed);
+        if (gScale.givenUp()) gCounterOk.store(false, std::memory_order_relaxed);
+        gAnchors.store(gScale.samples(), std::memory_order_relaxed);
     }
     gSeq.store(seq + 2, std::memory_order_release);
     return ns;
@@ -173,7 +180,7 @@ namespace clock_detail {
 uint64_t anchorsTaken() { return gAnchors.load(std::memory_order_relaxed); }
 bool counterUsed() {
 #ifdef HOMA_CLOCK_TSC
-    return gCounterOk;
+    return gCounterOk.load(std::memory_order_relaxed);
 #else
     return false;
 #endif

@@ -32,15 +32,20 @@ class ClockScale {
   public:
     static constexpr int kMaxResets = 8;
     /// Takes a sample (counter, CLOCK_MONOTONIC); returns whether the anchor may serve.
+    /// Until a scale is trusted, samples less than 50 us after the last one are ignored.
     bool update(uint64_t tsc, int64_t ns);
     uint64_t anchorTsc() const { return tsc_; }
     int64_t anchorNs() const { return ns_; }
     uint64_t mult() const { return trusted_ ? mult_ : 0; }  ///< ns per cycle, times 2^32
     uint64_t span() const { return trusted_ ? span_ : 0; }  ///< cycles the anchor serves
     int resets() const { return resets_; }
+    uint64_t samples() const { return samples_; }  ///< samples used (see update())
+    /// Whether the counter was given up (kMaxResets faults): no sample will change that.
+    bool givenUp() const { return resets_ >= kMaxResets; }
 
   private:
     bool measure(uint64_t tsc, int64_t ns);
+    bool restartMeasurement(uint64_t tsc, int64_t ns);  ///< (returns false: nothing to serve)
     uint64_t baseTsc_ = 0;  // where the current measurement started
     int64_t baseNs_ = 0;
     uint64_t tsc_ = 0;  // the last sample
@@ -50,10 +55,12 @@ class ClockScale {
     int64_t candidateNs_ = 0;
     bool trusted_ = false;
     int resets_ = 0;
+    uint64_t samples_ = 0;
 };
 
 namespace clock_detail {
-/// Anchors taken so far, and whether this machine's counter is used at all (tests).
+/// Samples the process's scale has used (anchors), and whether this machine's counter
+/// is used at all (tests).
 uint64_t anchorsTaken();
 bool counterUsed();
 }  // namespace clock_detail

@@ -27,7 +27,10 @@ int feed(ClockScale& s, const Counter& c, int64_t from, int64_t to) {
 TEST(ClockScale, TrustsTheFirstRateOnlyWhenTwoMeasurementsAMillisecondApartAgree) {
     ClockScale s;
     Counter c;
-    EXPECT_EQ(feed(s, c, 0, 1'900'000), 0);  // measured at 1 ms, confirmed no earlier than 2 ms
+    // Samples closer than 50 us to the last one are not used before a scale is trusted.
+    for (int64_t t = 0; t < 100'000; t += 10'000) EXPECT_FALSE(s.update(c.tscAt(c.ns0 + t), c.ns0 + t));
+    EXPECT_EQ(s.samples(), 2u);  // at 0 and 50 us
+    EXPECT_EQ(feed(s, c, 100'000, 1'900'000), 0);  // measured at 1 ms, confirmed no earlier than 2 ms
     EXPECT_EQ(s.span(), 0u);
     EXPECT_TRUE(s.update(c.tscAt(c.ns0 + 2'000'000), c.ns0 + 2'000'000));
     EXPECT_NEAR(static_cast<double>(s.mult()), 0.5 * 4294967296.0, 4294967296.0 * 1e-6);
@@ -96,8 +99,11 @@ TEST(ClockScale, AnAbsurdRateIsRefusedAndRepeatedFaultsEndTheCounter) {
     ClockScale f;
     ASSERT_GT(feed(f, c, 0, 3'000'000), 0);
     uint64_t tsc = c.tscAt(c.ns0 + 3'000'000);
-    for (int i = 0; i < ClockScale::kMaxResets; ++i) EXPECT_FALSE(f.update(tsc - 1'000 * (i + 1), c.ns0 + 4'000'000 + i));
+    // The counter steps back at each of the next anchors (100 us apart).
+    for (int i = 0; i < ClockScale::kMaxResets; ++i)
+        EXPECT_FALSE(f.update(tsc - 1'000 * (i + 1), c.ns0 + 4'000'000 + i * 100'000));
     EXPECT_EQ(f.resets(), ClockScale::kMaxResets);
+    EXPECT_TRUE(f.givenUp());
     // A well-behaved counter from now on is never trusted again.
     Counter after = c;
     after.tsc0 = tsc;
