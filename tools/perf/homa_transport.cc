@@ -13,19 +13,22 @@ class HomaClient : public ClientTransport {
   public:
     HomaClient(std::unique_ptr<Endpoint> ep, std::vector<Address> servers)
         : ep_(std::move(ep)), servers_(std::move(servers)) {}
-    void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) override {
-        // `done` waits in a slot named by the call's context, so that the endpoint's
-        // callback holds only `this` and fits in std::function's own storage: capturing
-        // `done` itself cost a heap allocation per call, which the TCP transport does not
-        // pay (it keeps `done` in its own queues).
+    void issue(size_t server, std::span<const uint8_t> request, uint64_t token) override {
+        // The token rides in the call's context, so the endpoint's callback holds only
+        // `this` and fits in std::function's own storage (no allocation per call).
+        if (server >= servers_.size()) {
+            CallResult c;
+            c.error = "no server " + std::to_string(server) + " (have " + std::to_string(servers_.size()) + ")";
+            return complete(token, std::move(c));
+        }
         CallOptions options;
-        options.context = park(std::move(done));
-        ep_->callAsync(servers_.at(server), request, [this](Response r) {
+        options.context = token;
+        ep_->callAsync(servers_[server], request, [this](Response r) {
             CallResult c;
             c.ok = r.status.isOk();
             if (!c.ok) c.error = r.status.toString();
             c.responseLength = static_cast<uint32_t>(r.message.size());
-            take(r.context)(std::move(c));
+            complete(r.context, std::move(c));
         }, options);
     }
     bool callSync(size_t server, std::span<const uint8_t> request, CallResult* c) override {
@@ -42,32 +45,9 @@ class HomaClient : public ClientTransport {
     Endpoint& endpoint() { return *ep_; }
 
   private:
-    using Done = std::function<void(CallResult)>;
-    uint64_t park(Done&& done) {
-        std::lock_guard lk(slotsMu_);
-        if (freeSlots_.empty()) {
-            slots_.push_back(std::move(done));
-            return slots_.size() - 1;
-        }
-        const uint64_t slot = freeSlots_.back();
-        freeSlots_.pop_back();
-        slots_[slot] = std::move(done);
-        return slot;
-    }
-    Done take(uint64_t slot) {
-        std::lock_guard lk(slotsMu_);
-        Done done = std::move(slots_[slot]);
-        slots_[slot] = nullptr;
-        freeSlots_.push_back(slot);
-        return done;
-    }
-
     std::unique_ptr<Endpoint> ep_;
     std::vector<Address> servers_;
     std::optional<Endpoint::CallBatch> batch_;  ///< (the thread between holdSends and releaseSends)
-    std::mutex slotsMu_;
-    std::vector<Done> slots_;        ///< callbacks of calls in flight (slotsMu_)
-    std::vector<uint64_t> freeSlots_;  ///< (slotsMu_)
 };
 
 class HomaServer : public ServerTransport {

@@ -124,6 +124,11 @@ class LoadGenerator {
         // open loop skips arrivals beyond it).
         inFlight_.resize(static_cast<size_t>(o.clientMax));
         for (int i = o.clientMax - 1; i >= 0; --i) freeSlots_.push_back(static_cast<uint32_t>(i));
+        // A call's token is its slot.
+        transport_.onCompletion([this](uint64_t slot, CallResult r) {
+            const InFlight f = inFlight_[slot];
+            if (finish(f.call, r, sinceNs(f.startTsc), static_cast<int64_t>(slot))) issue();
+        });
     }
 
     /// Runs the load; returns the samples of RPCs that completed.
@@ -234,13 +239,8 @@ class LoadGenerator {
         uint32_t slot;
         thread_local std::vector<uint8_t> request;
         if (!prepare(&c, request, &slot)) return;
-        // The callback holds only `this` and the slot, so std::function keeps it without
-        // a heap allocation per call.
         inFlight_[slot] = {c, trace::readClock()};
-        transport_.call(c.server, request, [this, slot](CallResult r) {
-            const InFlight f = inFlight_[slot];
-            if (finish(f.call, r, sinceNs(f.startTsc), slot)) issue();
-        });
+        transport_.issue(c.server, request, slot);
     }
 
     void syncLoop() {

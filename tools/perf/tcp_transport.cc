@@ -551,8 +551,6 @@ class TcpServer final : public ServerTransport {
 
 // ============================================================================ client
 
-using Done = std::function<void(CallResult)>;
-
 CallResult failure(std::string error) {
     CallResult r;
     r.ok = false;
@@ -573,14 +571,14 @@ struct ClientConn : Source {
     // Hand-off from callers to the owning thread.
     std::mutex mu;
     ByteBuffer staged;              ///< framed requests not yet taken by the thread (mu)
-    std::vector<Done> stagedDone;   ///< their callbacks, in stream order (mu)
+    std::vector<uint64_t> stagedTokens;  ///< their calls' tokens, in stream order (mu)
     bool queued = false;            ///< on the owner's ready list (mu)
     bool failed = false;            ///< (mu)
     std::string error;              ///< why it failed (mu)
 
     // Owned by the epoll thread.
     ByteBuffer out;
-    std::vector<Done> inflight;  ///< callbacks of requests handed to `out`, oldest at inflightHead
+    std::vector<uint64_t> inflight;  ///< tokens of requests handed to `out`, oldest at inflightHead
     size_t inflightHead = 0;
     uint32_t interest = 0;
     uint8_t header[4] = {};
@@ -614,7 +612,7 @@ struct ServerConns {
 /// Calls are framed into the chosen connection's staging buffer under its mutex; the
 /// owning epoll thread later swaps that buffer with its output buffer and sends it in one
 /// send(), so callers never touch sockets. stop() joins the epoll threads, so it must not
-/// be called from a `done` callback. A non-positive connect timeout waits for the kernel.
+/// be called from a call's completion. A non-positive connect timeout waits for the kernel.
 class TcpClient final : public ClientTransport {
   public:
     explicit TcpClient(const TcpOptions& options) : options_(options) {}
@@ -662,14 +660,14 @@ class TcpClient final : public ClientTransport {
         return true;
     }
 
-    void call(size_t server, std::span<const uint8_t> request, Done done) override {
-        if (stopped_.load(std::memory_order_acquire)) return done(failure("stopped"));
+    void issue(size_t server, std::span<const uint8_t> request, uint64_t token) override {
+        if (stopped_.load(std::memory_order_acquire)) return complete(token, failure("stopped"));
         if (server >= servers_.size())
-            return done(failure("no server " + std::to_string(server) + " (have " +
-                                std::to_string(servers_.size()) + ")"));
+            return complete(token, failure("no server " + std::to_string(server) + " (have " +
+                                           std::to_string(servers_.size()) + ")"));
         if (request.size() < 4 || request.size() > options_.maxMessageLength)
-            return done(failure("request of " + std::to_string(request.size()) +
-                                " bytes is outside 4.." + std::to_string(options_.maxMessageLength)));
+            return complete(token, failure("request of " + std::to_string(request.size()) +
+                                           " bytes is outside 4.." + std::to_string(options_.maxMessageLength)));
         ServerConns& sc = servers_[server];
         size_t n = sc.conns.size();
         size_t start = sc.next.fetch_add(1, std::memory_order_relaxed);
@@ -687,7 +685,7 @@ class TcpClient final : public ClientTransport {
                 uint8_t* p = c->staged.appendRaw(4 + request.size());
                 storeBe32(p, static_cast<uint32_t>(request.size()));
                 std::memcpy(p + 4, request.data(), request.size());
-                c->stagedDone.push_back(std::move(done));
+                c->stagedTokens.push_back(token);
                 enqueue = !c->queued;
                 c->queued = true;
             }
@@ -698,7 +696,7 @@ class TcpClient final : public ClientTransport {
             std::lock_guard<std::mutex> lock(sc.conns[start % n]->mu);
             lastError = sc.conns[start % n]->error;
         }
-        done(failure(lastError));
+        complete(token, failure(lastError));
     }
 
     void stop() override {
@@ -837,11 +835,11 @@ class TcpClient final : public ClientTransport {
             if (c->inflightHead == c->inflight.size()) {
                 c->inflight.clear();
                 c->inflightHead = 0;
-                c->inflight.swap(c->stagedDone);
+                c->inflight.swap(c->stagedTokens);
             } else {
-                for (auto& d : c->stagedDone) c->inflight.push_back(std::move(d));
+                c->inflight.insert(c->inflight.end(), c->stagedTokens.begin(), c->stagedTokens.end());
             }
-            c->stagedDone.clear();
+            c->stagedTokens.clear();
         }
         if (!flush(c)) return fail(t, c, "connection to " + c->peer.toString() + " failed: " + errnoText(errno));
         updateInterest(t, c);
@@ -915,8 +913,7 @@ class TcpClient final : public ClientTransport {
                 fail(t, c, "protocol error from " + c->peer.toString() + ": response without a request");
                 return false;
             }
-            Done done = std::move(c->inflight[c->inflightHead]);
-            c->inflight[c->inflightHead] = nullptr;
+            const uint64_t token = c->inflight[c->inflightHead];
             ++c->inflightHead;
             if (c->inflightHead == c->inflight.size()) {
                 c->inflight.clear();
@@ -929,7 +926,7 @@ class TcpClient final : public ClientTransport {
             CallResult result;
             result.ok = true;
             result.responseLength = c->bodyLength;
-            done(std::move(result));
+            complete(token, std::move(result));
         }
         return true;
     }
@@ -949,15 +946,15 @@ class TcpClient final : public ClientTransport {
 
     /// Closes the connection and fails every call on it, oldest first. Calls that arrive
     /// afterwards see `failed` and go to another connection or fail at once.
-    static void fail(ClientThread& t, ClientConn* c, const std::string& why) {
-        std::vector<Done> staged;
+    void fail(ClientThread& t, ClientConn* c, const std::string& why) {
+        std::vector<uint64_t> staged;
         {
             std::lock_guard<std::mutex> lock(c->mu);
             if (c->failed) return;
             c->failed = true;
             c->error = why;
             c->dead.store(true, std::memory_order_relaxed);
-            staged.swap(c->stagedDone);
+            staged.swap(c->stagedTokens);
             c->staged.clear();
         }
         if (c->fd >= 0) {
@@ -965,13 +962,13 @@ class TcpClient final : public ClientTransport {
             ::close(c->fd);
             c->fd = -1;
         }
-        std::vector<Done> inflight;
+        std::vector<uint64_t> inflight;
         inflight.swap(c->inflight);
         size_t head = c->inflightHead;
         c->inflightHead = 0;
         c->out.clear();
-        for (size_t i = head; i < inflight.size(); ++i) inflight[i](failure(why));
-        for (auto& d : staged) d(failure(why));
+        for (size_t i = head; i < inflight.size(); ++i) complete(inflight[i], failure(why));
+        for (uint64_t token : staged) complete(token, failure(why));
     }
 
     TcpOptions options_;

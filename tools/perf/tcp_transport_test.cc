@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "perf/homa_transport.h"
 #include "perf/transport.h"
 
 namespace homa::perf {
@@ -498,6 +499,73 @@ TEST(TcpTransport, WorksOverIpv6) {
     CallResult r = callAndWait(*client, 0, makeRequest(300, 5000));
     EXPECT_TRUE(r.ok) << r.error;
     EXPECT_EQ(r.responseLength, 5000u);
+}
+
+// Calls with tokens (the load generator's) and calls with callbacks of their own (the
+// base-RTT probe's, tests') on one client: every result reaches the right one, once.
+void tokensAndCallbacksMix(ClientTransport& client) {
+    constexpr int kEach = 200;
+    std::vector<std::atomic<int>> byToken(kEach), byCallback(kEach);
+    std::atomic<int> wrong{0}, completions{0};
+    client.onCompletion([&](uint64_t token, CallResult r) {
+        if (token >= kEach || !r.ok || r.responseLength != 100 + token) ++wrong;
+        else ++byToken[token];
+        ++completions;
+    });
+    for (int i = 0; i < kEach; ++i) {
+        client.issue(0, makeRequest(16, 100 + static_cast<uint32_t>(i)), static_cast<uint64_t>(i));
+        client.call(0, makeRequest(16, 500 + static_cast<uint32_t>(i)), [&, i](CallResult r) {
+            if (!r.ok || r.responseLength != 500u + static_cast<uint32_t>(i)) ++wrong;
+            ++byCallback[i];
+            ++completions;
+        });
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (completions.load() < 2 * kEach && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(20ms);  // (a second result for any call would show now)
+    EXPECT_EQ(completions.load(), 2 * kEach);
+    EXPECT_EQ(wrong.load(), 0);
+    for (int i = 0; i < kEach; ++i) {
+        EXPECT_EQ(byToken[i].load(), 1) << "token " << i;
+        EXPECT_EQ(byCallback[i].load(), 1) << "callback " << i;
+    }
+}
+
+TEST(TcpTransport, CallsWithTokensAndWithCallbacksMix) {
+    auto server = startServer(kLoopback, 1, TcpOptions{});
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    tokensAndCallbacksMix(*client);
+}
+
+struct HomaPair {
+    HomaPair() {
+        std::string error;
+        server = makeHomaServer(kLoopback, 1, 1, HomaTransportOptions{}, &error, nullptr);
+        EXPECT_NE(server, nullptr) << error;
+        if (server) client = makeHomaClient(server->addresses(), HomaTransportOptions{}, &error, nullptr);
+        EXPECT_NE(client, nullptr) << error;
+    }
+    std::unique_ptr<ServerTransport> server;
+    std::unique_ptr<ClientTransport> client;
+};
+
+TEST(HomaTransport, CallsWithTokensAndWithCallbacksMix) {
+    HomaPair p;
+    ASSERT_NE(p.client, nullptr);
+    tokensAndCallbacksMix(*p.client);
+}
+
+// (It used to throw std::out_of_range from the caller's thread.)
+TEST(HomaTransport, AnUnknownServerIsAClearError) {
+    HomaPair p;
+    ASSERT_NE(p.client, nullptr);
+    CallResult r = callAndWait(*p.client, 1, makeRequest(8, 8));
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("no server 1 (have 1)"), std::string::npos) << r.error;
+    EXPECT_TRUE(callAndWait(*p.client, 0, makeRequest(8, 8)).ok);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -23,13 +24,36 @@ struct CallResult {
     uint32_t responseLength = 0;
 };
 
-/// Thread safety: call() may be used from any thread; `done` runs exactly once per call,
-/// on a transport thread (or the calling thread if the call fails at once).
+/// Thread safety: calls may be started from any thread; each call's result is given
+/// exactly once, on a transport thread (or the calling thread if the call fails at once).
 class ClientTransport {
   public:
+    /// Receives the result of every call started with issue(), with its token.
+    using Completion = std::function<void(uint64_t token, CallResult)>;
     virtual ~ClientTransport() = default;
-    /// Sends `request` to server `server` (an index into the list given at creation).
-    virtual void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) = 0;
+    /// Where the results of issue()'s calls go; set before the first one.
+    void onCompletion(Completion completion) { completion_ = std::move(completion); }
+    /// Sends `request` to server `server` (an index into the list given at creation); the
+    /// result goes to the completion with `token` (below 2^63). A token instead of a
+    /// callback per call: the load generator's hot path then stores no std::function.
+    virtual void issue(size_t server, std::span<const uint8_t> request, uint64_t token) = 0;
+    /// The same with a callback of the call's own (simple uses, tests): it waits in a
+    /// table under a lock until the result comes.
+    void call(size_t server, std::span<const uint8_t> request, std::function<void(CallResult)> done) {
+        uint64_t slot;
+        {
+            std::lock_guard lk(parkedMu_);
+            if (freeParked_.empty()) {
+                slot = parked_.size();
+                parked_.push_back(std::move(done));
+            } else {
+                slot = freeParked_.back();
+                freeParked_.pop_back();
+                parked_[slot] = std::move(done);
+            }
+        }
+        issue(server, request, slot | kParked);
+    }
     /// A synchronous call on the calling thread, if the transport has one (false if not).
     virtual bool callSync(size_t server, std::span<const uint8_t> request, CallResult* result) {
         (void)server, (void)request, (void)result;
@@ -42,6 +66,28 @@ class ClientTransport {
     virtual void releaseSends() {}
     /// Stops: outstanding calls complete (with an error if need be) before this returns.
     virtual void stop() = 0;
+
+  protected:
+    /// Gives a call's result to whoever waits for it (transports call this).
+    void complete(uint64_t token, CallResult result) {
+        if ((token & kParked) == 0) return completion_(token, std::move(result));
+        std::function<void(CallResult)> done;
+        {
+            std::lock_guard lk(parkedMu_);
+            const uint64_t slot = token & ~kParked;
+            done = std::move(parked_[slot]);
+            parked_[slot] = nullptr;
+            freeParked_.push_back(slot);
+        }
+        done(std::move(result));
+    }
+
+  private:
+    static constexpr uint64_t kParked = uint64_t{1} << 63;  ///< marks call()'s tokens
+    Completion completion_;
+    std::mutex parkedMu_;
+    std::vector<std::function<void(CallResult)>> parked_;  ///< call()'s callbacks (parkedMu_)
+    std::vector<uint64_t> freeParked_;                      ///< (parkedMu_)
 };
 
 class ServerTransport {
