@@ -109,7 +109,7 @@ class ServerRequest {
     const Message& message() const { return message_; }
     const Address& client() const { return client_; }
     RpcId id() const { return id_; }
-    bool valid() const { return core_ != nullptr; }
+    bool valid() const { return message_.core_ != nullptr; }
 
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
     /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
@@ -117,7 +117,7 @@ class ServerRequest {
 
   private:
     friend class runtime::Core;
-    std::shared_ptr<runtime::Core> core_;
+    /// Also holds the request's endpoint (one reference per request, not two).
     Message message_;
     Address client_;
     RpcId id_ = 0;

@@ -15,6 +15,7 @@ namespace homa {
 namespace runtime {
 class Core;
 }
+class ServerRequest;
 
 class Message {
   public:
@@ -35,6 +36,7 @@ class Message {
 
   private:
     friend class runtime::Core;
+    friend class ServerRequest;  // (a request's endpoint is its message's)
     std::shared_ptr<runtime::Core> core_;
     uint8_t* data_ = nullptr;
     uint32_t length_ = 0;

@@ -604,7 +604,6 @@ void Core::finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Call
 
 void Core::deliverRequest(engine::Delivery& d) {
     ServerRequest req;
-    req.core_ = shared_from_this();
     req.message_ = makeMessage(d.message);
     req.client_ = d.server.client;
     req.id_ = d.server.id;

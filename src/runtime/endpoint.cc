@@ -27,26 +27,24 @@ ServerRequest::ServerRequest(ServerRequest&& other) noexcept { *this = std::move
 
 ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
     if (this != &other) {
-        if (core_ && !answered_) core_->dropRequest(client_, id_);
-        message_ = std::move(other.message_);
-        core_ = std::move(other.core_);
+        if (message_.core_ && !answered_) message_.core_->dropRequest(client_, id_);
+        message_ = std::move(other.message_);  // (leaves `other` without an endpoint: not valid)
         client_ = other.client_;
         id_ = other.id_;
         answered_ = other.answered_;
-        other.core_.reset();
     }
     return *this;
 }
 
 ServerRequest::~ServerRequest() {
-    message_.reset();
-    if (core_ && !answered_) core_->dropRequest(client_, id_);
+    // The request first, while the message still holds the endpoint.
+    if (message_.core_ && !answered_) message_.core_->dropRequest(client_, id_);
 }
 
 Status ServerRequest::respond(std::span<const uint8_t> response) {
-    if (!core_) return Status(StatusCode::InvalidArgument, "not a request");
+    if (!message_.core_) return Status(StatusCode::InvalidArgument, "not a request");
     if (answered_) return Status(StatusCode::InvalidArgument, "the request was already answered");
-    Status s = core_->respond(client_, id_, response);
+    Status s = message_.core_->respond(client_, id_, response);
     if (s.isOk()) answered_ = true;
     return s;
 }
