@@ -297,6 +297,34 @@ TEST(Endpoint, CallsOnAnotherEndpointFromHandlersAndCallbacksLeaveAtOnce) {
 
 // A burst of asynchronous calls started inside a CallBatch leaves in one system call
 // (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
+// Requests may outlive their endpoint (a request holds the endpoint through its message):
+// reading, answering (Shutdown) and dropping them afterwards is safe, answered or not.
+TEST(Endpoint, RequestsMayOutliveTheirEndpoint) {
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    CallOptions o;
+    o.timeout = 300ms;
+    auto f1 = client->callFuture(server->address(), bytesOf(10, 1), o);
+    auto f2 = client->callFuture(server->address(), bytesOf(20, 2), o);
+    std::optional<ServerRequest> r1 = server->receive(5s), r2 = server->receive(5s);
+    ASSERT_TRUE(r1 && r2);
+    server.reset();
+    EXPECT_TRUE(r1->valid());
+    EXPECT_EQ(r1->message().size() + r2->message().size(), 30u);
+    EXPECT_EQ(r1->message().bytes()[0] + r2->message().bytes()[0], 3);
+    EXPECT_EQ(r1->respond(bytesOf(5, 0)).code(), StatusCode::Shutdown);
+    ServerRequest moved = std::move(*r2);
+    EXPECT_FALSE(r2->valid());
+    r2.reset();
+    EXPECT_TRUE(moved.valid());
+    moved = ServerRequest();  // dropped by assignment
+    EXPECT_FALSE(moved.valid());
+    r1.reset();  // unanswered, and the endpoint's last holder
+    EXPECT_FALSE(f1.get().status.isOk());
+    EXPECT_FALSE(f2.get().status.isOk());
+}
+
 TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
     auto server = echoServer();
     auto client = Endpoint::open(loopback());
