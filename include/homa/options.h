@@ -46,6 +46,14 @@ struct ProtocolOptions {
     int requestAckTicks = 2;
     /// NEED_ACKs a server sends for a finished RPC before it gives up and frees it.
     int needAckLimit = 50;
+    /// RPCs of one peer that one tick may send a RESEND or NEED_ACK for, oldest RPCs
+    /// first; the others wait for later ticks. Many silent RPCs at one peer mean that the
+    /// peer is loaded, and a RESEND for each of them would load it more (with thousands
+    /// of RPCs outstanding, RESENDs, BUSYs and NEED_ACKs crowded out the requests
+    /// themselves). While an RPC waits its turn and the peer is still heard from, its
+    /// silent ticks do not count towards the timeout. (Our own parameter; the 2019 Linux
+    /// module sent one RESEND per peer per resend interval.)
+    int timerPacketsPerPeer = 16;
 
     // ---- Memory bounds
     /// Bytes of incoming-message buffers (in reassembly or held by the application).

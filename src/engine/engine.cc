@@ -73,6 +73,7 @@ std::string Config::validate() const {
     if (resendTicks < 1 || resendInterval < 1 || timeoutTicks <= resendTicks)
         return "need 1 <= resendTicks < timeoutTicks and resendInterval >= 1";
     if (requestAckTicks < 1 || needAckLimit < 1) return "requestAckTicks and needAckLimit must be >= 1";
+    if (timerPacketsPerPeer < 1) return "timerPacketsPerPeer must be at least 1";
     if (grantFifoFraction < 0 || grantFifoFraction >= 1 || pacerFifoFraction < 0 ||
         pacerFifoFraction >= 1)
         return "FIFO fractions must be in [0, 1)";
@@ -189,6 +190,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.buffer = {};
     rpc->in.birth = now;
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
+    rpc->timerPacketTick = UINT64_MAX;
     rpc->restartTick = UINT64_MAX;
     if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
     allRpcs_.push_back(*rpc);
@@ -216,6 +218,7 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
     cancelBufferWait(rpc);
+    if (rpc->deferHook.is_linked()) deferredTimerPackets_.erase(deferredTimerPackets_.iterator_to(*rpc));
     allRpcs_.erase(allRpcs_.iterator_to(*rpc));
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
@@ -450,6 +453,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             ++m_.dropped[static_cast<size_t>(fromClient ? DropReason::PeerTableFull : DropReason::UnknownRpc)];
             return;
         }
+        peer->lastHeard = now;
         handleData(peer, p, now);
         return;
     }
@@ -458,6 +462,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     Rpc* rpc = nullptr;
     if (peer) {
         touchPeer(peer, now);
+        peer->lastHeard = now;
         rpc = fromClient ? findServerRpc(peer, clientId) : findClientRpc(clientId);
         if (rpc && rpc->peer != peer) rpc = nullptr;  // a client id is ours, but not with this peer
     }

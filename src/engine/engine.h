@@ -236,6 +236,12 @@ class Engine {
     // timer.cc
     void runTick(Time now);
     void checkRpc(Rpc* rpc, Time now);
+    bool timerBudgetLeft(Peer* peer);
+    void sendTimerPacket(Rpc* rpc);
+    void deferTimerPacket(Rpc* rpc);
+    bool timerPacketStillDue(const Rpc* rpc) const;
+    void sendDeferredTimerPackets();
+    bool holdSilence(const Rpc* rpc, Time now) const;
     void requestMissing(Rpc* rpc);
     void flushAcks();
     void collectPeers(Time now);
@@ -264,6 +270,7 @@ class Engine {
     RpcList allRpcs_;
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
     WaitList largeBufferWaiters_;  ///< larger ones, oldest first
+    DeferList deferredTimerPackets_;  ///< RESENDs and NEED_ACKs put off, first put off first
     std::vector<std::unique_ptr<Rpc>> rpcStorage_;
     std::vector<Rpc*> freeRpcs_;
     PeerLru idlePeers_;  ///< peers without RPCs, least recently used first

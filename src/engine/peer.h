@@ -59,6 +59,12 @@ struct Peer {
 
     uint32_t rpcCount = 0;
     Time lastUsed = 0;
+    Time lastHeard = INT64_MIN;  ///< when a packet from this peer last arrived
+
+    /// RESENDs and NEED_ACKs sent to this peer in tick number budgetTick (see
+    /// ProtocolOptions::timerPacketsPerPeer).
+    uint64_t budgetTick = UINT64_MAX;
+    int timerPackets = 0;
 
     /// Grantable incoming messages from this peer, best first.
     GrantSet grantable;

@@ -71,6 +71,8 @@ struct Rpc {
     int silentTicks = 0;  ///< ticks since the peer last showed it is working on this RPC
     int ackWaitTicks = 0; ///< server: ticks since the response was fully sent
     int needAcksSent = 0;
+    /// The tick that last sent a RESEND or NEED_ACK for this RPC.
+    uint64_t timerPacketTick = UINT64_MAX;
     uint64_t restartTick = UINT64_MAX;  ///< client: the tick of the last restart
     /// Client: BUSY packets since the response last made progress. Each one doubles the
     /// wait before the next RESEND (up to kMaxBusyBackoff doublings): a server that says it
@@ -86,6 +88,9 @@ struct Rpc {
     SetHook sendFifoHook;   ///< in the sender's oldest-first set
     ListHook allHook;       ///< in the engine's list of all RPCs (for the timer)
     ListHook waitHook;      ///< in the list of messages waiting for buffer space
+    /// In the engine's queue of RPCs whose RESEND or NEED_ACK waits for the peer's
+    /// per-tick budget (ProtocolOptions::timerPacketsPerPeer).
+    ListHook deferHook;
 };
 
 /// Grant order: fewest ungranted bytes first, then oldest.
@@ -125,5 +130,6 @@ using SendSet = bi::multiset<Rpc, bi::member_hook<Rpc, SetHook, &Rpc::sendHook>,
 using SendFifoSet = bi::multiset<Rpc, bi::member_hook<Rpc, SetHook, &Rpc::sendFifoHook>, bi::compare<SendFifoOrder>>;
 using RpcList = bi::list<Rpc, bi::member_hook<Rpc, ListHook, &Rpc::allHook>>;
 using WaitList = bi::list<Rpc, bi::member_hook<Rpc, ListHook, &Rpc::waitHook>>;
+using DeferList = bi::list<Rpc, bi::member_hook<Rpc, ListHook, &Rpc::deferHook>>;
 
 }  // namespace homa::engine

@@ -41,6 +41,7 @@ void Engine::advance(Time now) {
 
 void Engine::runTick(Time now) {
     ++tickCount_;
+    sendDeferredTimerPackets();
     for (auto it = allRpcs_.begin(); it != allRpcs_.end();) {
         Rpc* rpc = &*it;
         ++it;  // checkRpc may free rpc
@@ -54,8 +55,77 @@ void Engine::runTick(Time now) {
     collectPeers(now);
 }
 
+// The per-peer budget of RESENDs and NEED_ACKs (ProtocolOptions::timerPacketsPerPeer).
+// Many silent RPCs at one peer mean the peer is loaded; one packet per RPC would load it
+// more. A packet over the budget waits in deferredTimerPackets_, which the next ticks
+// serve first, in the order they were put off, so every RPC gets its turn.
+bool Engine::timerBudgetLeft(Peer* peer) {
+    if (peer->budgetTick != tickCount_) {
+        peer->budgetTick = tickCount_;
+        peer->timerPackets = 0;
+    }
+    return peer->timerPackets < cfg_.timerPacketsPerPeer;
+}
+
+void Engine::deferTimerPacket(Rpc* rpc) {
+    deferredTimerPackets_.push_back(*rpc);
+    ++m_.timerPacketsDeferred;
+}
+
+// Whether a packet put off is still wanted: progress since (new bytes, BUSY, a grant,
+// a retransmission of the response) makes the RPC wait its interval again instead.
+bool Engine::timerPacketStillDue(const Rpc* rpc) const {
+    const OutMessage& o = rpc->out;
+    switch (rpc->state) {
+        case RpcState::ServerInService:
+            return false;
+        case RpcState::ServerOutgoing:
+            return o.nextOffset >= o.length && rpc->ackWaitTicks != 0;
+        case RpcState::ServerIncoming:
+            return rpc->silentTicks != 0;
+        case RpcState::Client:
+            return rpc->silentTicks != 0 && o.nextOffset >= o.sendable();
+    }
+    return false;
+}
+
+// Sends the RPC's RESEND(s), or its NEED_ACK (or gives up on the ack). May free `rpc`.
+void Engine::sendTimerPacket(Rpc* rpc) {
+    ++rpc->peer->timerPackets;  // (timerBudgetLeft() was asked this tick)
+    rpc->timerPacketTick = tickCount_;
+    if (rpc->state == RpcState::ServerOutgoing) {
+        if (rpc->needAcksSent >= cfg_.needAckLimit) {
+            ++m_.serverRpcsAbandoned;
+            HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
+            freeRpc(rpc);
+            return;
+        }
+        ++rpc->needAcksSent;
+        sendControl(rpc->peer, rpc->id, wire::PacketType::NeedAck);
+        return;
+    }
+    HOMA_TRACE("resend due id %u silent %u received %u backoff %u", rpc->id, rpc->silentTicks, rpc->in.received,
+               rpc->busyReplies);
+    requestMissing(rpc);
+}
+
+void Engine::sendDeferredTimerPackets() {
+    for (auto it = deferredTimerPackets_.begin(); it != deferredTimerPackets_.end();) {
+        Rpc* rpc = &*it;
+        ++it;
+        if (timerPacketStillDue(rpc) && !timerBudgetLeft(rpc->peer)) continue;
+        deferredTimerPackets_.erase(deferredTimerPackets_.iterator_to(*rpc));
+        if (timerPacketStillDue(rpc)) sendTimerPacket(rpc);
+    }
+}
+
+// Whether this tick leaves `rpc`'s silence count alone: its RESEND waits for the peer's
+// budget while the peer is heard from, i.e. the peer is loaded, not gone.
+bool Engine::holdSilence(const Rpc* rpc, Time now) const {
+    return rpc->deferHook.is_linked() && rpc->peer->lastHeard > now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs;
+}
+
 void Engine::checkRpc(Rpc* rpc, Time now) {
-    (void)now;
     const OutMessage& o = rpc->out;
     switch (rpc->state) {
         case RpcState::ServerInService:
@@ -67,18 +137,16 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             }
             if (o.nextOffset >= o.length) {
                 // Fully sent: wait for the client's ack, asking for it now and then, and
-                // give up eventually (the client may be gone for good).
+                // give up eventually (the client may be gone for good). Only NEED_ACKs
+                // actually sent count towards giving up.
                 ++rpc->ackWaitTicks;
-                if (rpc->ackWaitTicks >= cfg_.requestAckTicks &&
-                    rpc->ackWaitTicks % cfg_.requestAckTicks == 0) {
-                    if (rpc->needAcksSent >= cfg_.needAckLimit) {
-                        ++m_.serverRpcsAbandoned;
-                        HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
-                        freeRpc(rpc);
-                        return;
+                if (rpc->deferHook.is_linked() || rpc->timerPacketTick == tickCount_) return;
+                if (rpc->ackWaitTicks >= cfg_.requestAckTicks && rpc->ackWaitTicks % cfg_.requestAckTicks == 0) {
+                    if (timerBudgetLeft(rpc->peer)) {
+                        sendTimerPacket(rpc);
+                    } else {
+                        deferTimerPacket(rpc);
                     }
-                    ++rpc->needAcksSent;
-                    sendControl(rpc->peer, rpc->id, wire::PacketType::NeedAck);
                 }
                 return;
             }
@@ -90,7 +158,8 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             }
             return;
         case RpcState::ServerIncoming:
-            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+            if (!holdSilence(rpc, now)) ++rpc->silentTicks;
+            if (rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.serverRpcsTimedOut;
                 HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
                            rpc->silentTicks);
@@ -103,7 +172,8 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                 rpc->silentTicks = 0;  // still transmitting the request
                 return;
             }
-            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+            if (!holdSilence(rpc, now)) ++rpc->silentTicks;
+            if (rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.clientRpcsTimedOut;
                 HOMA_TRACE("timeout client id %u silent %u", rpc->id, rpc->silentTicks);
                 Time ms = static_cast<Time>(cfg_.timeoutTicks) * cfg_.tickNs / 1'000'000;
@@ -120,10 +190,13 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
     const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
     const int first = std::min(cfg_.resendTicks << backoff, cap);
     const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
+    if (rpc->deferHook.is_linked() || rpc->timerPacketTick == tickCount_) return;
     if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) {
-        HOMA_TRACE("resend due id %u silent %u received %u backoff %u", rpc->id, rpc->silentTicks, rpc->in.received,
-                   backoff);
-        requestMissing(rpc);
+        if (timerBudgetLeft(rpc->peer)) {
+            sendTimerPacket(rpc);
+        } else {
+            deferTimerPacket(rpc);
+        }
     }
 }
 

@@ -926,6 +926,7 @@ MetricsSnapshot Core::metrics() {
     add("busy_sent", m.busySent);
     add("rpc_unknown_sent", m.rpcUnknownSent);
     add("need_acks_sent", m.needAcksSent);
+    add("timer_packets_deferred", m.timerPacketsDeferred);
     add("ack_packets_sent", m.ackPacketsSent);
     add("acks_received", m.acksReceived);
     add("acks_piggybacked", m.acksPiggybacked);

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include <random>
+#include <set>
 
 namespace homa::engine {
 namespace {
@@ -309,6 +310,103 @@ TEST(Engine, ClientResendsAfterSilenceAndTimesOutWithAClearError) {
     EXPECT_EQ(d[0].status.toString(), "timeout: no response from 10.0.0.2:4000 for 100 ms");
     EXPECT_EQ(p.a.rpcCount(), 0u);
     EXPECT_EQ(p.a.nextWakeup(), kNever) << "an idle engine needs no timer";
+}
+
+// ---------------------------------------------------------------- the timer's per-peer budget
+
+std::vector<uint64_t> resendIds(const CaptureSink& sink) {
+    std::vector<uint64_t> ids;
+    for (auto& s : sink.out)
+        if (s.type() == wire::PacketType::Resend) ids.push_back(s.packet().common.senderId);
+    return ids;
+}
+
+TEST(Engine, OneTickSendsAtMostTheBudgetOfResendsToAPeerOldestFirst) {
+    Config c = baseConfig();
+    c.timerPacketsPerPeer = 4;
+    Pair p(c, c);
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 10; ++i) ids.push_back(p.call(100));
+    p.sinkA.take();  // every request is lost
+    p.tick(p.cfgA.resendTicks);
+    EXPECT_EQ(resendIds(p.sinkA), std::vector<uint64_t>(ids.begin(), ids.begin() + 4));
+    p.sinkA.take();
+    p.tick();  // the ones put off go on the next ticks, without waiting for the interval
+    EXPECT_EQ(resendIds(p.sinkA), std::vector<uint64_t>(ids.begin() + 4, ids.begin() + 8));
+    p.sinkA.take();
+    p.tick();
+    EXPECT_EQ(resendIds(p.sinkA), std::vector<uint64_t>(ids.begin() + 8, ids.end()));
+    p.sinkA.take();
+    p.tick();
+    EXPECT_TRUE(resendIds(p.sinkA).empty()) << "each RPC waits its interval again after its RESEND";
+    EXPECT_EQ(p.a.metrics().timerPacketsDeferred, 6u) << "each put off once";
+}
+
+TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
+    // 200 calls to a server that holds them all: one RESEND a tick reaches each RPC only
+    // every 200 ticks, twice the timeout, yet BUSY answers keep coming from the server.
+    Config c = baseConfig();
+    c.timerPacketsPerPeer = 1;
+    Pair p(c, c);
+    for (int i = 0; i < 200; ++i) p.call(100);
+    p.pump();
+    ASSERT_EQ(p.b.rpcCount(), 200u);
+    for (int i = 0; i < 4 * p.cfgA.timeoutTicks; ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 0u);
+    EXPECT_GT(p.b.metrics().busySent, 0u);
+    EXPECT_LE(p.a.metrics().resendsSent, static_cast<uint64_t>(4 * p.cfgA.timeoutTicks)) << "one a tick at most";
+    EXPECT_EQ(p.serveAll(10), 200);
+    p.pump();
+    EXPECT_EQ(p.deliveries(p.a).size(), 200u);
+}
+
+TEST(Engine, RpcsWaitingForTheBudgetStillTimeOutWhenThePeerIsSilent) {
+    Config c = baseConfig();
+    c.timerPacketsPerPeer = 1;
+    Pair p(c, c);
+    for (int i = 0; i < 20; ++i) p.call(100);
+    p.sinkA.take();  // the server is gone
+    p.tick(p.cfgA.timeoutTicks);
+    auto d = p.deliveries(p.a);
+    EXPECT_EQ(d.size(), 20u) << "a silent peer's RPCs time out on time, budget or not";
+    for (auto& x : d) EXPECT_EQ(x.status.code(), StatusCode::Timeout);
+}
+
+TEST(Engine, OneTickSendsAtMostTheBudgetOfNeedAcksToAPeer) {
+    // Five RPCs ask for acks every second tick, two NEED_ACKs fit in a tick: those put
+    // off go first on the next ticks, so none of the five waits behind older RPCs that
+    // come due again.
+    Config c = baseConfig();
+    c.timerPacketsPerPeer = 2;
+    Pair p(c, c);
+    for (int i = 0; i < 5; ++i) p.call(100);
+    p.pump();
+    EXPECT_EQ(p.serveAll(100), 5);
+    p.sinkB.take();  // the responses are lost: no acks will come
+    p.tick(p.cfgB.requestAckTicks - 1);
+    std::set<uint64_t> asked;
+    for (int t = 0; t < 3; ++t) {
+        p.tick();
+        EXPECT_EQ(p.sinkB.count(wire::PacketType::NeedAck), 2u) << "tick " << t;
+        for (auto& s : p.sinkB.take()) asked.insert(s.packet().common.senderId);
+    }
+    EXPECT_EQ(asked.size(), 5u) << "every RPC asked within three ticks";
+    // And the server still gives up on acks that never come.
+    for (int i = 0; i < 10'000 && p.b.rpcCount() > 0; ++i) {
+        p.tick();
+        p.sinkB.take();
+    }
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 5u);
+}
+
+TEST(Engine, TimerPacketsPerPeerMustBePositive) {
+    Config c = baseConfig();
+    c.timerPacketsPerPeer = 0;
+    EXPECT_EQ(c.validate(), "timerPacketsPerPeer must be at least 1");
 }
 
 TEST(Engine, BusyKeepsALongRunningRpcAlive) {

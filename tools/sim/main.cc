@@ -83,6 +83,10 @@ int main(int argc, char** argv) {
     app.add_option("--tick-us", o.tickUs, "engine timer tick")->capture_default_str();
     app.add_option("--resend-ticks", o.resendTicks, "silent ticks before RESEND")->capture_default_str();
     app.add_option("--timeout-ticks", o.timeoutTicks, "silent ticks before an RPC fails")->capture_default_str();
+    app.add_option("--timer-packets-per-peer", o.timerPacketsPerPeer,
+                   "RPCs of one peer a tick may send RESEND or NEED_ACK for (the rest wait)")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
     app.add_flag("!--no-settle", o.settle, "end at the drain limit without waiting for unmeasured messages");
     app.add_flag("--trace-hash", o.traceHash, "hash every delivered packet and print the hash");
 

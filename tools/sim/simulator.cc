@@ -211,6 +211,7 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     c.tickNs = o.tickUs * 1000;
     c.resendTicks = o.resendTicks;
     c.timeoutTicks = o.timeoutTicks;
+    c.timerPacketsPerPeer = o.timerPacketsPerPeer;
     c.peerGcThreshold = static_cast<uint32_t>(std::min<uint64_t>(numHosts * 2, 1u << 30));
 
     // One round trip: a full DATA packet to the farthest host and a GRANT back.
@@ -517,7 +518,7 @@ class Runner {
             HOMA_SUM(serverRequestsReceived); HOMA_SUM(serverRpcsTimedOut); HOMA_SUM(serverRpcsAbandoned);
             HOMA_SUM(grantsSent); HOMA_SUM(grantedBytes); HOMA_SUM(fifoGrantBytes);
             HOMA_SUM(resendsSent); HOMA_SUM(retransmittedPackets); HOMA_SUM(retransmittedBytes);
-            HOMA_SUM(busySent); HOMA_SUM(rpcUnknownSent); HOMA_SUM(needAcksSent); HOMA_SUM(ackPacketsSent);
+            HOMA_SUM(busySent); HOMA_SUM(rpcUnknownSent); HOMA_SUM(needAcksSent); HOMA_SUM(ackPacketsSent); HOMA_SUM(timerPacketsDeferred);
             HOMA_SUM(cutoffsSent); HOMA_SUM(pacerDeferrals); HOMA_SUM(bufferWaits);
 #undef HOMA_SUM
         }
@@ -537,6 +538,7 @@ class Runner {
         c.emplace_back("busy_sent", sum.busySent);
         c.emplace_back("rpc_unknown_sent", sum.rpcUnknownSent);
         c.emplace_back("need_acks_sent", sum.needAcksSent);
+        c.emplace_back("timer_packets_deferred", sum.timerPacketsDeferred);
         c.emplace_back("ack_packets_sent", sum.ackPacketsSent);
         c.emplace_back("cutoffs_sent", sum.cutoffsSent);
         c.emplace_back("pacer_deferrals", sum.pacerDeferrals);

@@ -63,6 +63,7 @@ struct SimOptions {
     int64_t tickUs = 1000;
     int resendTicks = 5;
     int timeoutTicks = 100;
+    int timerPacketsPerPeer = 16;
 
     bool traceHash = false;  ///< hash every delivered packet (slower) and report it
     /// At the end, stop arrivals and run until every engine is idle, so that every
