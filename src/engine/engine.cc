@@ -101,6 +101,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
 
 Engine::~Engine() {
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
+    while (!inServiceRpcs_.empty()) freeRpc(&inServiceRpcs_.front());
     idlePeers_.clear();
     peersWithAcks_.clear();
     peersAckDue_.clear();
@@ -192,8 +193,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
     rpc->timerPacketTick = UINT64_MAX;
     rpc->restartTick = UINT64_MAX;
-    if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
-    allRpcs_.push_back(*rpc);
+    joinTimerList(rpc, now);
     if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     if (rpc->isClient()) {
         clientRpcs_.emplace(id, rpc);
@@ -219,7 +219,7 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
     cancelBufferWait(rpc);
     if (rpc->deferHook.is_linked()) deferredTimerPackets_.erase(deferredTimerPackets_.iterator_to(*rpc));
-    allRpcs_.erase(allRpcs_.iterator_to(*rpc));
+    (rpc->state == RpcState::ServerInService ? inServiceRpcs_ : allRpcs_).erase(RpcList::s_iterator_to(*rpc));
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
     releaseInBuffer(rpc);
@@ -323,7 +323,9 @@ Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> resp
                                                  std::to_string(cfg_.maxMessageLength)};
     Status s = setupOutMessage(rpc, response, now);
     if (!s.isOk()) return s;
+    inServiceRpcs_.erase(inServiceRpcs_.iterator_to(*rpc));
     rpc->state = RpcState::ServerOutgoing;
+    joinTimerList(rpc, now);
     --pendingRequests_;
     rpc->silentTicks = 0;
     rpc->ackWaitTicks = 0;
@@ -657,20 +659,22 @@ bool Engine::pollDelivery(Delivery& out) {
 
 void Engine::listRpcs(std::vector<RpcInfo>& out) const {
     out.clear();
-    for (const Rpc& r : allRpcs_) {
-        RpcInfo i;
-        i.peer = r.peer->address;
-        i.id = r.id;
-        i.state = r.state;
-        i.outLength = r.out.length;
-        i.outSent = r.out.nextOffset;
-        i.outGranted = r.out.granted;
-        i.inLength = r.in.length;
-        i.inReceived = r.in.received;
-        i.inGranted = r.in.granted;
-        i.waitingForBuffer = r.in.waitingForBuffer;
-        i.silentTicks = r.silentTicks;
-        out.push_back(i);
+    for (const RpcList* list : {&allRpcs_, &inServiceRpcs_}) {
+        for (const Rpc& r : *list) {
+            RpcInfo i;
+            i.peer = r.peer->address;
+            i.id = r.id;
+            i.state = r.state;
+            i.outLength = r.out.length;
+            i.outSent = r.out.nextOffset;
+            i.outGranted = r.out.granted;
+            i.inLength = r.in.length;
+            i.inReceived = r.in.received;
+            i.inGranted = r.in.granted;
+            i.waitingForBuffer = r.in.waitingForBuffer;
+            i.silentTicks = r.silentTicks;
+            out.push_back(i);
+        }
     }
 }
 

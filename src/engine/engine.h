@@ -138,7 +138,7 @@ class Engine {
     bool hasDeliveries() const { return !deliveries_.empty(); }
     const EngineMetrics& metrics() const { return m_; }
     const Config& config() const { return cfg_; }
-    size_t rpcCount() const { return allRpcs_.size(); }
+    size_t rpcCount() const { return allRpcs_.size() + inServiceRpcs_.size(); }
     size_t peerCount() const { return peers_.size(); }
     /// Server RPCs being received or served and not yet answered.
     uint32_t pendingRequests() const { return pendingRequests_; }
@@ -237,6 +237,7 @@ class Engine {
     void runTick(Time now);
     void checkRpc(Rpc* rpc, Time now);
     bool timerBudgetLeft(Peer* peer);
+    void joinTimerList(Rpc* rpc, Time now);
     void sendTimerPacket(Rpc* rpc);
     void deferTimerPacket(Rpc* rpc);
     bool timerPacketStillDue(const Rpc* rpc) const;
@@ -267,7 +268,8 @@ class Engine {
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
     absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
     absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
-    RpcList allRpcs_;
+    RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined
+    RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
     WaitList largeBufferWaiters_;  ///< larger ones, oldest first
     DeferList deferredTimerPackets_;  ///< RESENDs and NEED_ACKs put off, first put off first

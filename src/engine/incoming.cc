@@ -187,6 +187,9 @@ void Engine::completeInMessage(Rpc* rpc, Time now) {
     }
     d.kind = Delivery::Kind::Request;
     d.server = {rpc->peer->address, rpc->clientId()};
+    // The application has it now: nothing for the timer to do until the response starts.
+    allRpcs_.erase(allRpcs_.iterator_to(*rpc));
+    inServiceRpcs_.push_back(*rpc);
     rpc->state = RpcState::ServerInService;
     rpc->silentTicks = 0;
     ++m_.serverRequestsReceived;

@@ -39,6 +39,13 @@ void Engine::advance(Time now) {
     transmitData(now);
 }
 
+// An RPC the timer must look at from now on. The first one starts the tick clock afresh,
+// so that its first tick is a whole tick away (the clock may have stopped long ago).
+void Engine::joinTimerList(Rpc* rpc, Time now) {
+    if (allRpcs_.empty() && nextTick_ <= now) nextTick_ = now + cfg_.tickNs;
+    allRpcs_.push_back(*rpc);
+}
+
 void Engine::runTick(Time now) {
     ++tickCount_;
     sendDeferredTimerPackets();

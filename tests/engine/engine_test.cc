@@ -403,6 +403,26 @@ TEST(Engine, OneTickSendsAtMostTheBudgetOfNeedAcksToAPeer) {
     EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 5u);
 }
 
+TEST(Engine, AServerExecutingRequestsNeedsNoTimerUntilItResponds) {
+    Pair p;
+    p.call(100);
+    p.call(100);
+    p.pump();
+    ASSERT_EQ(p.b.rpcCount(), 2u);
+    EXPECT_EQ(p.b.nextWakeup(), kNever) << "the application has both requests: no ticks";
+    std::vector<RpcInfo> rpcs;
+    p.b.listRpcs(rpcs);
+    EXPECT_EQ(rpcs.size(), 2u) << "still listed";
+    p.now += 50 * p.cfgB.tickNs;  // the application takes its time
+    EXPECT_EQ(p.serveAll(100), 2);
+    EXPECT_EQ(p.b.nextWakeup(), p.now + p.cfgB.tickNs) << "a whole tick after the response starts";
+    p.pump();
+    p.releaseAll(p.a);
+    p.tick();
+    p.pump();
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+}
+
 TEST(Engine, TimerPacketsPerPeerMustBePositive) {
     Config c = baseConfig();
     c.timerPacketsPerPeer = 0;
