@@ -102,6 +102,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
 Engine::~Engine() {
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
     while (!inServiceRpcs_.empty()) freeRpc(&inServiceRpcs_.front());
+    peersDeferring_.clear();
     idlePeers_.clear();
     peersWithAcks_.clear();
     peersAckDue_.clear();
@@ -218,7 +219,7 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
     cancelBufferWait(rpc);
-    if (rpc->deferHook.is_linked()) deferredTimerPackets_.erase(deferredTimerPackets_.iterator_to(*rpc));
+    if (rpc->deferHook.is_linked()) undeferTimerPacket(rpc);
     (rpc->state == RpcState::ServerInService ? inServiceRpcs_ : allRpcs_).erase(RpcList::s_iterator_to(*rpc));
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;

@@ -240,6 +240,7 @@ class Engine {
     void joinTimerList(Rpc* rpc, Time now);
     void sendTimerPacket(Rpc* rpc);
     void deferTimerPacket(Rpc* rpc);
+    void undeferTimerPacket(Rpc* rpc);
     bool timerPacketStillDue(const Rpc* rpc) const;
     void sendDeferredTimerPackets();
     bool holdSilence(const Rpc* rpc, Time now) const;
@@ -272,11 +273,11 @@ class Engine {
     RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
     WaitList largeBufferWaiters_;  ///< larger ones, oldest first
-    DeferList deferredTimerPackets_;  ///< RESENDs and NEED_ACKs put off, first put off first
     std::vector<std::unique_ptr<Rpc>> rpcStorage_;
     std::vector<Rpc*> freeRpcs_;
     PeerLru idlePeers_;  ///< peers without RPCs, least recently used first
     PeerAckList peersWithAcks_;
+    PeerDeferringList peersDeferring_;  ///< peers with RESENDs or NEED_ACKs put off (Peer::deferred)
     PeerAckDueList peersAckDue_;  ///< peers holding at least kMaxAcksPerPacket pending acks
     bool ackFlushRequested_ = false;  ///< a tick asked sendDueAcks() to send every pending ack
 

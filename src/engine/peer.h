@@ -65,6 +65,8 @@ struct Peer {
     /// ProtocolOptions::timerPacketsPerPeer).
     uint64_t budgetTick = UINT64_MAX;
     int timerPackets = 0;
+    /// This peer's RPCs whose RESEND or NEED_ACK waits for the budget, first put off first.
+    DeferList deferred;
 
     /// Grantable incoming messages from this peer, best first.
     GrantSet grantable;
@@ -74,6 +76,7 @@ struct Peer {
     ListHook lruHook;        ///< in the engine's list of idle peers (no RPCs), LRU first
     ListHook acksHook;       ///< in the list of peers with pending acks
     ListHook ackDueHook;     ///< in the list of peers with a full ACK packet's worth pending
+    ListHook deferringHook;  ///< in the list of peers with RPCs in `deferred`
 };
 
 /// Peers with grantable messages, ordered by their best message.
@@ -92,5 +95,6 @@ using GrantPeerSet =
 using PeerLru = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::lruHook>>;
 using PeerAckList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::acksHook>>;
 using PeerAckDueList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::ackDueHook>>;
+using PeerDeferringList = bi::list<Peer, bi::member_hook<Peer, ListHook, &Peer::deferringHook>>;
 
 }  // namespace homa::engine

@@ -64,8 +64,8 @@ void Engine::runTick(Time now) {
 
 // The per-peer budget of RESENDs and NEED_ACKs (ProtocolOptions::timerPacketsPerPeer).
 // Many silent RPCs at one peer mean the peer is loaded; one packet per RPC would load it
-// more. A packet over the budget waits in deferredTimerPackets_, which the next ticks
-// serve first, in the order they were put off, so every RPC gets its turn.
+// more. A packet over the budget waits in the peer's `deferred` list, which the next
+// ticks serve first, in the order they were put off, so every RPC gets its turn.
 bool Engine::timerBudgetLeft(Peer* peer) {
     if (peer->budgetTick != tickCount_) {
         peer->budgetTick = tickCount_;
@@ -75,7 +75,9 @@ bool Engine::timerBudgetLeft(Peer* peer) {
 }
 
 void Engine::deferTimerPacket(Rpc* rpc) {
-    deferredTimerPackets_.push_back(*rpc);
+    Peer* peer = rpc->peer;
+    peer->deferred.push_back(*rpc);
+    if (!peer->deferringHook.is_linked()) peersDeferring_.push_back(*peer);
     ++m_.timerPacketsDeferred;
 }
 
@@ -116,13 +118,26 @@ void Engine::sendTimerPacket(Rpc* rpc) {
     requestMissing(rpc);
 }
 
+void Engine::undeferTimerPacket(Rpc* rpc) {
+    Peer* peer = rpc->peer;
+    peer->deferred.erase(peer->deferred.iterator_to(*rpc));
+    if (peer->deferred.empty()) peersDeferring_.erase(peersDeferring_.iterator_to(*peer));
+}
+
+// Per peer, the RPCs put off go first, up to the budget: the work is bounded by the
+// budget, not by how many wait.
 void Engine::sendDeferredTimerPackets() {
-    for (auto it = deferredTimerPackets_.begin(); it != deferredTimerPackets_.end();) {
-        Rpc* rpc = &*it;
-        ++it;
-        if (timerPacketStillDue(rpc) && !timerBudgetLeft(rpc->peer)) continue;
-        deferredTimerPackets_.erase(deferredTimerPackets_.iterator_to(*rpc));
-        if (timerPacketStillDue(rpc)) sendTimerPacket(rpc);
+    for (auto it = peersDeferring_.begin(); it != peersDeferring_.end();) {
+        Peer* peer = &*it;
+        ++it;  // the peer leaves the list when its last RPC does
+        while (!peer->deferred.empty()) {
+            Rpc* rpc = &peer->deferred.front();
+            const bool due = timerPacketStillDue(rpc);
+            if (due && !timerBudgetLeft(peer)) break;
+            undeferTimerPacket(rpc);
+            if (due) sendTimerPacket(rpc);  // (may free rpc; the peer stays)
+            if (!peer->deferringHook.is_linked()) break;
+        }
     }
 }
 
