@@ -1,6 +1,7 @@
 #include "runtime/core.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -44,6 +45,15 @@ thread_local std::vector<DeferredRelease> tReleases;
 // True while this thread runs iterate() (the loop, and callbacks inside it).
 thread_local bool tLoopThread = false;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
+
+// Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
+// perf and /proc/<pid>/task/*/comm tell an endpoint's threads apart. Named by the thread
+// that starts it, so the name is there when the call that started it returns.
+void nameThread(std::thread& t, const char* what, uint16_t port) {
+    char name[16];
+    std::snprintf(name, sizeof(name), "%s:%u", what, static_cast<unsigned>(port));
+    pthread_setname_np(t.native_handle(), name);
+}
 
 timespec toTimespec(int64_t ns) {
     return {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
@@ -105,7 +115,10 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         }
         core->blockingReceive_ = core->driver_->stats().emptyDatagrams > before;
     }
-    if (options.pollThread) core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
+    if (options.pollThread) {
+        core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
+        nameThread(core->pollThread_, "homa-poll", core->driver_->localAddress().port);
+    }
     return core;
 }
 
@@ -807,6 +820,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 request = receive(-1);
             }
         });
+        nameThread(workers_.back(), "homa-work", driver_->localAddress().port);
     }
     return {};
 }

@@ -122,7 +122,10 @@ std::unique_ptr<Publisher> Publisher::start(const std::string& socketPath, bool 
         std::string why = p->bindHttp(httpPort);
         if (!why.empty()) return fail(why);
     }
-    if (p->unixFd_ >= 0) p->thread_ = std::thread([raw = p.get()] { raw->run(); });
+    if (p->unixFd_ >= 0) {
+        p->thread_ = std::thread([raw = p.get()] { raw->run(); });
+        pthread_setname_np(p->thread_.native_handle(), "homa-metrics");
+    }
     if (p->http_) {
         p->httpThread_ = std::thread([raw = p.get()] {
             // The library writes with plain send(): a scraper that goes away mid-answer
@@ -135,6 +138,7 @@ std::unique_ptr<Publisher> Publisher::start(const std::string& socketPath, bool 
             raw->http_->listen_after_bind();
             raw->httpDone_ = true;
         });
+        pthread_setname_np(p->httpThread_.native_handle(), "homa-http");
     }
     return p;
 }

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <set>
 #include <functional>
 #include <future>
 #include <random>
@@ -87,6 +90,21 @@ TEST(Endpoint, SynchronousEchoOfManySizes) {
         ASSERT_EQ(r.message.size(), size);
         EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data())) << size;
     }
+}
+
+// The endpoint's threads carry names that tell them apart in top -H, perf and /proc.
+TEST(Endpoint, ThreadsAreNamedAfterTheirRoleAndPort) {
+    auto server = echoServer(2);
+    const std::string port = std::to_string(server->address().port);
+    std::multiset<std::string> names;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        names.insert(name);
+    }
+    EXPECT_EQ(names.count("homa-poll:" + port), 1u);
+    EXPECT_EQ(names.count("homa-work:" + port), 2u);
 }
 
 // Each small message is one datagram: the thread running the loop should read the socket
