@@ -107,6 +107,7 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
     d->gso_ = options.gso;  // confirmed (or given up) by the first GSO send
     d->rxBufferSize_ = d->gro_ ? kGroBuffer : d->maxPacket_ + 64;
     d->rxArena_.resize(d->rxBufferSize_ * static_cast<size_t>(d->batch_));
+    d->rxPackets_.reserve(static_cast<size_t>(d->batch_) * 64);
     d->tx_.resize(static_cast<size_t>(d->batch_) * kMaxGsoSegments / 8 + 1);
     d->txArena_.resize(d->tx_.size() * d->maxPacket_);
     size_t batch = static_cast<size_t>(d->batch_);
@@ -310,14 +311,14 @@ bool UdpDriver::blockForPackets() {
     return true;
 }
 
-int UdpDriver::receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn) {
+std::span<const RxPacket> UdpDriver::receive() {
+    rxPackets_.clear();
     int n = held_;
     held_ = 0;
     if (n == 0) n = readBatch(false);
-    if (n <= 0) return 0;
+    if (n <= 0) return {};
     auto& hdrs = rxHdrs_;
     auto& sources = rxSources_;
-    int packets = 0;
     for (int i = 0; i < n; ++i) {
         const msghdr& h = hdrs[static_cast<size_t>(i)].msg_hdr;
         size_t len = hdrs[static_cast<size_t>(i)].msg_len;
@@ -351,15 +352,13 @@ int UdpDriver::receive(const std::function<void(const Address&, std::span<const 
         // A GRO buffer holds several datagrams of `segment` bytes (the last may be shorter);
         // the kernel coalesces only datagrams with the same IP header, TOS included.
         if (tos >= 0) bump(rx_.byPriority[static_cast<size_t>(tos) >> 5], (len + segment - 1) / segment);
-        for (size_t off = 0; off < len; off += segment) {
-            size_t l = std::min<size_t>(segment, len - off);
-            bump(rx_.packets);
-            bump(rx_.bytes, l);
-            fn(source, std::span<const uint8_t>(base + off, l));
-            ++packets;
-        }
+        const size_t first = rxPackets_.size();
+        for (size_t off = 0; off < len; off += segment)
+            rxPackets_.push_back({source, std::span<const uint8_t>(base + off, std::min<size_t>(segment, len - off))});
+        bump(rx_.packets, rxPackets_.size() - first);
+        bump(rx_.bytes, len);
     }
-    return packets;
+    return rxPackets_;
 }
 
 bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady) {

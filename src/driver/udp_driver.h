@@ -15,7 +15,6 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -31,6 +30,12 @@ struct UdpDriverOptions {
     bool gro = true;
     int socketBufferBytes = 8 << 20;
     int batch = 32;  ///< packets per sendmmsg / recvmmsg
+};
+
+/// One received Homa packet: its sender and its bytes (in the driver's receive arena).
+struct RxPacket {
+    Address source;
+    std::span<const uint8_t> bytes;
 };
 
 struct UdpDriverStats {
@@ -64,9 +69,9 @@ class UdpDriver {
     void flush();
     size_t queued() const { return txCount_; }
 
-    /// Receives what is waiting, up to one batch, without blocking; calls
-    /// fn(source, packet) for each packet. Returns the number of packets.
-    int receive(const std::function<void(const Address&, std::span<const uint8_t>)>& fn);
+    /// Receives what is waiting, up to one batch, without blocking. The packets (a GRO
+    /// buffer split into its datagrams) stay valid until the next receive().
+    std::span<const RxPacket> receive();
     /// Blocks until at least one datagram arrives and keeps what it read for the next
     /// receive(): one system call both waits and reads. Returns false without waiting for
     /// packets if it was interrupted (shutdownReceive(), a signal, an error).
@@ -129,6 +134,7 @@ class UdpDriver {
     std::vector<TxPacket> tx_;
     size_t txCount_ = 0;
     std::vector<uint8_t> rxArena_;
+    std::vector<RxPacket> rxPackets_;  // what receive() returns
     size_t rxBufferSize_ = 0;
     // Scratch for the system calls, sized once so the hot path allocates nothing.
     static constexpr size_t kControlBytes = 64;

@@ -107,10 +107,9 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         while (sent && core->driver_->stats().emptyDatagrams == before && nowNs() < until) {
             if (!core->driver_->wait(until - nowNs(), -1)) continue;
             const int64_t now = nowNs();
-            if (core->driver_->receive([&](const Address& a, std::span<const uint8_t> b) {
-                    core->engine_->handlePacket(a, b, now);
-                }) > 0)
-                core->engine_->finishBatch(now);
+            const auto packets = core->driver_->receive();
+            for (const driver::RxPacket& p : packets) core->engine_->handlePacket(p.source, p.bytes, now);
+            if (!packets.empty()) core->engine_->finishBatch(now);
             core->driver_->flush();
         }
         core->blockingReceive_ = core->driver_->stats().emptyDatagrams > before;
@@ -352,14 +351,9 @@ int64_t Core::nextTimerExpiry(int64_t now) const {
 }
 
 int64_t Core::iterate(int64_t maxWaitNs) {
-    struct Rx {
-        Address source;
-        std::span<const uint8_t> bytes;
-        bool deferred = false;  // starts a new request: handled after the rest of the batch
-    };
-    thread_local std::vector<Rx> rx;
     thread_local std::vector<std::pair<Endpoint::Callback, Response>> ready;
-    rx.clear();
+    thread_local std::vector<uint8_t> deferred;  // rx[i] starts a new request: handled last
+    std::span<const driver::RxPacket> rx;
     tLoopThread = true;
     // Bounded work per iteration: one receive batch. Skipped right after a read that
     // emptied the socket, when the next step is to wait anyway (saves a system call per
@@ -367,8 +361,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     // The readable flag is consumed on every pass: left set, it would cost a read that
     // finds nothing on the pass after the one that emptied the socket.
     const bool readable = socketReadable_.exchange(false);
-    if (!justDrained_ || readable)
-        driver_->receive([&](const Address& a, std::span<const uint8_t> b) { rx.push_back({a, b}); });
+    if (!justDrained_ || readable) rx = driver_->receive();
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
     bool idle = false;
@@ -394,16 +387,18 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         const uint32_t limit = options_.protocol.maxPendingRequests;
         const bool sort = limit != 0 && engine_->pendingRequests() + rx.size() >= limit;
         bool anyNew = false;
-        for (Rx& p : rx) {
-            if (sort && engine_->isNewRequest(p.source, p.bytes)) {
-                p.deferred = anyNew = true;
+        if (sort) deferred.assign(rx.size(), 0);
+        for (size_t i = 0; i < rx.size(); ++i) {
+            if (sort && engine_->isNewRequest(rx[i].source, rx[i].bytes)) {
+                deferred[i] = 1;
+                anyNew = true;
                 continue;
             }
-            engine_->handlePacket(p.source, p.bytes, now);
+            engine_->handlePacket(rx[i].source, rx[i].bytes, now);
         }
         if (anyNew)
-            for (const Rx& p : rx)
-                if (p.deferred) engine_->handlePacket(p.source, p.bytes, now);
+            for (size_t i = 0; i < rx.size(); ++i)
+                if (deferred[i]) engine_->handlePacket(rx[i].source, rx[i].bytes, now);
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         countEngineTime(engineStart);

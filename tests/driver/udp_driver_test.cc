@@ -26,7 +26,7 @@ std::vector<std::vector<uint8_t>> drain(UdpDriver& d, size_t want) {
     std::vector<std::vector<uint8_t>> got;
     for (int i = 0; i < 100 && got.size() < want; ++i) {
         d.wait(10'000'000, -1);
-        d.receive([&](const Address&, std::span<const uint8_t> p) { got.emplace_back(p.begin(), p.end()); });
+        for (const RxPacket& p : d.receive()) got.emplace_back(p.bytes.begin(), p.bytes.end());
     }
     return got;
 }
@@ -200,10 +200,10 @@ TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     std::vector<std::vector<uint8_t>> got;
     for (int i = 0; i < 100 && got.empty(); ++i) {
         b->wait(10'000'000, -1);
-        b->receive([&](const Address& s, std::span<const uint8_t> p) {
-            from = s;
-            got.emplace_back(p.begin(), p.end());
-        });
+        for (const RxPacket& p : b->receive()) {
+            from = p.source;
+            got.emplace_back(p.bytes.begin(), p.bytes.end());
+        }
     }
     ASSERT_EQ(got.size(), 1u);
     EXPECT_EQ(from, a->localAddress());
