@@ -99,22 +99,21 @@ else
 fi
 
 note "== small-RPC throughput"
-# Medians of $reps runs, Homa and TCP alternating.
-declare -a hk tk
-for r in $(seq "$reps"); do
-  hk+=("$(j "$(hp "tput-homa-$r" --workload 64 --client-max 64)" .totals.kops)")
-  tk+=("$(j "$(hp "tput-tcp-$r" --protocol tcp --workload 64 --client-max 64)" .totals.kops)")
-done
-hkops=$(median "${hk[@]}"); tkops=$(median "${tk[@]}")
+# kops_at N: medians of $reps runs with N outstanding, Homa and TCP alternating; prints
+# "homa_kops tcp_kops".
+kops_at() {
+  local hk=() tk=()
+  for r in $(seq "$reps"); do
+    hk+=("$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)")
+    tk+=("$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)")
+  done
+  echo "$(median "${hk[@]}") $(median "${tk[@]}")"
+}
+k=$(kops_at 64); hkops=${k% *}; tkops=${k#* }
 # 64 outstanding is where Homa's and TCP's figures are usually quoted; with 1,024 both
 # batch more per system call and per wake-up (TCP far more: it moves the requests as one
 # byte stream), so this row shows each nearer its own ceiling on this machine.
-declare -a hks tks
-for r in $(seq "$reps"); do
-  hks+=("$(j "$(hp "tput1k-homa-$r" --workload 64 --client-max 1024)" .totals.kops)")
-  tks+=("$(j "$(hp "tput1k-tcp-$r" --protocol tcp --workload 64 --client-max 1024)" .totals.kops)")
-done
-hkops1k=$(median "${hks[@]}"); tkops1k=$(median "${tks[@]}")
+k=$(kops_at 1024); hkops1k=${k% *}; tkops1k=${k#* }
 
 note "== 1 MB one-way"
 hb=$(hp big-homa --workload 1000000 --one-way --client-max 4)

@@ -321,12 +321,23 @@ std::vector<uint64_t> resendIds(const CaptureSink& sink) {
     return ids;
 }
 
-TEST(Engine, OneTickSendsAtMostTheBudgetOfResendsToAPeerOldestFirst) {
-    Config c = baseConfig();
-    c.timerPacketsPerPeer = 4;
-    Pair p(c, c);
+// A pair whose engines send RESENDs and NEED_ACKs for at most `budget` RPCs per peer and
+// tick, with `calls` calls of 100 bytes started by A (their ids in `ids`, oldest first).
+struct BudgetPair : Pair {
     std::vector<uint64_t> ids;
-    for (int i = 0; i < 10; ++i) ids.push_back(p.call(100));
+    BudgetPair(int budget, int calls) : Pair(withBudget(budget), withBudget(budget)) {
+        for (int i = 0; i < calls; ++i) ids.push_back(call(100));
+    }
+    static Config withBudget(int budget) {
+        Config c = baseConfig();
+        c.timerPacketsPerPeer = budget;
+        return c;
+    }
+};
+
+TEST(Engine, OneTickSendsAtMostTheBudgetOfResendsToAPeerOldestFirst) {
+    BudgetPair p(4, 10);
+    const std::vector<uint64_t>& ids = p.ids;
     p.sinkA.take();  // every request is lost
     p.tick(p.cfgA.resendTicks);
     EXPECT_EQ(resendIds(p.sinkA), std::vector<uint64_t>(ids.begin(), ids.begin() + 4));
@@ -345,10 +356,7 @@ TEST(Engine, OneTickSendsAtMostTheBudgetOfResendsToAPeerOldestFirst) {
 TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
     // 200 calls to a server that holds them all: one RESEND a tick reaches each RPC only
     // every 200 ticks, twice the timeout, yet BUSY answers keep coming from the server.
-    Config c = baseConfig();
-    c.timerPacketsPerPeer = 1;
-    Pair p(c, c);
-    for (int i = 0; i < 200; ++i) p.call(100);
+    BudgetPair p(1, 200);
     p.pump();
     ASSERT_EQ(p.b.rpcCount(), 200u);
     for (int i = 0; i < 4 * p.cfgA.timeoutTicks; ++i) {
@@ -364,10 +372,7 @@ TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
 }
 
 TEST(Engine, RpcsWaitingForTheBudgetStillTimeOutWhenThePeerIsSilent) {
-    Config c = baseConfig();
-    c.timerPacketsPerPeer = 1;
-    Pair p(c, c);
-    for (int i = 0; i < 20; ++i) p.call(100);
+    BudgetPair p(1, 20);
     p.sinkA.take();  // the server is gone
     p.tick(p.cfgA.timeoutTicks);
     auto d = p.deliveries(p.a);
@@ -379,10 +384,7 @@ TEST(Engine, OneTickSendsAtMostTheBudgetOfNeedAcksToAPeer) {
     // Five RPCs ask for acks every second tick, two NEED_ACKs fit in a tick: those put
     // off go first on the next ticks, so none of the five waits behind older RPCs that
     // come due again.
-    Config c = baseConfig();
-    c.timerPacketsPerPeer = 2;
-    Pair p(c, c);
-    for (int i = 0; i < 5; ++i) p.call(100);
+    BudgetPair p(2, 5);
     p.pump();
     EXPECT_EQ(p.serveAll(100), 5);
     p.sinkB.take();  // the responses are lost: no acks will come
