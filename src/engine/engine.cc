@@ -193,6 +193,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.birth = now;
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
     rpc->timerPacketTick = UINT64_MAX;
+    rpc->heldTicks = 0;
     rpc->restartTick = UINT64_MAX;
     joinTimerList(rpc, now);
     if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
@@ -456,7 +457,6 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             ++m_.dropped[static_cast<size_t>(fromClient ? DropReason::PeerTableFull : DropReason::UnknownRpc)];
             return;
         }
-        peer->lastHeard = now;
         handleData(peer, p, now);
         return;
     }
@@ -465,9 +465,11 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     Rpc* rpc = nullptr;
     if (peer) {
         touchPeer(peer, now);
-        peer->lastHeard = now;
         rpc = fromClient ? findServerRpc(peer, clientId) : findClientRpc(clientId);
         if (rpc && rpc->peer != peer) rpc = nullptr;  // a client id is ours, but not with this peer
+        // The peer is working with us (see holdSilence); packets about RPCs we do not
+        // know prove nothing.
+        if (rpc) peer->lastHeard = now;
     }
 
     switch (p.common.type) {

@@ -243,7 +243,7 @@ class Engine {
     void undeferTimerPacket(Rpc* rpc);
     bool timerPacketStillDue(const Rpc* rpc) const;
     void sendDeferredTimerPackets();
-    bool holdSilence(const Rpc* rpc, Time now) const;
+    bool holdSilence(Rpc* rpc, Time now);
     void requestMissing(Rpc* rpc);
     void flushAcks();
     void collectPeers(Time now);

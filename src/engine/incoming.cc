@@ -48,6 +48,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             return;
         }
     }
+    peer->lastHeard = now;  // data for an RPC of ours (see holdSilence)
     InMessage& in = rpc->in;
     if (!in.started) {
         startInMessage(rpc, d.messageLength, d.incoming, now);

@@ -100,15 +100,15 @@ bool Engine::timerPacketStillDue(const Rpc* rpc) const {
 
 // Sends the RPC's RESEND(s), or its NEED_ACK (or gives up on the ack). May free `rpc`.
 void Engine::sendTimerPacket(Rpc* rpc) {
+    if (rpc->state == RpcState::ServerOutgoing && rpc->needAcksSent >= cfg_.needAckLimit) {
+        ++m_.serverRpcsAbandoned;
+        HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
+        freeRpc(rpc);
+        return;
+    }
     ++rpc->peer->timerPackets;  // (timerBudgetLeft() was asked this tick)
     rpc->timerPacketTick = tickCount_;
     if (rpc->state == RpcState::ServerOutgoing) {
-        if (rpc->needAcksSent >= cfg_.needAckLimit) {
-            ++m_.serverRpcsAbandoned;
-            HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
-            freeRpc(rpc);
-            return;
-        }
         ++rpc->needAcksSent;
         sendControl(rpc->peer, rpc->id, wire::PacketType::NeedAck);
         return;
@@ -142,9 +142,14 @@ void Engine::sendDeferredTimerPackets() {
 }
 
 // Whether this tick leaves `rpc`'s silence count alone: its RESEND waits for the peer's
-// budget while the peer is heard from, i.e. the peer is loaded, not gone.
-bool Engine::holdSilence(const Rpc* rpc, Time now) const {
-    return rpc->deferHook.is_linked() && rpc->peer->lastHeard > now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs;
+// budget while the peer is heard from about some RPC of ours, i.e. the peer is loaded,
+// not gone. For at most timeoutTicks ticks of one silence.
+bool Engine::holdSilence(Rpc* rpc, Time now) {
+    if (rpc->silentTicks == 0) rpc->heldTicks = 0;  // heard from since the last tick
+    if (!rpc->deferHook.is_linked() || rpc->heldTicks >= cfg_.timeoutTicks) return false;
+    if (rpc->peer->lastHeard <= now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs) return false;
+    ++rpc->heldTicks;
+    return true;
 }
 
 void Engine::checkRpc(Rpc* rpc, Time now) {

@@ -354,11 +354,12 @@ TEST(Engine, OneTickSendsAtMostTheBudgetOfResendsToAPeerOldestFirst) {
 }
 
 TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
-    // 200 calls to a server that holds them all: one RESEND a tick reaches each RPC only
-    // every 200 ticks, twice the timeout, yet BUSY answers keep coming from the server.
-    BudgetPair p(1, 200);
+    // 150 calls to a server that holds them all: one RESEND a tick reaches each RPC only
+    // every 150 ticks, one and a half timeouts, yet BUSY answers keep coming from the
+    // server.
+    BudgetPair p(1, 150);
     p.pump();
-    ASSERT_EQ(p.b.rpcCount(), 200u);
+    ASSERT_EQ(p.b.rpcCount(), 150u);
     for (int i = 0; i < 4 * p.cfgA.timeoutTicks; ++i) {
         p.tick();
         p.pump();
@@ -366,9 +367,39 @@ TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
     EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 0u);
     EXPECT_GT(p.b.metrics().busySent, 0u);
     EXPECT_LE(p.a.metrics().resendsSent, static_cast<uint64_t>(4 * p.cfgA.timeoutTicks)) << "one a tick at most";
-    EXPECT_EQ(p.serveAll(10), 200);
+    EXPECT_EQ(p.serveAll(10), 150);
     p.pump();
-    EXPECT_EQ(p.deliveries(p.a).size(), 200u);
+    EXPECT_EQ(p.deliveries(p.a).size(), 150u);
+}
+
+TEST(Engine, SilenceHeldForTheBudgetEndsInATimeoutWithinTwiceTheTimeout) {
+    // 400 calls, one RESEND a tick: RPCs at the back of the queue would wait 400 ticks
+    // for theirs. Their silence is held for at most timeoutTicks, so they time out
+    // within twice the timeout even though the server answers the others.
+    BudgetPair p(1, 400);
+    p.pump();
+    const int limit = 2 * p.cfgA.timeoutTicks + p.cfgA.resendTicks;
+    for (int i = 0; i < limit; ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_GT(p.a.metrics().clientRpcsTimedOut, 0u);
+    std::vector<RpcInfo> rpcs;
+    p.a.listRpcs(rpcs);
+    for (const RpcInfo& r : rpcs) EXPECT_LT(r.silentTicks, p.cfgA.timeoutTicks);
+}
+
+TEST(Engine, PacketsAboutUnknownRpcsDoNotHoldSilence) {
+    // The server's address keeps sending, but nothing about our RPCs: the peer is not
+    // shown to be working on them, and they time out on time.
+    BudgetPair p(1, 20);
+    p.sinkA.take();  // every request is lost
+    for (int i = 0; i < p.cfgA.timeoutTicks; ++i) {
+        p.a.receive(kB, encode(from(999'999), wire::PacketType::Busy), p.now);  // an id A never used
+        p.tick();
+        p.sinkA.take();
+    }
+    EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 20u);
 }
 
 TEST(Engine, RpcsWaitingForTheBudgetStillTimeOutWhenThePeerIsSilent) {
@@ -423,6 +454,35 @@ TEST(Engine, AServerExecutingRequestsNeedsNoTimerUntilItResponds) {
     p.tick();
     p.pump();
     EXPECT_EQ(p.b.rpcCount(), 0u);
+}
+
+TEST(Engine, ServerRpcsFreedWhileTheApplicationHasThemLeaveNoTrace) {
+    Pair p;
+    p.call(100);
+    p.call(100);
+    p.call(100);
+    p.pump();
+    auto reqs = p.deliveries(p.b);
+    ASSERT_EQ(reqs.size(), 3u);
+    for (auto& d : reqs) p.b.releaseMessage(d.message, p.now);
+    p.b.abortServerRpc(reqs[0].server, p.now);  // the application drops one
+    EXPECT_EQ(p.b.rpcCount(), 2u);
+    // The client restarts another one: RPC_UNKNOWN makes the server discard it.
+    p.b.receive(kA, encode(from(reqs[1].server.id), wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.b.rpcCount(), 1u);
+    std::vector<RpcInfo> rpcs;
+    p.b.listRpcs(rpcs);
+    ASSERT_EQ(rpcs.size(), 1u);
+    EXPECT_EQ(rpcs[0].id, reqs[2].server.id | 1);
+    std::vector<uint8_t> resp(10, 1);
+    EXPECT_TRUE(p.b.sendResponse(reqs[2].server, resp, p.now).isOk());
+    p.pump();
+    p.releaseAll(p.a);
+    p.tick();
+    p.pump();
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    p.b.listRpcs(rpcs);
+    EXPECT_TRUE(rpcs.empty());
 }
 
 TEST(Engine, TimerPacketsPerPeerMustBePositive) {
