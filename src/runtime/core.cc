@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 
 namespace homa::runtime {
 
@@ -351,10 +352,24 @@ int64_t Core::nextTimerExpiry(int64_t now) const {
 }
 
 int64_t Core::iterate(int64_t maxWaitNs) {
-    thread_local std::vector<std::pair<Endpoint::Callback, Response>> ready;
+    // The callbacks this pass finished. One list per nesting level: a callback may make a
+    // synchronous call on another endpoint, whose loop then runs on this thread while
+    // this pass is still running its callbacks (and must not run them again). A deque,
+    // so that a deeper level's list never moves an outer one's.
+    thread_local std::deque<std::vector<std::pair<Endpoint::Callback, Response>>> readyLists;
+    thread_local size_t depth = 0;
+    if (readyLists.size() == depth) readyLists.emplace_back();
+    std::vector<std::pair<Endpoint::Callback, Response>>& ready = readyLists[depth];
+    struct Nesting {
+        bool wasLoopThread = std::exchange(tLoopThread, true);
+        Nesting() { ++depth; }
+        ~Nesting() {
+            --depth;
+            tLoopThread = wasLoopThread;
+        }
+    } nesting;
     thread_local std::vector<uint8_t> deferred;  // rx[i] starts a new request: handled last
     std::span<const driver::RxPacket> rx;
-    tLoopThread = true;
     // Bounded work per iteration: one receive batch. Skipped right after a read that
     // emptied the socket, when the next step is to wait anyway (saves a system call per
     // packet); the wait then says whether there is more.
@@ -444,7 +459,6 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             [[maybe_unused]] auto n = ::read(wakeFd_, &count, sizeof(count));
         }
     }
-    tLoopThread = false;
     return idle ? waitNs : 0;
 }
 

@@ -369,7 +369,9 @@ TEST(Engine, RpcsWaitingForTheBudgetDoNotTimeOutWhileThePeerAnswers) {
     EXPECT_LE(p.a.metrics().resendsSent, static_cast<uint64_t>(4 * p.cfgA.timeoutTicks)) << "one a tick at most";
     EXPECT_EQ(p.serveAll(10), 150);
     p.pump();
-    EXPECT_EQ(p.deliveries(p.a).size(), 150u);
+    auto d = p.deliveries(p.a);
+    EXPECT_EQ(d.size(), 150u);
+    for (auto& x : d) p.a.releaseMessage(x.message, p.now);
 }
 
 TEST(Engine, SilenceHeldForTheBudgetEndsInATimeoutWithinTwiceTheTimeout) {
@@ -387,6 +389,7 @@ TEST(Engine, SilenceHeldForTheBudgetEndsInATimeoutWithinTwiceTheTimeout) {
     std::vector<RpcInfo> rpcs;
     p.a.listRpcs(rpcs);
     for (const RpcInfo& r : rpcs) EXPECT_LT(r.silentTicks, p.cfgA.timeoutTicks);
+    p.releaseAll(p.b);
 }
 
 TEST(Engine, PacketsAboutUnknownRpcsDoNotHoldSilence) {

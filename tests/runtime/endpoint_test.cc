@@ -107,6 +107,34 @@ TEST(Endpoint, ThreadsAreNamedAfterTheirRoleAndPort) {
     EXPECT_EQ(names.count("homa-work:" + port), 2u);
 }
 
+// A callback of one endpoint that makes a synchronous call on another runs that other
+// endpoint's loop on the same thread: each callback must still run exactly once (the
+// two loops once shared one list of ready callbacks, and the inner loop ran the outer
+// one's again).
+TEST(Endpoint, ACallbackCallingAnotherEndpointRunsOnce) {
+    auto server = echoServer();
+    auto outer = Endpoint::open(loopback());
+    auto inner = Endpoint::open(loopback());
+    ASSERT_TRUE(outer && inner);
+    constexpr int kCalls = 4;
+    std::atomic<int> runs{0}, innerOk{0};
+    std::promise<void> all;
+    auto req = bytesOf(64, 1);
+    for (int i = 0; i < kCalls; ++i) {
+        outer->callAsync(server->address(), req, [&](Response r) {
+            EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+            Response ir = inner->call(server->address(), req);
+            EXPECT_TRUE(ir.status.isOk()) << ir.status.toString();
+            if (ir.status.isOk()) ++innerOk;
+            if (++runs == kCalls) all.set_value();
+        });
+    }
+    ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready);
+    std::this_thread::sleep_for(50ms);  // a repeated callback would show by now
+    EXPECT_EQ(runs.load(), kCalls);
+    EXPECT_EQ(innerOk.load(), kCalls);
+}
+
 // Each small message is one datagram: the thread running the loop should read the socket
 // once for it, not once more to find it empty (which cost a system call per RPC). Checked
 // for both ways of waiting: synchronous calls, and a chain of callbacks run by the
