@@ -144,8 +144,10 @@ class Endpoint {
     /// Asynchronous call: `done` runs exactly once, on the thread that runs the event loop
     /// (or at once, on this thread, if the call cannot start; on the poll thread if a
     /// timer ends the call while an application thread waits in the socket; on the
-    /// caller of abort()). Callbacks may therefore run on two threads at once. Returns the
-    /// RPC's id (0 if it did not start).
+    /// caller of abort()). Callbacks may therefore run on two threads at once. A callback
+    /// may make a synchronous call() on any endpoint, this one included (the loop runs
+    /// nested in this thread until that call ends). Returns the RPC's id (0 if it did not
+    /// start).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).

@@ -45,6 +45,9 @@ struct DeferredRelease {
 thread_local std::vector<DeferredRelease> tReleases;
 // True while this thread runs iterate() (the loop, and callbacks inside it).
 thread_local bool tLoopThread = false;
+// The endpoints whose iterate() this thread is inside, outermost first (a callback may
+// call on another endpoint, or on its own, and run a loop nested in the first).
+thread_local std::vector<const Core*> tLoopsRunning;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 // Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
@@ -224,6 +227,27 @@ void Core::releaseLoop(std::unique_lock<std::mutex>&) {
 void Core::waitFor(Waiter& w, int64_t deadline) {
     std::unique_lock lk(mu_, std::adopt_lock);
     ++appWaiters_;
+    if (loopBusy_ && std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end()) {
+        // A callback or handler waits on its own endpoint, whose loop this thread runs
+        // further up its stack: nobody else can run it, so run it here, nested, as its
+        // owner for the while (other threads wake us as they would the owner). Never in a
+        // blocking receive: the poll thread, which ends such a wait at a tick, may be
+        // this thread; waits are at most a tick, and the tick timer ends them.
+        Waiter* outer = std::exchange(loopOwner_, &w);
+        while (!w.done && !shutdown_) {
+            const int64_t now = nowNs();
+            if (deadline != 0 && now >= deadline) break;
+            int64_t wait = options_.protocol.tickNs;
+            if (deadline != 0) wait = std::min(wait, deadline - now);
+            lk.unlock();
+            iterate(wait);
+            lk.lock();
+        }
+        loopOwner_ = outer;
+        --appWaiters_;
+        lk.release();  // the caller keeps holding mu_
+        return;
+    }
     bool haveLoop = false;
     while (!w.done && !shutdown_) {
         int64_t now = nowNs();
@@ -362,12 +386,16 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     std::vector<std::pair<Endpoint::Callback, Response>>& ready = readyLists[depth];
     struct Nesting {
         bool wasLoopThread = std::exchange(tLoopThread, true);
-        Nesting() { ++depth; }
+        explicit Nesting(const Core* core) {
+            ++depth;
+            tLoopsRunning.push_back(core);
+        }
         ~Nesting() {
             --depth;
             tLoopThread = wasLoopThread;
+            tLoopsRunning.pop_back();
         }
-    } nesting;
+    } nesting(this);
     thread_local std::vector<uint8_t> deferred;  // rx[i] starts a new request: handled last
     std::span<const driver::RxPacket> rx;
     // Bounded work per iteration: one receive batch. Skipped right after a read that

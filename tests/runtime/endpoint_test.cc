@@ -135,6 +135,31 @@ TEST(Endpoint, ACallbackCallingAnotherEndpointRunsOnce) {
     EXPECT_EQ(innerOk.load(), kCalls);
 }
 
+// A callback may make a synchronous call on its own endpoint: the loop that runs the
+// callback is then run again, nested, by the same thread until that call ends.
+TEST(Endpoint, ACallbackMayCallItsOwnEndpointSynchronously) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    constexpr int kCalls = 4;
+    std::atomic<int> runs{0}, nestedOk{0};
+    std::promise<void> all;
+    auto req = bytesOf(64, 2);
+    for (int i = 0; i < kCalls; ++i) {
+        client->callAsync(server->address(), req, [&](Response r) {
+            EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+            Response n = client->call(server->address(), req);
+            EXPECT_TRUE(n.status.isOk()) << n.status.toString();
+            if (n.status.isOk()) ++nestedOk;
+            if (++runs == kCalls) all.set_value();
+        });
+    }
+    ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready);
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(runs.load(), kCalls);
+    EXPECT_EQ(nestedOk.load(), kCalls);
+}
+
 // Each small message is one datagram: the thread running the loop should read the socket
 // once for it, not once more to find it empty (which cost a system call per RPC). Checked
 // for both ways of waiting: synchronous calls, and a chain of callbacks run by the
