@@ -153,8 +153,12 @@ class LoadGenerator {
         std::vector<std::thread> callers;
         if (o_.gbps > 0) {
             open = std::thread([this, end] { openLoop(end); });
+            pthread_setname_np(open.native_handle(), "perf-open-loop");
         } else if (syncCalls()) {
-            for (int i = 0; i < o_.clientMax; ++i) callers.emplace_back([this] { syncLoop(); });
+            for (int i = 0; i < o_.clientMax; ++i) {
+                callers.emplace_back([this] { syncLoop(); });
+                pthread_setname_np(callers.back().native_handle(), "perf-caller");
+            }
         } else {
             for (int i = 0; i < o_.clientMax; ++i) issue();
         }

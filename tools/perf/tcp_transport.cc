@@ -272,6 +272,7 @@ class TcpServer final : public ServerTransport {
         for (auto& t : threads_) {
             ServerThread* tp = t.get();
             tp->thread = std::thread([this, tp] { run(*tp); });
+            pthread_setname_np(tp->thread.native_handle(), "tcp-server");
         }
         return true;
     }
@@ -656,6 +657,7 @@ class TcpClient final : public ClientTransport {
         for (auto& t : threads_) {
             ClientThread* tp = t.get();
             tp->thread = std::thread([this, tp] { run(*tp); });
+            pthread_setname_np(tp->thread.native_handle(), "tcp-client");
         }
         return true;
     }
