@@ -196,6 +196,20 @@ TEST(PerfLocal, BufferPoolTooSmallForTheLargestMessageIsRefused) {
     EXPECT_EQ(j["options"]["buffer_mb"], 8);
 }
 
+// More calls than the client's memory for messages in flight holds: the transport
+// refuses the rest at once, and the closed loop starts them again as others finish. It
+// once restarted each refused call from inside its own failure callback, which failed
+// again at once: a recursion that overflowed the stack.
+TEST(PerfLocal, CallsBeyondTheSendMemoryAreRefusedAndRetriedNotErrors) {
+    nlohmann::json j = runLocalJson({"--workload", "100000", "--duration", "1.2", "--client-max", "64",
+                                     "--send-buffer-mb", "1", "--max-length", "100000"},
+                                    "refused");
+    ASSERT_FALSE(j.is_null());
+    checkSchema(j, "homa");
+    EXPECT_EQ(j["options"]["send_buffer_mb"], 1);
+    EXPECT_GT(j["totals"]["refused"].get<uint64_t>(), 0u);
+}
+
 TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {
     PerfOptions o;
     std::string e;

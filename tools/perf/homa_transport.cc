@@ -27,6 +27,7 @@ class HomaClient : public ClientTransport {
             CallResult c;
             c.ok = r.status.isOk();
             if (!c.ok) c.error = r.status.toString();
+            c.refused = r.status.code() == StatusCode::OutOfBuffers;
             c.responseLength = static_cast<uint32_t>(r.message.size());
             complete(r.context, std::move(c));
         }, options);
@@ -35,6 +36,7 @@ class HomaClient : public ClientTransport {
         Response r = ep_->call(servers_.at(server), request);
         c->ok = r.status.isOk();
         if (!c->ok) c->error = r.status.toString();
+        c->refused = r.status.code() == StatusCode::OutOfBuffers;
         c->responseLength = static_cast<uint32_t>(r.message.size());
         return true;
     }

@@ -27,6 +27,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::Range(1, 64));
         c->add_option("--buffer-mb", o->bufferMb, "Homa: receive buffer pool per endpoint, MB (default 64)")
             ->check(CLI::Range(1u, 1'000'000u));
+        c->add_option("--send-buffer-mb", o->sendBufferMb,
+                      "Homa: memory for messages being sent per endpoint, MB (default 256); calls beyond it are "
+                      "refused and started again as others finish")
+            ->check(CLI::Range(1u, 1'000'000u));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");

@@ -67,6 +67,7 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     if (o.maxIncoming > 0) h.protocol.maxIncoming = o.maxIncoming;
     if (o.overcommit > 0) h.protocol.maxOvercommit = o.overcommit;
     if (o.bufferMb > 0) h.protocol.maxBufferBytes = uint64_t{o.bufferMb} << 20;
+    if (o.sendBufferMb > 0) h.protocol.maxOutgoingBytes = uint64_t{o.sendBufferMb} << 20;
     return h;
 }
 
@@ -127,7 +128,16 @@ class LoadGenerator {
         // A call's token is its slot.
         transport_.onCompletion([this](uint64_t slot, CallResult r) {
             const InFlight f = inFlight_[slot];
-            if (finish(f.call, r, sinceNs(f.startTsc), static_cast<int64_t>(slot))) issue();
+            if (r.refused) {
+                // The transport's memory is full of calls in flight: this slot waits for
+                // one of them to finish (or for the run loop, if none is in flight).
+                // Reissuing at once would fail again, from inside this very callback.
+                park(static_cast<uint32_t>(slot));
+                return;
+            }
+            if (!finish(f.call, r, sinceNs(f.startTsc), static_cast<int64_t>(slot))) return;
+            issue();
+            if (unpark(false)) issue();
         });
     }
 
@@ -165,6 +175,7 @@ class LoadGenerator {
         int64_t nextReport = startNs_ + 1'000'000'000;
         while (nowNs() < end && !interrupted) {
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            if (unpark(true)) issue();  // nothing in flight to finish and make room
             if (nowNs() >= nextReport) {
                 report(nextReport);
                 nextReport += 1'000'000'000;
@@ -180,6 +191,9 @@ class LoadGenerator {
 
     std::vector<Sample> samples;
     uint64_t errors = 0, skipped = 0;
+    /// Calls the transport refused for lack of memory (CallResult::refused): not errors,
+    /// and not in the samples; the closed loop then keeps fewer calls in flight.
+    uint64_t refused = 0;
     std::string firstError;
     std::vector<json> intervals;
     int64_t elapsedNs_ = 0;
@@ -232,6 +246,23 @@ class LoadGenerator {
         if (outstanding_ == 0) cv_.notify_all();
         return !stopping_ && o_.gbps == 0;
     }
+    /// A refused call's slot waits (see the completion function).
+    void park(uint32_t slot) {
+        std::lock_guard lk(mu_);
+        --outstanding_;
+        freeSlots_.push_back(slot);
+        ++refused;
+        ++parked_;
+        if (outstanding_ == 0) cv_.notify_all();
+    }
+    /// Takes a parked slot back, if there is one (with `onlyIfIdle`, only when no call is
+    /// in flight); the caller then issues a call.
+    bool unpark(bool onlyIfIdle) {
+        std::lock_guard lk(mu_);
+        if (parked_ == 0 || stopping_ || (onlyIfIdle && outstanding_ > 0)) return false;
+        --parked_;
+        return true;
+    }
     /// Round trips are timed with the timestamp counter: a clock_gettime before and after
     /// each call would cost as much as a tenth of a small RPC's own work.
     int64_t sinceNs(uint64_t startTsc) const {
@@ -254,6 +285,16 @@ class LoadGenerator {
         while (prepare(&c, request)) {
             const uint64_t start = trace::readClock();
             transport_.callSync(c.server, request, &r);
+            if (r.refused) {
+                // No memory to start it: wait for other callers' calls to finish.
+                {
+                    std::lock_guard lk(mu_);
+                    --outstanding_;
+                    ++refused;
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                continue;
+            }
             if (!finish(c, r, sinceNs(start))) break;
         }
     }
@@ -331,6 +372,7 @@ class LoadGenerator {
     std::mutex mu_;
     std::condition_variable cv_;
     int64_t outstanding_ = 0;
+    int64_t parked_ = 0;  ///< (mu_) slots whose call was refused, waiting to be reissued
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
@@ -451,6 +493,10 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                 "skipped arrivals %lu\n",
                 gen.samples.size(), seconds, kops, gen.bytesOut * 8 / seconds / 1e9, gen.bytesIn * 8 / seconds / 1e9,
                 static_cast<unsigned long>(gen.errors), static_cast<unsigned long>(gen.skipped));
+    if (gen.refused > 0)
+        std::printf("refused %lu calls: the client's memory for messages in flight was full (they were started "
+                    "again as calls finished)\n",
+                    static_cast<unsigned long>(gen.refused));
     std::printf("rtt p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n", p50, p99, p999);
     // The whole process: with `local`, the server's threads too.
     const double cpuUsPerRpc = gen.samples.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.samples.size());
@@ -474,7 +520,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
-                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"seed", o.seed},           {"servers", o.servers},
+                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
@@ -482,7 +528,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["intervals"] = gen.intervals;
         j["totals"] = {{"rpcs", gen.samples.size()}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
-                       {"errors", gen.errors}, {"skipped_arrivals", gen.skipped}, {"rtt_p50_us", p50},
+                       {"errors", gen.errors}, {"skipped_arrivals", gen.skipped}, {"refused", gen.refused}, {"rtt_p50_us", p50},
                        {"rtt_p99_us", p99}, {"rtt_p999_us", p999}, {"cpu_us_per_rpc", cpuUsPerRpc},
                        {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS}};
         json jb = json::array();

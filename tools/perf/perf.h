@@ -43,6 +43,7 @@ struct PerfOptions {
     uint32_t maxIncoming = 0;
     int overcommit = 0;
     uint32_t bufferMb = 0;
+    uint32_t sendBufferMb = 0;
     bool noEngineCpuTime = false;  ///< EndpointOptions::engineCpuTime = false
     uint64_t seed = 1;
     std::string json;

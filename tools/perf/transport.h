@@ -22,6 +22,9 @@ struct CallResult {
     bool ok = false;
     std::string error;         ///< when !ok
     uint32_t responseLength = 0;
+    /// Not an RPC failure: the transport had no memory to start the call (its messages in
+    /// flight fill it) and sent nothing. The caller should start fewer calls.
+    bool refused = false;
 };
 
 /// Thread safety: calls may be started from any thread; each call's result is given
