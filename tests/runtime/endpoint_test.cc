@@ -107,57 +107,37 @@ TEST(Endpoint, ThreadsAreNamedAfterTheirRoleAndPort) {
     EXPECT_EQ(names.count("homa-work:" + port), 2u);
 }
 
-// A callback of one endpoint that makes a synchronous call on another runs that other
-// endpoint's loop on the same thread: each callback must still run exactly once (the
-// two loops once shared one list of ready callbacks, and the inner loop ran the outer
-// one's again).
-TEST(Endpoint, ACallbackCallingAnotherEndpointRunsOnce) {
-    auto server = echoServer();
-    auto outer = Endpoint::open(loopback());
-    auto inner = Endpoint::open(loopback());
-    ASSERT_TRUE(outer && inner);
-    constexpr int kCalls = 4;
-    std::atomic<int> runs{0}, innerOk{0};
-    std::promise<void> all;
-    auto req = bytesOf(64, 1);
-    for (int i = 0; i < kCalls; ++i) {
-        outer->callAsync(server->address(), req, [&](Response r) {
-            EXPECT_TRUE(r.status.isOk()) << r.status.toString();
-            Response ir = inner->call(server->address(), req);
-            EXPECT_TRUE(ir.status.isOk()) << ir.status.toString();
-            if (ir.status.isOk()) ++innerOk;
-            if (++runs == kCalls) all.set_value();
-        });
+// A callback may make a synchronous call on any endpoint, its own included: the thread
+// then runs that endpoint's loop, nested, until the call ends. Each callback must still
+// run exactly once and each nested call succeed. (On another endpoint, the two loops once
+// shared one list of ready callbacks and the inner one ran the outer one's again; on its
+// own endpoint, the call waited for a loop nobody could run, and timed out.)
+TEST(Endpoint, ACallbackMayCallSynchronouslyOnAnotherEndpointOrItsOwn) {
+    for (bool own : {false, true}) {
+        SCOPED_TRACE(own ? "its own endpoint" : "another endpoint");
+        auto server = echoServer();
+        auto outer = Endpoint::open(loopback());
+        auto other = own ? nullptr : Endpoint::open(loopback());
+        Endpoint* inner = own ? outer.get() : other.get();
+        ASSERT_TRUE(outer && inner);
+        constexpr int kCalls = 4;
+        std::atomic<int> runs{0}, innerOk{0};
+        std::promise<void> all;
+        auto req = bytesOf(64, 1);
+        for (int i = 0; i < kCalls; ++i) {
+            outer->callAsync(server->address(), req, [&](Response r) {
+                EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+                Response ir = inner->call(server->address(), req);
+                EXPECT_TRUE(ir.status.isOk()) << ir.status.toString();
+                if (ir.status.isOk()) ++innerOk;
+                if (++runs == kCalls) all.set_value();
+            });
+        }
+        ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready);
+        std::this_thread::sleep_for(50ms);  // a repeated callback would show by now
+        EXPECT_EQ(runs.load(), kCalls);
+        EXPECT_EQ(innerOk.load(), kCalls);
     }
-    ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready);
-    std::this_thread::sleep_for(50ms);  // a repeated callback would show by now
-    EXPECT_EQ(runs.load(), kCalls);
-    EXPECT_EQ(innerOk.load(), kCalls);
-}
-
-// A callback may make a synchronous call on its own endpoint: the loop that runs the
-// callback is then run again, nested, by the same thread until that call ends.
-TEST(Endpoint, ACallbackMayCallItsOwnEndpointSynchronously) {
-    auto server = echoServer();
-    auto client = Endpoint::open(loopback());
-    ASSERT_TRUE(client);
-    constexpr int kCalls = 4;
-    std::atomic<int> runs{0}, nestedOk{0};
-    std::promise<void> all;
-    auto req = bytesOf(64, 2);
-    for (int i = 0; i < kCalls; ++i) {
-        client->callAsync(server->address(), req, [&](Response r) {
-            EXPECT_TRUE(r.status.isOk()) << r.status.toString();
-            Response n = client->call(server->address(), req);
-            EXPECT_TRUE(n.status.isOk()) << n.status.toString();
-            if (n.status.isOk()) ++nestedOk;
-            if (++runs == kCalls) all.set_value();
-        });
-    }
-    ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready);
-    std::this_thread::sleep_for(50ms);
-    EXPECT_EQ(runs.load(), kCalls);
-    EXPECT_EQ(nestedOk.load(), kCalls);
 }
 
 // Each small message is one datagram: the thread running the loop should read the socket
