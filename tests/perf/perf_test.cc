@@ -64,6 +64,9 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--max-incoming", "-5"},
         {"local", "--overcommit", "65"},
         {"local", "--buffer-mb", "0"},
+        {"local", "--send-buffer-mb", "0"},
+        {"local", "--send-buffer-mb", "lots"},
+        {"local", "--send-buffer-mb", "-1"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},
@@ -208,6 +211,21 @@ TEST(PerfLocal, CallsBeyondTheSendMemoryAreRefusedAndRetriedNotErrors) {
     checkSchema(j, "homa");
     EXPECT_EQ(j["options"]["send_buffer_mb"], 1);
     EXPECT_GT(j["totals"]["refused"].get<uint64_t>(), 0u);
+}
+
+// Send memory too small for the largest message is refused before any traffic, with the
+// library's reason.
+TEST(PerfLocal, SendMemoryTooSmallForTheLargestMessageIsRefused) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--workload", "64", "--max-length", "4000000", "--send-buffer-mb", "1",
+                       "--duration", "0.3", "--quiet"},
+                      &o, &e))
+        << e;
+    testing::internal::CaptureStderr();
+    EXPECT_NE(runLocal(o), 0);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_NE(err.find("maxOutgoingBytes"), std::string::npos) << err;
 }
 
 TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {

@@ -261,6 +261,9 @@ TEST(SimDerive, BadOptionsAreRefused) {
     o = SimOptions{};
     o.pacerRate = 1.5;
     refused(o, "--pacer-rate");
+    o = SimOptions{};
+    o.timerPacketsPerPeer = 0;
+    refused(o, "timerPacketsPerPeer");
 }
 
 #ifdef HOMA_SIM_BIN
@@ -278,7 +281,8 @@ int runTool(const std::string& args, std::string* out) {
 
 TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
     for (const char* args : {"--load 0", "--load abc", "--topology ring", "--workload nonesuch",
-                             "--warmup-ms 50 --duration-ms 10", "--no-such-option", "--racks 0"}) {
+                             "--warmup-ms 50 --duration-ms 10", "--no-such-option", "--racks 0",
+                             "--timer-packets-per-peer 0", "--timer-packets-per-peer many"}) {
         std::string out;
         int rc = runTool(args, &out);
         EXPECT_NE(rc, 0) << args;
