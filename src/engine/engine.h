@@ -239,7 +239,7 @@ class Engine {
     bool timerBudgetLeft(Peer* peer);
     void joinTimerList(Rpc* rpc, Time now);
     void sendTimerPacket(Rpc* rpc);
-    void deferTimerPacket(Rpc* rpc);
+    void timerPacketDue(Rpc* rpc);
     void undeferTimerPacket(Rpc* rpc);
     bool timerPacketStillDue(const Rpc* rpc) const;
     void sendDeferredTimerPackets();

@@ -39,7 +39,7 @@ struct EngineMetrics {
     uint64_t busySent = 0, rpcUnknownSent = 0, needAcksSent = 0, ackPacketsSent = 0,
              acksReceived = 0, acksPiggybacked = 0, cutoffsSent = 0;
     /// RESENDs and NEED_ACKs put off to a later tick by timerPacketsPerPeer (one per RPC
-    /// and tick).
+    /// put off, however many ticks it waits).
     uint64_t timerPacketsDeferred = 0;
     uint64_t pacerDeferrals = 0, bufferWaits = 0;
     uint64_t peersCreated = 0, peersEvicted = 0;

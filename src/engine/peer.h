@@ -59,7 +59,7 @@ struct Peer {
 
     uint32_t rpcCount = 0;
     Time lastUsed = 0;
-    Time lastHeard = INT64_MIN;  ///< when a packet from this peer last arrived
+    Time lastHeard = INT64_MIN;  ///< when a packet about one of our RPCs last came from it
 
     /// RESENDs and NEED_ACKs sent to this peer in tick number budgetTick (see
     /// ProtocolOptions::timerPacketsPerPeer).

@@ -92,8 +92,8 @@ struct Rpc {
     SetHook sendFifoHook;   ///< in the sender's oldest-first set
     ListHook allHook;       ///< in the engine's list of all RPCs (for the timer)
     ListHook waitHook;      ///< in the list of messages waiting for buffer space
-    /// In the engine's queue of RPCs whose RESEND or NEED_ACK waits for the peer's
-    /// per-tick budget (ProtocolOptions::timerPacketsPerPeer).
+    /// In its peer's list of RPCs whose RESEND or NEED_ACK waits for the per-tick budget
+    /// (Peer::deferred, ProtocolOptions::timerPacketsPerPeer).
     ListHook deferHook;
 };
 

@@ -74,7 +74,15 @@ bool Engine::timerBudgetLeft(Peer* peer) {
     return peer->timerPackets < cfg_.timerPacketsPerPeer;
 }
 
-void Engine::deferTimerPacket(Rpc* rpc) {
+// The RPC's RESEND or NEED_ACK comes due this tick: sent now if the peer's budget
+// allows, else put off. Nothing if one is already waiting, or went out this tick (the
+// ones put off go first, before the RPCs are checked).
+void Engine::timerPacketDue(Rpc* rpc) {
+    if (rpc->deferHook.is_linked() || rpc->timerPacketTick == tickCount_) return;
+    if (timerBudgetLeft(rpc->peer)) {
+        sendTimerPacket(rpc);
+        return;
+    }
     Peer* peer = rpc->peer;
     peer->deferred.push_back(*rpc);
     if (!peer->deferringHook.is_linked()) peersDeferring_.push_back(*peer);
@@ -167,14 +175,8 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                 // give up eventually (the client may be gone for good). Only NEED_ACKs
                 // actually sent count towards giving up.
                 ++rpc->ackWaitTicks;
-                if (rpc->deferHook.is_linked() || rpc->timerPacketTick == tickCount_) return;
-                if (rpc->ackWaitTicks >= cfg_.requestAckTicks && rpc->ackWaitTicks % cfg_.requestAckTicks == 0) {
-                    if (timerBudgetLeft(rpc->peer)) {
-                        sendTimerPacket(rpc);
-                    } else {
-                        deferTimerPacket(rpc);
-                    }
-                }
+                if (rpc->ackWaitTicks >= cfg_.requestAckTicks && rpc->ackWaitTicks % cfg_.requestAckTicks == 0)
+                    timerPacketDue(rpc);
                 return;
             }
             if (++rpc->silentTicks >= cfg_.timeoutTicks) {
@@ -217,14 +219,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
     const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
     const int first = std::min(cfg_.resendTicks << backoff, cap);
     const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
-    if (rpc->deferHook.is_linked() || rpc->timerPacketTick == tickCount_) return;
-    if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) {
-        if (timerBudgetLeft(rpc->peer)) {
-            sendTimerPacket(rpc);
-        } else {
-            deferTimerPacket(rpc);
-        }
-    }
+    if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) timerPacketDue(rpc);
 }
 
 // Sends RESENDs for every gap and for the granted-but-missing tail of the incoming

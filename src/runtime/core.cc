@@ -43,10 +43,9 @@ struct DeferredRelease {
     uint32_t length, capacity;
 };
 thread_local std::vector<DeferredRelease> tReleases;
-// True while this thread runs iterate() (the loop, and callbacks inside it).
-thread_local bool tLoopThread = false;
-// The endpoints whose iterate() this thread is inside, outermost first (a callback may
-// call on another endpoint, or on its own, and run a loop nested in the first).
+// The endpoints whose iterate() (the loop, and callbacks inside it) this thread is
+// inside, outermost first: a callback may call on another endpoint, or on its own, and
+// run a loop nested in the first.
 thread_local std::vector<const Core*> tLoopsRunning;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
@@ -352,7 +351,7 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
 
 void Core::afterEngineWork(int64_t now) {
     if (!tickArmed_ && engine_->nextTickDue() != engine::kNever) setTickTimer(now, true);
-    if (!loopBusy_ || tLoopThread || loopOwner_ == nullptr) return;
+    if (!loopBusy_ || !tLoopsRunning.empty() || loopOwner_ == nullptr) return;
     // What the owner must wake for: its own call finished, the pacer has packets to send,
     // or a call deadline falls before the tick timer's next expiry (the owner's wait
     // must then be timed for it).
@@ -381,20 +380,12 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     // this pass is still running its callbacks (and must not run them again). A deque,
     // so that a deeper level's list never moves an outer one's.
     thread_local std::deque<std::vector<std::pair<Endpoint::Callback, Response>>> readyLists;
-    thread_local size_t depth = 0;
+    const size_t depth = tLoopsRunning.size();
     if (readyLists.size() == depth) readyLists.emplace_back();
     std::vector<std::pair<Endpoint::Callback, Response>>& ready = readyLists[depth];
     struct Nesting {
-        bool wasLoopThread = std::exchange(tLoopThread, true);
-        explicit Nesting(const Core* core) {
-            ++depth;
-            tLoopsRunning.push_back(core);
-        }
-        ~Nesting() {
-            --depth;
-            tLoopThread = wasLoopThread;
-            tLoopsRunning.pop_back();
-        }
+        explicit Nesting(const Core* core) { tLoopsRunning.push_back(core); }
+        ~Nesting() { tLoopsRunning.pop_back(); }
     } nesting(this);
     thread_local std::vector<uint8_t> deferred;  // rx[i] starts a new request: handled last
     std::span<const driver::RxPacket> rx;

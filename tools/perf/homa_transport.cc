@@ -9,6 +9,15 @@ namespace homa::perf {
 
 namespace {
 
+CallResult resultOf(const Response& r) {
+    CallResult c;
+    c.ok = r.status.isOk();
+    if (!c.ok) c.error = r.status.toString();
+    c.refused = r.status.code() == StatusCode::OutOfBuffers;
+    c.responseLength = static_cast<uint32_t>(r.message.size());
+    return c;
+}
+
 class HomaClient : public ClientTransport {
   public:
     HomaClient(std::unique_ptr<Endpoint> ep, std::vector<Address> servers)
@@ -23,21 +32,10 @@ class HomaClient : public ClientTransport {
         }
         CallOptions options;
         options.context = token;
-        ep_->callAsync(servers_[server], request, [this](Response r) {
-            CallResult c;
-            c.ok = r.status.isOk();
-            if (!c.ok) c.error = r.status.toString();
-            c.refused = r.status.code() == StatusCode::OutOfBuffers;
-            c.responseLength = static_cast<uint32_t>(r.message.size());
-            complete(r.context, std::move(c));
-        }, options);
+        ep_->callAsync(servers_[server], request, [this](Response r) { complete(r.context, resultOf(r)); }, options);
     }
     bool callSync(size_t server, std::span<const uint8_t> request, CallResult* c) override {
-        Response r = ep_->call(servers_.at(server), request);
-        c->ok = r.status.isOk();
-        if (!c->ok) c->error = r.status.toString();
-        c->refused = r.status.code() == StatusCode::OutOfBuffers;
-        c->responseLength = static_cast<uint32_t>(r.message.size());
+        *c = resultOf(ep_->call(servers_.at(server), request));
         return true;
     }
     bool hasSyncCalls() const override { return true; }

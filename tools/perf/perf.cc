@@ -132,7 +132,7 @@ class LoadGenerator {
                 // The transport's memory is full of calls in flight: this slot waits for
                 // one of them to finish (or for the run loop, if none is in flight).
                 // Reissuing at once would fail again, from inside this very callback.
-                park(static_cast<uint32_t>(slot));
+                park(static_cast<int64_t>(slot));
                 return;
             }
             if (!finish(f.call, r, sinceNs(f.startTsc), static_cast<int64_t>(slot))) return;
@@ -246,13 +246,15 @@ class LoadGenerator {
         if (outstanding_ == 0) cv_.notify_all();
         return !stopping_ && o_.gbps == 0;
     }
-    /// A refused call's slot waits (see the completion function).
-    void park(uint32_t slot) {
+    /// Counts a refused call; its slot, if it has one, waits (see the completion function).
+    void park(int64_t slot) {
         std::lock_guard lk(mu_);
         --outstanding_;
-        freeSlots_.push_back(slot);
         ++refused;
-        ++parked_;
+        if (slot >= 0) {
+            freeSlots_.push_back(static_cast<uint32_t>(slot));
+            ++parked_;
+        }
         if (outstanding_ == 0) cv_.notify_all();
     }
     /// Takes a parked slot back, if there is one (with `onlyIfIdle`, only when no call is
@@ -287,11 +289,7 @@ class LoadGenerator {
             transport_.callSync(c.server, request, &r);
             if (r.refused) {
                 // No memory to start it: wait for other callers' calls to finish.
-                {
-                    std::lock_guard lk(mu_);
-                    --outstanding_;
-                    ++refused;
-                }
+                park(-1);
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
                 continue;
             }
