@@ -7,7 +7,9 @@
 #       ping-pong (--full-rtt), gRPC unary echo (bench/grpc); Homa and sockperf UDP also
 #       with both ends pinned to one CPU (Homa, sockperf UDP and gRPC: medians of 3 runs)
 #   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 3), gRPC; and
-#       Homa and TCP with 1,024 outstanding, where each is nearer its saturation
+#       Homa and TCP with 1,024 outstanding, where each is nearer its saturation; and
+#       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
+#       transport over UDP here
 #   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
 #   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages
 # --quick shortens every run (the README's first command uses it). JSON files and plots
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
 done
 perf="$build/bin/homa-perf"
 grpc="$build/bin/grpc-echo"
+ceiling="$build/bin/udp-ceiling"
 [ -x "$perf" ] || { echo "compare.sh: $perf not built (run scripts/run.sh or build $build)" >&2; exit 2; }
 command -v jq >/dev/null || { echo "compare.sh: needs jq (scripts/install-deps.sh)" >&2; exit 2; }
 mkdir -p "$out"
@@ -111,9 +114,18 @@ kops_at() {
 }
 k=$(kops_at 64); hkops=${k% *}; tkops=${k#* }
 # 64 outstanding is where Homa's and TCP's figures are usually quoted; with 1,024 both
-# batch more per system call and per wake-up (TCP far more: it moves the requests as one
-# byte stream), so this row shows each nearer its own ceiling on this machine.
+# batch more per system call and per wake-up, so this row shows each nearer its own
+# ceiling on this machine.
 k=$(kops_at 1024); hkops1k=${k% *}; tkops1k=${k#* }
+# The same closed loop over bare UDP sockets, with no protocol at all (bench/udp_ceiling.cc,
+# batched with GSO and GRO as Homa's driver is): what any transport built on UDP sockets
+# could reach here. It splits the distance between Homa and TCP into what UDP costs on
+# this machine and what Homa adds.
+uk=n/a; uk1k=n/a
+if [ -x "$ceiling" ]; then
+  uk=$("$ceiling" --gso --outstanding 64 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p')
+  uk1k=$("$ceiling" --gso --outstanding 1024 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p')
+fi
 
 note "== 1 MB one-way"
 hb=$(hp big-homa --workload 1000000 --one-way --client-max 4)
@@ -150,6 +162,8 @@ row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
 row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops")" "$(printf %.1f "$tkops")"
 row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$hkops")" "$gk"
 row "64 B kops (1,024 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops1k")" "$(printf %.1f "$tkops1k")"
+row "64 B kops (64 outstanding) vs bare UDP" "$(printf %.1f "$hkops")" "$uk"
+row "64 B kops (1,024 outstanding) vs bare UDP" "$(printf %.1f "$hkops1k")" "$uk1k"
 row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$(j "$tb" .totals.gbps_out)")"
 row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$iperf")"
 row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h3")")" "$(printf %.2f "$(small "$t3")")"
