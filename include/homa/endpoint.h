@@ -142,12 +142,15 @@ class Endpoint {
     /// Synchronous call: runs the event loop in this thread until the response arrives.
     Response call(const Address& server, std::span<const uint8_t> request, CallOptions options = {});
     /// Asynchronous call: `done` runs exactly once, on the thread that runs the event loop
-    /// (or at once, on this thread, if the call cannot start; on the poll thread if a
-    /// timer ends the call while an application thread waits in the socket; on the
-    /// caller of abort()). Callbacks may therefore run on two threads at once. A callback
-    /// may make a synchronous call() on any endpoint, this one included (the loop runs
-    /// nested in this thread until that call ends). Returns the RPC's id (0 if it did not
-    /// start).
+    /// (on the poll thread if a timer ends the call while an application thread waits in
+    /// the socket; on the caller of abort()). Never inside callAsync: a call that cannot
+    /// start (bad arguments, send memory full: StatusCode::OutOfBuffers) gets its callback
+    /// from the loop too, soon after, so a callback may start its call again without
+    /// recursing (without the poll thread, at the next poll() or wait). Only once the
+    /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
+    /// run on two threads at once. A callback may make a synchronous call() on any
+    /// endpoint, this one included (the loop runs nested in this thread until that call
+    /// ends). Returns the RPC's id (0 if it did not start).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).

@@ -585,6 +585,8 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
 }
 
 void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now) {
+    for (auto& f : failedStarts_) ready.push_back(std::move(f));
+    failedStarts_.clear();
     engine::Delivery d;
     while (engine_->pollDelivery(d)) {
         switch (d.kind) {
@@ -739,13 +741,36 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
                 return id;
             }
             r.status = s;
+            ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
+            // The callback runs from the loop, never inside callAsync: an application that
+            // starts the call again from its callback (a closed loop refused for lack of
+            // memory) must not recurse once per refusal until its stack runs out.
+            failedStarts_.emplace_back(std::move(done), std::move(r));
+            wakeLoopForCallbacks();
+            return 0;
         }
         ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
     }
+    // Shut down: no loop will run again, so the callback runs here.
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     ready.emplace_back(std::move(done), std::move(r));
     runCallbacks(ready);
     return 0;
+}
+
+void Core::wakeLoopForCallbacks() {
+    // The poll thread runs the loop whenever no application thread does (and looks within
+    // a tick when one stops without telling it); an application thread that owns the loop
+    // is woken as for a finished call of its own.
+    pokePollThread();
+    if (!loopBusy_ || loopOwner_ == nullptr) return;
+    if (std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end()) return;  // our own loop
+    if (!ownerBlocked_) {
+        pokeLoop();
+    } else if (!driver_->wakeReceiver()) {
+        ownerWakeFailed_ = true;
+        if (!tickArmed_) setTickTimer(nowNs(), true);
+    }
 }
 
 Status Core::abort(RpcId id) {
@@ -1075,6 +1100,8 @@ void Core::shutdown() {
             }
             calls_.clear();
             deadlines_.clear();
+            for (auto& f : failedStarts_) ready.push_back(std::move(f));
+            failedStarts_.clear();
             for (Waiter* w : sleepers_) w->cv.notify_one();
             pokeLoop();
             if (driver_) driver_->shutdownReceive();  // a loop owner blocked in the socket

@@ -105,6 +105,8 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// Sends queued packets now, unless this thread is certain to flush soon (under mu_).
     void maybeFlush();
     void pokePollThread();
+    /// Under mu_: has the loop run the callbacks in failedStarts_ soon.
+    void wakeLoopForCallbacks();
     /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
     /// with busy polling, looks without sleeping first.
     bool waitForPackets(int64_t waitNs, int fd, bool* poked);
@@ -197,6 +199,8 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::vector<Waiter*> requestWaiters_;  // waiters that want a request, most recent last
     std::deque<ServerRequest> requests_;   // requests nobody was waiting for
     absl::flat_hash_map<RpcId, Call> calls_;
+    /// Asynchronous calls that could not start: their callbacks wait for the loop.
+    std::vector<std::pair<Endpoint::Callback, Response>> failedStarts_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;
     std::thread pollThread_;
     std::vector<std::thread> workers_;

@@ -730,6 +730,59 @@ TEST(Endpoint, PerCallTimeoutAndAbort) {
     EXPECT_EQ(client->abort(id).code(), StatusCode::NoSuchRpc);
 }
 
+// A call that cannot start fails through its callback, but never inside callAsync: a
+// callback that starts the call again (a closed loop whose calls are refused) must not
+// recurse once per refusal. Both kinds of refusal: bad arguments, and send memory full of
+// messages in flight (a server that never answers keeps them there).
+TEST(Endpoint, ACallThatCannotStartFailsFromTheLoopNotInsideCallAsync) {
+    auto server = Endpoint::open(loopback());  // never answers
+    EndpointOptions o = loopback();
+    o.protocol.maxMessageLength = 100'000;
+    o.protocol.maxOutgoingBytes = 120'000;  // one message of 60,000 B (class 64 KiB), not two
+    auto client = Endpoint::open(o);
+    ASSERT_TRUE(client);
+    ASSERT_NE(client->callAsync(server->address(), bytesOf(60'000, 1), [](Response) {}), 0u);
+    struct Case {
+        std::vector<uint8_t> request;
+        StatusCode expected;
+    };
+    for (const Case& c : {Case{{}, StatusCode::InvalidArgument}, Case{bytesOf(60'000, 2), StatusCode::OutOfBuffers}}) {
+        constexpr int kRetries = 20'000;
+        thread_local int depth = 0;
+        thread_local bool insideCallAsync = false;
+        std::atomic<int> failures{0}, nested{0}, wrongStatus{0}, maxDepth{0};
+        std::promise<void> finished;
+        std::function<void(Response)> retry = [&](Response r) {
+            if (insideCallAsync) ++nested;
+            if (r.status.code() != c.expected || r.id != 0) ++wrongStatus;
+            maxDepth = std::max(maxDepth.load(), ++depth);
+            if (++failures == kRetries) {
+                finished.set_value();
+            } else if (failures < kRetries) {
+                insideCallAsync = true;
+                EXPECT_EQ(client->callAsync(server->address(), c.request, retry), 0u);
+                insideCallAsync = false;
+            }
+            --depth;
+        };
+        insideCallAsync = true;
+        EXPECT_EQ(client->callAsync(server->address(), c.request, retry), 0u);
+        insideCallAsync = false;
+        ASSERT_EQ(finished.get_future().wait_for(20s), std::future_status::ready) << failures.load();
+        EXPECT_EQ(nested.load(), 0) << toString(c.expected);
+        EXPECT_EQ(maxDepth.load(), 1) << toString(c.expected);
+        EXPECT_EQ(wrongStatus.load(), 0) << toString(c.expected);
+    }
+    // Once shut down, no loop runs again: the callback runs at once, here.
+    client->shutdown();
+    bool ran = false;
+    client->callAsync(server->address(), bytesOf(10, 0), [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+        ran = true;
+    });
+    EXPECT_TRUE(ran);
+}
+
 TEST(Endpoint, ShutdownFailsCallsInFlightAndWakesWaiters) {
     auto server = Endpoint::open(loopback());  // never answers
     auto client = Endpoint::open(loopback());

@@ -131,7 +131,7 @@ class LoadGenerator {
             if (r.refused) {
                 // The transport's memory is full of calls in flight: this slot waits for
                 // one of them to finish (or for the run loop, if none is in flight).
-                // Reissuing at once would fail again, from inside this very callback.
+                // Reissuing at once would only be refused again, as fast as the loop runs.
                 park(static_cast<int64_t>(slot));
                 return;
             }
