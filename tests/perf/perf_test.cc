@@ -182,6 +182,19 @@ TEST(PerfLocal, TcpEndToEndWritesJson) {
                                     "tcp");
     ASSERT_FALSE(j.is_null());
     checkSchema(j, "tcp");
+    // The unloaded round trip that slowdowns divide by is measured the same way for both
+    // protocols, with synchronous calls (TCP's once went through its epoll thread and a
+    // condition variable, which doubled it and halved every TCP slowdown).
+    EXPECT_EQ(j["base_rtt_method"], "sync");
+    nlohmann::json h = runLocalJson({"--workload", "1000", "--duration", "1.1", "--client-max", "8"}, "homa-base");
+    ASSERT_FALSE(h.is_null());
+    EXPECT_EQ(h["base_rtt_method"], "sync");
+    nlohmann::json given = runLocalJson({"--protocol", "tcp", "--workload", "1000", "--duration", "1.1",
+                                         "--base-rtt-us", "30"},
+                                        "tcp-given");
+    ASSERT_FALSE(given.is_null());
+    EXPECT_EQ(given["base_rtt_method"], "given");
+    EXPECT_EQ(given["base_rtt_us"], 30.0);
 }
 
 // A receive pool too small for the largest message is refused before any traffic, with

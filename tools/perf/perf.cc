@@ -379,19 +379,24 @@ class LoadGenerator {
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
 };
 
-// Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown
-// (synchronous calls where the transport has them: no thread hand-over).
-double measureBaseRtt(ClientTransport& t) {
+// Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown,
+// with synchronous calls on this thread where the transport can make them (Homa's, and a
+// blocking connection of TCP's own): a hand-over to a transport thread and back would add
+// two wake-ups to the base, tens of microseconds on a virtual machine, and make every
+// slowdown of that transport look smaller than it is.
+double measureBaseRtt(ClientTransport& t, bool* synchronous) {
+    *synchronous = true;
     std::vector<double> rtts;
     std::vector<uint8_t> req(100, 1);
     putResponseLength(req.data(), 100);
     for (int i = 0; i < 300; ++i) {
         CallResult result;
         int64_t begin = nowNs();
-        if (t.hasSyncCalls() && t.callSync(0, req, &result)) {
+        if (t.callSync(0, req, &result)) {
             if (result.ok) rtts.push_back(static_cast<double>(nowNs() - begin) / 1e3);
             continue;
         }
+        *synchronous = false;
         std::mutex mu;
         std::condition_variable cv;
         bool done = false, ok = false;
@@ -458,14 +463,16 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     SlowdownModel model;
     model.linkGbps = o.linkGbps;
     bool measured = o.baseRttUs <= 0;
-    model.baseRttUs = measured ? measureBaseRtt(*transport) : o.baseRttUs;
+    bool baseSynchronous = false;
+    model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous) : o.baseRttUs;
+    const char* baseHow = !measured ? "given" : baseSynchronous ? "measured" : "measured through a callback";
     std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %.0f Gbps\n",
                 o.protocol.c_str(), o.workload.c_str(),
                 o.gbps > 0 ? ("open loop " + std::to_string(o.gbps) + " Gbps").c_str()
                            : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +
                               (usesSyncCalls(o, *transport) ? " (synchronous calls)" : ""))
                                  .c_str(),
-                o.duration, model.baseRttUs, measured ? "measured" : "given", o.linkGbps);
+                o.duration, model.baseRttUs, baseHow, o.linkGbps);
     std::fflush(stdout);
 
     MetricsSnapshot before;
@@ -523,6 +530,9 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
         j["base_rtt_measured"] = measured;
+        // How it was measured: "sync" (synchronous calls on the measuring thread) or
+        // "callback" (through the transport's thread, two wake-ups more); "given".
+        j["base_rtt_method"] = !measured ? "given" : baseSynchronous ? "sync" : "callback";
         j["intervals"] = gen.intervals;
         j["totals"] = {{"rpcs", gen.samples.size()}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},

@@ -701,7 +701,71 @@ class TcpClient final : public ClientTransport {
         complete(token, failure(lastError));
     }
 
+    /// A call on the calling thread over a blocking connection of its own to the server
+    /// (opened on first use), as Homa's synchronous call: no thread hand-over. homa-perf
+    /// measures the unloaded round trip with it (hasSyncCalls() stays false, so the load
+    /// itself goes through the epoll threads).
+    bool callSync(size_t server, std::span<const uint8_t> request, CallResult* result) override {
+        std::lock_guard<std::mutex> lock(syncMu_);
+        *result = CallResult{};
+        if (stopped_.load(std::memory_order_acquire) || server >= servers_.size()) return false;
+        if (request.size() < 4 || request.size() > options_.maxMessageLength) return false;
+        if (syncFds_.size() < servers_.size()) syncFds_.resize(servers_.size(), -1);
+        int& fd = syncFds_[server];
+        auto fail = [&](const std::string& why) {
+            result->error = why + ": " + std::strerror(errno);
+            if (fd >= 0) ::close(fd);
+            fd = -1;
+            return true;
+        };
+        if (fd < 0) {
+            SockAddr sa;
+            const socklen_t len = toSockAddr(servers_[server].conns.front()->peer, &sa);
+            fd = ::socket(sa.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0) return fail("socket");
+            timeval tv{5, 0};  // a server that stops answering fails the call, not hangs it
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+            if (::connect(fd, &sa.sa, len) != 0) return fail("connect");
+            setNoDelay(fd);
+        }
+        std::vector<uint8_t> frame(4 + request.size());
+        storeBe32(frame.data(), static_cast<uint32_t>(request.size()));
+        std::memcpy(frame.data() + 4, request.data(), request.size());
+        for (size_t done = 0; done < frame.size();) {
+            ssize_t n = ::send(fd, frame.data() + done, frame.size() - done, MSG_NOSIGNAL);
+            if (n <= 0) return fail("send");
+            done += static_cast<size_t>(n);
+        }
+        auto readAll = [&](uint8_t* p, size_t want) {
+            for (size_t got = 0; got < want;) {
+                ssize_t n = ::recv(fd, p + got, want - got, 0);
+                if (n <= 0) return false;
+                got += static_cast<size_t>(n);
+            }
+            return true;
+        };
+        uint8_t header[4];
+        if (!readAll(header, 4)) return fail("recv");
+        const uint32_t length = loadBe32(header);
+        if (length > options_.maxMessageLength) {
+            errno = EMSGSIZE;
+            return fail("response of " + std::to_string(length) + " bytes");
+        }
+        syncScratch_.resize(length);
+        if (!readAll(syncScratch_.data(), length)) return fail("recv");
+        result->ok = true;
+        result->responseLength = length;
+        return true;
+    }
+
     void stop() override {
+        {
+            std::lock_guard<std::mutex> lock(syncMu_);
+            for (int& fd : syncFds_)
+                if (fd >= 0) ::close(fd);
+            syncFds_.clear();
+        }
         std::lock_guard<std::mutex> lock(stopMu_);
         stopped_.store(true, std::memory_order_release);
         for (auto& t : threads_) {
@@ -979,6 +1043,9 @@ class TcpClient final : public ClientTransport {
     std::vector<std::unique_ptr<ClientThread>> threads_;
     std::atomic<bool> stopped_{false};
     std::mutex stopMu_;
+    std::mutex syncMu_;              ///< callSync's connections and buffer
+    std::vector<int> syncFds_;       ///< per server, -1 until first used (syncMu_)
+    std::vector<uint8_t> syncScratch_;  ///< (syncMu_)
 };
 
 }  // namespace

@@ -476,6 +476,52 @@ TEST(TcpTransport, RejectsBadCallArgumentsAtOnce) {
     EXPECT_TRUE(callAndWait(*client, 0, makeRequest(8, 8)).ok);
 }
 
+// callSync: on the calling thread, over a connection of its own (the unloaded round trip
+// homa-perf divides by); the load's async calls go on beside it. Bad arguments send
+// nothing; a server that hangs up fails the call with a reason, and the next call
+// connects again.
+TEST(TcpTransport, SynchronousCallsOnTheCallingThread) {
+    auto server = startServer(kLoopback, 1, TcpOptions{});
+    ASSERT_NE(server, nullptr);
+    auto client = startClient(server->addresses(), TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    EXPECT_FALSE(client->hasSyncCalls());  // the load still goes through the epoll threads
+    CallResult r;
+    for (uint32_t length : {1u, 100u, 70'000u, 1'000'000u}) {
+        ASSERT_TRUE(client->callSync(0, makeRequest(100, length), &r));
+        EXPECT_TRUE(r.ok) << r.error;
+        EXPECT_EQ(r.responseLength, length);
+    }
+    EXPECT_TRUE(callAndWait(*client, 0, makeRequest(8, 8)).ok);
+    EXPECT_FALSE(client->callSync(1, makeRequest(8, 8), &r));
+    EXPECT_FALSE(client->callSync(0, std::vector<uint8_t>(3, 0), &r));
+    EXPECT_FALSE(client->callSync(0, makeRequest(TcpOptions{}.maxMessageLength + 1, 8), &r));
+    ASSERT_TRUE(client->callSync(0, makeRequest(8, 8), &r));
+    EXPECT_TRUE(r.ok) << r.error;
+
+    uint16_t port = 0;
+    int listener = silentListener(&port);
+    ASSERT_GE(listener, 0);
+    auto lonely = startClient({Address::ipv4(0x7f000001, port)}, TcpOptions{});
+    ASSERT_NE(lonely, nullptr);
+    int loadConnection = accept(listener, nullptr, nullptr);
+    ASSERT_GE(loadConnection, 0);
+    std::thread hangUp([&] {
+        int syncConnection = accept(listener, nullptr, nullptr);
+        char buf[16];
+        recv(syncConnection, buf, sizeof(buf), 0);
+        close(syncConnection);
+    });
+    ASSERT_TRUE(lonely->callSync(0, makeRequest(8, 8), &r));
+    hangUp.join();
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("recv"), std::string::npos) << r.error;
+    lonely->stop();
+    EXPECT_FALSE(lonely->callSync(0, makeRequest(8, 8), &r));  // stopped
+    close(loadConnection);
+    close(listener);
+}
+
 bool haveIpv6Loopback() {
     int fd = socket(AF_INET6, SOCK_STREAM, 0);
     if (fd < 0) return false;

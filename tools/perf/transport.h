@@ -57,11 +57,14 @@ class ClientTransport {
         }
         issue(server, request, slot | kParked);
     }
-    /// A synchronous call on the calling thread, if the transport has one (false if not).
+    /// A synchronous call on the calling thread, if the transport has one (false if not,
+    /// with nothing sent; true with the result, a failure included).
     virtual bool callSync(size_t server, std::span<const uint8_t> request, CallResult* result) {
         (void)server, (void)request, (void)result;
         return false;
     }
+    /// Whether the load itself may be driven by callSync() (--calls sync). A transport may
+    /// offer callSync() for measuring the unloaded round trip alone (TCP does).
     virtual bool hasSyncCalls() const { return false; }
     /// Between these, calls made on this thread may be held back and sent together at
     /// releaseSends() (the open-loop generator's arrivals due at once).
