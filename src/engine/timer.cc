@@ -214,9 +214,11 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
     }
     // A client told BUSY waits longer before each RESEND (BUSY also reset its silence, so
     // a server that stops answering still times out after timeoutTicks). The wait stays
-    // under half the timeout, so a server that is busy for long is still asked in time.
+    // within an eighth of the timeout: a server busy for long is asked about eight times
+    // per timeout, so that a few RESENDs or BUSYs lost in a row do not end a call whose
+    // server is alive (at half the timeout it was asked once, and one loss timed it out).
     const int backoff = std::min(rpc->busyReplies, kMaxBusyBackoff);
-    const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
+    const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 8);
     const int first = std::min(cfg_.resendTicks << backoff, cap);
     const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
     if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) timerPacketDue(rpc);
