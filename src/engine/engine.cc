@@ -495,7 +495,12 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
         case wire::PacketType::Busy:
             if (!rpc) break;
             rpc->silentTicks = 0;
-            if (rpc->isClient()) ++rpc->busyReplies;
+            // Backoff is for a server that has not started the response (it is executing
+            // the request, or refused it for overload). Once the response has started, a
+            // BUSY only says the rest waits for our grants, or behind shorter responses:
+            // our RESENDs then are what keeps the server from timing the response out, so
+            // they keep their pace.
+            if (rpc->isClient() && !rpc->in.started) ++rpc->busyReplies;
             return;
         case wire::PacketType::RpcUnknown:
             if (!rpc) break;

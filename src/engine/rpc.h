@@ -78,9 +78,10 @@ struct Rpc {
     /// after twice timeoutTicks of silence.
     int heldTicks = 0;
     uint64_t restartTick = UINT64_MAX;  ///< client: the tick of the last restart
-    /// Client: BUSY packets since the response last made progress. Each one doubles the
-    /// wait before the next RESEND (up to kMaxBusyBackoff doublings): a server that says it
-    /// is busy, or that refused the request for overload, is asked again less and less often.
+    /// Client: BUSY packets, before the response started, since the response last made
+    /// progress. Each one doubles the wait before the next RESEND (up to kMaxBusyBackoff
+    /// doublings): a server that says it is busy, or that refused the request for
+    /// overload, is asked again less and less often.
     int busyReplies = 0;
 
     uint64_t clientId() const { return id & ~uint64_t{1}; }

@@ -1102,7 +1102,7 @@ TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
 // A client told BUSY many times (a server holding its request for long) asks less often,
 // but still several times within one timeout: with the backoff capped at half the
 // timeout it asked once, and under 20 % loss each way one lost RESEND or BUSY (36 %)
-// timed out a call whose server was alive (13 % of 1 MB calls with 16 outstanding).
+// timed out a call whose server was alive (4-13 % of 1 MB calls with 16 outstanding).
 TEST(Engine, ABackedOffClientStillAsksSeveralTimesBeforeItTimesOut) {
     Pair p;
     p.call(100);
@@ -1129,6 +1129,62 @@ TEST(Engine, ABackedOffClientStillAsksSeveralTimesBeforeItTimesOut) {
     EXPECT_GE(p.a.metrics().resendsSent - before, 4u);
     EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 1u);
     p.b.releaseMessage(held[0].message, p.now);
+}
+
+// A response that waits for the client's own grants (the client grants one message at a
+// time and another holds its grants) draws BUSY for each of the client's RESENDs. That
+// BUSY is no reason to back off: those RESENDs are what keeps the server from timing the
+// response out. Backing off there let servers time out responses under loss, and the
+// clients then sent their requests again and timed out.
+TEST(Engine, BusyForAResponseWaitingForOurGrantsDoesNotSlowOurResends) {
+    Config ca = baseConfig();
+    ca.maxOvercommit = 1;  // A grants to one response at a time
+    Pair p(ca, baseConfig());
+    const uint64_t first = p.call(100);
+    const uint64_t second = p.call(100);
+    p.pump();
+    auto requests = p.deliveries(p.b);
+    ASSERT_EQ(requests.size(), 2u);
+    for (auto& r : requests) {
+        p.b.releaseMessage(r.message, p.now);
+        ASSERT_TRUE(p.b.sendResponse(r.server, std::vector<uint8_t>(500'000, 1), p.now).isOk());
+    }
+    // Both responses' unscheduled bytes arrive; A grants one of them, whose scheduled
+    // bytes are then all lost, so it never completes and holds A's only grant slot.
+    std::set<uint64_t> granted;
+    auto deliverExceptScheduledData = [&] {
+        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
+            for (auto& s : p.sinkA.take()) {
+                if (s.type() == wire::PacketType::Grant) granted.insert(s.packet().common.senderId & ~uint64_t{1});
+                p.b.receive(kA, s.bytes, p.now);
+            }
+            for (auto& s : p.sinkB.take()) {
+                const wire::Packet pk = s.packet();
+                if (pk.common.type == wire::PacketType::Data && pk.data.offset >= p.cfgB.unschedBytes) continue;
+                p.a.receive(kB, s.bytes, p.now);
+            }
+        }
+    };
+    deliverExceptScheduledData();
+    ASSERT_EQ(granted.size(), 1u);
+    const uint64_t waiting = granted.count(first) ? second : first;
+    // Within one timeout (the granted call, starved of its data, ends at the timeout).
+    int resends = 0;
+    const int ticks = p.cfgA.timeoutTicks - 10;
+    for (int i = 0; i < ticks; ++i) {
+        p.tick();
+        for (auto& s : p.sinkA.out)
+            resends += s.type() == wire::PacketType::Resend && (s.packet().common.senderId & ~uint64_t{1}) == waiting;
+        deliverExceptScheduledData();
+    }
+    EXPECT_GT(p.b.metrics().busySent, 0u);
+    // At the plain interval, not doubling after each BUSY: about ticks / resendInterval
+    // (backing off, it was half that).
+    EXPECT_GE(resends, ticks / p.cfgA.resendInterval - 2);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    EXPECT_EQ(p.b.rpcCount(), 2u);
+    p.a.abortClientRpc(first, p.now);
+    p.a.abortClientRpc(second, p.now);
 }
 
 // A refused request's client is told BUSY: it neither times out while the server is

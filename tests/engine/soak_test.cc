@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
+#include <iostream>
 #include <random>
 
 #include "cluster.h"
@@ -126,6 +128,63 @@ TEST(Soak, EveryRpcCompletesExactlyOnceUnderLossDuplicationAndReordering) {
         if (!ok) break;
     }
     std::cout << "soak: " << seeds.size() << " seeds x 1000 RPCs, first seed " << seeds.front() << "\n";
+}
+
+// Sixteen calls at a time between one pair of hosts on a 1 Gbps link, each asking for a
+// 1 MB response, 20 % of packets lost. The client grants one response at a time, so each
+// response waits hundreds of milliseconds for its grants, kept alive by the client's
+// RESENDs (answered with BUSY). Two things ended such calls: the client backed off after
+// each BUSY, so the server heard too little and timed the response out (the client's
+// request, sent again after RPC_UNKNOWN, then timed out); and the backoff's cap at half
+// the timeout left one RESEND per timeout, which one loss defeated.
+TEST(Soak, LargeResponsesWaitingForGrantsUnderHeavyLossAllComplete) {
+    const uint64_t seed = std::getenv("HOMA_SOAK_SEED") ? std::strtoull(std::getenv("HOMA_SOAK_SEED"), nullptr, 10) : 7;
+    std::cout << "seed " << seed << " (replay: HOMA_SOAK_SEED=" << seed << ")\n";
+    engine::Config cfg = testConfig();
+    cfg.maxMessageLength = 1'000'000;
+    Cluster c(2, cfg, seed, sim::TopologyConfig::star(0, 1.0, 1'000));
+    c.net.setFaults({.loss = 0.2});
+    EchoServer server;
+    server.install(c.host(1));
+    Client client;
+    constexpr int kOutstanding = 16, kCalls = 48;
+    int started = 0;
+    std::function<void()> startOne = [&] {
+        uint64_t cookie = static_cast<uint64_t>(started++);
+        Status s = client.call(c.host(0), 1, cookie, 100, 1'000'000);
+        EXPECT_TRUE(s.isOk()) << s.toString();
+    };
+    // Client::install's handler, plus: each finished call starts the next (closed loop).
+    c.host(0).setDeliveryHandler([&](sim::EngineHost& host, engine::Delivery& d) {
+        auto it = client.rpcs.find(d.cookie);
+        ASSERT_NE(it, client.rpcs.end());
+        if (d.kind == engine::Delivery::Kind::Response) {
+            ++it->second.responses;
+            it->second.correct = d.message.length == it->second.expected.size() &&
+                                 std::equal(it->second.expected.begin(), it->second.expected.end(), d.message.data);
+            host.release(d.message);
+        } else {
+            ++it->second.failures;
+            it->second.status = d.status;
+        }
+        if (started < kCalls) startOne();
+    });
+    for (int i = 0; i < kOutstanding; ++i) startOne();
+    c.runToIdle(100'000'000'000);
+    int completed = 0, failed = 0, wrong = 0;
+    std::string firstFailure;
+    for (auto& [k, o] : client.rpcs) {
+        completed += o.responses == 1 && o.failures == 0 && o.correct;
+        wrong += o.responses == 1 && !o.correct;
+        failed += o.failures;
+        if (o.failures && firstFailure.empty()) firstFailure = o.status.toString();
+    }
+    EXPECT_EQ(started, kCalls);
+    EXPECT_EQ(completed, kCalls) << "failed " << failed << " (" << firstFailure << "), wrong " << wrong;
+    EXPECT_EQ(server.duplicates, 0);
+    EXPECT_GT(c.engine(0).metrics().busySent + c.engine(1).metrics().busySent, 0u) << "calls waited, told BUSY";
+    EXPECT_EQ(c.totalRpcs(), 0u);
+    EXPECT_EQ(c.totalBuffersInUse(), 0u);
 }
 
 }  // namespace
