@@ -123,8 +123,9 @@ k=$(kops_at 1024); hkops1k=${k% *}; tkops1k=${k#* }
 # this machine and what Homa adds.
 uk=n/a; uk1k=n/a
 if [ -x "$ceiling" ]; then
-  uk=$("$ceiling" --gso --outstanding 64 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p')
-  uk1k=$("$ceiling" --gso --outstanding 1024 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p')
+  uk=$("$ceiling" --gso --outstanding 64 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p') || uk=n/a
+  uk1k=$("$ceiling" --gso --outstanding 1024 --seconds "$secs" | sed -n 's/^udp-ceiling: \([0-9.]*\) kops.*/\1/p') || uk1k=n/a
+  [ -n "$uk" ] || uk=n/a; [ -n "$uk1k" ] || uk1k=n/a
 fi
 
 note "== 1 MB one-way"

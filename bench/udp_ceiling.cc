@@ -12,13 +12,16 @@
 // here and what Homa adds.
 //
 //   udp-ceiling [--outstanding N] [--size B] [--seconds S] [--gso]
-//   prints one line: "udp-ceiling: <kops> kops, <N> outstanding, <B> B, gso <0|1>"
+//   prints one line: "udp-ceiling: <kops> kops, <N> outstanding, <B> B, gso <0|1>, dropped <D>"
+//   (D: datagrams the sockets dropped for full receive buffers; then fewer calls were
+//   outstanding than asked, and a warning says so)
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -40,6 +43,7 @@ namespace {
 constexpr int kBatch = 64;           // datagrams (or GRO buffers) per recvmmsg
 constexpr size_t kGroBuffer = 65536;  // one GRO buffer holds up to 64 KB of datagrams
 constexpr int kMaxSegments = 64;      // datagrams per GSO send (the kernel's limit is 64)
+constexpr size_t kMaxDatagram = 65507;  // a GSO send is one UDP datagram: at most this long
 
 [[noreturn]] void die(const char* what) {
     std::fprintf(stderr, "udp-ceiling: %s: %s\n", what, std::strerror(errno));
@@ -52,10 +56,14 @@ int openSocket(bool gso, sockaddr_in* bound) {
     int size = 8 << 20;
     ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
-    if (gso) {
-        int one = 1;
-        if (::setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) != 0) die("UDP_GRO");
-    }
+    int one = 1;
+    // The kernel's count of datagrams dropped for a full receive buffer comes with each
+    // receive: a run that loses some has fewer calls outstanding than it says.
+    ::setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof(one));
+    // Bounds a wait: the echo thread's last one at the end, a lost datagram's.
+    timeval tv{0, 100'000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (gso && ::setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) != 0) die("UDP_GRO");
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -91,9 +99,19 @@ struct Receiver {
         }
         *source = from[0];
         int messages = 0;
-        for (int i = 0; i < n; ++i) messages += static_cast<int>((hdr[i].msg_len + size - 1) / size);
+        for (int i = 0; i < n; ++i) {
+            messages += static_cast<int>((hdr[i].msg_len + size - 1) / size);
+            for (cmsghdr* c = CMSG_FIRSTHDR(&hdr[i].msg_hdr); c; c = CMSG_NXTHDR(&hdr[i].msg_hdr, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+                    uint32_t dropped;
+                    std::memcpy(&dropped, CMSG_DATA(c), sizeof(dropped));
+                    drops = std::max<uint64_t>(drops, dropped);
+                }
+            }
+        }
         return messages;
     }
+    uint64_t drops = 0;  ///< datagrams the socket dropped so far (the kernel's count)
     size_t bufferSize;
     std::vector<char> data;
     iovec iov[kBatch];
@@ -109,7 +127,7 @@ struct Sender {
         while (count > 0) {
             int n = 0;
             if (gso) {
-                const int segments = std::min(count, kMaxSegments);
+                const int segments = std::min({count, kMaxSegments, static_cast<int>(kMaxDatagram / size)});
                 iovec v{payload.data(), size * static_cast<size_t>(segments)};
                 msghdr m{};
                 m.msg_name = const_cast<sockaddr_in*>(&to);
@@ -194,21 +212,17 @@ int main(int argc, char** argv) {
     const int server = openSocket(gso, &serverAddress);
     const int client = openSocket(gso, &clientAddress);
     std::atomic<bool> stop{false};
+    Receiver echoRx(gso);
     std::thread echo([&] {
-        Receiver rx(gso);
         Sender tx(gso, static_cast<size_t>(size));
         sockaddr_in from;
         while (!stop.load(std::memory_order_relaxed)) {
-            int n = rx.receive(server, static_cast<size_t>(size), &from);
+            int n = echoRx.receive(server, static_cast<size_t>(size), &from);
             if (n > 0) tx.send(server, from, n);
         }
     });
     Receiver rx(gso);
     Sender tx(gso, static_cast<size_t>(size));
-    // The client's socket times out, so that the loop sees the end of the run (and a
-    // lost datagram, which loopback does not lose, cannot hang it).
-    timeval tv{0, 100'000};
-    ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     tx.send(client, serverAddress, static_cast<int>(outstanding));
     uint64_t done = 0;
     const auto start = std::chrono::steady_clock::now();
@@ -220,12 +234,16 @@ int main(int argc, char** argv) {
         if (n > 0) tx.send(client, serverAddress, n);
     }
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    stop = true;
-    // Wake the echo thread (blocked in recvmmsg) with one last datagram.
-    tx.send(client, serverAddress, 1);
+    stop = true;  // the echo thread's receive times out within 100 ms
     echo.join();
-    std::printf("udp-ceiling: %.1f kops, %ld outstanding, %ld B, gso %d\n", static_cast<double>(done) / elapsed / 1e3,
-                outstanding, size, gso ? 1 : 0);
+    const uint64_t drops = rx.drops + echoRx.drops;
+    std::printf("udp-ceiling: %.1f kops, %ld outstanding, %ld B, gso %d, dropped %llu\n",
+                static_cast<double>(done) / elapsed / 1e3, outstanding, size, gso ? 1 : 0,
+                static_cast<unsigned long long>(drops));
+    if (drops > 0)
+        std::fprintf(stderr, "udp-ceiling: the sockets dropped %llu datagrams (receive buffers full): fewer "
+                             "calls were outstanding than asked\n",
+                     static_cast<unsigned long long>(drops));
     ::close(server);
     ::close(client);
     return 0;

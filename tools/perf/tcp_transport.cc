@@ -740,6 +740,7 @@ class TcpClient final : public ClientTransport {
         auto readAll = [&](uint8_t* p, size_t want) {
             for (size_t got = 0; got < want;) {
                 ssize_t n = ::recv(fd, p + got, want - got, 0);
+                if (n == 0) errno = ECONNRESET;  // the server hung up (recv sets no errno)
                 if (n <= 0) return false;
                 got += static_cast<size_t>(n);
             }
@@ -760,6 +761,9 @@ class TcpClient final : public ClientTransport {
     }
 
     void stop() override {
+        // Stopped first: a callSync waiting for syncMu_ then opens no new connection. (One
+        // already in a receive ends within its 5 s timeout.)
+        stopped_.store(true, std::memory_order_release);
         {
             std::lock_guard<std::mutex> lock(syncMu_);
             for (int& fd : syncFds_)
@@ -767,7 +771,6 @@ class TcpClient final : public ClientTransport {
             syncFds_.clear();
         }
         std::lock_guard<std::mutex> lock(stopMu_);
-        stopped_.store(true, std::memory_order_release);
         for (auto& t : threads_) {
             if (!t->thread.joinable()) continue;
             {
