@@ -141,6 +141,12 @@ Peer* Engine::getPeer(const Address& address, Time now) {
     peer->serial = nextSerial_++;
     peer->cutoffs = cfg_.unschedCutoffs;  // until the peer tells us its own
     peer->lastUsed = now;
+    if (auto it = forgottenPeers_.find(address); it != forgottenPeers_.end()) {
+        // Known before and forgotten: what it was served stays served.
+        peer->seen = std::make_unique<SeenIds>(cfg_.seenIdWindow);
+        peer->seen->seenUpTo(it->second.highest);
+        forgottenPeers_.erase(it);
+    }
     Peer* p = peer.get();
     peers_.emplace(address, std::move(peer));
     idlePeers_.push_back(*p);
@@ -163,7 +169,25 @@ void Engine::evictPeer(Peer* peer) {
     if (peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     ++m_.peersEvicted;
     if (lastPeer_ == peer) lastPeer_ = nullptr;
+    // At-most-once outlives the peer: the highest id it was served stays behind, so that
+    // a request of that client that comes back later (a client paused for longer than
+    // peerIdleNs restarts its RPC after our RPC_UNKNOWN) is not run a second time.
+    if (peer->seen && peer->seen->highest() != 0) rememberServedIds(peer->address, peer->seen->highest());
     peers_.erase(peer->address);
+}
+
+void Engine::rememberServedIds(const Address& address, uint64_t highest) {
+    const uint64_t generation = ++forgottenGeneration_;
+    forgottenPeers_[address] = {highest, generation};
+    forgottenOrder_.emplace_back(address, generation);
+    // Bounded like the peer table: the oldest entries go first (an entry replaced since
+    // is skipped).
+    while (forgottenOrder_.size() > cfg_.maxPeers) {
+        auto [oldest, gen] = forgottenOrder_.front();
+        forgottenOrder_.pop_front();
+        auto it = forgottenPeers_.find(oldest);
+        if (it != forgottenPeers_.end() && it->second.generation == gen) forgottenPeers_.erase(it);
+    }
 }
 
 // ---------------------------------------------------------------- RPC lifetime

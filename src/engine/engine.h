@@ -181,6 +181,8 @@ class Engine {
     Peer* getPeer(const Address& address, Time now);
     void touchPeer(Peer* peer, Time now);
     void evictPeer(Peer* peer);
+    /// Keeps the highest client id served to an evicted peer (see evictPeer()).
+    void rememberServedIds(const Address& address, uint64_t highest);
     Rpc* newRpc(Peer* peer, uint64_t id, RpcState state, Time now);
     void freeRpc(Rpc* rpc);
     Rpc* findClientRpc(uint64_t id);
@@ -266,6 +268,15 @@ class Engine {
     uint64_t unschedPackets_ = 0;
 
     absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
+    /// Evicted peers' highest served client ids, at most maxPeers of them, oldest
+    /// dropped first (forgottenOrder_); taken back when the peer returns.
+    struct ForgottenPeer {
+        uint64_t highest = 0;
+        uint64_t generation = 0;
+    };
+    absl::flat_hash_map<Address, ForgottenPeer> forgottenPeers_;
+    std::deque<std::pair<Address, uint64_t>> forgottenOrder_;
+    uint64_t forgottenGeneration_ = 0;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
     absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
     absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;

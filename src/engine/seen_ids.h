@@ -31,6 +31,7 @@ class SeenIds {
     /// Marks `id` as seen.
     void insert(uint64_t id) {
         uint64_t i = id >> 1;
+        highest_ = std::max(highest_, id);
         if (!initialised_) {
             // Leave room below the first id for concurrent RPCs that arrive out of order.
             base_ = i > capacity() / 2 ? i - capacity() / 2 : 0;
@@ -51,6 +52,19 @@ class SeenIds {
 
     uint64_t capacity() const { return bits_.size() * 64; }
 
+    /// The highest id ever marked (0 if none): what must stay seen when this set is
+    /// dropped (see Engine::evictPeer).
+    uint64_t highest() const { return highest_; }
+
+    /// Marks every id up to and including `id` as seen (a set made anew for a peer that
+    /// was forgotten: its old ids must not run again). Only on a fresh set.
+    void seenUpTo(uint64_t id) {
+        if (initialised_) return;
+        base_ = (id >> 1) + 1;
+        highest_ = id;
+        initialised_ = true;
+    }
+
   private:
     void slide(uint64_t newBase) {
         if (newBase - base_ >= capacity()) {
@@ -64,6 +78,7 @@ class SeenIds {
 
     std::vector<uint64_t> bits_;
     uint64_t base_ = 0;
+    uint64_t highest_ = 0;
     bool initialised_ = false;
 };
 

@@ -1015,6 +1015,50 @@ TEST(Engine, PeerTableIsBoundedAndEvictsIdlePeers) {
     EXPECT_GT(p.b.metrics().peersEvicted, 0u);
 }
 
+// At-most-once outlives an evicted peer (found by engine_fuzz): a request served, then
+// dropped by the server's application, so the server holds nothing for its client. The
+// client, paused longer than peerIdleNs (its silence counts one tick per timer call),
+// asks again; the server, having forgotten the idle peer, answers RPC_UNKNOWN; the client
+// sends the request again. It ran a second time; now the id is remembered as served.
+TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
+    Config cb = baseConfig();
+    cb.peerGcThreshold = 0;  // collect every idle peer
+    cb.peerIdleNs = 5'000'000;
+    Pair p(baseConfig(), cb);
+    const uint64_t id = p.call(100);
+    p.pump();
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());
+    // The client is paused: only B's timer runs, until A's peer is evicted.
+    for (int i = 0; i < 10 && p.b.metrics().peersEvicted == 0; ++i) {
+        p.now += cb.peerIdleNs;
+        p.b.advance(p.now);
+    }
+    ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
+    ASSERT_EQ(p.b.peerCount(), 0u);
+    // The client wakes up: RESEND, RPC_UNKNOWN, the request again.
+    for (int i = 0; i < p.cfgA.resendTicks + 2 && p.a.metrics().clientRestarts == 0; ++i) {
+        p.tick();
+        p.pump();
+    }
+    ASSERT_EQ(p.a.metrics().clientRestarts, 1u);
+    p.pump();
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 1u);
+    // The client's call then ends in a timeout (never a second execution).
+    for (int i = 0; i < 2 * p.cfgA.timeoutTicks; ++i) {
+        p.tick();
+        p.pump();
+    }
+    auto ended = p.deliveries(p.a);
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, id);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Timeout);
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+}
+
 // ---------------------------------------------------------------- grants
 
 TEST(Engine, FifoGrantsReachTheOldestMessage) {

@@ -52,4 +52,23 @@ TEST(SeenIds, ForgetUnmarksOnlyThatIdAndOnlyInsideTheWindow) {
 }
 
 }  // namespace
+// A set made anew for a peer that was forgotten: everything up to the highest id it was
+// served counts as seen; later ids are new.
+TEST(SeenIds, SeenUpToMarksEverythingUpToAnIdAndRemembersTheHighest) {
+    SeenIds s(64);
+    EXPECT_EQ(s.highest(), 0u);
+    s.seenUpTo(1000);
+    EXPECT_EQ(s.highest(), 1000u);
+    for (uint64_t id : {0, 2, 500, 998, 1000}) EXPECT_TRUE(s.contains(id)) << id;
+    for (uint64_t id : {1002, 1004, 5000}) EXPECT_FALSE(s.contains(id)) << id;
+    s.insert(1004);
+    EXPECT_TRUE(s.contains(1004));
+    EXPECT_FALSE(s.contains(1002));
+    EXPECT_EQ(s.highest(), 1004u);
+    SeenIds used(64);
+    used.insert(10);
+    used.seenUpTo(5000);  // only on a fresh set
+    EXPECT_FALSE(used.contains(5000));
+}
+
 }  // namespace homa::engine
