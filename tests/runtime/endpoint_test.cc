@@ -783,6 +783,46 @@ TEST(Endpoint, ACallThatCannotStartFailsFromTheLoopNotInsideCallAsync) {
     EXPECT_TRUE(ran);
 }
 
+// The same from the other places the loop runs: without a poll thread the callback waits
+// for the application's poll() (and runs on its thread); with an application thread
+// owning the loop, blocked in a synchronous call, a refusal on another thread is run soon,
+// not left until that call ends.
+TEST(Endpoint, ACallThatCannotStartFailsFromWhicheverThreadRunsTheLoop) {
+    auto server = Endpoint::open(loopback());  // never answers
+    EndpointOptions o = loopback();
+    o.pollThread = false;
+    auto client = Endpoint::open(o);
+    std::atomic<int> ran{0};
+    std::thread::id ranOn;
+    EXPECT_EQ(client->callAsync(server->address(), {}, [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+        ranOn = std::this_thread::get_id();
+        ++ran;
+    }), 0u);
+    std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(ran.load(), 0) << "no poll thread: it waits for the application's loop";
+    for (int i = 0; i < 3 && ran.load() == 0; ++i) client->poll(1ms);
+    EXPECT_EQ(ran.load(), 1);
+    EXPECT_EQ(ranOn, std::this_thread::get_id());
+
+    auto owned = Endpoint::open(loopback());
+    std::thread owner([&] {
+        // Owns the loop, blocked waiting for a response that never comes.
+        Response r = owned->call(server->address(), bytesOf(10, 1), {.timeout = 1500ms});
+        EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+    });
+    std::this_thread::sleep_for(50ms);
+    std::promise<void> failed;
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(owned->callAsync(server->address(), {}, [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+        failed.set_value();
+    }), 0u);
+    EXPECT_EQ(failed.get_future().wait_for(1s), std::future_status::ready);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 1s) << "it waited for the blocked call to end";
+    owner.join();
+}
+
 TEST(Endpoint, ShutdownFailsCallsInFlightAndWakesWaiters) {
     auto server = Endpoint::open(loopback());  // never answers
     auto client = Endpoint::open(loopback());
