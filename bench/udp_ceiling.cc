@@ -31,13 +31,6 @@
 #include <thread>
 #include <vector>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-
 namespace {
 
 constexpr int kBatch = 64;           // datagrams (or GRO buffers) per recvmmsg

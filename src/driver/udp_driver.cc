@@ -14,13 +14,6 @@
 #include <cstring>
 #include <string>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-
 namespace homa::driver {
 
 namespace {

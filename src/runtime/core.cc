@@ -226,7 +226,7 @@ void Core::releaseLoop(std::unique_lock<std::mutex>&) {
 void Core::waitFor(Waiter& w, int64_t deadline) {
     std::unique_lock lk(mu_, std::adopt_lock);
     ++appWaiters_;
-    if (loopBusy_ && std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end()) {
+    if (loopBusy_ && runsOurLoop()) {
         // A callback or handler waits on its own endpoint, whose loop this thread runs
         // further up its stack: nobody else can run it, so run it here, nested, as its
         // owner for the while (other threads wake us as they would the owner). Never in a
@@ -358,7 +358,10 @@ void Core::afterEngineWork(int64_t now) {
     bool wake = loopOwner_->done || engine_->nextPacerWakeup() != engine::kNever;
     if (!wake && !deadlines_.empty())
         wake = !tickArmed_ || deadlines_.begin()->first < nextTimerExpiry(now);
-    if (!wake) return;
+    if (wake) wakeOwner(now);
+}
+
+void Core::wakeOwner(int64_t now) {
     if (!ownerBlocked_) {
         pokeLoop();
     } else if (!driver_->wakeReceiver()) {
@@ -367,6 +370,10 @@ void Core::afterEngineWork(int64_t now) {
         ownerWakeFailed_ = true;
         if (!tickArmed_) setTickTimer(now, true);
     }
+}
+
+bool Core::runsOurLoop() const {
+    return std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
 }
 
 int64_t Core::nextTimerExpiry(int64_t now) const {
@@ -741,7 +748,9 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
                 return id;
             }
             r.status = s;
-            ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
+        }
+        ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
+        if (!shutdown_) {
             // The callback runs from the loop, never inside callAsync: an application that
             // starts the call again from its callback (a closed loop refused for lack of
             // memory) must not recurse once per refusal until its stack runs out.
@@ -749,7 +758,6 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             wakeLoopForCallbacks();
             return 0;
         }
-        ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
     }
     // Shut down: no loop will run again, so the callback runs here.
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
@@ -763,14 +771,7 @@ void Core::wakeLoopForCallbacks() {
     // a tick when one stops without telling it); an application thread that owns the loop
     // is woken as for a finished call of its own.
     pokePollThread();
-    if (!loopBusy_ || loopOwner_ == nullptr) return;
-    if (std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end()) return;  // our own loop
-    if (!ownerBlocked_) {
-        pokeLoop();
-    } else if (!driver_->wakeReceiver()) {
-        ownerWakeFailed_ = true;
-        if (!tickArmed_) setTickTimer(nowNs(), true);
-    }
+    if (loopBusy_ && loopOwner_ != nullptr && !runsOurLoop()) wakeOwner(nowNs());
 }
 
 Status Core::abort(RpcId id) {

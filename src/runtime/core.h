@@ -107,6 +107,11 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void pokePollThread();
     /// Under mu_: has the loop run the callbacks in failedStarts_ soon.
     void wakeLoopForCallbacks();
+    /// Under mu_: ends the wait of the application thread that owns the loop (its wake-up
+    /// datagram if it is blocked in the socket; retried at the next tick if not sent).
+    void wakeOwner(int64_t now);
+    /// Whether this thread runs this endpoint's loop further up its stack.
+    bool runsOurLoop() const;
     /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
     /// with busy polling, looks without sleeping first.
     bool waitForPackets(int64_t waitNs, int fd, bool* poked);

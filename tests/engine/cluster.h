@@ -164,8 +164,11 @@ struct Client {
                 ++o.failures;
                 o.status = d.status;
             }
+            if (afterEach) afterEach();
         });
     }
+    /// Runs after each call's outcome is recorded (a closed loop starts the next call).
+    std::function<void()> afterEach;
     Status call(sim::EngineHost& h, uint32_t server, uint64_t cookie, uint32_t reqLen, uint32_t respLen) {
         std::vector<uint8_t> req = makeRequest(cookie, reqLen, respLen);
         rpcs[cookie].expected = expectedResponse(req);

@@ -149,26 +149,15 @@ TEST(Soak, LargeResponsesWaitingForGrantsUnderHeavyLossAllComplete) {
     Client client;
     constexpr int kOutstanding = 16, kCalls = 48;
     int started = 0;
-    std::function<void()> startOne = [&] {
+    auto startOne = [&] {
         uint64_t cookie = static_cast<uint64_t>(started++);
         Status s = client.call(c.host(0), 1, cookie, 100, 1'000'000);
         EXPECT_TRUE(s.isOk()) << s.toString();
     };
-    // Client::install's handler, plus: each finished call starts the next (closed loop).
-    c.host(0).setDeliveryHandler([&](sim::EngineHost& host, engine::Delivery& d) {
-        auto it = client.rpcs.find(d.cookie);
-        ASSERT_NE(it, client.rpcs.end());
-        if (d.kind == engine::Delivery::Kind::Response) {
-            ++it->second.responses;
-            it->second.correct = d.message.length == it->second.expected.size() &&
-                                 std::equal(it->second.expected.begin(), it->second.expected.end(), d.message.data);
-            host.release(d.message);
-        } else {
-            ++it->second.failures;
-            it->second.status = d.status;
-        }
+    client.install(c.host(0));
+    client.afterEach = [&] {  // a closed loop: each finished call starts the next
         if (started < kCalls) startOne();
-    });
+    };
     for (int i = 0; i < kOutstanding; ++i) startOne();
     c.runToIdle(100'000'000'000);
     int completed = 0, failed = 0, wrong = 0;

@@ -137,6 +137,31 @@ int silentListener(uint16_t* port) {
     return fd;
 }
 
+/// A client of one server that never answers: a listener whose first connection (the
+/// client's) is accepted and left unread.
+struct SilentServer {
+    int listener = -1, accepted = -1;
+    uint16_t port = 0;
+    std::unique_ptr<ClientTransport> client;
+    SilentServer() {
+        listener = silentListener(&port);
+        if (listener < 0) return;
+        client = startClient({Address::ipv4(0x7f000001, port)}, TcpOptions{});
+        if (client) accepted = accept(listener, nullptr, nullptr);
+    }
+    ~SilentServer() {
+        if (client) client->stop();
+        if (accepted >= 0) close(accepted);
+        if (listener >= 0) close(listener);
+    }
+    bool ready() const { return client != nullptr && accepted >= 0; }
+    /// Hangs up the accepted connection.
+    void hangUp() {
+        close(accepted);
+        accepted = -1;
+    }
+};
+
 /// Waits until the peer closes `fd` (end of stream or reset), discarding data.
 bool waitForClose(int fd, std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -435,29 +460,24 @@ TEST(TcpTransport, StopUnderClosedLoopLoadCompletesEveryCallOnce) {
 }
 
 TEST(TcpTransport, ServerClosingTheConnectionFailsPendingCalls) {
-    uint16_t port = 0;
-    int listener = silentListener(&port);
-    ASSERT_GE(listener, 0);
-    auto client = startClient({Address::ipv4(0x7f000001, port)}, TcpOptions{});
-    ASSERT_NE(client, nullptr);
-    int accepted = accept(listener, nullptr, nullptr);
-    ASSERT_GE(accepted, 0);
+    SilentServer silent;
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* client = silent.client.get();
     Completions completions;
     for (int i = 0; i < 10; ++i) client->call(0, makeRequest(8, 8), [&](CallResult r) { completions.add(r); });
     // Read the first request, then hang up without answering.
     char buf[16];
-    ASSERT_GT(recv(accepted, buf, sizeof(buf), 0), 0);
-    close(accepted);
+    ASSERT_GT(recv(silent.accepted, buf, sizeof(buf), 0), 0);
+    silent.hangUp();
     ASSERT_TRUE(completions.waitFor(10));
     EXPECT_EQ(completions.failed(), 10u);
-    EXPECT_NE(completions.lastError().find("127.0.0.1:" + std::to_string(port)), std::string::npos)
+    EXPECT_NE(completions.lastError().find("127.0.0.1:" + std::to_string(silent.port)), std::string::npos)
         << completions.lastError();
     // With its only connection gone, new calls fail at once with the same reason.
     CallResult r = callAndWait(*client, 0, makeRequest(8, 8));
     EXPECT_FALSE(r.ok);
     EXPECT_FALSE(r.error.empty());
     client->stop();
-    close(listener);
 }
 
 TEST(TcpTransport, RejectsBadCallArgumentsAtOnce) {
@@ -499,15 +519,11 @@ TEST(TcpTransport, SynchronousCallsOnTheCallingThread) {
     ASSERT_TRUE(client->callSync(0, makeRequest(8, 8), &r));
     EXPECT_TRUE(r.ok) << r.error;
 
-    uint16_t port = 0;
-    int listener = silentListener(&port);
-    ASSERT_GE(listener, 0);
-    auto lonely = startClient({Address::ipv4(0x7f000001, port)}, TcpOptions{});
-    ASSERT_NE(lonely, nullptr);
-    int loadConnection = accept(listener, nullptr, nullptr);
-    ASSERT_GE(loadConnection, 0);
+    SilentServer silent;  // the load's connection accepted, never answered
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* lonely = silent.client.get();
     std::thread hangUp([&] {
-        int syncConnection = accept(listener, nullptr, nullptr);
+        int syncConnection = accept(silent.listener, nullptr, nullptr);
         char buf[16];
         recv(syncConnection, buf, sizeof(buf), 0);
         close(syncConnection);
@@ -518,8 +534,6 @@ TEST(TcpTransport, SynchronousCallsOnTheCallingThread) {
     EXPECT_NE(r.error.find("recv: Connection reset"), std::string::npos) << r.error;
     lonely->stop();
     EXPECT_FALSE(lonely->callSync(0, makeRequest(8, 8), &r));  // stopped
-    close(loadConnection);
-    close(listener);
 }
 
 bool haveIpv6Loopback() {
