@@ -27,6 +27,7 @@ uint64_t clockSeededFirstId() {
 constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a timed wait
 constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
+constexpr size_t kMinCallbackFlush = 8;          // see runCallbacks()
 constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
 
 // The endpoint whose batch this thread runs now (its callbacks inside the loop, a handler,
@@ -408,6 +409,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     bool idle = false;
     bool block = false;
     bool freeze = false;
+    size_t callsWaiting = 0;  // calls still in flight besides those in `ready`
     if (!rx.empty()) HOMA_TRACE("loop rx %u packets", rx.size());
     {
         std::lock_guard lk(mu_);
@@ -444,6 +446,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         countEngineTime(engineStart);
         dispatch(ready, now);
+        callsWaiting = calls_.size();
         freeze = engine_->takeFreeze();
         // Acks wait for the callbacks when there are any: the requests they start carry
         // them (Engine::sendDueAcks).
@@ -465,7 +468,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         }
     }
     if (freeze) freezeTrace();
-    runCallbacks(ready);
+    runCallbacks(ready, callsWaiting);
     if (idle && maxWaitNs != 0) {
         bool poked = false;
         // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
@@ -488,16 +491,30 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     return idle ? waitNs : 0;
 }
 
-void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready, size_t callsWaiting) {
     if (ready.empty()) return;
     // Counted before they run: whoever a callback tells that its call finished must find
     // that call counted.
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
+    // What the callbacks send leaves in batches of half the calls that were in flight:
+    // when most of this endpoint's calls finished at once (a closed loop whose peers
+    // answered a whole batch together), the calls their callbacks start go out in two
+    // halves, so the peers work on the first while this thread runs the second. In one
+    // batch, each side would idle while the other works (see docs/design.md).
+    const size_t half = callsWaiting == kNoSplit ? 0 : (callsWaiting + ready.size()) / 2;
+    const size_t flushEvery = half >= kMinCallbackFlush && ready.size() > half ? half : 0;
     Batch batch(this);
+    size_t ran = 0;
     for (auto& [callback, response] : ready) {
         HOMA_TRACE("callback id %u", response.id);
         callback(std::move(response));
+        if (flushEvery != 0 && ++ran % flushEvery == 0 && ran < ready.size()) {
+            std::lock_guard lk(mu_);
+            releaseDeferred();
+            engine_->sendDueAcks();
+            driver_->flush();
+        }
     }
     ready.clear();
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);

@@ -8,11 +8,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <functional>
 #include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -346,8 +348,6 @@ TEST(Endpoint, CallsOnAnotherEndpointFromHandlersAndCallbacksLeaveAtOnce) {
     EXPECT_EQ(heldInCallback.load(), 0) << "calls started by a callback waited in the queue";
 }
 
-// A burst of asynchronous calls started inside a CallBatch leaves in one system call
-// (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
 // Requests may outlive their endpoint (a request holds the endpoint through its message):
 // reading, answering (Shutdown) and dropping them afterwards is safe, answered or not.
 TEST(Endpoint, RequestsMayOutliveTheirEndpoint) {
@@ -376,6 +376,8 @@ TEST(Endpoint, RequestsMayOutliveTheirEndpoint) {
     EXPECT_FALSE(f2.get().status.isOk());
 }
 
+// A burst of asynchronous calls started inside a CallBatch leaves in one system call
+// (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
 TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
     auto server = echoServer();
     auto client = Endpoint::open(loopback());
@@ -401,6 +403,85 @@ TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
     // under ThreadSanitizer with other tests running: a few more sends, not one per call.)
     EXPECT_GE(sends, 1u);
     EXPECT_LE(sends, 10u) << "one sendmmsg per call instead of one for the burst";
+}
+
+// A closed loop: `inFlight` calls, of which the server first answers `answered` in one
+// burst (one GSO datagram, so the client reads them in one receive); each callback starts
+// another call. Returns, for each callback of the burst in the order they ran, how many
+// sendmmsg calls the client had made before it; empty if the burst did not reach the
+// client in one receive (then the caller tries again).
+std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    EXPECT_TRUE(server && client);
+    if (!server || !client) return {};
+    std::mutex mu;
+    std::vector<uint64_t> sends, receives;
+    std::atomic<int> secondRound{0};
+    std::promise<void> burstDone;
+    auto next = [&](Response) { ++secondRound; };
+    auto first = [&](Response r) {
+        EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+        MetricsSnapshot m = client->metrics();
+        client->callAsync(server->address(), bytesOf(64, 2), next);
+        std::lock_guard lk(mu);
+        sends.push_back(m.get("udp_send_calls"));
+        receives.push_back(m.get("udp_receive_calls"));
+        if (static_cast<int>(sends.size()) == answered) burstDone.set_value();
+    };
+    {
+        Endpoint::CallBatch batch(*client);
+        for (int i = 0; i < inFlight; ++i) client->callAsync(server->address(), bytesOf(64, 1), first);
+    }
+    std::deque<ServerRequest> held;
+    auto take = [&](int n) {
+        for (int i = 0; i < n; ++i) {
+            std::optional<ServerRequest> r = server->receive(5s);
+            EXPECT_TRUE(r) << "request " << i << " of " << n;
+            if (r) held.push_back(std::move(*r));
+        }
+    };
+    auto answer = [&](size_t n) {
+        Endpoint::CallBatch batch(*server);
+        for (size_t i = 0; i < n && !held.empty(); ++i, held.pop_front())
+            EXPECT_TRUE(held.front().respond(bytesOf(64, 3)).isOk());
+    };
+    take(inFlight);
+    answer(static_cast<size_t>(answered));
+    EXPECT_EQ(burstDone.get_future().wait_for(10s), std::future_status::ready);
+    take(answered);  // the calls the burst's callbacks started
+    answer(held.size());
+    take(inFlight - answered);  // the calls the other callbacks started
+    answer(held.size());
+    for (int i = 0; i < 1000 && secondRound < inFlight; ++i) std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(secondRound.load(), inFlight);
+    std::lock_guard lk(mu);
+    if (static_cast<int>(sends.size()) < answered) return {};
+    sends.resize(static_cast<size_t>(answered));
+    receives.resize(static_cast<size_t>(answered));
+    if (std::set<uint64_t>(receives.begin(), receives.end()).size() != 1) return {};
+    return sends;
+}
+
+// When most of a client's calls finish together, the calls their callbacks start leave
+// in two halves, so that the server works on the first half while the client runs the
+// callbacks of the second (the pipelining that doubles a closed loop's rate on two
+// cores); when only a few of its calls finish at once, they leave together.
+TEST(Endpoint, CallsStartedByABurstOfCallbacksLeaveInTwoHalves) {
+    constexpr int kCalls = 32;
+    std::vector<uint64_t> sends;
+    for (int attempt = 0; attempt < 5 && sends.empty(); ++attempt) sends = sendsSeenByCallbacksOfABurst(kCalls, kCalls);
+    ASSERT_EQ(sends.size(), size_t{kCalls}) << "the responses never reached the client in one receive";
+    for (int i = 0; i < kCalls; ++i)
+        EXPECT_EQ(sends[i], sends[0] + (i < kCalls / 2 ? 0 : 1)) << "callback " << i;
+}
+
+TEST(Endpoint, CallsStartedByAFewOfManyCallbacksLeaveTogether) {
+    // Half of 64 calls finish together: their callbacks' calls leave in one batch.
+    std::vector<uint64_t> sends;
+    for (int attempt = 0; attempt < 5 && sends.empty(); ++attempt) sends = sendsSeenByCallbacksOfABurst(64, 32);
+    ASSERT_EQ(sends.size(), 32u) << "the responses never reached the client in one receive";
+    for (size_t i = 0; i < sends.size(); ++i) EXPECT_EQ(sends[i], sends[0]) << "callback " << i;
 }
 
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
