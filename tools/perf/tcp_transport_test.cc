@@ -480,6 +480,51 @@ TEST(TcpTransport, ServerClosingTheConnectionFailsPendingCalls) {
     client->stop();
 }
 
+// As Homa's endpoint does: when a read finishes most of a connection's calls, the calls
+// their completions start leave in two halves, so the server can work on the first while
+// the client completes the rest. The 17th of 32 completions finds the 16 requests the
+// first 16 started already at the server.
+TEST(TcpTransport, CallsStartedByABurstOfCompletionsLeaveInTwoHalves) {
+    SilentServer silent;
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* client = silent.client.get();
+    constexpr int kCalls = 32;
+    constexpr size_t kFrame = 4 + 64;  // a request or response of 64 bytes with its length
+    std::atomic<int> firstRound{0};
+    std::atomic<ssize_t> atServerBefore17th{-1};
+    Completions completions;
+    auto next = [&](CallResult r) { completions.add(r); };
+    auto first = [&](CallResult r) {
+        EXPECT_TRUE(r.ok) << r.error;
+        if (++firstRound == kCalls / 2 + 1) {
+            std::vector<char> peek(kCalls * kFrame);
+            atServerBefore17th = recv(silent.accepted, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
+        }
+        client->call(0, makeRequest(64, 64), next);
+        completions.add(r);
+    };
+    for (int i = 0; i < kCalls; ++i) client->call(0, makeRequest(64, 64), first);
+    std::vector<char> in(kCalls * kFrame);
+    for (size_t got = 0; got < in.size();) {
+        ssize_t r = recv(silent.accepted, in.data() + got, in.size() - got, 0);
+        ASSERT_GT(r, 0);
+        got += static_cast<size_t>(r);
+    }
+    // All 32 responses in one write, so the client reads them at once.
+    std::vector<uint8_t> out(kCalls * kFrame, 0x5a);
+    for (int i = 0; i < kCalls; ++i) {
+        uint8_t* p = out.data() + i * kFrame;
+        p[0] = p[1] = p[2] = 0;
+        p[3] = 64;
+    }
+    ASSERT_EQ(send(silent.accepted, out.data(), out.size(), 0), static_cast<ssize_t>(out.size()));
+    ASSERT_TRUE(completions.waitFor(kCalls));
+    EXPECT_EQ(atServerBefore17th.load(), static_cast<ssize_t>(kCalls / 2 * kFrame))
+        << "the requests started by the first half of the completions waited for the second half";
+    client->stop();  // fails the second round's calls
+    ASSERT_TRUE(completions.waitFor(2 * kCalls));
+}
+
 TEST(TcpTransport, RejectsBadCallArgumentsAtOnce) {
     auto server = startServer(kLoopback, 1, TcpOptions{});
     ASSERT_NE(server, nullptr);
