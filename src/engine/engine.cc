@@ -503,15 +503,25 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             return;
         case wire::PacketType::Resend:
             if (!rpc) {
+                // A client asking about an id we used already: a new copy of its request
+                // would be dropped as stale (at-most-once), so its call can only end.
+                // Say so, rather than let it send the request again until it times out.
+                auto usedId = [&](const Peer* pr) { return fromClient && pr && pr->seen && pr->seen->contains(clientId); };
+                if (usedId(peer)) {
+                    sendControl(peer, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, wire::kFlagIdUsed);
+                    return;
+                }
                 if (fromClient && overloaded()) {
                     // Probably a request we refused; it would be refused again now, so
                     // the client should wait (and back off), not send it again.
                     sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);
                     return;
                 }
-                // We have no state: say so, so the peer can restart (client) or discard (server).
+                // We have no state: say so, so the peer can restart (client) or discard
+                // (server). (A peer made anew here may remember ids served before it was
+                // evicted: see rememberServedIds.)
                 Peer* to = peer ? peer : getPeer(source, now);
-                if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
+                if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, usedId(to) ? wire::kFlagIdUsed : 0);
                 return;
             }
             handleResend(rpc, p.resend);
@@ -528,7 +538,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             return;
         case wire::PacketType::RpcUnknown:
             if (!rpc) break;
-            handleRpcUnknown(rpc, now);
+            handleRpcUnknown(rpc, p.common.flags, now);
             return;
         case wire::PacketType::Cutoffs: {
             Peer* to = peer ? peer : getPeer(source, now);
@@ -565,11 +575,21 @@ void Engine::handleGrant(Rpc* rpc, const wire::Packet& p) {
     if (!rpc->sendHook.is_linked()) updateSendable(rpc);
 }
 
-void Engine::handleRpcUnknown(Rpc* rpc, Time now) {
+void Engine::handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now) {
     if (!rpc->isClient()) {
         // The client no longer knows this RPC (it aborted or finished it): discard it.
         ++m_.serverRpcsAborted;
         freeRpc(rpc);
+        return;
+    }
+    if (flags & wire::kFlagIdUsed) {
+        // The server used this id already and will not serve it again: whether it ran the
+        // request is unknown (it did if it answered and lost the response's state; it did
+        // not if it refused the request until newer ones pushed the id below its window).
+        ++m_.clientRpcsRefusedStale;
+        failRpc(rpc, Status(StatusCode::Aborted,
+                            "the server will not serve this request: it has used its id already (it may or may not have "
+                            "executed it; under overload, newer calls to it moved past the id)"));
         return;
     }
     // The server lost the request (it never got it, or restarted): send it all again.
@@ -611,15 +631,16 @@ void Engine::countSent(wire::PacketType type, uint8_t priority, size_t bytes) {
     m_.bytesByPriority[priority & 7] += bytes;
 }
 
-void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type) {
-    sendControl(peer->address, senderId, type);
+void Engine::sendControl(Peer* peer, uint64_t senderId, wire::PacketType type, uint8_t flags) {
+    sendControl(peer->address, senderId, type, flags);
 }
 
-void Engine::sendControl(const Address& to, uint64_t senderId, wire::PacketType type) {
+void Engine::sendControl(const Address& to, uint64_t senderId, wire::PacketType type, uint8_t flags) {
     wire::CommonHeader c;
     c.sport = cfg_.port;
     c.dport = to.port;
     c.type = type;
+    c.flags = flags;
     c.senderId = senderId;
     size_t n = wire::encodeEmpty(scratch_, c);
     if (type == wire::PacketType::Busy) ++m_.busySent;

@@ -191,9 +191,9 @@ class Engine {
     Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
     void failRpc(Rpc* rpc, Status status);
     void handleGrant(Rpc* rpc, const wire::Packet& p);
-    void handleRpcUnknown(Rpc* rpc, Time now);
-    void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type);
-    void sendControl(const Address& to, uint64_t senderId, wire::PacketType type);
+    void handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now);
+    void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type, uint8_t flags = 0);
+    void sendControl(const Address& to, uint64_t senderId, wire::PacketType type, uint8_t flags = 0);
     /// New requests are being refused (maxPendingRequests are pending).
     bool overloaded() const { return cfg_.maxPendingRequests != 0 && pendingRequests_ >= cfg_.maxPendingRequests; }
     void sendResend(Rpc* rpc, uint32_t offset, uint32_t length, uint8_t priority);

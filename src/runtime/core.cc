@@ -991,6 +991,7 @@ MetricsSnapshot Core::metrics() {
     add("client_rpcs_timed_out", m.clientRpcsTimedOut);
     add("client_rpcs_aborted", m.clientRpcsAborted);
     add("client_restarts", m.clientRestarts);
+    add("client_rpcs_refused_stale", m.clientRpcsRefusedStale);
     for (size_t code = 1; code <= static_cast<size_t>(StatusCode::Aborted); ++code) {
         std::string name = std::string("calls_failed_") + toString(static_cast<StatusCode>(code));
         std::replace(name.begin(), name.end(), ' ', '_');

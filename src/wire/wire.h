@@ -40,6 +40,12 @@ inline constexpr int kMaxAcksPerPacket = 5;
 // RESEND length meaning "everything sent so far".
 inline constexpr uint32_t kResendAll = 0xFFFFFFFF;
 
+// CommonHeader::flags of an RPC_UNKNOWN from a server: the server has used this client
+// id already (it may have executed the request, or lost track of it below its
+// at-most-once window), so it will not serve a new copy of the request: the client
+// ends the call instead of sending the request again.
+inline constexpr uint8_t kFlagIdUsed = 0x01;
+
 struct CommonHeader {
   uint16_t sport = 0;
   uint16_t dport = 0;
@@ -47,7 +53,7 @@ struct CommonHeader {
   // copies of the offset cannot disagree.
   uint32_t sequence = 0;
   PacketType type = PacketType::Data;
-  uint8_t flags = 0;
+  uint8_t flags = 0;  // kFlagIdUsed (RPC_UNKNOWN); 0 otherwise
   // The sender's id for the RPC; the receiver looks up senderId ^ 1.
   uint64_t senderId = 0;
 

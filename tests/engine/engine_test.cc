@@ -1038,25 +1038,71 @@ TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
     }
     ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
     ASSERT_EQ(p.b.peerCount(), 0u);
-    // The client wakes up: RESEND, RPC_UNKNOWN, the request again.
-    for (int i = 0; i < p.cfgA.resendTicks + 2 && p.a.metrics().clientRestarts == 0; ++i) {
+    // The client wakes up and asks (RESEND); the server, with the peer made anew, still
+    // knows the id was served: RPC_UNKNOWN flagged "id used", and the call ends at once.
+    // (Before the served ids outlived the peer, a plain RPC_UNKNOWN made the client send
+    // its request again, and it ran twice.)
+    std::vector<Delivery> ended;
+    for (int i = 0; i < p.cfgA.resendTicks + 2 && ended.empty(); ++i) {
         p.tick();
         p.pump();
+        ended = p.deliveries(p.a);
     }
-    ASSERT_EQ(p.a.metrics().clientRestarts, 1u);
-    p.pump();
     EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
-    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 1u);
-    // The client's call then ends in a timeout (never a second execution).
-    for (int i = 0; i < 2 * p.cfgA.timeoutTicks; ++i) {
-        p.tick();
-        p.pump();
-    }
-    auto ended = p.deliveries(p.a);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 0u) << "the client sent its request again";
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, id);
-    EXPECT_EQ(ended[0].status.code(), StatusCode::Timeout);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted);
+    EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 1u);
+}
+
+// A request the server never ran, whose id fell below its at-most-once window while it
+// was out of reach (refused under overload in real life; its packets lost here) and newer
+// requests of the same client were served: the server can no longer accept it, and its
+// call ends at its first RESEND, not at its timeout.
+TEST(Engine, ARequestBelowTheServersWindowFailsAtOnceInsteadOfTimingOut) {
+    Config cb = baseConfig();
+    cb.seenIdWindow = 64;
+    Pair p(baseConfig(), cb);
+    const uint64_t lost = p.call(100);
+    p.sinkA.take();  // never reaches the server
+    p.roundTrips(100, 100);  // 100 newer ids: the window slides past the first
+    p.releaseAll(p.a);
+    std::vector<Delivery> ended;
+    int ticks = 0;
+    for (; ticks < p.cfgA.timeoutTicks && ended.empty(); ++ticks) {
+        p.tick();
+        p.pump();
+        ended = p.deliveries(p.a);
+    }
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, lost);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
+    EXPECT_LE(ticks, p.cfgA.resendTicks + 1) << "the call waited for more than its first RESEND";
+    EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 1u);
+    EXPECT_EQ(p.b.metrics().serverRequestsReceived, 100u) << "the lost request was served";
     EXPECT_TRUE(p.deliveries(p.b).empty());
+}
+
+// An RPC_UNKNOWN flagged "id used" for an id the client does not know (a late copy after
+// the call finished) changes nothing; a plain one still restarts the request.
+TEST(Engine, OnlyAFlaggedRpcUnknownEndsACall) {
+    Pair p;
+    const uint64_t id = p.call(100);
+    p.sinkA.take();
+    wire::CommonHeader c = from(id | 1);
+    p.a.receive(kB, encode(c, wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    wire::CommonHeader other = from((id + 2) | 1);
+    other.flags = wire::kFlagIdUsed;
+    p.a.receive(kB, encode(other, wire::PacketType::RpcUnknown), p.now);
+    EXPECT_TRUE(p.deliveries(p.a).empty()) << "a call we never made ended";
+    c.flags = wire::kFlagIdUsed;
+    p.a.receive(kB, encode(c, wire::PacketType::RpcUnknown), p.now);
+    auto ended = p.deliveries(p.a);
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted);
 }
 
 // ---------------------------------------------------------------- grants

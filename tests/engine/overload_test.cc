@@ -68,7 +68,7 @@ OverloadResult runOverload(double offeredFactor, uint32_t maxPending, uint64_t s
     for (sim::Time t = 0; t < end;) {
         t += static_cast<sim::Time>(gap(rng)) + 1;
         uint32_t client = static_cast<uint32_t>(rng() % 4);
-        c.net.at(t, [&c, client, serverHost] { c.host(client).call(serverHost, std::vector<uint8_t>(100, 2), 0); });
+        c.net.at(t, [&c, client, to = serverHost] { c.host(client).call(to, std::vector<uint8_t>(100, 2), 0); });
     }
     c.net.runUntil(end + 300'000'000);  // then let admitted work drain
 

@@ -86,7 +86,7 @@ SoakResult runSeed(uint64_t seed, int rpcs) {
         uint64_t cookie = static_cast<uint64_t>(i);
         std::vector<uint8_t> request = makeRequest(seed * 1'000'003 + cookie, req, resp);
         clients[client].rpcs[cookie].expected = expectedResponse(request);
-        c.net.at(t, [&c, &clients, client, server, cookie, request] {
+        c.net.at(t, [&c, client, server, cookie, request] {
             Status s = c.host(client).call(server, request, cookie);
             EXPECT_TRUE(s.isOk()) << s.toString();
         });
