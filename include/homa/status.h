@@ -17,7 +17,8 @@ enum class StatusCode {
     OutOfBuffers,     ///< no buffer space for the message, try again later
     InvalidArgument,  ///< an argument broke the API's contract
     NoSuchRpc,        ///< the RPC named does not exist (finished, aborted or never was)
-    Aborted,          ///< the RPC was aborted by the application or by the peer
+    Aborted,          ///< the RPC was aborted by the application or by the peer (e.g. a
+                      ///< server that used the request's id already: see docs/api.md)
 };
 
 /// Short lower-case name of a code, e.g. "timeout".
