@@ -1066,8 +1066,7 @@ TEST(Engine, ARequestBelowTheServersWindowFailsAtOnceInsteadOfTimingOut) {
     Pair p(baseConfig(), cb);
     const uint64_t lost = p.call(100);
     p.sinkA.take();  // never reaches the server
-    p.roundTrips(100, 100);  // 100 newer ids: the window slides past the first
-    p.releaseAll(p.a);
+    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);  // 100 newer ids: the window slides past the first
     std::vector<Delivery> ended;
     int ticks = 0;
     for (; ticks < p.cfgA.timeoutTicks && ended.empty(); ++ticks) {
