@@ -717,6 +717,8 @@ class TcpClient final : public ClientTransport {
         int& fd = syncFds_[server];
         auto fail = [&](const std::string& why) {
             result->error = why + ": " + std::strerror(errno);
+            if (stopped_.load(std::memory_order_acquire)) result->error = "stopped";  // (stop() shut its socket)
+            setActiveSyncFd(-1);
             if (fd >= 0) ::close(fd);
             fd = -1;
             return true;
@@ -729,8 +731,13 @@ class TcpClient final : public ClientTransport {
             timeval tv{5, 0};  // a server that stops answering fails the call, not hangs it
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+            setActiveSyncFd(fd);
+            if (stopped_.load(std::memory_order_acquire)) return fail("stopped");
             if (::connect(fd, &sa.sa, len) != 0) return fail("connect");
             setNoDelay(fd);
+        } else {
+            setActiveSyncFd(fd);
+            if (stopped_.load(std::memory_order_acquire)) return fail("stopped");
         }
         std::vector<uint8_t> frame(4 + request.size());
         storeBe32(frame.data(), static_cast<uint32_t>(request.size()));
@@ -758,15 +765,21 @@ class TcpClient final : public ClientTransport {
         }
         syncScratch_.resize(length);
         if (!readAll(syncScratch_.data(), length)) return fail("recv");
+        setActiveSyncFd(-1);
         result->ok = true;
         result->responseLength = length;
         return true;
     }
 
     void stop() override {
-        // Stopped first: a callSync waiting for syncMu_ then opens no new connection. (One
-        // already in a receive ends within its 5 s timeout.)
+        // Stopped first: a callSync waiting for syncMu_ then opens no new connection, and
+        // one that publishes its socket afterwards sees it. One blocked in a send or a
+        // receive is woken by shutting its socket down (it fails with "stopped").
         stopped_.store(true, std::memory_order_release);
+        {
+            std::lock_guard<std::mutex> lock(syncActiveMu_);
+            if (syncActiveFd_ >= 0) ::shutdown(syncActiveFd_, SHUT_RDWR);
+        }
         {
             std::lock_guard<std::mutex> lock(syncMu_);
             for (int& fd : syncFds_)
@@ -1073,6 +1086,13 @@ class TcpClient final : public ClientTransport {
     std::mutex syncMu_;              ///< callSync's connections and buffer
     std::vector<int> syncFds_;       ///< per server, -1 until first used (syncMu_)
     std::vector<uint8_t> syncScratch_;  ///< (syncMu_)
+    std::mutex syncActiveMu_;
+    int syncActiveFd_ = -1;  ///< the socket of the callSync in progress, for stop() (syncActiveMu_)
+
+    void setActiveSyncFd(int fd) {
+        std::lock_guard<std::mutex> lock(syncActiveMu_);
+        syncActiveFd_ = fd;
+    }
 };
 
 }  // namespace

@@ -581,6 +581,32 @@ TEST(TcpTransport, SynchronousCallsOnTheCallingThread) {
     EXPECT_FALSE(lonely->callSync(0, makeRequest(8, 8), &r));  // stopped
 }
 
+// stop() ends a callSync blocked waiting for a server that never answers at once, with
+// "stopped", instead of leaving it to its 5 s receive timeout.
+TEST(TcpTransport, StopEndsASynchronousCallWaitingForItsResponse) {
+    SilentServer silent;
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* client = silent.client.get();
+    std::atomic<bool> accepted{false};
+    std::thread server([&] {
+        int syncConnection = accept(silent.listener, nullptr, nullptr);
+        char buf[16];
+        recv(syncConnection, buf, sizeof(buf), 0);  // the request arrived: the call waits
+        accepted = true;
+        char rest[16];
+        recv(syncConnection, rest, sizeof(rest), 0);  // until the client closes
+        close(syncConnection);
+    });
+    CallResult r;
+    std::thread caller([&] { client->callSync(0, makeRequest(8, 8), &r); });
+    while (!accepted) std::this_thread::sleep_for(1ms);
+    client->stop();
+    caller.join();
+    server.join();
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error, "stopped");
+}
+
 bool haveIpv6Loopback() {
     int fd = socket(AF_INET6, SOCK_STREAM, 0);
     if (fd < 0) return false;
