@@ -171,7 +171,8 @@ void Engine::evictPeer(Peer* peer) {
     if (lastPeer_ == peer) lastPeer_ = nullptr;
     // At-most-once outlives the peer: the highest id it was served stays behind, so that
     // a request of that client that comes back later (a client paused for longer than
-    // peerIdleNs restarts its RPC after our RPC_UNKNOWN) is not run a second time.
+    // peerIdleNs asks about its RPC) is not run a second time: the peer made anew counts
+    // the id as used (its RESEND gets RPC_UNKNOWN flagged "id used").
     if (peer->seen && peer->seen->highest() != 0) rememberServedIds(peer->address, peer->seen->highest());
     peers_.erase(peer->address);
 }

@@ -48,12 +48,22 @@ class SeenIds {
         uint64_t i = id >> 1;
         if (!initialised_ || i < base_ || i >= base_ + capacity()) return;
         bits_[(i % capacity()) / 64] &= ~(uint64_t{1} << (i % 64));
+        if (id != highest_) return;
+        // highest() must not name an id that was never executed (an evicted peer leaves
+        // it behind as served): the next id down still seen, or the top of the ids below
+        // the window (which all count as seen), or none.
+        highest_ = base_ > 0 ? (base_ - 1) << 1 : 0;
+        for (uint64_t j = i; j-- > base_;)
+            if ((bits_[(j % capacity()) / 64] >> (j % 64)) & 1) {
+                highest_ = j << 1;
+                break;
+            }
     }
 
     uint64_t capacity() const { return bits_.size() * 64; }
 
-    /// The highest id ever marked (0 if none): what must stay seen when this set is
-    /// dropped (see Engine::evictPeer).
+    /// The highest id seen and not forgotten (0 if none): what must stay seen when this
+    /// set is dropped (see Engine::evictPeer).
     uint64_t highest() const { return highest_; }
 
     /// Marks every id up to and including `id` as seen (a set made anew for a peer that

@@ -409,7 +409,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     bool idle = false;
     bool block = false;
     bool freeze = false;
-    size_t callsWaiting = 0;  // calls still in flight besides those in `ready`
+    size_t flushEvery = 0;  // see runCallbacks()
     if (!rx.empty()) HOMA_TRACE("loop rx %u packets", rx.size());
     {
         std::lock_guard lk(mu_);
@@ -445,8 +445,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         countEngineTime(engineStart);
+        const size_t refusedStarts = failedStarts_.size();  // (never in flight: dispatch moves them first)
         dispatch(ready, now);
-        callsWaiting = calls_.size();
+        flushEvery = callbackFlushInterval(ready.size() - refusedStarts, calls_.size());
         freeze = engine_->takeFreeze();
         // Acks wait for the callbacks when there are any: the requests they start carry
         // them (Engine::sendDueAcks).
@@ -468,7 +469,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         }
     }
     if (freeze) freezeTrace();
-    runCallbacks(ready, callsWaiting);
+    runCallbacks(ready, flushEvery);
     if (idle && maxWaitNs != 0) {
         bool poked = false;
         // A sleep shorter than the kernel's timer slack (~50 us) oversleeps by that much;
@@ -491,28 +492,31 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     return idle ? waitNs : 0;
 }
 
-void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready, size_t callsWaiting) {
+// When most of an endpoint's calls finish in one pass (a closed loop whose peers
+// answered a whole batch together), the calls their callbacks start go out in two
+// halves, so the peers work on the first while this thread runs the second; in one
+// batch, each side would idle while the other works (see docs/design.md). Returns the
+// number of callbacks after which to flush, 0 for one batch at the end.
+size_t Core::callbackFlushInterval(size_t finished, size_t stillInFlight) {
+    const size_t half = (finished + stillInFlight) / 2;
+    return half >= kMinCallbackFlush && finished > half ? half : 0;
+}
+
+void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready, size_t flushEvery) {
     if (ready.empty()) return;
     // Counted before they run: whoever a callback tells that its call finished must find
     // that call counted.
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
-    // What the callbacks send leaves in batches of half the calls that were in flight:
-    // when most of this endpoint's calls finished at once (a closed loop whose peers
-    // answered a whole batch together), the calls their callbacks start go out in two
-    // halves, so the peers work on the first while this thread runs the second. In one
-    // batch, each side would idle while the other works (see docs/design.md).
-    const size_t half = callsWaiting == kNoSplit ? 0 : (callsWaiting + ready.size()) / 2;
-    const size_t flushEvery = half >= kMinCallbackFlush && ready.size() > half ? half : 0;
     Batch batch(this);
     size_t ran = 0;
     for (auto& [callback, response] : ready) {
         HOMA_TRACE("callback id %u", response.id);
         callback(std::move(response));
         if (flushEvery != 0 && ++ran % flushEvery == 0 && ran < ready.size()) {
+            // (Acks wait for the end: the requests the other callbacks start carry them.)
             std::lock_guard lk(mu_);
             releaseDeferred();
-            engine_->sendDueAcks();
             driver_->flush();
         }
     }

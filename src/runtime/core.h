@@ -146,10 +146,10 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     Message makeMessage(const engine::ReceivedMessage& m);
     /// Runs callbacks collected under `mu_` (called without it), counting them; then, under
     /// `mu_`, returns the buffers they released, sends due acks and flushes.
-    /// `callsWaiting`: the calls still in flight besides those finished in `ready`, if
-    /// what the callbacks send may leave in two batches (see the definition).
-    static constexpr size_t kNoSplit = SIZE_MAX;
-    void runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready, size_t callsWaiting = kNoSplit);
+    /// With `flushEvery`, what the callbacks send also leaves after every `flushEvery`
+    /// callbacks (callbackFlushInterval()).
+    void runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& ready, size_t flushEvery = 0);
+    static size_t callbackFlushInterval(size_t finished, size_t stillInFlight);
     /// The thread's batch (see beginBatch()) for a scope that returns the buffers and
     /// flushes itself before it ends (runCallbacks()).
     class Batch {

@@ -1056,6 +1056,41 @@ TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
     EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 1u);
 }
 
+// The other side of the same rule: a request the server gave up on while it was still
+// arriving was never executed, and stays servable when its peer is evicted meanwhile.
+TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
+    Config cb = baseConfig();
+    cb.peerGcThreshold = 0;
+    cb.peerIdleNs = 5'000'000;
+    Pair p(baseConfig(), cb);
+    p.call(5'000);
+    auto packets = p.sinkA.take();
+    ASSERT_GT(packets.size(), 1u);
+    p.b.receive(kA, packets[0].bytes, p.now);  // only the first packet arrives
+    // The client is paused: only B's timer runs. B gives the request up, then evicts the
+    // idle peer.
+    for (int i = 0; i < 20 * cb.timeoutTicks && p.b.metrics().peersEvicted == 0; ++i) {
+        p.now += cb.tickNs;
+        p.b.advance(p.now);
+        p.sinkB.take();
+    }
+    ASSERT_EQ(p.b.metrics().serverRpcsTimedOut, 1u);
+    ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
+    // The client wakes up and asks: RPC_UNKNOWN (not "id used"), and it sends the
+    // request again, which is served.
+    for (int i = 0; i < p.cfgA.resendTicks + 2 && p.a.metrics().clientRestarts == 0; ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 0u) << "a request that never ran was refused";
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    p.pump();
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    EXPECT_EQ(served[0].message.length, 5'000u);
+    p.b.releaseMessage(served[0].message, p.now);
+}
+
 // A request the server never ran, whose id fell below its at-most-once window while it
 // was out of reach (refused under overload in real life; its packets lost here) and newer
 // requests of the same client were served: the server can no longer accept it, and its

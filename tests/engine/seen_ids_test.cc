@@ -51,6 +51,25 @@ TEST(SeenIds, ForgetUnmarksOnlyThatIdAndOnlyInsideTheWindow) {
     EXPECT_TRUE(s.contains(1002)) << "ids below the window always count as seen";
 }
 
+// highest() is what an evicted peer leaves behind as served: a forgotten id (a request
+// given up before it ran) must not stay in it.
+TEST(SeenIds, ForgettingTheHighestIdLowersHighest) {
+    SeenIds s(128);
+    s.insert(1000);
+    s.insert(1002);
+    s.insert(1006);
+    s.forget(1002);
+    EXPECT_EQ(s.highest(), 1006u) << "forgetting a lower id changes nothing";
+    s.forget(1006);
+    EXPECT_EQ(s.highest(), 1000u);
+    s.forget(1000);
+    // Nothing left in the window: the top of the ids below it (1000 / 2 - 64 - 1), which
+    // all count as seen.
+    EXPECT_EQ(s.highest(), 870u);
+    EXPECT_TRUE(s.contains(870));
+    EXPECT_FALSE(s.contains(872));
+}
+
 }  // namespace
 // A set made anew for a peer that was forgotten: everything up to the highest id it was
 // served counts as seen; later ids are new.

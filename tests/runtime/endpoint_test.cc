@@ -411,14 +411,15 @@ TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
 // sendmmsg calls the client had made before it; empty if the burst did not reach the
 // client in one receive (then the caller tries again).
 std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
-    auto server = Endpoint::open(loopback());
-    auto client = Endpoint::open(loopback());
-    EXPECT_TRUE(server && client);
-    if (!server || !client) return {};
+    // (Declared before the endpoints, whose shutdown may still run callbacks.)
     std::mutex mu;
     std::vector<uint64_t> sends, receives;
     std::atomic<int> secondRound{0};
     std::promise<void> burstDone;
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    EXPECT_TRUE(server && client);
+    if (!server || !client) return {};
     auto next = [&](Response) { ++secondRound; };
     auto first = [&](Response r) {
         EXPECT_TRUE(r.status.isOk()) << r.status.toString();

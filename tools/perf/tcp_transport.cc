@@ -715,9 +715,14 @@ class TcpClient final : public ClientTransport {
         if (request.size() < 4 || request.size() > options_.maxMessageLength) return false;
         if (syncFds_.size() < servers_.size()) syncFds_.resize(servers_.size(), -1);
         int& fd = syncFds_[server];
+        // stop() came before this call published its socket: nothing sent.
+        auto stoppedBefore = [&] {
+            setActiveSyncFd(-1);
+            return false;
+        };
         auto fail = [&](const std::string& why) {
             result->error = why + ": " + std::strerror(errno);
-            if (stopped_.load(std::memory_order_acquire)) result->error = "stopped";  // (stop() shut its socket)
+            if (syncInterrupted_.load(std::memory_order_acquire)) result->error = "stopped";  // stop() shut its socket
             setActiveSyncFd(-1);
             if (fd >= 0) ::close(fd);
             fd = -1;
@@ -732,12 +737,12 @@ class TcpClient final : public ClientTransport {
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
             setActiveSyncFd(fd);
-            if (stopped_.load(std::memory_order_acquire)) return fail("stopped");
+            if (stopped_.load(std::memory_order_acquire)) return stoppedBefore();
             if (::connect(fd, &sa.sa, len) != 0) return fail("connect");
             setNoDelay(fd);
         } else {
             setActiveSyncFd(fd);
-            if (stopped_.load(std::memory_order_acquire)) return fail("stopped");
+            if (stopped_.load(std::memory_order_acquire)) return stoppedBefore();
         }
         std::vector<uint8_t> frame(4 + request.size());
         storeBe32(frame.data(), static_cast<uint32_t>(request.size()));
@@ -778,7 +783,10 @@ class TcpClient final : public ClientTransport {
         stopped_.store(true, std::memory_order_release);
         {
             std::lock_guard<std::mutex> lock(syncActiveMu_);
-            if (syncActiveFd_ >= 0) ::shutdown(syncActiveFd_, SHUT_RDWR);
+            if (syncActiveFd_ >= 0) {
+                syncInterrupted_.store(true, std::memory_order_release);
+                ::shutdown(syncActiveFd_, SHUT_RDWR);
+            }
         }
         {
             std::lock_guard<std::mutex> lock(syncMu_);
@@ -1088,6 +1096,7 @@ class TcpClient final : public ClientTransport {
     std::vector<uint8_t> syncScratch_;  ///< (syncMu_)
     std::mutex syncActiveMu_;
     int syncActiveFd_ = -1;  ///< the socket of the callSync in progress, for stop() (syncActiveMu_)
+    std::atomic<bool> syncInterrupted_{false};  ///< stop() shut a callSync's socket down
 
     void setActiveSyncFd(int fd) {
         std::lock_guard<std::mutex> lock(syncActiveMu_);

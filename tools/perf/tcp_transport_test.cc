@@ -485,20 +485,28 @@ TEST(TcpTransport, ServerClosingTheConnectionFailsPendingCalls) {
 // the client completes the rest. The 17th of 32 completions finds the 16 requests the
 // first 16 started already at the server.
 TEST(TcpTransport, CallsStartedByABurstOfCompletionsLeaveInTwoHalves) {
-    SilentServer silent;
-    ASSERT_TRUE(silent.ready());
-    ClientTransport* client = silent.client.get();
     constexpr int kCalls = 32;
     constexpr size_t kFrame = 4 + 64;  // a request or response of 64 bytes with its length
+    // (Declared before the client, which may still complete calls as it is destroyed.)
     std::atomic<int> firstRound{0};
     std::atomic<ssize_t> atServerBefore17th{-1};
     Completions completions;
+    SilentServer silent;
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* client = silent.client.get();
     auto next = [&](CallResult r) { completions.add(r); };
     auto first = [&](CallResult r) {
         EXPECT_TRUE(r.ok) << r.error;
         if (++firstRound == kCalls / 2 + 1) {
+            // The first half's requests were sent (the second half cannot be while this
+            // completion holds the client's thread); give loopback time to deliver them.
             std::vector<char> peek(kCalls * kFrame);
-            atServerBefore17th = recv(silent.accepted, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
+            const auto deadline = std::chrono::steady_clock::now() + 2s;
+            do {
+                atServerBefore17th = recv(silent.accepted, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
+                if (atServerBefore17th >= static_cast<ssize_t>(kCalls / 2 * kFrame)) break;
+                std::this_thread::sleep_for(1ms);
+            } while (std::chrono::steady_clock::now() < deadline);
         }
         client->call(0, makeRequest(64, 64), next);
         completions.add(r);
@@ -584,10 +592,10 @@ TEST(TcpTransport, SynchronousCallsOnTheCallingThread) {
 // stop() ends a callSync blocked waiting for a server that never answers at once, with
 // "stopped", instead of leaving it to its 5 s receive timeout.
 TEST(TcpTransport, StopEndsASynchronousCallWaitingForItsResponse) {
+    std::atomic<bool> accepted{false};
     SilentServer silent;
     ASSERT_TRUE(silent.ready());
     ClientTransport* client = silent.client.get();
-    std::atomic<bool> accepted{false};
     std::thread server([&] {
         int syncConnection = accept(silent.listener, nullptr, nullptr);
         char buf[16];
