@@ -408,12 +408,12 @@ TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
 // A closed loop: `inFlight` calls, of which the server first answers `answered` in one
 // burst (one GSO datagram, so the client reads them in one receive); each callback starts
 // another call. Returns, for each callback of the burst in the order they ran, how many
-// sendmmsg calls the client had made before it; empty if the burst did not reach the
-// client in one receive (then the caller tries again).
-std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
+// sendmmsg calls the client had made before it (and in `acksSeen`, how many ACK packets);
+// empty if the burst did not reach the client in one receive (then the caller tries again).
+std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered, std::vector<uint64_t>* acksSeen = nullptr) {
     // (Declared before the endpoints, whose shutdown may still run callbacks.)
     std::mutex mu;
-    std::vector<uint64_t> sends, receives;
+    std::vector<uint64_t> sends, receives, acks;
     std::atomic<int> secondRound{0};
     std::promise<void> burstDone;
     auto server = Endpoint::open(loopback());
@@ -428,6 +428,7 @@ std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
         std::lock_guard lk(mu);
         sends.push_back(m.get("udp_send_calls"));
         receives.push_back(m.get("udp_receive_calls"));
+        acks.push_back(m.get("ack_packets_sent"));
         if (static_cast<int>(sends.size()) == answered) burstDone.set_value();
     };
     {
@@ -460,6 +461,8 @@ std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
     if (static_cast<int>(sends.size()) < answered) return {};
     sends.resize(static_cast<size_t>(answered));
     receives.resize(static_cast<size_t>(answered));
+    acks.resize(static_cast<size_t>(answered));
+    if (acksSeen) *acksSeen = acks;
     if (std::set<uint64_t>(receives.begin(), receives.end()).size() != 1) return {};
     return sends;
 }
@@ -470,11 +473,15 @@ std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered) {
 // cores); when only a few of its calls finish at once, they leave together.
 TEST(Endpoint, CallsStartedByABurstOfCallbacksLeaveInTwoHalves) {
     constexpr int kCalls = 32;
-    std::vector<uint64_t> sends;
-    for (int attempt = 0; attempt < 5 && sends.empty(); ++attempt) sends = sendsSeenByCallbacksOfABurst(kCalls, kCalls);
+    std::vector<uint64_t> sends, acks;
+    for (int attempt = 0; attempt < 5 && sends.empty(); ++attempt)
+        sends = sendsSeenByCallbacksOfABurst(kCalls, kCalls, &acks);
     ASSERT_EQ(sends.size(), size_t{kCalls}) << "the responses never reached the client in one receive";
     for (int i = 0; i < kCalls; ++i)
         EXPECT_EQ(sends[i], sends[0] + (i < kCalls / 2 ? 0 : 1)) << "callback " << i;
+    // The acks of the burst's responses ride on the requests of both halves: the first
+    // half's send carries no ACK packets for the rest.
+    EXPECT_EQ(acks.back(), acks.front()) << "the first half's flush sent the second half's acks alone";
 }
 
 TEST(Endpoint, CallsStartedByAFewOfManyCallbacksLeaveTogether) {
