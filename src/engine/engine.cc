@@ -508,11 +508,8 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // would be dropped as stale (at-most-once), so its call can only end.
                 // Say so, rather than let it send the request again until it times out.
                 auto usedId = [&](const Peer* pr) { return fromClient && pr && pr->seen && pr->seen->contains(clientId); };
-                if (usedId(peer)) {
-                    sendControl(peer, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, wire::kFlagIdUsed);
-                    return;
-                }
-                if (fromClient && overloaded()) {
+                const bool used = usedId(peer);
+                if (!used && fromClient && overloaded()) {
                     // Probably a request we refused; it would be refused again now, so
                     // the client should wait (and back off), not send it again.
                     sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);
@@ -522,7 +519,9 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // (server). (A peer made anew here may remember ids served before it was
                 // evicted: see rememberServedIds.)
                 Peer* to = peer ? peer : getPeer(source, now);
-                if (to) sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, usedId(to) ? wire::kFlagIdUsed : 0);
+                if (to)
+                    sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown,
+                                used || (to != peer && usedId(to)) ? wire::kFlagIdUsed : 0);
                 return;
             }
             handleResend(rpc, p.resend);

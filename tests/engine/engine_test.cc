@@ -81,6 +81,17 @@ struct Pair {
         }
         return n;
     }
+    /// Ticks and pumps until `done()` holds, at most `limit` ticks; returns the ticks run.
+    template <class Done>
+    int tickUntil(int limit, Done done) {
+        int ticks = 0;
+        while (ticks < limit && !done()) {
+            tick();
+            pump();
+            ++ticks;
+        }
+        return ticks;
+    }
     void tick(int ticks = 1) {
         for (int i = 0; i < ticks; ++i) {
             now += cfgA.tickNs;
@@ -1043,11 +1054,7 @@ TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
     // (Before the served ids outlived the peer, a plain RPC_UNKNOWN made the client send
     // its request again, and it ran twice.)
     std::vector<Delivery> ended;
-    for (int i = 0; i < p.cfgA.resendTicks + 2 && ended.empty(); ++i) {
-        p.tick();
-        p.pump();
-        ended = p.deliveries(p.a);
-    }
+    p.tickUntil(p.cfgA.resendTicks + 2, [&] { return !(ended = p.deliveries(p.a)).empty(); });
     EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
     EXPECT_EQ(p.a.metrics().clientRestarts, 0u) << "the client sent its request again";
     ASSERT_EQ(ended.size(), 1u);
@@ -1078,10 +1085,7 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
     ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
     // The client wakes up and asks: RPC_UNKNOWN (not "id used"), and it sends the
     // request again, which is served.
-    for (int i = 0; i < p.cfgA.resendTicks + 2 && p.a.metrics().clientRestarts == 0; ++i) {
-        p.tick();
-        p.pump();
-    }
+    p.tickUntil(p.cfgA.resendTicks + 2, [&] { return p.a.metrics().clientRestarts != 0; });
     EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 0u) << "a request that never ran was refused";
     EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
     p.pump();
@@ -1103,12 +1107,7 @@ TEST(Engine, ARequestBelowTheServersWindowFailsAtOnceInsteadOfTimingOut) {
     p.sinkA.take();  // never reaches the server
     for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);  // 100 newer ids: the window slides past the first
     std::vector<Delivery> ended;
-    int ticks = 0;
-    for (; ticks < p.cfgA.timeoutTicks && ended.empty(); ++ticks) {
-        p.tick();
-        p.pump();
-        ended = p.deliveries(p.a);
-    }
+    const int ticks = p.tickUntil(p.cfgA.timeoutTicks, [&] { return !(ended = p.deliveries(p.a)).empty(); });
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, lost);
     EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
@@ -1137,6 +1136,30 @@ TEST(Engine, OnlyAFlaggedRpcUnknownEndsACall) {
     auto ended = p.deliveries(p.a);
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted);
+}
+
+// Bad input: flag bits the protocol does not define mean nothing (an RPC_UNKNOWN with all
+// of them but "id used" still restarts the request), and "id used" on an RPC_UNKNOWN to
+// a server's RPC only discards it, as a plain one does.
+TEST(Engine, UndefinedRpcUnknownFlagsAreIgnored) {
+    Pair p;
+    const uint64_t id = p.call(100);
+    p.sinkA.take();
+    wire::CommonHeader c = from(id | 1);
+    c.flags = static_cast<uint8_t>(~wire::kFlagIdUsed);
+    p.a.receive(kB, encode(c, wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    p.pump();
+    auto requests = p.deliveries(p.b);
+    ASSERT_EQ(requests.size(), 1u);
+    p.b.releaseMessage(requests[0].message, p.now);
+    wire::CommonHeader fromClient = from(id);
+    fromClient.flags = 0xff;
+    p.b.receive(kA, encode(fromClient, wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.b.metrics().serverRpcsAborted, 1u);
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+    EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 0u);
 }
 
 // ---------------------------------------------------------------- grants
