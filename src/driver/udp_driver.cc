@@ -369,6 +369,7 @@ bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady, int secon
     }
     HOMA_TRACE("udp wait timeout_ns %u", timeoutNs);
     // A negative descriptor is ignored by ppoll (its revents stay 0).
+    bump(rx_.waits);
     int r = ::ppoll(fds, 3, tp, nullptr);
     HOMA_TRACE("udp woke socket %u", r > 0 && (fds[0].revents & POLLIN));
     if (extraReady) *extraReady = r > 0 && extraFd >= 0 && (fds[1].revents & POLLIN);

@@ -42,6 +42,7 @@ struct UdpDriverStats {
     uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
     int lastSendErrno = 0;
     uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0, emptyDatagrams = 0;
+    uint64_t waitCalls = 0;  ///< ppoll calls made by wait()
     /// Packets received by the priority their IP TOS byte / traffic class carried (what
     /// the network delivered, where the sender set it: p << 5). Packets whose TOS could
     /// not be read are not counted here.
@@ -103,6 +104,7 @@ class UdpDriver {
         s.groBuffers = rx_.groBuffers.load(std::memory_order_relaxed);
         s.truncated = rx_.truncated.load(std::memory_order_relaxed);
         s.emptyDatagrams = rx_.empty.load(std::memory_order_relaxed);
+        s.waitCalls = rx_.waits.load(std::memory_order_relaxed);
         for (size_t p = 0; p < 8; ++p) s.packetsReceivedByPriority[p] = rx_.byPriority[p].load(std::memory_order_relaxed);
         return s;
     }
@@ -149,7 +151,7 @@ class UdpDriver {
     std::vector<TxMsg> txMsgs_;
     UdpDriverStats stats_;  // send side; the receive-side fields live in rx_
     struct RxCounters {
-        std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0}, empty{0};
+        std::atomic<uint64_t> packets{0}, bytes{0}, calls{0}, groBuffers{0}, truncated{0}, empty{0}, waits{0};
         std::array<std::atomic<uint64_t>, 8> byPriority{};
     } rx_;
     static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) {

@@ -399,11 +399,20 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     std::span<const driver::RxPacket> rx;
     // Bounded work per iteration: one receive batch. Skipped right after a read that
     // emptied the socket, when the next step is to wait anyway (saves a system call per
-    // packet); the wait then says whether there is more.
+    // packet); the wait then says whether there is more. But a pass that ran callbacks
+    // reads again first (see below).
     // The readable flag is consumed on every pass: left set, it would cost a read that
     // finds nothing on the pass after the one that emptied the socket.
     const bool readable = socketReadable_.exchange(false);
     if (!justDrained_ || readable) rx = driver_->receive();
+    if (std::exchange(readAfterCallbacks_, false) && !readable) {
+        if (rx.empty()) {
+            readAfterCallbacksSkip_ = readAfterCallbacksBackoff_;
+            readAfterCallbacksBackoff_ = std::min(2 * readAfterCallbacksBackoff_, kMaxReadAfterCallbacksSkip);
+        } else {
+            readAfterCallbacksBackoff_ = 1;
+        }
+    }
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
     bool idle = false;
@@ -469,6 +478,21 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         }
     }
     if (freeze) freezeTrace();
+    // While callbacks run, calls in flight may be answered (a closed loop's peers answer
+    // the first half while the second runs, see callbackFlushInterval): the socket
+    // drained before them is then no longer known empty, and reading it at once costs one
+    // system call where waiting first, to be told it is readable, costs two. (A pass with
+    // callbacks never waits: the next one reads.) When such a read finds nothing (one call
+    // at a time: its answer is still on the way), it costs one more, so after a miss the
+    // next 1, 2, 4 ... 64 passes with callbacks wait first as before.
+    if (!ready.empty() && justDrained_) {
+        if (readAfterCallbacksSkip_ > 0) {
+            --readAfterCallbacksSkip_;
+        } else {
+            justDrained_ = false;
+            readAfterCallbacks_ = true;
+        }
+    }
     runCallbacks(ready, flushEvery);
     if (idle && maxWaitNs != 0) {
         bool poked = false;
@@ -1061,6 +1085,7 @@ MetricsSnapshot Core::metrics() {
     add("udp_gso_batches", ds.gsoBatches);
     add("udp_send_errors", ds.sendErrors);
     add("udp_empty_datagrams", ds.emptyDatagrams);
+    add("udp_wait_calls", ds.waitCalls);
     for (size_t p = 0; p < ds.packetsReceivedByPriority.size(); ++p)
         add("udp_received_priority_" + std::to_string(p), ds.packetsReceivedByPriority[p]);
     return s;

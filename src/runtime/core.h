@@ -196,6 +196,13 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::atomic<bool> ownerBlocked_{false};  // the loop owner is in blockForPackets()
     bool ownerWakeFailed_ = false;  // a wake-up datagram could not be sent (under mu_)
     bool justDrained_ = false;                 // loop owner only: see iterate()
+    // The read after callbacks (iterate()), loop owner only: whether the next pass makes
+    // one, the passes with callbacks left to skip it after it found nothing, and how many
+    // the next miss skips (doubling up to kMaxReadAfterCallbacksSkip).
+    bool readAfterCallbacks_ = false;
+    uint32_t readAfterCallbacksSkip_ = 0;
+    uint32_t readAfterCallbacksBackoff_ = 1;
+    static constexpr uint32_t kMaxReadAfterCallbacksSkip = 64;
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
 
     mutable std::mutex mu_;

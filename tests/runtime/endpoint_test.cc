@@ -492,6 +492,42 @@ TEST(Endpoint, CallsStartedByAFewOfManyCallbacksLeaveTogether) {
     for (size_t i = 0; i < sends.size(); ++i) EXPECT_EQ(sends[i], sends[0]) << "callback " << i;
 }
 
+// A response that arrives while callbacks run is read at once after them, without first
+// waiting for the socket to say it is readable (the read before the callbacks had emptied
+// it; waiting then costs a system call that only says what the read would have found).
+TEST(Endpoint, WhatArrivesWhileCallbacksRunIsReadWithoutAWait) {
+    std::promise<void> inCallback, secondSent, secondDone;
+    std::atomic<uint64_t> waitsAfterFirst{0}, waitsAtSecond{0};
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    auto first = [&](Response r) {
+        EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+        inCallback.set_value();
+        // The second response is in the client's socket before this callback returns.
+        EXPECT_EQ(secondSent.get_future().wait_for(30s), std::future_status::ready);
+        waitsAfterFirst = client->metrics().get("udp_wait_calls");
+    };
+    auto second = [&](Response r) {
+        EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+        waitsAtSecond = client->metrics().get("udp_wait_calls");
+        secondDone.set_value();
+    };
+    client->callAsync(server->address(), bytesOf(64, 1), first);
+    client->callAsync(server->address(), bytesOf(64, 2), second);
+    std::optional<ServerRequest> r1 = server->receive(5s), r2 = server->receive(5s);
+    ASSERT_TRUE(r1 && r2);
+    if (r1->message().bytes()[0] != 1) std::swap(r1, r2);
+    ASSERT_TRUE(r1->respond(bytesOf(8, 1)).isOk());
+    ASSERT_EQ(inCallback.get_future().wait_for(30s), std::future_status::ready);
+    // respond() from outside the loop sends before it returns, and loopback delivers
+    // within the send.
+    ASSERT_TRUE(r2->respond(bytesOf(8, 2)).isOk());
+    secondSent.set_value();
+    ASSERT_EQ(secondDone.get_future().wait_for(30s), std::future_status::ready);
+    EXPECT_EQ(waitsAtSecond.load(), waitsAfterFirst.load()) << "the loop waited for a socket it could have read";
+}
+
 // A thread waiting for its own synchronous call, or for a request, with nothing timed to
 // wait for, waits inside the socket's receive: one system call both waits and reads (a
 // ppoll and then a read cost one more per packet, as much as the RPC's own send).
