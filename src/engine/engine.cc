@@ -223,7 +223,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     joinTimerList(rpc, now);
     if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));
     if (rpc->isClient()) {
-        clientRpcs_.emplace(id, rpc);
+        clientRpcs_.insert(id, rpc);
     } else {
         serverRpcs_.emplace(ServerKey{peer, rpc->clientId()}, rpc);
         ++pendingRequests_;
@@ -259,8 +259,7 @@ void Engine::freeRpc(Rpc* rpc) {
 }
 
 Rpc* Engine::findClientRpc(uint64_t id) {
-    auto it = clientRpcs_.find(id);
-    return it == clientRpcs_.end() ? nullptr : it->second;
+    return clientRpcs_.find(id);
 }
 
 Rpc* Engine::findServerRpc(Peer* peer, uint64_t clientId) {

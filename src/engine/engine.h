@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "engine/buffer_pool.h"
+#include "engine/client_rpc_index.h"
 #include "engine/config.h"
 #include "engine/metrics.h"
 #include "engine/nic_queue.h"
@@ -278,7 +279,7 @@ class Engine {
     std::deque<std::pair<Address, uint64_t>> forgottenOrder_;
     uint64_t forgottenGeneration_ = 0;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
-    absl::flat_hash_map<uint64_t, Rpc*> clientRpcs_;
+    ClientRpcIndex<Rpc> clientRpcs_;
     absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
     RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined
     RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work

@@ -1,0 +1,77 @@
+// The client side's RPCs by id: a direct-mapped table with a hash map for overflow.
+//
+// A client numbers its RPCs itself, 2 apart and in order, and most of them live for a few
+// round trips: the RPCs in flight are a window of recent ids. Each id has one slot of the
+// table, (id / 2) modulo its size, which every packet of the RPC finds with one load; an
+// RPC whose slot is taken (one id the table's size further on is still in flight) goes to
+// the overflow map instead. A lookup checks the slot and, only while the overflow holds
+// anything, the map.
+#pragma once
+
+#include <absl/container/flat_hash_map.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace homa::engine {
+
+template <class T>
+class ClientRpcIndex {
+  public:
+    /// `slots` is rounded up to a power of two.
+    explicit ClientRpcIndex(size_t slots = 4096) {
+        size_t n = 1;
+        while (n < slots) n *= 2;
+        mask_ = n - 1;
+        table_ = std::make_unique<Slot[]>(n);
+    }
+
+    /// Adds `value` under `id`, which must not be present already.
+    void insert(uint64_t id, T* value) {
+        Slot& s = table_[index(id)];
+        if (s.value == nullptr) {
+            s = {id, value};
+        } else {
+            overflow_.emplace(id, value);
+        }
+        ++size_;
+    }
+
+    T* find(uint64_t id) const {
+        const Slot& s = table_[index(id)];
+        if (s.value != nullptr && s.id == id) return s.value;
+        if (overflow_.empty()) return nullptr;
+        auto it = overflow_.find(id);
+        return it == overflow_.end() ? nullptr : it->second;
+    }
+
+    /// Removes `id`; returns whether it was present.
+    bool erase(uint64_t id) {
+        Slot& s = table_[index(id)];
+        if (s.value != nullptr && s.id == id) {
+            s = {};
+            --size_;
+            return true;
+        }
+        if (overflow_.erase(id) == 0) return false;
+        --size_;
+        return true;
+    }
+
+    size_t size() const { return size_; }
+    size_t overflowSize() const { return overflow_.size(); }
+
+  private:
+    struct Slot {
+        uint64_t id = 0;
+        T* value = nullptr;
+    };
+    size_t index(uint64_t id) const { return static_cast<size_t>(id >> 1) & mask_; }
+    std::unique_ptr<Slot[]> table_;
+    size_t mask_ = 0;
+    size_t size_ = 0;
+    absl::flat_hash_map<uint64_t, T*> overflow_;
+};
+
+}  // namespace homa::engine
