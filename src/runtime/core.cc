@@ -648,13 +648,14 @@ void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready,
                 break;
             case engine::Delivery::Kind::Response: {
                 ++messagesDelivered_;
-                if (!calls_.contains(d.clientId)) {
+                Call* call = calls_.find(d.clientId);
+                if (call == nullptr) {
                     engine_->releaseMessage(d.message, now);  // the caller gave up
                     break;
                 }
                 Response r;
                 r.message = makeMessage(d.message);
-                finishCall(d.clientId, std::move(r), ready);
+                finishCall(call, std::move(r), ready);
                 break;
             }
             case engine::Delivery::Kind::Failure: {
@@ -668,7 +669,7 @@ void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready,
     while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
         RpcId id = deadlines_.begin()->second;
         deadlines_.erase(deadlines_.begin());
-        if (!calls_.contains(id)) continue;
+        if (calls_.find(id) == nullptr) continue;
         engine_->abortClientRpc(id, now);
         ++callTimeouts_;
         Response r;
@@ -678,23 +679,54 @@ void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready,
 }
 
 void Core::finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
-    auto it = calls_.find(id);
-    if (it == calls_.end()) return;
-    Call call = std::move(it->second);
-    calls_.erase(it);
-    if (call.deadline != 0) deadlines_.erase({call.deadline, id});
+    if (Call* call = calls_.find(id)) finishCall(call, std::move(r), ready);
+}
+
+void Core::finishCall(Call* call, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready) {
+    const RpcId id = call->id;
+    if (call->deadline != 0) deadlines_.erase({call->deadline, id});
     r.id = id;
-    r.context = call.context;
+    r.context = call->context;
     ++handoffs_;
     if (!r.status.isOk()) ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
     HOMA_TRACE("handoff response id %u status %u", id, static_cast<unsigned>(r.status.code()));
-    if (call.waiter) {
-        call.waiter->response = std::move(r);
-        call.waiter->done = true;
-        wake(call.waiter);
+    if (call->waiter) {
+        call->waiter->response = std::move(r);
+        call->waiter->done = true;
+        wake(call->waiter);
     } else {
-        ready.emplace_back(std::move(call.callback), std::move(r));
+        ready.emplace_back(std::move(call->callback), std::move(r));
     }
+    calls_.remove(call);
+}
+
+Core::Call* Core::CallTable::add(RpcId id) {
+    Call* c;
+    if (!free_.empty()) {
+        c = free_.back();
+        free_.pop_back();
+    } else {
+        storage_.push_back(std::make_unique<Call>());
+        c = storage_.back().get();
+    }
+    c->id = id;
+    index_.insert(id, c);
+    return c;
+}
+
+void Core::CallTable::remove(Call* c) {
+    index_.erase(c->id);
+    c->id = 0;
+    c->waiter = nullptr;
+    c->callback = nullptr;
+    c->context = 0;
+    c->deadline = 0;
+    free_.push_back(c);
+}
+
+void Core::CallTable::clear() {
+    for (auto& c : storage_)
+        if (c->id != 0) remove(c.get());
 }
 
 void Core::deliverRequest(engine::Delivery& d) {
@@ -745,7 +777,7 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         r.context = options.context;
         return r;
     }
-    Call& c = calls_[id];
+    Call& c = *calls_.add(id);
     c.waiter = &w;
     c.context = options.context;
     if (options.timeout.count() > 0) {
@@ -754,7 +786,7 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     }
     waitFor(w, 0);
     if (!w.done) {  // shut down while waiting
-        calls_.erase(id);
+        if (Call* c = calls_.find(id)) calls_.remove(c);
         mu_.unlock();
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         r.id = id;
@@ -781,7 +813,7 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             countEngineTime(engineStart);
             maybeFlush();
             if (s.isOk()) {
-                Call& c = calls_[id];
+                Call& c = *calls_.add(id);
                 c.callback = std::move(done);
                 c.context = options.context;
                 if (options.timeout.count() > 0) {
@@ -823,7 +855,7 @@ Status Core::abort(RpcId id) {
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     {
         std::lock_guard lk(mu_);
-        if (!calls_.contains(id)) return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
+        if (calls_.find(id) == nullptr) return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
         const int64_t now = nowNs();
         engine_->abortClientRpc(id, now);
         Response r;
@@ -1132,7 +1164,8 @@ void Core::shutdown() {
         std::lock_guard lk(mu_);
         if (!shutdown_) {
             shutdown_ = true;
-            for (auto& [id, call] : calls_) {
+            calls_.forEach([&](Call& call) {
+                const RpcId id = call.id;
                 Response r;
                 r.status = Status(StatusCode::Shutdown, "the endpoint shut down");
                 r.id = id;
@@ -1145,7 +1178,7 @@ void Core::shutdown() {
                 } else {
                     ready.emplace_back(std::move(call.callback), std::move(r));
                 }
-            }
+            });
             calls_.clear();
             deadlines_.clear();
             for (auto& f : failedStarts_) ready.push_back(std::move(f));

@@ -82,10 +82,34 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
         std::optional<ServerRequest> request;  // receive()
     };
     struct Call {
+        RpcId id = 0;               // 0: a free entry
         Waiter* waiter = nullptr;   // synchronous
         Endpoint::Callback callback;
         uint64_t context = 0;
         int64_t deadline = 0;       // 0: none
+    };
+    /// The calls in flight by id: entries reused from a free list, found through the
+    /// engine's direct-mapped index (ids are this endpoint's own, 2 apart and in order),
+    /// so that a call costs no hash insert, lookup or erase.
+    class CallTable {
+      public:
+        Call* add(RpcId id);
+        Call* find(RpcId id) const { return index_.find(id); }
+        /// Frees `c`, which must be in the table (its fields are left moved-from or reset).
+        void remove(Call* c);
+        size_t size() const { return index_.size(); }
+        /// Every call in flight, in no particular order; `f` must not add or remove.
+        template <class F>
+        void forEach(F&& f) {
+            for (auto& c : storage_)
+                if (c->id != 0) f(*c);
+        }
+        void clear();
+
+      private:
+        engine::ClientRpcIndex<Call> index_;
+        std::vector<std::unique_ptr<Call>> storage_;
+        std::vector<Call*> free_;
     };
 
     Core() = default;
@@ -100,6 +124,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now);
     void deliverRequest(engine::Delivery& d);
     void finishCall(RpcId id, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready);
+    void finishCall(Call* call, Response r, std::vector<std::pair<Endpoint::Callback, Response>>& ready);
     void wake(Waiter* w);
     void pokeLoop();
     /// Sends queued packets now, unless this thread is certain to flush soon (under mu_).
@@ -213,7 +238,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::vector<Waiter*> sleepers_;     // waiters blocked on their condition variable
     std::vector<Waiter*> requestWaiters_;  // waiters that want a request, most recent last
     std::deque<ServerRequest> requests_;   // requests nobody was waiting for
-    absl::flat_hash_map<RpcId, Call> calls_;
+    CallTable calls_;
     /// Asynchronous calls that could not start: their callbacks wait for the loop.
     std::vector<std::pair<Endpoint::Callback, Response>> failedStarts_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;
