@@ -37,7 +37,9 @@ class Message {
   private:
     friend class runtime::Core;
     friend class ServerRequest;  // (a request's endpoint is its message's)
-    std::shared_ptr<runtime::Core> core_;
+    // The endpoint's core: it counts the messages it made that are still held, and
+    // outlives its endpoint until the last one is released.
+    runtime::Core* core_ = nullptr;
     uint8_t* data_ = nullptr;
     uint32_t length_ = 0;
     uint32_t capacity_ = 0;

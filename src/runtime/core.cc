@@ -175,7 +175,8 @@ void Core::transmit(const Address& dest, uint8_t priority, std::span<const uint8
 
 Message Core::makeMessage(const engine::ReceivedMessage& m) {
     Message msg;
-    msg.core_ = shared_from_this();
+    msg.core_ = this;
+    if (m.data != nullptr) ++liveMessages_;  // (Message::reset releases only non-null data)
     msg.data_ = m.data;
     msg.length_ = m.length;
     msg.capacity_ = m.capacity;
@@ -974,8 +975,21 @@ void Core::release(uint8_t* data, uint32_t length, uint32_t capacity) {
         tReleases.push_back({this, data, length, capacity});
         return;
     }
+    std::shared_ptr<Core> last;  // (declared first: dropped after the lock is released)
     std::lock_guard lk(mu_);
     outsideLoop([&](int64_t now) { engine_->releaseMessage({data, length, capacity}, now); });
+    last = messagesReleased(1);
+}
+
+std::shared_ptr<Core> Core::messagesReleased(uint64_t n) {
+    liveMessages_ -= n;
+    if (liveMessages_ != 0) return nullptr;
+    return std::move(keepAlive_);
+}
+
+void Core::outliveEndpoint(std::shared_ptr<Core> self) {
+    std::lock_guard lk(mu_);
+    if (liveMessages_ > 0) keepAlive_ = std::move(self);
 }
 
 const Core* Core::beginBatch() { return std::exchange(tBatchFor, this); }
@@ -995,17 +1009,26 @@ void Core::releaseDeferred() {
     if (tReleases.empty()) return;
     // Entries of another endpoint (a batch of its own that this one's callbacks ran
     // inside) stay for their owner.
+    size_t released = 0;
     outsideLoop([&](int64_t now) {
         size_t kept = 0;
         for (const DeferredRelease& r : tReleases) {
             if (r.core == this) {
                 engine_->releaseMessage({r.data, r.length, r.capacity}, now);
+                ++released;
             } else {
                 tReleases[kept++] = r;
             }
         }
         tReleases.resize(kept);
     });
+    // The caller holds mu_: were this the core's last reference (its endpoint gone, as
+    // when a handler destroys its own endpoint), dropping it here would destroy the core
+    // under its own lock. This thread drops it when it ends instead.
+    if (std::shared_ptr<Core> last = messagesReleased(released)) {
+        thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
+        tCoresToDrop.push_back(std::move(last));
+    }
 }
 
 void Core::poll(int64_t timeoutNs) {

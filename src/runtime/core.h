@@ -57,6 +57,9 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
 
     // Used by Message and ServerRequest.
     void release(uint8_t* data, uint32_t length, uint32_t capacity);
+    /// Called by the endpoint's destructor: while messages the core made are still held,
+    /// `self` keeps the core alive (until the last one is released).
+    void outliveEndpoint(std::shared_ptr<Core> self);
     Status respond(const Address& client, RpcId id, std::span<const uint8_t> response);
     void dropRequest(const Address& client, RpcId id);
 
@@ -239,6 +242,15 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::vector<Waiter*> requestWaiters_;  // waiters that want a request, most recent last
     std::deque<ServerRequest> requests_;   // requests nobody was waiting for
     CallTable calls_;
+    // Messages made (makeMessage) and not yet released; once the endpoint is gone, the
+    // core keeps itself alive through keepAlive_ until this count drops to zero. A plain
+    // count under mu_ (messages are made, and their buffers released, under it) instead
+    // of a shared_ptr per message: two atomic operations fewer per message.
+    uint64_t liveMessages_ = 0;
+    std::shared_ptr<Core> keepAlive_;
+    /// Counts `n` released messages (under mu_); returns the core's last reference when
+    /// that was the last message of an endpoint already gone, to be dropped after mu_.
+    std::shared_ptr<Core> messagesReleased(uint64_t n);
     /// Asynchronous calls that could not start: their callbacks wait for the loop.
     std::vector<std::pair<Endpoint::Callback, Response>> failedStarts_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;

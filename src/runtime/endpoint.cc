@@ -8,7 +8,7 @@ namespace homa {
 Message& Message::operator=(Message&& other) noexcept {
     if (this != &other) {
         reset();
-        core_ = std::move(other.core_);
+        core_ = std::exchange(other.core_, nullptr);
         data_ = std::exchange(other.data_, nullptr);
         length_ = std::exchange(other.length_, 0);
         capacity_ = std::exchange(other.capacity_, 0);
@@ -18,7 +18,7 @@ Message& Message::operator=(Message&& other) noexcept {
 
 void Message::reset() {
     if (core_ && data_) core_->release(data_, length_, capacity_);
-    core_.reset();
+    core_ = nullptr;
     data_ = nullptr;
     length_ = capacity_ = 0;
 }
@@ -57,7 +57,10 @@ std::unique_ptr<Endpoint> Endpoint::open(const EndpointOptions& options, Status*
 
 Endpoint::Endpoint(std::shared_ptr<runtime::Core> core) : core_(std::move(core)) {}
 
-Endpoint::~Endpoint() { core_->shutdown(); }
+Endpoint::~Endpoint() {
+    core_->shutdown();
+    core_->outliveEndpoint(core_);
+}
 
 Address Endpoint::address() const { return core_->address(); }
 

@@ -376,6 +376,59 @@ TEST(Endpoint, RequestsMayOutliveTheirEndpoint) {
     EXPECT_FALSE(f2.get().status.isOk());
 }
 
+// A response's message may outlive its endpoint too: its bytes stay readable, and
+// releasing it afterwards frees the endpoint's last remains (no leak, no use after free).
+TEST(Endpoint, ResponsesMayOutliveTheirEndpoint) {
+    Message kept;
+    {
+        auto server = echoServer();
+        auto client = Endpoint::open(loopback());
+        ASSERT_TRUE(client);
+        Response r = client->call(server->address(), bytesOf(300, 7));
+        ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+        Response other = client->call(server->address(), bytesOf(10, 8));
+        ASSERT_TRUE(other.status.isOk());
+        kept = std::move(r.message);
+    }  // (`other` was released before its endpoint went)
+    const std::vector<uint8_t> sent = bytesOf(300, 7);
+    ASSERT_EQ(kept.size(), sent.size());
+    EXPECT_TRUE(std::equal(sent.begin(), sent.end(), kept.data()));
+    kept.reset();
+    EXPECT_TRUE(kept.empty());
+}
+
+// A handler may destroy its own endpoint (the last owner) while it holds the request: the
+// endpoint's core lives on until its worker thread is done with it. (It was freed while
+// the request's buffer went back, and the worker then locked freed memory.)
+TEST(Endpoint, AHandlerMayDestroyItsOwnEndpoint) {
+    struct Guard {
+        std::promise<void> gone;
+        ~Guard() { gone.set_value(); }
+    };
+    auto guard = std::make_shared<Guard>();
+    std::future<void> workerDone = guard->gone.get_future();
+    std::promise<void> destroyed;
+    std::unique_ptr<Endpoint> server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    const Address address = server->address();
+    ASSERT_TRUE(server->serve([&, guard](ServerRequest request) {
+        EXPECT_EQ(request.message().size(), 16u);
+        server.reset();  // from the endpoint's own worker thread
+        EXPECT_EQ(request.message().size(), 16u);
+        EXPECT_EQ(request.respond(bytesOf(4, 1)).code(), StatusCode::Shutdown);
+        destroyed.set_value();
+    }, 1).isOk());
+    guard.reset();  // the worker's copy of the handler is now the only one
+    CallOptions o;
+    o.timeout = 300ms;
+    Response r = client->call(address, bytesOf(16, 3), o);
+    EXPECT_FALSE(r.status.isOk());
+    ASSERT_EQ(destroyed.get_future().wait_for(10s), std::future_status::ready);
+    // The worker ends by itself (its handler, and with it the guard, goes when it does).
+    ASSERT_EQ(workerDone.wait_for(10s), std::future_status::ready);
+}
+
 // A burst of asynchronous calls started inside a CallBatch leaves in one system call
 // (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
 TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
