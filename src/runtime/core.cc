@@ -48,6 +48,10 @@ thread_local std::vector<DeferredRelease> tReleases;
 // inside, outermost first: a callback may call on another endpoint, or on its own, and
 // run a loop nested in the first.
 thread_local std::vector<const Core*> tLoopsRunning;
+// Cores this thread keeps alive until it ends: the endpoint was destroyed from inside one
+// of its own callbacks or handlers, or the last message of a destroyed endpoint went back
+// while this thread held the core's lock (see outliveEndpoint, releaseDeferred).
+thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 // Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
@@ -988,6 +992,10 @@ std::shared_ptr<Core> Core::messagesReleased(uint64_t n) {
 }
 
 void Core::outliveEndpoint(std::shared_ptr<Core> self) {
+    // Destroyed from one of its own callbacks or handlers, this thread goes back into the
+    // core when that returns: it keeps the core until it ends.
+    const bool inside = tBatchFor == this || std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
+    if (inside) tCoresToDrop.push_back(self);
     std::lock_guard lk(mu_);
     if (liveMessages_ > 0) keepAlive_ = std::move(self);
 }
@@ -1025,10 +1033,7 @@ void Core::releaseDeferred() {
     // The caller holds mu_: were this the core's last reference (its endpoint gone, as
     // when a handler destroys its own endpoint), dropping it here would destroy the core
     // under its own lock. This thread drops it when it ends instead.
-    if (std::shared_ptr<Core> last = messagesReleased(released)) {
-        thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
-        tCoresToDrop.push_back(std::move(last));
-    }
+    if (std::shared_ptr<Core> last = messagesReleased(released)) tCoresToDrop.push_back(std::move(last));
 }
 
 void Core::poll(int64_t timeoutNs) {

@@ -429,6 +429,33 @@ TEST(Endpoint, AHandlerMayDestroyItsOwnEndpoint) {
     ASSERT_EQ(workerDone.wait_for(10s), std::future_status::ready);
 }
 
+// A callback may destroy its own endpoint too, even when its response holds no message
+// (nothing else then kept the core alive while the poll thread went back into it).
+TEST(Endpoint, ACallbackMayDestroyItsOwnEndpoint) {
+    struct Guard {
+        std::promise<void> gone;
+        ~Guard() { gone.set_value(); }
+    };
+    auto guard = std::make_shared<Guard>();
+    std::future<void> callbackGone = guard->gone.get_future();
+    std::promise<StatusCode> seen;
+    auto silent = Endpoint::open(loopback());  // never answers
+    std::unique_ptr<Endpoint> client = Endpoint::open(loopback());
+    ASSERT_TRUE(silent && client);
+    CallOptions o;
+    o.timeout = 50ms;
+    client->callAsync(silent->address(), bytesOf(16, 1), [&, guard](Response r) {
+        EXPECT_TRUE(r.message.empty());
+        client.reset();  // from the endpoint's own poll thread
+        seen.set_value(r.status.code());
+    }, o);
+    guard.reset();
+    std::future<StatusCode> status = seen.get_future();
+    ASSERT_EQ(status.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(status.get(), StatusCode::Timeout);
+    ASSERT_EQ(callbackGone.wait_for(10s), std::future_status::ready);
+}
+
 // A burst of asynchronous calls started inside a CallBatch leaves in one system call
 // (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
 TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
