@@ -13,6 +13,8 @@
 #include <cstring>
 #include <deque>
 
+#include "runtime/adaptive_poll.h"
+
 namespace homa::runtime {
 
 namespace {
@@ -52,6 +54,8 @@ thread_local std::vector<const Core*> tLoopsRunning;
 // of its own callbacks or handlers, or the last message of a destroyed endpoint went back
 // while this thread held the core's lock (see outliveEndpoint, releaseDeferred).
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
+// How long this thread's last wait for packets lasted (AdaptivePoll::remember).
+thread_local int64_t tLastWaitNs = AdaptivePoll::kLong;
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 // Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
@@ -73,8 +77,13 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         if (error) *error = Status(StatusCode::InvalidArgument, "busyPollUs must be at most 1000000");
         return nullptr;
     }
+    if (options.adaptivePollUs > 1'000'000) {
+        if (error) *error = Status(StatusCode::InvalidArgument, "adaptivePollUs must be at most 1000000");
+        return nullptr;
+    }
     std::shared_ptr<Core> core(new Core());
     core->options_ = options;
+    core->adaptiveSpinNs_ = static_cast<int64_t>(options.adaptivePollUs) * 1000;
     driver::UdpDriverOptions d;
     d.mtu = options.mtu;
     d.gso = options.gso;
@@ -506,7 +515,18 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         if (waitNs < kShortestSleepNs) waitNs = 0;
         if (block) {
             HOMA_TRACE("loop blocks in receive");
-            socketReadable_ = driver_->blockForPackets();
+            const int64_t start = nowNs();
+            bool spun = false;
+            if (const int64_t spin = AdaptivePoll::spinFor(adaptiveSpinNs_, tLastWaitNs)) {
+                // (The owner is marked blocked meanwhile: wakeOwner() sends it the wake-up
+                // datagram, which the spin finds like any packet.)
+                do {
+                    spun = driver_->wait(0, -1, nullptr);
+                } while (!spun && nowNs() - start < spin);
+                (spun ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
+            }
+            socketReadable_ = spun || driver_->blockForPackets();
+            tLastWaitNs = AdaptivePoll::remember(nowNs() - start, socketReadable_);
             ownerBlocked_ = false;  // (ownerWakeFailed_ is cleared at the next decision)
         } else {
             socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
@@ -618,9 +638,11 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     bool ticked = false;
     bool readable = false;
     bool done = false;
-    const int64_t spinNs = static_cast<int64_t>(options_.busyPollUs) * 1000;
+    const bool busy = options_.busyPollUs > 0;
+    const int64_t spinNs = busy ? static_cast<int64_t>(options_.busyPollUs) * 1000
+                                : AdaptivePoll::spinFor(adaptiveSpinNs_, tLastWaitNs);
+    const int64_t start = nowNs();
     if (spinNs > 0 && waitNs > 0) {
-        const int64_t start = nowNs();
         const int64_t until = start + std::min(waitNs, spinNs);
         int64_t now = start;
         do {
@@ -628,12 +650,15 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
             done = readable || *poked || ticked;
             now = nowNs();
         } while (!done && now < until);
+        if (!busy) (readable ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
         if (waitNs != kUntilTimer) {
             waitNs -= now - start;
             done = done || waitNs <= 0;
         }
     }
     if (!done) readable = driver_->wait(waitNs == kUntilTimer ? -1 : waitNs, fd, poked, tickFd_, &ticked);
+    // (A wait that slept is measured too: it says whether the next one should spin.)
+    tLastWaitNs = AdaptivePoll::remember(nowNs() - start, readable);
     if (ticked) {
         uint64_t expirations;
         [[maybe_unused]] auto n = ::read(tickFd_, &expirations, sizeof(expirations));
@@ -1146,6 +1171,8 @@ MetricsSnapshot Core::metrics() {
     add("udp_send_errors", ds.sendErrors);
     add("udp_empty_datagrams", ds.emptyDatagrams);
     add("udp_wait_calls", ds.waitCalls);
+    add("adaptive_poll_hits", spinHits_.load(std::memory_order_relaxed));
+    add("adaptive_poll_misses", spinMisses_.load(std::memory_order_relaxed));
     for (size_t p = 0; p < ds.packetsReceivedByPriority.size(); ++p)
         add("udp_received_priority_" + std::to_string(p), ds.packetsReceivedByPriority[p]);
     return s;

@@ -231,6 +231,10 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     uint32_t readAfterCallbacksSkip_ = 0;
     uint32_t readAfterCallbacksBackoff_ = 1;
     static constexpr uint32_t kMaxReadAfterCallbacksSkip = 64;
+    // Adaptive polling (adaptive_poll.h): the budget, and the spins that found packets
+    // and that ran out (counted by the waiting threads, outside mu_).
+    int64_t adaptiveSpinNs_ = 0;
+    std::atomic<uint64_t> spinHits_{0}, spinMisses_{0};
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
 
     mutable std::mutex mu_;

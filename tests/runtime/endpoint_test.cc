@@ -871,6 +871,49 @@ TEST(Endpoint, BusyPollingServesCallsAndIsBounded) {
     EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
 }
 
+// Adaptive polling: with a budget, threads whose last wait was short look at the socket
+// before sleeping (here a budget of 100 ms, so that any wait between two RPCs of a
+// ping-pong counts as short on every machine); with 0, or with busy polling set, it is
+// off. Either way every call is served, and a bad budget is refused.
+TEST(Endpoint, AdaptivePollingSpinsAfterShortWaitsOnlyWhenOn) {
+    auto spinsOf = [](const MetricsSnapshot& m) { return m.get("adaptive_poll_hits") + m.get("adaptive_poll_misses"); };
+    for (uint32_t budgetUs : {0u, 100'000u}) {
+        for (uint32_t busyUs : {0u, 50u}) {
+            SCOPED_TRACE("adaptivePollUs " + std::to_string(budgetUs) + " busyPollUs " + std::to_string(busyUs));
+            EndpointOptions o = loopback();
+            o.adaptivePollUs = budgetUs;
+            o.busyPollUs = busyUs;
+            Status err;
+            auto server = Endpoint::open(o, &err);
+            ASSERT_TRUE(server) << err.toString();
+            ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
+            auto client = Endpoint::open(o, &err);
+            ASSERT_TRUE(client) << err.toString();
+            for (int i = 0; i < 50; ++i) {
+                auto req = bytesOf(64, static_cast<uint8_t>(i));
+                Response r = client->call(server->address(), req);
+                ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+                EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data()));
+            }
+            const MetricsSnapshot sm = server->metrics(), cm = client->metrics();
+            if (budgetUs == 0 || busyUs != 0) {
+                EXPECT_EQ(spinsOf(sm), 0u);
+                EXPECT_EQ(spinsOf(cm), 0u);
+            } else {
+                // (The first wait of each thread is long: it has no measure yet.)
+                EXPECT_GE(sm.get("adaptive_poll_hits"), 10u);
+                EXPECT_GE(cm.get("adaptive_poll_hits"), 10u);
+            }
+        }
+    }
+    EndpointOptions o = loopback();
+    o.adaptivePollUs = 1'000'001;
+    Status err;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(err.message().find("adaptivePollUs"), std::string::npos) << err.toString();
+}
+
 TEST(Endpoint, AsyncCallbacksAndFutures) {
     auto server = echoServer(2);
     auto client = Endpoint::open(loopback());

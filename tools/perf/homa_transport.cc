@@ -74,6 +74,7 @@ std::unique_ptr<ClientTransport> makeHomaClient(const std::vector<Address>& serv
     eo.address = servers.empty() || servers[0].isIpv4() ? Address::ipv4(0, 0) : *Address::parse("[::]:0");
     eo.mtu = o.mtu;
     eo.busyPollUs = o.busyPollUs;
+    eo.adaptivePollUs = o.adaptivePollUs;
     eo.engineCpuTime = o.engineCpuTime;
     eo.protocol = o.protocol;
     Status s;
@@ -111,6 +112,7 @@ std::unique_ptr<ServerTransport> makeHomaServer(const Address& bind, int ports, 
         if (bind.port != 0) eo.address.port = static_cast<uint16_t>(bind.port + i);
         eo.mtu = o.mtu;
         eo.busyPollUs = o.busyPollUs;
+        eo.adaptivePollUs = o.adaptivePollUs;
         eo.engineCpuTime = o.engineCpuTime;
         eo.protocol = o.protocol;
         Status s;

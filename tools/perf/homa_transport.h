@@ -13,6 +13,7 @@ struct HomaTransportOptions {
     int probeTimeoutMs = 2000;
     int serverWorkUs = 0;  ///< server: busy time per request (a processing budget)
     uint32_t busyPollUs = 0;
+    uint32_t adaptivePollUs = EndpointOptions{}.adaptivePollUs;
     bool engineCpuTime = true;
 };
 

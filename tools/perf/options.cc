@@ -18,6 +18,9 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_flag("--metrics", o->metrics, "print the endpoint counters' change over the run");
         c->add_option("--busy-poll-us", o->busyPollUs, "Homa: look at the socket this long before sleeping")
             ->check(CLI::Range(0u, 1'000'000u));
+        c->add_option("--adaptive-poll-us", o->adaptivePollUs,
+                      "Homa: after a short wait, look at the socket this long before sleeping (0: off)")
+            ->check(CLI::Range(0u, 1'000'000u));
         c->add_flag("--no-engine-cpu-time", o->noEngineCpuTime, "Homa: do not time engine calls (engine_cpu_ns)");
         c->add_option("--unsched-bytes", o->unschedBytes, "Homa: bytes of each message sent before a grant")
             ->check(CLI::Range(1u, 10'000'000u));

@@ -59,6 +59,7 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     HomaTransportOptions h;
     h.mtu = o.mtu;
     h.busyPollUs = o.busyPollUs;
+    h.adaptivePollUs = o.adaptivePollUs;
     h.engineCpuTime = !o.noEngineCpuTime;
     h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
     h.serverWorkUs = o.serverWorkUs;
@@ -534,6 +535,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
+                        {"adaptive_poll_us", o.adaptivePollUs},
                         {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps}};
         j["machine"] = machineInfo();

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "homa/endpoint.h"
 #include "perf/stats.h"
 
 namespace homa::perf {
@@ -38,6 +39,7 @@ struct PerfOptions {
     double linkGbps = 25;     ///< for slowdown
     uint32_t mtu = 1500;
     uint32_t busyPollUs = 0;  ///< Homa endpoints' busy polling (EndpointOptions::busyPollUs)
+    uint32_t adaptivePollUs = EndpointOptions{}.adaptivePollUs;  ///< EndpointOptions::adaptivePollUs
     // Homa protocol parameters (0: the library's default)
     uint32_t unschedBytes = 0;
     uint32_t maxIncoming = 0;
