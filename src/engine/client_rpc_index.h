@@ -12,7 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
+#include <vector>
 
 namespace homa::engine {
 
@@ -24,7 +24,7 @@ class ClientRpcIndex {
         size_t n = 1;
         while (n < slots) n *= 2;
         mask_ = n - 1;
-        table_ = std::make_unique<Slot[]>(n);
+        table_.resize(n);
     }
 
     /// Adds `value` under `id`, which must not be present already.
@@ -68,7 +68,9 @@ class ClientRpcIndex {
         T* value = nullptr;
     };
     size_t index(uint64_t id) const { return static_cast<size_t>(id >> 1) & mask_; }
-    std::unique_ptr<Slot[]> table_;
+    // (A vector, not new[]: homa-sim hands out array allocations of 16 KB and more from
+    // one shared block, as message payload that nobody reads.)
+    std::vector<Slot> table_;
     size_t mask_ = 0;
     size_t size_ = 0;
     absl::flat_hash_map<uint64_t, T*> overflow_;
