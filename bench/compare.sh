@@ -5,7 +5,8 @@
 #
 #   64 B round trip, P50/P99: homa-perf Homa, homa-perf TCP, sockperf UDP and TCP
 #       ping-pong (--full-rtt), gRPC unary echo (bench/grpc); Homa and sockperf UDP also
-#       with both ends pinned to one CPU (Homa, sockperf UDP and gRPC: medians of 3 runs)
+#       with both ends pinned to one CPU, Homa without adaptive polling, and sockperf UDP
+#       busy-polling (Homa, sockperf UDP and gRPC: medians of 3 runs)
 #   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 3), gRPC; and
 #       Homa and TCP with 1,024 outstanding, where each is nearer its saturation; and
 #       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
@@ -53,8 +54,10 @@ hp() {
 j() { jq -r "$2" "$1"; }
 
 sockperf_pp() {  # proto(udp|tcp) [cpus] -> "p50 p99"; cpus pins both ends (taskset)
+  # (With spin=1 both ends busy-poll: non-blocking sockets, epoll with a zero timeout.)
   local p; p=$(port)
   local flag=""; [ "$1" = tcp ] && flag="--tcp"
+  [ "${spin:-0}" = 1 ] && flag="$flag --nonblocked --timeout 0"
   local pin=(); [ -n "${2:-}" ] && pin=(taskset -c "$2")
   "${pin[@]}" sockperf server $flag -i 127.0.0.1 -p "$p" > /dev/null 2>&1 &
   pids+=($!)
@@ -69,10 +72,13 @@ note "== 64 B round trip"
 # Latency on a 2-core virtual machine depends on where the two ends run (waking a thread
 # on the other, idle, CPU costs far more than on the same one), and runs vary: each
 # figure is the median of $reps runs, Homa and sockperf UDP alternating, in two
-# placements: as the scheduler likes, and both ends pinned to CPU 0. (Busy polling,
-# --busy-poll-us, needs a spare core per polling thread; on two cores it is slower.)
+# placements: as the scheduler likes, and both ends pinned to CPU 0. Homa polls
+# adaptively by default (a thread whose last wait was short looks at the socket for up to
+# 10 us before sleeping), sockperf blocks: so each is also measured the other way, Homa
+# with --adaptive-poll-us 0 and sockperf busy-polling. (Fixed busy polling, --busy-poll-us,
+# needs a spare core per polling thread; on two cores it is slower.)
 reps=3
-declare -a hd50 hd99 sd50 sd99 hp50 sp50
+declare -a hd50 hd99 sd50 sd99 hp50 sp50 hn50 ss50
 for r in $(seq "$reps"); do
   f=$(hp "lat-homa-$r" --workload 64 --client-max 1)
   hd50+=("$(j "$f" .totals.rtt_p50_us)"); hd99+=("$(j "$f" .totals.rtt_p99_us)")
@@ -80,9 +86,12 @@ for r in $(seq "$reps"); do
   f=$(cpus=0 hp "lat-homa-cpu0-$r" --workload 64 --client-max 1)
   hp50+=("$(j "$f" .totals.rtt_p50_us)")
   read -r a b <<< "$(sockperf_pp udp 0)"; sp50+=("$a")
+  f=$(hp "lat-homa-nopoll-$r" --workload 64 --client-max 1 --adaptive-poll-us 0)
+  hn50+=("$(j "$f" .totals.rtt_p50_us)")
+  read -r a b <<< "$(spin=1 sockperf_pp udp)"; ss50+=("$a")
 done
 hl50=$(median "${hd50[@]}"); hl99=$(median "${hd99[@]}"); su50=$(median "${sd50[@]}"); su99=$(median "${sd99[@]}")
-hpin50=$(median "${hp50[@]}"); spin50=$(median "${sp50[@]}")
+hpin50=$(median "${hp50[@]}"); spin50=$(median "${sp50[@]}"); hnp50=$(median "${hn50[@]}"); sspin50=$(median "${ss50[@]}")
 tl=$(hp lat-tcp --protocol tcp --workload 64 --client-max 1)
 read -r st50 st99 <<< "$(sockperf_pp tcp)"
 g50=n/a; g99=n/a; gk=n/a
@@ -155,6 +164,8 @@ row() { printf '%-48s %12s %12s %10s\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 row "64 B RTT P50 us vs sockperf UDP" "$(printf %.1f "$hl50")" "$su50"
 row "64 B RTT P99 us vs sockperf UDP" "$(printf %.1f "$hl99")" "$su99"
 row "  both ends on CPU 0: P50 vs sockperf UDP" "$(printf %.1f "$hpin50")" "$spin50"
+row "  no adaptive polling: P50 vs sockperf UDP" "$(printf %.1f "$hnp50")" "$su50"
+row "  P50 vs sockperf UDP, busy-polling" "$(printf %.1f "$hl50")" "$sspin50"
 row "64 B RTT P50 us vs sockperf TCP" "$(printf %.1f "$hl50")" "$st50"
 row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "$(j "$tl" .totals.rtt_p50_us)")"
 row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$(j "$tl" .totals.rtt_p99_us)")"
