@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -54,8 +55,20 @@ thread_local std::vector<const Core*> tLoopsRunning;
 // of its own callbacks or handlers, or the last message of a destroyed endpoint went back
 // while this thread held the core's lock (see outliveEndpoint, releaseDeferred).
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
-// How long this thread's last wait for packets lasted (AdaptivePoll::remember).
-thread_local int64_t tLastWaitNs = AdaptivePoll::kLong;
+// This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
+thread_local AdaptivePoll tPoll;
+// Whether this thread may run on more than one CPU, looked up at its first wait. A thread
+// held to one CPU never polls adaptively: whatever it waits for must then mostly run on
+// that CPU too (both ends of a ping-pong pinned to one CPU), and spinning only delays it.
+bool canRunOnSeveralCpus() {
+    thread_local const bool several = [] {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        if (sched_getaffinity(0, sizeof(set), &set) != 0) return true;
+        return CPU_COUNT(&set) > 1;
+    }();
+    return several;
+}
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
 
 // Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
@@ -517,16 +530,18 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             HOMA_TRACE("loop blocks in receive");
             const int64_t start = nowNs();
             bool spun = false;
-            if (const int64_t spin = AdaptivePoll::spinFor(adaptiveSpinNs_, tLastWaitNs)) {
+            if (const int64_t spin = canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_) : 0) {
                 // (The owner is marked blocked meanwhile: wakeOwner() sends it the wake-up
                 // datagram, which the spin finds like any packet.)
                 do {
                     spun = driver_->wait(0, -1, nullptr);
+                    if (!spun) sched_yield();  // (see waitForPackets)
                 } while (!spun && nowNs() - start < spin);
                 (spun ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
+                tPoll.spun(spun);
             }
             socketReadable_ = spun || driver_->blockForPackets();
-            tLastWaitNs = AdaptivePoll::remember(nowNs() - start, socketReadable_);
+            tPoll.waited(nowNs() - start, socketReadable_);
             ownerBlocked_ = false;  // (ownerWakeFailed_ is cleared at the next decision)
         } else {
             socketReadable_ = waitForPackets(waitNs, wakeFd_, &poked);
@@ -639,8 +654,9 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     bool readable = false;
     bool done = false;
     const bool busy = options_.busyPollUs > 0;
-    const int64_t spinNs = busy ? static_cast<int64_t>(options_.busyPollUs) * 1000
-                                : AdaptivePoll::spinFor(adaptiveSpinNs_, tLastWaitNs);
+    const int64_t spinNs = busy                    ? static_cast<int64_t>(options_.busyPollUs) * 1000
+                           : canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_)
+                                                   : 0;
     const int64_t start = nowNs();
     if (spinNs > 0 && waitNs > 0) {
         const int64_t until = start + std::min(waitNs, spinNs);
@@ -648,9 +664,16 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
         do {
             readable = driver_->wait(0, fd, poked, tickFd_, &ticked);
             done = readable || *poked || ticked;
+            // An adaptive spin gives way to any thread waiting for this CPU: it may be
+            // the peer whose answer the spin waits for (both ends on one CPU, or more
+            // threads than CPUs), which spinning would hold off until the budget ran out.
+            if (!done && !busy) sched_yield();
             now = nowNs();
         } while (!done && now < until);
-        if (!busy) (readable ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
+        if (!busy) {
+            (readable ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
+            tPoll.spun(readable);
+        }
         if (waitNs != kUntilTimer) {
             waitNs -= now - start;
             done = done || waitNs <= 0;
@@ -658,7 +681,7 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     }
     if (!done) readable = driver_->wait(waitNs == kUntilTimer ? -1 : waitNs, fd, poked, tickFd_, &ticked);
     // (A wait that slept is measured too: it says whether the next one should spin.)
-    tLastWaitNs = AdaptivePoll::remember(nowNs() - start, readable);
+    tPoll.waited(nowNs() - start, readable);
     if (ticked) {
         uint64_t expirations;
         [[maybe_unused]] auto n = ::read(tickFd_, &expirations, sizeof(expirations));
