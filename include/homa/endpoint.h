@@ -123,7 +123,7 @@ class ServerRequest {
 
   private:
     friend class runtime::Core;
-    /// Also holds the request's endpoint (one reference per request, not two).
+    /// Also names the request's endpoint, which outlives it (see Message).
     Message message_;
     Address client_;
     RpcId id_ = 0;

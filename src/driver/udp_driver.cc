@@ -367,11 +367,12 @@ bool UdpDriver::wait(int64_t timeoutNs, int extraFd, bool* extraReady, int secon
         ts.tv_nsec = timeoutNs % 1'000'000'000;
         tp = &ts;
     }
-    HOMA_TRACE("udp wait timeout_ns %u", timeoutNs);
     // A negative descriptor is ignored by ppoll (its revents stay 0).
-    bump(rx_.waits);
+    // (Atomic: the poll thread waits while an application thread holds the loop.)
+    rx_.waits.fetch_add(1, std::memory_order_relaxed);
+    if (timeoutNs != 0) HOMA_TRACE("udp wait timeout_ns %u", timeoutNs);  // (not each look of a spin)
     int r = ::ppoll(fds, 3, tp, nullptr);
-    HOMA_TRACE("udp woke socket %u", r > 0 && (fds[0].revents & POLLIN));
+    if (timeoutNs != 0) HOMA_TRACE("udp woke socket %u", r > 0 && (fds[0].revents & POLLIN));
     if (extraReady) *extraReady = r > 0 && extraFd >= 0 && (fds[1].revents & POLLIN);
     if (secondReady) *secondReady = r > 0 && secondFd >= 0 && (fds[2].revents & POLLIN);
     return r > 0 && (fds[0].revents & POLLIN);

@@ -55,6 +55,8 @@ thread_local std::vector<const Core*> tLoopsRunning;
 // of its own callbacks or handlers, or the last message of a destroyed endpoint went back
 // while this thread held the core's lock (see outliveEndpoint, releaseDeferred).
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
+// The core whose poll thread or worker this thread is (null for application threads).
+thread_local const Core* tThreadOf = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
 thread_local AdaptivePoll tPoll;
 // Whether this thread may run on more than one CPU, looked up at its first wait. A thread
@@ -315,6 +317,7 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
 // blocks holding the loop: it waits for the socket without it, so an application thread
 // that starts waiting takes the loop at once instead of waiting for a hand-over.
 void Core::pollThreadMain() {
+    tThreadOf = this;
     std::unique_lock lk(mu_);
     while (!shutdown_) {
         if (appWaiters_ > 0 || loopBusy_) {
@@ -538,7 +541,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
                     if (!spun) sched_yield();  // (see waitForPackets)
                 } while (!spun && nowNs() - start < spin);
                 (spun ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
-                tPoll.spun(spun);
+                tPoll.spun(spun);  // (only a wake-up datagram or packets end this spin early)
             }
             socketReadable_ = spun || driver_->blockForPackets();
             tPoll.waited(nowNs() - start, socketReadable_);
@@ -654,11 +657,14 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     bool readable = false;
     bool done = false;
     const bool busy = options_.busyPollUs > 0;
-    const int64_t spinNs = busy                    ? static_cast<int64_t>(options_.busyPollUs) * 1000
-                           : canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_)
-                                                   : 0;
+    int64_t spinNs = 0;
+    if (waitNs > 0) {  // (a wait of 0, the pacer's, only looks: it spins nothing)
+        spinNs = busy                    ? static_cast<int64_t>(options_.busyPollUs) * 1000
+                 : canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_)
+                                         : 0;
+    }
     const int64_t start = nowNs();
-    if (spinNs > 0 && waitNs > 0) {
+    if (spinNs > 0) {
         const int64_t until = start + std::min(waitNs, spinNs);
         int64_t now = start;
         do {
@@ -670,7 +676,8 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
             if (!done && !busy) sched_yield();
             now = nowNs();
         } while (!done && now < until);
-        if (!busy) {
+        // (A spin ended by a poke, a tick or a nearer deadline is neither a hit nor a miss.)
+        if (!busy && (readable || now - start >= spinNs)) {
             (readable ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
             tPoll.spun(readable);
         }
@@ -768,6 +775,8 @@ Core::Call* Core::CallTable::add(RpcId id) {
 }
 
 void Core::CallTable::remove(Call* c) {
+    // (Under mu_: callers move the callback out first, so that no application object it
+    // holds, a Message of this core say, is destroyed here.)
     index_.erase(c->id);
     c->id = 0;
     c->waiter = nullptr;
@@ -959,6 +968,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     serving_ = true;
     for (int i = 0; i < threads; ++i) {
         workers_.emplace_back([this, handler] {
+            tThreadOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1);
@@ -1041,11 +1051,20 @@ std::shared_ptr<Core> Core::messagesReleased(uint64_t n) {
 
 void Core::outliveEndpoint(std::shared_ptr<Core> self) {
     // Destroyed from one of its own callbacks or handlers, this thread goes back into the
-    // core when that returns: it keeps the core until it ends.
-    const bool inside = tBatchFor == this || std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
+    // core when that returns: it keeps the core until it has left it (the core's own
+    // threads when they end, an application thread when its call on the endpoint returns,
+    // see afterApplicationCall).
+    const bool inside = tThreadOf == this || tBatchFor == this ||
+                        std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
     if (inside) tCoresToDrop.push_back(self);
     std::lock_guard lk(mu_);
     if (liveMessages_ > 0) keepAlive_ = std::move(self);
+}
+
+void Core::afterApplicationCall() {
+    if (tCoresToDrop.empty() || tThreadOf != nullptr || tBatchFor != nullptr || !tLoopsRunning.empty()) return;
+    std::vector<std::shared_ptr<Core>> last;
+    last.swap(tCoresToDrop);
 }
 
 const Core* Core::beginBatch() { return std::exchange(tBatchFor, this); }

@@ -34,7 +34,7 @@
 
 namespace homa::runtime {
 
-class Core : public engine::PacketSink, public std::enable_shared_from_this<Core> {
+class Core : public engine::PacketSink {
   public:
     static std::shared_ptr<Core> create(const EndpointOptions& options, Status* error);
     ~Core() override;
@@ -60,6 +60,10 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// Called by the endpoint's destructor: while messages the core made are still held,
     /// `self` keeps the core alive (until the last one is released).
     void outliveEndpoint(std::shared_ptr<Core> self);
+    /// Called by the endpoint's methods that may run callbacks or handlers, after the
+    /// core's: drops the cores this application thread kept while inside them (endpoints
+    /// it destroyed from one of their own callbacks), once it is inside none.
+    static void afterApplicationCall();
     Status respond(const Address& client, RpcId id, std::span<const uint8_t> response);
     void dropRequest(const Address& client, RpcId id);
 

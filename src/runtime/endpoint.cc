@@ -64,13 +64,21 @@ Endpoint::~Endpoint() {
 
 Address Endpoint::address() const { return core_->address(); }
 
+// The methods that may run callbacks or handlers on the calling thread end with
+// Core::afterApplicationCall(): one of those may have destroyed this endpoint (so `this`
+// is not used after the core's call returns).
+
 Response Endpoint::call(const Address& server, std::span<const uint8_t> request, CallOptions options) {
-    return core_->call(server, request, options);
+    Response r = core_->call(server, request, options);
+    runtime::Core::afterApplicationCall();
+    return r;
 }
 
 RpcId Endpoint::callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                           CallOptions options) {
-    return core_->callAsync(server, request, std::move(done), options);
+    const RpcId id = core_->callAsync(server, request, std::move(done), options);
+    runtime::Core::afterApplicationCall();
+    return id;
 }
 
 std::future<Response> Endpoint::callFuture(const Address& server, std::span<const uint8_t> request,
@@ -81,20 +89,32 @@ std::future<Response> Endpoint::callFuture(const Address& server, std::span<cons
     return future;
 }
 
-Status Endpoint::abort(RpcId id) { return core_->abort(id); }
+Status Endpoint::abort(RpcId id) {
+    Status s = core_->abort(id);
+    runtime::Core::afterApplicationCall();
+    return s;
+}
 
 Endpoint::CallBatch::CallBatch(Endpoint& endpoint)
     : core_(endpoint.core_.get()), outer_(core_->beginBatch()) {}
 
-Endpoint::CallBatch::~CallBatch() { core_->endBatch(outer_); }
+Endpoint::CallBatch::~CallBatch() {
+    core_->endBatch(outer_);
+    runtime::Core::afterApplicationCall();
+}
 
 Status Endpoint::serve(Handler handler, int threads) { return core_->serve(std::move(handler), threads); }
 
 std::optional<ServerRequest> Endpoint::receive(std::chrono::nanoseconds timeout) {
-    return core_->receive(timeout.count());
+    std::optional<ServerRequest> r = core_->receive(timeout.count());
+    runtime::Core::afterApplicationCall();
+    return r;
 }
 
-void Endpoint::poll(std::chrono::nanoseconds timeout) { core_->poll(timeout.count()); }
+void Endpoint::poll(std::chrono::nanoseconds timeout) {
+    core_->poll(timeout.count());
+    runtime::Core::afterApplicationCall();
+}
 
 MetricsSnapshot Endpoint::metrics() const { return core_->metrics(); }
 
@@ -106,6 +126,9 @@ std::string Endpoint::metricsSocketPath() const { return core_->metricsSocketPat
 
 Status Endpoint::sendFreeze(const Address& peer) { return core_->sendFreeze(peer); }
 
-void Endpoint::shutdown() { core_->shutdown(); }
+void Endpoint::shutdown() {
+    core_->shutdown();
+    runtime::Core::afterApplicationCall();
+}
 
 }  // namespace homa

@@ -2,6 +2,7 @@
 #include "homa/endpoint.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -456,6 +457,35 @@ TEST(Endpoint, ACallbackMayDestroyItsOwnEndpoint) {
     ASSERT_EQ(callbackGone.wait_for(10s), std::future_status::ready);
 }
 
+// An application thread that destroys the endpoint from a callback it runs (in poll())
+// leaves the endpoint's remains when poll() returns: its socket is closed then, and its
+// port free again (not only when the thread ends).
+TEST(Endpoint, AnEndpointDestroyedFromACallbackInPollIsGoneWhenPollReturns) {
+    auto silent = Endpoint::open(loopback());  // never answers
+    ASSERT_TRUE(silent);
+    EndpointOptions o = loopback();
+    o.pollThread = false;
+    Status err;
+    std::unique_ptr<Endpoint> client = Endpoint::open(o, &err);
+    ASSERT_TRUE(client) << err.toString();
+    const uint16_t port = client->address().port;
+    bool ran = false;
+    CallOptions c;
+    c.timeout = 20ms;
+    client->callAsync(silent->address(), bytesOf(16, 1), [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+        client.reset();
+        ran = true;
+    }, c);
+    Endpoint* running = client.get();  // (the callback destroys it inside poll())
+    for (int i = 0; i < 1000 && !ran; ++i) running->poll(10ms);
+    ASSERT_TRUE(ran);
+    EndpointOptions again = loopback();
+    again.address.port = port;
+    auto reopened = Endpoint::open(again, &err);
+    EXPECT_TRUE(reopened) << "port " << port << " still bound: " << err.toString();
+}
+
 // A burst of asynchronous calls started inside a CallBatch leaves in one system call
 // (or a few, if the endpoint's loop happens to flush meanwhile) instead of one per call.
 TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
@@ -876,6 +906,10 @@ TEST(Endpoint, BusyPollingServesCallsAndIsBounded) {
 // ping-pong counts as short on every machine); with 0, or with busy polling set, it is
 // off. Either way every call is served, and a bad budget is refused.
 TEST(Endpoint, AdaptivePollingSpinsAfterShortWaitsOnlyWhenOn) {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) < 2)
+        GTEST_SKIP() << "held to one CPU: threads there never poll adaptively";
     auto spinsOf = [](const MetricsSnapshot& m) { return m.get("adaptive_poll_hits") + m.get("adaptive_poll_misses"); };
     for (uint32_t budgetUs : {0u, 100'000u}) {
         for (uint32_t busyUs : {0u, 50u}) {
