@@ -36,11 +36,13 @@ std::vector<uint8_t> bytesOf(size_t n, uint8_t seed) {
     return v;
 }
 
-std::unique_ptr<Endpoint> echoServer(int threads = 1) {
+std::unique_ptr<Endpoint> echoServer(int threads = 1, const EndpointOptions& options = loopback()) {
     Status err;
-    auto server = Endpoint::open(loopback(), &err);
+    auto server = Endpoint::open(options, &err);
     EXPECT_TRUE(server) << err.toString();
-    EXPECT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, threads).isOk());
+    if (server) {
+        EXPECT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, threads).isOk());
+    }
     return server;
 }
 
@@ -401,12 +403,15 @@ TEST(Endpoint, ResponsesMayOutliveTheirEndpoint) {
 // A handler may destroy its own endpoint (the last owner) while it holds the request: the
 // endpoint's core lives on until its worker thread is done with it. (It was freed while
 // the request's buffer went back, and the worker then locked freed memory.)
+// Held by a callback or handler: its future becomes ready when the last copy goes, that is
+// when the endpoint's thread has let go of the function.
+struct GoneSignal {
+    std::promise<void> gone;
+    ~GoneSignal() { gone.set_value(); }
+};
+
 TEST(Endpoint, AHandlerMayDestroyItsOwnEndpoint) {
-    struct Guard {
-        std::promise<void> gone;
-        ~Guard() { gone.set_value(); }
-    };
-    auto guard = std::make_shared<Guard>();
+    auto guard = std::make_shared<GoneSignal>();
     std::future<void> workerDone = guard->gone.get_future();
     std::promise<void> destroyed;
     std::unique_ptr<Endpoint> server = Endpoint::open(loopback());
@@ -433,11 +438,7 @@ TEST(Endpoint, AHandlerMayDestroyItsOwnEndpoint) {
 // A callback may destroy its own endpoint too, even when its response holds no message
 // (nothing else then kept the core alive while the poll thread went back into it).
 TEST(Endpoint, ACallbackMayDestroyItsOwnEndpoint) {
-    struct Guard {
-        std::promise<void> gone;
-        ~Guard() { gone.set_value(); }
-    };
-    auto guard = std::make_shared<Guard>();
+    auto guard = std::make_shared<GoneSignal>();
     std::future<void> callbackGone = guard->gone.get_future();
     std::promise<StatusCode> seen;
     auto silent = Endpoint::open(loopback());  // never answers
@@ -882,9 +883,8 @@ TEST(Endpoint, BusyPollingServesCallsAndIsBounded) {
     EndpointOptions o = loopback();
     o.busyPollUs = 200;
     Status err;
-    auto server = Endpoint::open(o, &err);
-    ASSERT_TRUE(server) << err.toString();
-    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
+    auto server = echoServer(1, o);
+    ASSERT_TRUE(server);
     auto client = Endpoint::open(o, &err);
     ASSERT_TRUE(client) << err.toString();
     for (size_t size : {64, 5000, 200'000}) {
@@ -918,9 +918,8 @@ TEST(Endpoint, AdaptivePollingSpinsAfterShortWaitsOnlyWhenOn) {
             o.adaptivePollUs = budgetUs;
             o.busyPollUs = busyUs;
             Status err;
-            auto server = Endpoint::open(o, &err);
-            ASSERT_TRUE(server) << err.toString();
-            ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
+            auto server = echoServer(1, o);
+            ASSERT_TRUE(server);
             auto client = Endpoint::open(o, &err);
             ASSERT_TRUE(client) << err.toString();
             for (int i = 0; i < 50; ++i) {
