@@ -44,6 +44,10 @@ TEST(PerfOptions, ClientOptionsAreParsed) {
     EXPECT_EQ(h.unschedBytes, 10'000u);
     EXPECT_EQ(h.maxIncoming, 100'000u);
     EXPECT_EQ(h.overcommit, 2);
+    EXPECT_EQ(h.adaptivePollUs, 10u) << "the endpoint's default";
+    PerfOptions a;
+    ASSERT_TRUE(parse({"local", "--adaptive-poll-us", "0"}, &a, &e)) << e;
+    EXPECT_EQ(a.adaptivePollUs, 0u);
 }
 
 TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
@@ -58,6 +62,9 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--max-length", "2"},
         {"local", "--busy-poll-us", "2000000"},
         {"local", "--busy-poll-us", "soon"},
+        {"local", "--adaptive-poll-us", "2000000"},
+        {"local", "--adaptive-poll-us", "-1"},
+        {"local", "--adaptive-poll-us", "briefly"},
         {"local", "--no-engine-cpu-time=maybe"},
         {"local", "--calls", "sometimes"},
         {"local", "--unsched-bytes", "0"},
