@@ -14,8 +14,6 @@
 #include <cstring>
 #include <deque>
 
-#include "runtime/adaptive_poll.h"
-
 namespace homa::runtime {
 
 namespace {
@@ -435,14 +433,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     // finds nothing on the pass after the one that emptied the socket.
     const bool readable = socketReadable_.exchange(false);
     if (!justDrained_ || readable) rx = driver_->receive();
-    if (std::exchange(readAfterCallbacks_, false) && !readable) {
-        if (rx.empty()) {
-            readAfterCallbacksSkip_ = readAfterCallbacksBackoff_;
-            readAfterCallbacksBackoff_ = std::min(2 * readAfterCallbacksBackoff_, kMaxReadAfterCallbacksSkip);
-        } else {
-            readAfterCallbacksBackoff_ = 1;
-        }
-    }
+    if (std::exchange(readAfterCallbacks_, false) && !readable) readAfterCallbacksMisses_.tried(!rx.empty());
     justDrained_ = !rx.empty() && driver_->drained();
     int64_t waitNs = 0;
     bool idle = false;
@@ -515,13 +506,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
     // callbacks never waits: the next one reads.) When such a read finds nothing (one call
     // at a time: its answer is still on the way), it costs one more, so after a miss the
     // next 1, 2, 4 ... 64 passes with callbacks wait first as before.
-    if (!ready.empty() && justDrained_) {
-        if (readAfterCallbacksSkip_ > 0) {
-            --readAfterCallbacksSkip_;
-        } else {
-            justDrained_ = false;
-            readAfterCallbacks_ = true;
-        }
+    if (!ready.empty() && justDrained_ && readAfterCallbacksMisses_.tryNow()) {
+        justDrained_ = false;
+        readAfterCallbacks_ = true;
     }
     runCallbacks(ready, flushEvery);
     if (idle && maxWaitNs != 0) {
@@ -535,13 +522,9 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             bool spun = false;
             if (const int64_t spin = canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_) : 0) {
                 // (The owner is marked blocked meanwhile: wakeOwner() sends it the wake-up
-                // datagram, which the spin finds like any packet.)
-                do {
-                    spun = driver_->wait(0, -1, nullptr);
-                    if (!spun) sched_yield();  // (see waitForPackets)
-                } while (!spun && nowNs() - start < spin);
-                (spun ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
-                tPoll.spun(spun);  // (only a wake-up datagram or packets end this spin early)
+                // datagram, which the spin finds like any packet. Nothing else ends it early.)
+                spun = lookUntil(start + spin, true, -1, nullptr, nullptr);
+                countSpin(spun);
             }
             socketReadable_ = spun || driver_->blockForPackets();
             tPoll.waited(nowNs() - start, socketReadable_);
@@ -652,6 +635,25 @@ void Core::setTickTimer(int64_t now, bool on) {
     tickArmedAt_ = now;
 }
 
+bool Core::lookUntil(int64_t until, bool yield, int fd, bool* poked, bool* ticked) {
+    bool readable = false;
+    bool done = false;
+    do {
+        readable = driver_->wait(0, fd, poked, ticked ? tickFd_ : -1, ticked);
+        done = readable || (poked && *poked) || (ticked && *ticked);
+        // An adaptive spin gives way to any thread waiting for this CPU: it may be the
+        // peer whose answer the spin waits for (both ends on one CPU, or more threads than
+        // CPUs), which spinning would hold off until the budget ran out.
+        if (!done && yield) sched_yield();
+    } while (!done && nowNs() < until);
+    return readable;
+}
+
+void Core::countSpin(bool found) {
+    (found ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
+    tPoll.spun(found);
+}
+
 bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     bool ticked = false;
     bool readable = false;
@@ -665,22 +667,11 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
     }
     const int64_t start = nowNs();
     if (spinNs > 0) {
-        const int64_t until = start + std::min(waitNs, spinNs);
-        int64_t now = start;
-        do {
-            readable = driver_->wait(0, fd, poked, tickFd_, &ticked);
-            done = readable || *poked || ticked;
-            // An adaptive spin gives way to any thread waiting for this CPU: it may be
-            // the peer whose answer the spin waits for (both ends on one CPU, or more
-            // threads than CPUs), which spinning would hold off until the budget ran out.
-            if (!done && !busy) sched_yield();
-            now = nowNs();
-        } while (!done && now < until);
+        readable = lookUntil(start + std::min(waitNs, spinNs), !busy, fd, poked, &ticked);
+        done = readable || *poked || ticked;
+        const int64_t now = nowNs();
         // (A spin ended by a poke, a tick or a nearer deadline is neither a hit nor a miss.)
-        if (!busy && (readable || now - start >= spinNs)) {
-            (readable ? spinHits_ : spinMisses_).fetch_add(1, std::memory_order_relaxed);
-            tPoll.spun(readable);
-        }
+        if (!busy && (readable || now - start >= spinNs)) countSpin(readable);
         if (waitNs != kUntilTimer) {
             waitNs -= now - start;
             done = done || waitNs <= 0;

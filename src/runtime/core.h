@@ -28,6 +28,7 @@
 #include "driver/udp_driver.h"
 #include "engine/engine.h"
 #include "homa/endpoint.h"
+#include "runtime/adaptive_poll.h"
 #include "runtime/clock.h"
 #include "runtime/publisher.h"
 #include "runtime/thread_counters.h"
@@ -147,6 +148,12 @@ class Core : public engine::PacketSink {
     /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
     /// with busy polling, looks without sleeping first.
     bool waitForPackets(int64_t waitNs, int fd, bool* poked);
+    /// Spinning: looks at the socket (and `fd` and, with `ticked`, the tick timer; see
+    /// UdpDriver::wait) until one is ready or `until` (ns) has passed, yielding the CPU
+    /// between looks if `yield`. Returns whether the socket is readable.
+    bool lookUntil(int64_t until, bool yield, int fd, bool* poked, bool* ticked);
+    /// Counts an adaptive spin that found packets, or ran out of budget.
+    void countSpin(bool found);
     /// How long an idle loop may sleep (under mu_): kUntilTimer when only the tick timer
     /// needs to wake it. Arms the tick timer while the engine has ticks due, disarms it
     /// once the engine has had none for a whole tick.
@@ -229,12 +236,9 @@ class Core : public engine::PacketSink {
     bool ownerWakeFailed_ = false;  // a wake-up datagram could not be sent (under mu_)
     bool justDrained_ = false;                 // loop owner only: see iterate()
     // The read after callbacks (iterate()), loop owner only: whether the next pass makes
-    // one, the passes with callbacks left to skip it after it found nothing, and how many
-    // the next miss skips (doubling up to kMaxReadAfterCallbacksSkip).
+    // one, and when to stop making them after they find nothing.
     bool readAfterCallbacks_ = false;
-    uint32_t readAfterCallbacksSkip_ = 0;
-    uint32_t readAfterCallbacksBackoff_ = 1;
-    static constexpr uint32_t kMaxReadAfterCallbacksSkip = 64;
+    MissBackoff readAfterCallbacksMisses_;
     // Adaptive polling (adaptive_poll.h): the budget, and the spins that found packets
     // and that ran out (counted by the waiting threads, outside mu_).
     int64_t adaptiveSpinNs_ = 0;

@@ -114,6 +114,15 @@ struct Pair {
         while (e.pollDelivery(d)) v.push_back(d);
         return v;
     }
+    /// Pumps, then expects B to have been handed exactly one message, of `length`
+    /// bytes, which it gives back.
+    void expectOneMessageAtB(uint32_t length) {
+        pump();
+        auto d = deliveries(b);
+        ASSERT_EQ(d.size(), 1u);
+        EXPECT_EQ(d[0].message.length, length);
+        b.releaseMessage(d[0].message, now);
+    }
     /// Serves every pending request on B with a response of `length` bytes.
     int serveAll(uint32_t length) {
         int n = 0;
@@ -902,11 +911,7 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     EXPECT_GT(p.b.metrics().dropped[static_cast<size_t>(DropReason::NoBuffer)], 0u);
     p.b.releaseMessage(first[0].message, p.now);
     EXPECT_GE(p.sinkB.count(wire::PacketType::Resend), 1u) << "asks again for what it dropped";
-    p.pump();
-    auto second = p.deliveries(p.b);
-    ASSERT_EQ(second.size(), 1u);
-    EXPECT_EQ(second[0].message.length, 150'000u);
-    p.b.releaseMessage(second[0].message, p.now);
+    p.expectOneMessageAtB(150'000);
 }
 
 // A pool filled by a large message still takes a single-packet one: its share of the
@@ -931,11 +936,7 @@ TEST(Engine, FullPoolStillTakesSmallMessages) {
     EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::NoBuffer)] > 0, true);
     p.b.releaseMessage(small[0].message, p.now);
     p.b.releaseMessage(first[0].message, p.now);
-    p.pump();
-    auto second = p.deliveries(p.b);
-    ASSERT_EQ(second.size(), 1u);
-    EXPECT_EQ(second[0].message.length, 50'000u);
-    p.b.releaseMessage(second[0].message, p.now);
+    p.expectOneMessageAtB(50'000);
 }
 
 // Buffers coming back go to every waiting single-packet message that fits, even one
@@ -970,11 +971,7 @@ TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
     EXPECT_EQ(small[1].message.length, 1'000u);
     // The large message gets its buffer once enough comes back.
     p.b.releaseMessage(held[0].message, p.now);
-    p.pump();
-    auto large = p.deliveries(p.b);
-    ASSERT_EQ(large.size(), 1u);
-    EXPECT_EQ(large[0].message.length, 100'000u);
-    p.b.releaseMessage(large[0].message, p.now);
+    p.expectOneMessageAtB(100'000);
     for (auto& d : small) p.b.releaseMessage(d.message, p.now);
     for (size_t i = 2; i < smallHeld.size(); ++i) p.b.releaseMessage(smallHeld[i].message, p.now);
     EXPECT_EQ(p.b.bufferPool().bytesInUse(), 0u);
@@ -1088,11 +1085,7 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
     p.tickUntil(p.cfgA.resendTicks + 2, [&] { return p.a.metrics().clientRestarts != 0; });
     EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 0u) << "a request that never ran was refused";
     EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
-    p.pump();
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    EXPECT_EQ(served[0].message.length, 5'000u);
-    p.b.releaseMessage(served[0].message, p.now);
+    p.expectOneMessageAtB(5'000);
 }
 
 // A request the server never ran, whose id fell below its at-most-once window while it
