@@ -7,6 +7,20 @@ namespace {
 
 constexpr int64_t kBudget = 10'000;
 
+TEST(MissBackoff, MissesLetGoOneTwoFourUpToSixtyFourChancesAndAHitForgivesThem) {
+    MissBackoff b;
+    EXPECT_TRUE(b.tryNow());
+    for (uint32_t skip : {1u, 2u, 4u, 8u, 16u, 32u, 64u, 64u}) {
+        b.tried(false);
+        for (uint32_t i = 0; i < skip; ++i) EXPECT_FALSE(b.tryNow()) << "after a miss, chance " << i << " of " << skip;
+        EXPECT_TRUE(b.tryNow());
+    }
+    b.tried(true);
+    b.tried(false);
+    EXPECT_FALSE(b.tryNow());
+    EXPECT_TRUE(b.tryNow()) << "a hit starts again at one chance";
+}
+
 TEST(AdaptivePoll, TheFirstWaitSleeps) {
     AdaptivePoll p;
     EXPECT_EQ(p.spinFor(kBudget), 0);
