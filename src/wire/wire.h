@@ -109,8 +109,9 @@ struct AckHeader {
   bool operator==(const AckHeader&) const = default;
 };
 
-// Result of decode; only the member matching common.type is meaningful (the others are
-// left at their defaults).
+// Result of decode; only common, payload and the member matching common.type are
+// meaningful: decode resets those and leaves the others as they were (a Packet used for
+// several decodes keeps stale values in them).
 struct Packet {
   CommonHeader common;
   DataHeader data;
@@ -147,9 +148,9 @@ const char* toString(PacketType type);
 size_t headerSize(PacketType type);
 
 // Decodes and validates one packet. Every field is treated as hostile: never reads out of
-// bounds and never trusts a length. `out` is reset first; on an error it may hold the
-// fields read so far (for logging) and must not be acted on. Bytes after a control
-// packet's header are ignored.
+// bounds and never trusts a length. `out`'s common header, payload and the member of the
+// packet's type are reset first; on an error it may hold the fields read so far (for
+// logging) and must not be acted on. Bytes after a control packet's header are ignored.
 DecodeError decode(std::span<const uint8_t> bytes, uint32_t maxMessageLength, Packet& out);
 
 // Encoders write only the header (a DATA payload is carried separately by the caller)
