@@ -96,21 +96,24 @@ class RpcPair {
             return fail("startRequest failed");
         deliverBatch(clientOut_, server_, clientAddress_, now_);
 
-        if (!server_.pollDelivery(delivery_) || delivery_.kind != Delivery::Kind::Request)
-            return fail("the server did not deliver the request");
-        const engine::ReceivedMessage request = delivery_.message;
+        // Deliveries are read in place, as the runtime reads them.
+        const Delivery* d = server_.peekDelivery();
+        if (d == nullptr || d->kind != Delivery::Kind::Request) return fail("the server did not deliver the request");
+        const engine::ReceivedMessage request = d->message;
+        const engine::ServerRpcId rpc = d->server;
+        server_.popDelivery();
         if (request.length != kMessageBytes) return fail("the request arrived with a wrong length");
-        if (!server_.sendResponse(delivery_.server, response_, now_).isOk())
-            return fail("sendResponse failed");
+        if (!server_.sendResponse(rpc, response_, now_).isOk()) return fail("sendResponse failed");
         server_.releaseMessage(request, now_);
         deliverBatch(serverOut_, client_, serverAddress_, now_);
 
-        if (!client_.pollDelivery(delivery_) || delivery_.kind != Delivery::Kind::Response ||
-            delivery_.cookie != cookie_ || delivery_.clientId != id)
+        d = client_.peekDelivery();
+        if (d == nullptr || d->kind != Delivery::Kind::Response || d->cookie != cookie_ || d->clientId != id)
             return fail("the client did not deliver the response");
-        if (delivery_.message.length != kMessageBytes)
-            return fail("the response arrived with a wrong length");
-        client_.releaseMessage(delivery_.message, now_);
+        const engine::ReceivedMessage response = d->message;
+        client_.popDelivery();
+        if (response.length != kMessageBytes) return fail("the response arrived with a wrong length");
+        client_.releaseMessage(response, now_);
 
         // Whatever else was sent (CUTOFFS, ACK, NEED_ACK) crosses over too.
         settle();

@@ -225,7 +225,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     if (rpc->isClient()) {
         clientRpcs_.insert(id, rpc);
     } else {
-        serverRpcs_.emplace(ServerKey{peer, rpc->clientId()}, rpc);
+        peer->serverRpcs.insert(rpc->clientId(), rpc);
         ++pendingRequests_;
     }
     return rpc;
@@ -235,7 +235,7 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->isClient()) {
         clientRpcs_.erase(rpc->id);
     } else {
-        serverRpcs_.erase(ServerKey{rpc->peer, rpc->clientId()});
+        rpc->peer->serverRpcs.erase(rpc->clientId());
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
         // Never delivered, so never executed: the client may send it again (after
         // RPC_UNKNOWN) and must then be served, not dropped as a repeat.
@@ -263,8 +263,7 @@ Rpc* Engine::findClientRpc(uint64_t id) {
 }
 
 Rpc* Engine::findServerRpc(Peer* peer, uint64_t clientId) {
-    auto it = serverRpcs_.find(ServerKey{peer, clientId});
-    return it == serverRpcs_.end() ? nullptr : it->second;
+    return peer->serverRpcs.find(clientId);
 }
 
 void Engine::failRpc(Rpc* rpc, Status status) {
@@ -405,7 +404,7 @@ bool Engine::isNewRequest(const Address& source, std::span<const uint8_t> packet
         if (it == peers_.end()) return true;
         peer = it->second.get();
     }
-    return !serverRpcs_.contains(ServerKey{peer, senderId});
+    return peer->serverRpcs.find(senderId) == nullptr;
 }
 
 void Engine::receive(const Address& source, std::span<const uint8_t> packet, Time now) {
@@ -691,22 +690,29 @@ void Engine::sendCutoffs(Peer* peer, Time now) {
 bool Engine::pollDelivery(Delivery& out) {
     if (deliveries_.empty()) return false;
     out = std::move(deliveries_.front());
+    traceDelivery(out);
     deliveries_.pop_front();
-    if (__builtin_expect(trace::enabled(), 0)) {
-        switch (out.kind) {
-            case Delivery::Kind::Request:
-                trace::recordAlways("deliver request id %u len %u", out.server.id, out.message.length);
-                break;
-            case Delivery::Kind::Response:
-                trace::recordAlways("deliver response id %u len %u", out.clientId, out.message.length);
-                break;
-            case Delivery::Kind::Failure:
-                trace::recordAlways("deliver failure id %u code %u", out.clientId,
-                                    static_cast<unsigned>(out.status.code()));
-                break;
-        }
-    }
     return true;
+}
+
+void Engine::popDelivery() {
+    traceDelivery(deliveries_.front());
+    deliveries_.pop_front();
+}
+
+void Engine::traceDelivery(const Delivery& d) {
+    if (__builtin_expect(!trace::enabled(), 1)) return;
+    switch (d.kind) {
+        case Delivery::Kind::Request:
+            trace::recordAlways("deliver request id %u len %u", d.server.id, d.message.length);
+            break;
+        case Delivery::Kind::Response:
+            trace::recordAlways("deliver response id %u len %u", d.clientId, d.message.length);
+            break;
+        case Delivery::Kind::Failure:
+            trace::recordAlways("deliver failure id %u code %u", d.clientId, static_cast<unsigned>(d.status.code()));
+            break;
+    }
 }
 
 void Engine::listRpcs(std::vector<RpcInfo>& out) const {

@@ -135,7 +135,14 @@ class Engine {
     Time nextPacerWakeup() const;
 
     // ---- Outputs and inspection
+    /// Moves the oldest delivery into `out`; false if there is none.
     bool pollDelivery(Delivery& out);
+    /// The oldest delivery in place, or null: a host that reads a delivery's fields and
+    /// moves nothing out saves pollDelivery()'s move. Valid until popDelivery() or the
+    /// next engine call that may deliver.
+    Delivery* peekDelivery() { return deliveries_.empty() ? nullptr : &deliveries_.front(); }
+    /// Removes the delivery peekDelivery() returned (there must be one).
+    void popDelivery();
     bool hasDeliveries() const { return !deliveries_.empty(); }
     const EngineMetrics& metrics() const { return m_; }
     const Config& config() const { return cfg_; }
@@ -156,18 +163,9 @@ class Engine {
     bool takeFreeze() { return std::exchange(freezeReceived_, false); }
 
   private:
-    struct ServerKey {
-        const Peer* peer;
-        uint64_t clientId;
-        friend bool operator==(const ServerKey&, const ServerKey&) = default;
-        template <typename H>
-        friend H AbslHashValue(H h, const ServerKey& k) {
-            return H::combine(std::move(h), k.peer, k.clientId);
-        }
-    };
-
     // engine.cc
     Time clamp(Time now);
+    static void traceDelivery(const Delivery& d);
     /// Packets come in batches, mostly from few peers: the last peer found is checked
     /// first, inline, and only a different peer costs a hash lookup.
     Peer* findPeer(const Address& address) {
@@ -280,7 +278,6 @@ class Engine {
     uint64_t forgottenGeneration_ = 0;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
     ClientRpcIndex<Rpc> clientRpcs_;
-    absl::flat_hash_map<ServerKey, Rpc*> serverRpcs_;
     RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined
     RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space

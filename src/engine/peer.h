@@ -6,6 +6,7 @@
 #include <array>
 #include <memory>
 
+#include "engine/client_rpc_index.h"
 #include "engine/rpc.h"
 #include "engine/seen_ids.h"
 #include "homa/address.h"
@@ -56,6 +57,9 @@ struct Peer {
 
     /// Client ids this peer used with us as server (created lazily).
     std::unique_ptr<SeenIds> seen;
+    /// The RPCs we serve for this peer, by its ids (one slot at first: most peers are
+    /// only servers to us; it grows with the peer's window of calls).
+    ClientRpcIndex<Rpc> serverRpcs{1, 4096};
 
     uint32_t rpcCount = 0;
     Time lastUsed = 0;

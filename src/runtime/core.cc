@@ -690,8 +690,10 @@ bool Core::waitForPackets(int64_t waitNs, int fd, bool* poked) {
 void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready, int64_t now) {
     for (auto& f : failedStarts_) ready.push_back(std::move(f));
     failedStarts_.clear();
-    engine::Delivery d;
-    while (engine_->pollDelivery(d)) {
+    // (Read in place: a delivery's fields are copied into the Message or Response, so
+    // moving the whole delivery out first would be wasted work.)
+    for (engine::Delivery* dp; (dp = engine_->peekDelivery()) != nullptr; engine_->popDelivery()) {
+        engine::Delivery& d = *dp;
         switch (d.kind) {
             case engine::Delivery::Kind::Request:
                 ++messagesDelivered_;
@@ -711,7 +713,7 @@ void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready,
             }
             case engine::Delivery::Kind::Failure: {
                 Response r;
-                r.status = d.status;
+                r.status = std::move(d.status);
                 finishCall(d.clientId, std::move(r), ready);
                 break;
             }

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <map>
 #include <random>
 #include <vector>
@@ -68,14 +70,37 @@ TEST(ClientRpcIndex, SlotsAreRoundedUpToAPowerOfTwo) {
     EXPECT_EQ(index.overflowSize(), 1u);
 }
 
+// A table that may grow doubles when an id's slot is taken, until its largest size; the
+// entries already in it, and those of the overflow that then have a slot, are all found.
+TEST(ClientRpcIndex, AGrowingTableDoublesOnACollisionUpToItsLargestSize) {
+    ClientRpcIndex<Item> index(1, 8);
+    EXPECT_EQ(index.slots(), 1u);
+    std::vector<Item> items;
+    for (uint64_t id = 2; id <= 40; id += 2) items.push_back(Item{id});
+    for (size_t i = 0; i < 4; ++i) index.insert(items[i].id, &items[i]);  // ids 2..8
+    EXPECT_EQ(index.slots(), 4u);
+    EXPECT_EQ(index.overflowSize(), 0u);
+    for (size_t i = 4; i < items.size(); ++i) index.insert(items[i].id, &items[i]);
+    EXPECT_EQ(index.slots(), 8u);  // no further: 8 is the largest
+    EXPECT_EQ(index.overflowSize(), items.size() - 8);
+    for (const Item& item : items) EXPECT_EQ(index.find(item.id), &item) << item.id;
+    EXPECT_EQ(index.size(), items.size());
+}
+
 // Random inserts and erases of a sliding window of ids (the way a client's RPCs come and
-// go, with a few long-lived ones) against a std::map.
-TEST(ClientRpcIndex, AgreesWithAMapUnderRandomTraffic) {
-    const unsigned seed = std::random_device{}();
-    std::printf("seed %u\n", seed);
+// go, with a few long-lived ones) against a std::map, in a table of a fixed size and in
+// one that grows. HOMA_TEST_SEED=<n> repeats a run.
+class ClientRpcIndexRandom : public ::testing::TestWithParam<std::pair<size_t, size_t>> {};
+INSTANTIATE_TEST_SUITE_P(Sizes, ClientRpcIndexRandom,
+                         ::testing::Values(std::pair<size_t, size_t>{64, 0}, std::pair<size_t, size_t>{1, 256}));
+
+TEST_P(ClientRpcIndexRandom, AgreesWithAMapUnderRandomTraffic) {
+    const char* fixed = std::getenv("HOMA_TEST_SEED");
+    const unsigned seed = fixed ? static_cast<unsigned>(std::strtoul(fixed, nullptr, 10)) : std::random_device{}();
+    std::printf("seed %u (HOMA_TEST_SEED=%u repeats this run)\n", seed, seed);
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 rng(seed);
-    ClientRpcIndex<Item> index(64);
+    ClientRpcIndex<Item> index(GetParam().first, GetParam().second);
     std::map<uint64_t, Item*> model;
     std::vector<std::unique_ptr<Item>> items;
     uint64_t nextId = 1000;
