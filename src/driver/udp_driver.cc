@@ -29,9 +29,10 @@ Status sysError(const std::string& what) {
 }  // namespace
 
 void toSockaddr(const Address& a, bool ipv6Socket, sockaddr_storage* out, socklen_t* len) {
-    std::memset(out, 0, sizeof(*out));
+    // (Only the part the kernel reads is cleared: this runs for every datagram sent.)
     if (!ipv6Socket) {
         auto* s = reinterpret_cast<sockaddr_in*>(out);
+        std::memset(s, 0, sizeof(*s));
         s->sin_family = AF_INET;
         s->sin_port = htons(a.port);
         s->sin_addr.s_addr = htonl(a.ipv4Host());
@@ -39,6 +40,7 @@ void toSockaddr(const Address& a, bool ipv6Socket, sockaddr_storage* out, sockle
         return;
     }
     auto* s = reinterpret_cast<sockaddr_in6*>(out);
+    std::memset(s, 0, sizeof(*s));
     s->sin6_family = AF_INET6;
     s->sin6_port = htons(a.port);
     std::memcpy(&s->sin6_addr, a.ip.data(), 16);
@@ -111,6 +113,7 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
     d->txHdrs_.resize(d->tx_.size());
     d->txIovs_.resize(d->tx_.size());
     d->txControls_.resize(d->tx_.size());
+    d->txDests_.resize(d->tx_.size());
     d->txMsgs_.reserve(d->tx_.size());
     return d;
 }
@@ -132,7 +135,6 @@ void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uin
     if (txCount_ == tx_.size()) flush();
     TxPacket& p = tx_[txCount_];
     p.address = dest;
-    toSockaddr(dest, ipv6_, &p.dest, &p.destLen);
     p.priority = priority;
     p.offset = static_cast<uint32_t>(txCount_ * maxPacket_);
     p.length = static_cast<uint32_t>(length);
@@ -182,8 +184,10 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         }
         msghdr& h = hdrs[m].msg_hdr;
         std::memset(&h, 0, sizeof(h));
-        h.msg_name = const_cast<sockaddr_storage*>(&first.dest);
-        h.msg_namelen = first.destLen;
+        socklen_t destLen = 0;
+        toSockaddr(first.address, ipv6_, &txDests_[m], &destLen);
+        h.msg_name = &txDests_[m];
+        h.msg_namelen = destLen;
         h.msg_iov = &iovs[iov];
         h.msg_iovlen = msgs[m].count;
         iov += msgs[m].count;
@@ -274,24 +278,34 @@ int UdpDriver::readBatch(bool block) {
     static_assert(kCmsgSpace <= kControlBytes);
     const size_t batch = static_cast<size_t>(batch_);
     auto& hdrs = rxHdrs_;
-    auto& iovs = rxIovs_;
-    auto& sources = rxSources_;
-    auto& controls = rxControls_;
-    for (size_t i = 0; i < batch; ++i) {
-        iovs[i] = {rxArena_.data() + i * rxBufferSize_, rxBufferSize_};
+    // Every header is set up once; a read changes the lengths and flags of those it
+    // fills, and only those are set back (a read of a few datagrams then costs a few
+    // headers' work, not the whole batch's).
+    if (rxDirty_ > batch) {
+        auto& iovs = rxIovs_;
+        for (size_t i = 0; i < batch; ++i) {
+            iovs[i] = {rxArena_.data() + i * rxBufferSize_, rxBufferSize_};
+            msghdr& h = hdrs[i].msg_hdr;
+            std::memset(&h, 0, sizeof(h));
+            h.msg_name = &rxSources_[i];
+            h.msg_iov = &iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = rxControls_[i].data();
+        }
+        rxDirty_ = batch;
+    }
+    for (size_t i = 0; i < rxDirty_; ++i) {
         msghdr& h = hdrs[i].msg_hdr;
-        std::memset(&h, 0, sizeof(h));
-        h.msg_name = &sources[i];
         h.msg_namelen = sizeof(sockaddr_storage);
-        h.msg_iov = &iovs[i];
-        h.msg_iovlen = 1;
-        h.msg_control = controls[i].data();
         h.msg_controllen = kCmsgSpace;
+        h.msg_flags = 0;
     }
     bump(rx_.calls);
     // The socket itself blocks: MSG_DONTWAIT makes every other read non-blocking.
     int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), block ? MSG_WAITFORONE : MSG_DONTWAIT, nullptr);
     HOMA_TRACE("udp recvmmsg %u datagrams", n < 0 ? 0 : n);
+    // (After an error, which headers the kernel touched is unknown: all are set back.)
+    rxDirty_ = n < 0 ? batch : static_cast<size_t>(n);
     drained_ = n < static_cast<int>(batch);
     return n;
 }

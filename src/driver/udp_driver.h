@@ -111,9 +111,7 @@ class UdpDriver {
 
   private:
     struct TxPacket {
-        sockaddr_storage dest;
-        socklen_t destLen;
-        Address address;
+        Address address;  // (made a sockaddr once per datagram message, in sendRange)
         uint8_t priority;
         uint32_t offset;  // into txArena_
         uint32_t length;
@@ -129,6 +127,7 @@ class UdpDriver {
     bool gro_ = false;
     bool drained_ = false;
     int held_ = 0;  // datagrams read by blockForPackets(), delivered by the next receive()
+    size_t rxDirty_ = SIZE_MAX;  // receive headers the last read changed (more than the batch: none set up yet)
     Address local_;
     uint32_t maxPacket_ = 0;
     int batch_ = 32;
@@ -144,6 +143,7 @@ class UdpDriver {
     std::vector<iovec> rxIovs_, txIovs_;
     std::vector<sockaddr_storage> rxSources_;
     std::vector<std::array<uint8_t, kControlBytes>> rxControls_, txControls_;
+    std::vector<sockaddr_storage> txDests_;  // one per datagram message of a send
     struct TxMsg {
         size_t first, count;
         uint32_t segment;

@@ -186,6 +186,39 @@ TEST(UdpDriver, ReceivedPacketsAreCountedByTheirPriority) {
     EXPECT_EQ(b->stats().packetsReceivedByPriority[7], 7u);
 }
 
+// A read sets the control length of each header it fills to what that datagram's
+// messages took: one that carried only the TOS byte leaves room for nothing more. The
+// next read through the same header must still get a GRO buffer's segment size and its
+// TOS (else the buffer would be taken for one packet and its priority lost).
+TEST(UdpDriver, AReadAfterASmallerOneStillSeesGroSegmentsAndPriority) {
+    auto a = open(), b = open();
+    uint8_t x[16] = {};
+    a->queue(b->localAddress(), 1, x, {});
+    a->flush();
+    ASSERT_EQ(drain(*b, 1).size(), 1u);
+    for (int i = 0; i < 5; ++i) a->queue(b->localAddress(), 6, x, {});
+    a->flush();
+    auto got = drain(*b, 5);
+    ASSERT_EQ(got.size(), 5u);
+    for (auto& p : got) EXPECT_EQ(p.size(), sizeof(x));
+    EXPECT_EQ(b->stats().packetsReceivedByPriority[1], 1u);
+    EXPECT_EQ(b->stats().packetsReceivedByPriority[6], 5u);
+    // And sources are read whole again, from several senders in one read.
+    auto c = open();
+    a->queue(b->localAddress(), 0, std::span(x, 3), {});
+    c->queue(b->localAddress(), 0, std::span(x, 4), {});
+    a->flush();
+    c->flush();
+    std::map<size_t, Address> from;
+    for (int i = 0; i < 100 && from.size() < 2; ++i) {
+        b->wait(10'000'000, -1);
+        for (const RxPacket& p : b->receive()) from[p.bytes.size()] = p.source;
+    }
+    ASSERT_EQ(from.size(), 2u);
+    EXPECT_EQ(from[3], a->localAddress());
+    EXPECT_EQ(from[4], c->localAddress());
+}
+
 TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     Status e;
     auto a = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
