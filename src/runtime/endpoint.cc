@@ -5,17 +5,6 @@
 
 namespace homa {
 
-Message& Message::operator=(Message&& other) noexcept {
-    if (this != &other) {
-        reset();
-        core_ = std::exchange(other.core_, nullptr);
-        data_ = std::exchange(other.data_, nullptr);
-        length_ = std::exchange(other.length_, 0);
-        capacity_ = std::exchange(other.capacity_, 0);
-    }
-    return *this;
-}
-
 void Message::reset() {
     if (core_ && data_) core_->release(data_, length_, capacity_);
     core_ = nullptr;
