@@ -136,9 +136,33 @@ class LoadGenerator {
                 park(static_cast<int64_t>(slot));
                 return;
             }
-            if (!finish(f.call, r, sinceNs(f.startTsc), static_cast<int64_t>(slot))) return;
-            issue();
-            if (unpark(false)) issue();
+            // One locked step records the call and, in the closed loop, draws the next
+            // one for the same slot (and takes back a parked slot, if any): the lock is
+            // the load generator's whole cost per call, so it is taken once.
+            Call next;
+            bool again, unparked = false;
+            const int64_t rtt = sinceNs(f.startTsc);
+            {
+                std::lock_guard lk(mu_);
+                again = record(f.call, r, rtt) && !stopping_;
+                if (again) {
+                    next.size = dist_.sample(rng_);
+                    ++outstanding_;
+                    if (parked_ > 0) {
+                        --parked_;
+                        unparked = true;
+                    }
+                } else {
+                    freeSlots_.push_back(static_cast<uint32_t>(slot));
+                    if (outstanding_ == 0) cv_.notify_all();
+                }
+            }
+            if (!again) return;
+            thread_local std::vector<uint8_t> request;
+            complete(&next, request);
+            inFlight_[slot] = {next, trace::readClock()};
+            transport_.issue(next.server, request, slot);
+            if (unparked) issue();
         });
     }
 
@@ -220,19 +244,28 @@ class LoadGenerator {
                 freeSlots_.pop_back();
             }
         }
+        complete(c, request);
+        return true;
+    }
+    /// Fills in a drawn call (c->size) and builds its request.
+    void complete(Call* c, std::vector<uint8_t>& request) {
         c->reqLen = std::max<uint32_t>(c->size, 4);
         c->respLen = o_.oneWay ? 8 : std::max<uint32_t>(c->size, 1);
         c->server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
         request.assign(scratch_.begin(), scratch_.begin() + c->reqLen);
         putResponseLength(request.data(), c->respLen);
-        return true;
     }
-    /// Records a finished call (and frees its slot, if it has one); returns whether the
-    /// closed loop goes on.
-    bool finish(const Call& c, const CallResult& r, int64_t rtt, int64_t slot = -1) {
+    /// Records a finished synchronous call; returns whether the closed loop goes on.
+    bool finish(const Call& c, const CallResult& r, int64_t rtt) {
         std::lock_guard lk(mu_);
+        const bool again = record(c, r, rtt);
+        if (outstanding_ == 0) cv_.notify_all();
+        return again;
+    }
+    /// (Under mu_.) Counts a finished call out and records its sample or error; returns
+    /// whether the closed loop goes on.
+    bool record(const Call& c, const CallResult& r, int64_t rtt) {
         --outstanding_;
-        if (slot >= 0) freeSlots_.push_back(static_cast<uint32_t>(slot));
         if (r.ok) {
             samples.push_back({c.size, c.reqLen + c.respLen, rtt});
             intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
@@ -244,7 +277,6 @@ class LoadGenerator {
             ++errors;
             if (firstError.empty()) firstError = r.error;
         }
-        if (outstanding_ == 0) cv_.notify_all();
         return !stopping_ && o_.gbps == 0;
     }
     /// Counts a refused call; its slot, if it has one, waits (see the completion function).
