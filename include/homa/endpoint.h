@@ -108,9 +108,13 @@ struct Response {
 class ServerRequest {
   public:
     ServerRequest() = default;
-    ServerRequest(ServerRequest&&) noexcept;
+    ServerRequest(ServerRequest&& other) noexcept
+        : message_(std::move(other.message_)), client_(other.client_), id_(other.id_), answered_(other.answered_) {}
     ServerRequest& operator=(ServerRequest&&) noexcept;
-    ~ServerRequest();
+    /// An unanswered request is dropped (its client sees the RPC fail).
+    ~ServerRequest() {
+        if (message_.core_ && !answered_) dropUnanswered();
+    }
 
     const Message& message() const { return message_; }
     const Address& client() const { return client_; }
@@ -123,6 +127,7 @@ class ServerRequest {
 
   private:
     friend class runtime::Core;
+    void dropUnanswered();
     /// Also names the request's endpoint, which outlives it (see Message).
     Message message_;
     Address client_;

@@ -3,6 +3,7 @@
 // Thread safety: Status is a plain value type.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -27,21 +28,33 @@ const char* toString(StatusCode code);
 class Status {
   public:
     Status() = default;
-    Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+    /// (An empty message is kept as none.)
+    Status(StatusCode code, std::string message)
+        : code_(code), message_(message.empty() ? nullptr : std::make_unique<std::string>(std::move(message))) {}
+    Status(const Status& other) : code_(other.code_), message_(other.message_ ? std::make_unique<std::string>(*other.message_) : nullptr) {}
+    Status& operator=(const Status& other) {
+        if (this != &other) *this = Status(other);
+        return *this;
+    }
+    Status(Status&&) noexcept = default;
+    Status& operator=(Status&&) noexcept = default;
 
     static Status ok() { return {}; }
     bool isOk() const { return code_ == StatusCode::Ok; }
     explicit operator bool() const { return isOk(); }
     StatusCode code() const { return code_; }
-    const std::string& message() const { return message_; }
+    const std::string& message() const { return message_ ? *message_ : emptyMessage(); }
     /// "timeout: no packet from 10.0.0.2:4000 for 100 ms".
     std::string toString() const;
 
     friend bool operator==(const Status& a, const Status& b) { return a.code_ == b.code_; }
 
   private:
+    static const std::string& emptyMessage();
     StatusCode code_ = StatusCode::Ok;
-    std::string message_;
+    // Held apart, so that a Status (an Ok one above all, carried by every response) is
+    // one pointer to move, not a whole string.
+    std::unique_ptr<std::string> message_;
 };
 
 }  // namespace homa

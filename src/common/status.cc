@@ -19,11 +19,16 @@ const char* toString(StatusCode code) {
 
 std::string Status::toString() const {
     std::string s = homa::toString(code_);
-    if (!message_.empty()) {
+    if (message_) {
         s += ": ";
-        s += message_;
+        s += *message_;
     }
     return s;
+}
+
+const std::string& Status::emptyMessage() {
+    static const std::string empty;
+    return empty;
 }
 
 }  // namespace homa

@@ -12,8 +12,6 @@ void Message::reset() {
     length_ = capacity_ = 0;
 }
 
-ServerRequest::ServerRequest(ServerRequest&& other) noexcept { *this = std::move(other); }
-
 ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
     if (this != &other) {
         if (message_.core_ && !answered_) message_.core_->dropRequest(client_, id_);
@@ -25,9 +23,9 @@ ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
     return *this;
 }
 
-ServerRequest::~ServerRequest() {
-    // The request first, while the message still holds the endpoint.
-    if (message_.core_ && !answered_) message_.core_->dropRequest(client_, id_);
+void ServerRequest::dropUnanswered() {
+    // (Called first in the destructor: while the message still holds the endpoint.)
+    message_.core_->dropRequest(client_, id_);
 }
 
 Status ServerRequest::respond(std::span<const uint8_t> response) {
