@@ -158,8 +158,8 @@ class LoadGenerator {
                 }
             }
             if (!again) return;
-            thread_local std::vector<uint8_t> request;
-            complete(&next, request);
+            thread_local std::vector<uint8_t> buffer;
+            const std::span<const uint8_t> request = complete(&next, buffer);
             inFlight_[slot] = {next, trace::readClock()};
             transport_.issue(next.server, request, slot);
             if (unparked) issue();
@@ -231,9 +231,10 @@ class LoadGenerator {
         uint32_t size, reqLen, respLen;
         size_t server;
     };
-    /// Draws the next call and builds its request in `request`; false once stopping. With
-    /// `slot`, the call also gets one of the clientMax slots of calls in flight.
-    bool prepare(Call* c, std::vector<uint8_t>& request, uint32_t* slot = nullptr) {
+    /// Draws the next call and builds its request in `buffer` (`request` then views it);
+    /// false once stopping. With `slot`, the call also gets one of the clientMax slots of
+    /// calls in flight.
+    bool prepare(Call* c, std::vector<uint8_t>& buffer, std::span<const uint8_t>* request, uint32_t* slot = nullptr) {
         {
             std::lock_guard lk(mu_);
             if (stopping_) return false;
@@ -244,16 +245,20 @@ class LoadGenerator {
                 freeSlots_.pop_back();
             }
         }
-        complete(c, request);
+        *request = complete(c, buffer);
         return true;
     }
-    /// Fills in a drawn call (c->size) and builds its request.
-    void complete(Call* c, std::vector<uint8_t>& request) {
+    /// Fills in a drawn call (c->size) and builds its request in `buffer`, a thread's own:
+    /// filled once with the largest request's bytes, each call only writes its response
+    /// length at the front (copying the whole request for each call would cost a large
+    /// message's worth of memory traffic in the tool, not the transport).
+    std::span<const uint8_t> complete(Call* c, std::vector<uint8_t>& buffer) {
         c->reqLen = std::max<uint32_t>(c->size, 4);
         c->respLen = o_.oneWay ? 8 : std::max<uint32_t>(c->size, 1);
         c->server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
-        request.assign(scratch_.begin(), scratch_.begin() + c->reqLen);
-        putResponseLength(request.data(), c->respLen);
+        if (buffer.size() < scratch_.size()) buffer = scratch_;
+        putResponseLength(buffer.data(), c->respLen);
+        return {buffer.data(), c->reqLen};
     }
     /// Records a finished synchronous call; returns whether the closed loop goes on.
     bool finish(const Call& c, const CallResult& r, int64_t rtt) {
@@ -307,17 +312,19 @@ class LoadGenerator {
     void issue() {
         Call c;
         uint32_t slot;
-        thread_local std::vector<uint8_t> request;
-        if (!prepare(&c, request, &slot)) return;
+        thread_local std::vector<uint8_t> buffer;
+        std::span<const uint8_t> request;
+        if (!prepare(&c, buffer, &request, &slot)) return;
         inFlight_[slot] = {c, trace::readClock()};
         transport_.issue(c.server, request, slot);
     }
 
     void syncLoop() {
         Call c;
-        std::vector<uint8_t> request;
+        std::vector<uint8_t> buffer;
+        std::span<const uint8_t> request;
         CallResult r;
-        while (prepare(&c, request)) {
+        while (prepare(&c, buffer, &request)) {
             const uint64_t start = trace::readClock();
             transport_.callSync(c.server, request, &r);
             if (r.refused) {
