@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 
 #include <random>
@@ -249,6 +251,61 @@ TEST(Engine, WholeExchangeCompletesAndFreesBothSides) {
     p.pump();
     EXPECT_EQ(p.b.rpcCount(), 0u);
     EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+}
+
+// A server finds each RPC of a client through that client's own table, which grows with
+// the client's window of calls and, past its largest size (4,096), overflows into a
+// hash map: 5,000 requests in flight at once, answered in reverse order, all complete.
+TEST(Engine, AServerFindsEveryRpcOfAWideWindowOfCalls) {
+    Config cfg = baseConfig();
+    cfg.maxPendingRequests = 0;
+    Pair p(cfg, cfg);
+    const int n = 5'000;
+    for (int i = 0; i < n; ++i) p.call(1, static_cast<uint64_t>(i));
+    p.pump();
+    auto requests = p.deliveries(p.b);
+    ASSERT_EQ(requests.size(), static_cast<size_t>(n));
+    EXPECT_EQ(p.b.rpcCount(), static_cast<size_t>(n));
+    std::vector<uint8_t> resp(3, 0xcd);
+    for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
+        p.b.releaseMessage(it->message, p.now);
+        ASSERT_TRUE(p.b.sendResponse(it->server, resp, p.now).isOk()) << it->server.id;
+    }
+    p.pump();
+    auto responses = p.deliveries(p.a);
+    ASSERT_EQ(responses.size(), static_cast<size_t>(n));
+    std::vector<bool> seen(n);
+    for (auto& d : responses) {
+        ASSERT_LT(d.cookie, static_cast<uint64_t>(n));
+        seen[d.cookie] = true;
+        p.a.releaseMessage(d.message, p.now);
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), true), n);
+    p.tick();
+    p.pump();
+    EXPECT_EQ(p.b.rpcCount(), 0u) << "every RPC acknowledged and freed";
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, static_cast<uint64_t>(n));
+}
+
+// Deliveries read in place come in the same order as those moved out, and are gone once
+// popped.
+TEST(Engine, PeekedDeliveriesComeInOrderUntilPopped) {
+    Pair p;
+    EXPECT_EQ(p.b.peekDelivery(), nullptr);
+    for (int i = 0; i < 3; ++i) p.call(10 + static_cast<uint32_t>(i));
+    p.pump();
+    for (uint32_t len = 10; len < 13; ++len) {
+        Delivery* d = p.b.peekDelivery();
+        ASSERT_NE(d, nullptr);
+        EXPECT_EQ(d, p.b.peekDelivery()) << "peeking takes nothing";
+        EXPECT_EQ(d->kind, Delivery::Kind::Request);
+        EXPECT_EQ(d->message.length, len);
+        const engine::ReceivedMessage m = d->message;
+        p.b.popDelivery();
+        p.b.releaseMessage(m, p.now);
+    }
+    EXPECT_EQ(p.b.peekDelivery(), nullptr);
+    EXPECT_FALSE(p.b.hasDeliveries());
 }
 
 // ---------------------------------------------------------------- loss recovery
