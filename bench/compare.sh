@@ -12,7 +12,9 @@
 #       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
 #       transport over UDP here
 #   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
-#   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages
+#   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages,
+#       both protocols' slowdowns over one unloaded RTT (sockperf UDP's P50 of this run),
+#       so that their ratio is that of their round trips
 # --quick shortens every run (the README's first command uses it). JSON files and plots
 # go to --out (default bench-results/).
 set -euo pipefail
@@ -147,10 +149,16 @@ sleep 0.5
 iperf=$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9')
 
 note "== W3 and W4 at a fixed offered load"
-h3=$(hp w3-homa --workload w3 --gbps 1 --client-max 200)
-t3=$(hp w3-tcp --protocol tcp --workload w3 --gbps 1 --client-max 200 --tcp-conns 4)
-h4=$(hp w4-homa --workload w4 --gbps 2 --client-max 200)
-t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conns 4)
+# Slowdown divides a round trip by an unloaded one: left to measure its own, each
+# protocol would divide by a different figure (Homa's 64 B round trip is about half of
+# homa-perf TCP's here), and the ratio of the two slowdowns would not be that of the two
+# round trips. Both use the raw UDP round trip measured above (each its own, should
+# sockperf have given none).
+base=(); [[ "$su50" =~ ^[0-9]+(\.[0-9]+)?$ ]] && base=(--base-rtt-us "$su50")
+h3=$(hp w3-homa --workload w3 --gbps 1 --client-max 200 "${base[@]}")
+t3=$(hp w3-tcp --protocol tcp --workload w3 --gbps 1 --client-max 200 --tcp-conns 4 "${base[@]}")
+h4=$(hp w4-homa --workload w4 --gbps 2 --client-max 200 "${base[@]}")
+t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conns 4 "${base[@]}")
 "$perf" plot "$h3" "$t3" -o "$out/w3.png" --title "W3, 1 Gbps offered, loopback" > /dev/null 2>&1 || true
 "$perf" plot "$h4" "$t4" -o "$out/w4.png" --title "W4, 2 Gbps offered, loopback" > /dev/null 2>&1 || true
 
