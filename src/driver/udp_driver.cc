@@ -318,6 +318,14 @@ bool UdpDriver::blockForPackets() {
     return true;
 }
 
+bool UdpDriver::readNow() {
+    if (held_ > 0) return true;
+    int n = readBatch(false);
+    if (n <= 0) return false;
+    held_ = n;
+    return true;
+}
+
 std::span<const RxPacket> UdpDriver::receive() {
     rxPackets_.clear();
     int n = held_;

@@ -77,6 +77,11 @@ class UdpDriver {
     /// receive(): one system call both waits and reads. Returns false without waiting for
     /// packets if it was interrupted (shutdownReceive(), a signal, an error).
     bool blockForPackets();
+    /// The same without blocking: reads what is waiting, if anything, and keeps it for the
+    /// next receive(). True if it read (or already held) datagrams. A spinning thread
+    /// looks this way: a look that finds packets has read them (one system call, where
+    /// asking whether the socket is readable and then reading it takes two).
+    bool readNow();
     /// Wakes a thread blocked in blockForPackets() with an empty datagram sent to this
     /// socket (receive() counts and skips empty datagrams). False if it could not be sent.
     bool wakeReceiver();

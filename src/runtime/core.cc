@@ -523,7 +523,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
             if (const int64_t spin = canRunOnSeveralCpus() ? tPoll.spinFor(adaptiveSpinNs_) : 0) {
                 // (The owner is marked blocked meanwhile: wakeOwner() sends it the wake-up
                 // datagram, which the spin finds like any packet. Nothing else ends it early.)
-                spun = lookUntil(start + spin, true, -1, nullptr, nullptr);
+                spun = readUntil(start + spin);
                 countSpin(spun);
             }
             socketReadable_ = spun || driver_->blockForPackets();
@@ -633,6 +633,14 @@ void Core::setTickTimer(int64_t now, bool on) {
     HOMA_TRACE("tick timer %u", on ? 1 : 0);
     tickArmed_ = on;
     tickArmedAt_ = now;
+}
+
+bool Core::readUntil(int64_t until) {
+    do {
+        if (driver_->readNow()) return true;
+        sched_yield();  // (see lookUntil)
+    } while (nowNs() < until);
+    return false;
 }
 
 bool Core::lookUntil(int64_t until, bool yield, int fd, bool* poked, bool* ticked) {

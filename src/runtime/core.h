@@ -152,6 +152,10 @@ class Core : public engine::PacketSink {
     /// UdpDriver::wait) until one is ready or `until` (ns) has passed, yielding the CPU
     /// between looks if `yield`. Returns whether the socket is readable.
     bool lookUntil(int64_t until, bool yield, int fd, bool* poked, bool* ticked);
+    /// Spinning before a blocking receive: reads the socket without blocking (keeping
+    /// what it reads for the next receive) until it finds packets or `until` (ns) has
+    /// passed, yielding the CPU between reads. Returns whether it found packets.
+    bool readUntil(int64_t until);
     /// Counts an adaptive spin that found packets, or ran out of budget.
     void countSpin(bool found);
     /// How long an idle loop may sleep (under mu_): kUntilTimer when only the tick timer
