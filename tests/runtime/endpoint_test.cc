@@ -956,6 +956,40 @@ TEST(Endpoint, AdaptivePollingSpinsAfterShortWaitsOnlyWhenOn) {
     EXPECT_NE(err.message().find("adaptivePollUs"), std::string::npos) << err.toString();
 }
 
+// A thread allowed on only one CPU never spins: its peer may need that CPU to answer.
+// Here every thread is: the endpoints are made on a thread held to one CPU, and their
+// threads inherit that. With a budget of 100 ms a ping-pong would spin on every wait.
+TEST(Endpoint, ThreadsHeldToOneCpuNeverPollAdaptively) {
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+    int first = 0;
+    while (first < CPU_SETSIZE && !CPU_ISSET(first, &all)) ++first;
+    ASSERT_LT(first, CPU_SETSIZE);
+    std::thread pinned([&] {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(first, &one);
+        ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+        EndpointOptions o = loopback();
+        o.adaptivePollUs = 100'000;
+        auto server = echoServer(1, o);
+        ASSERT_TRUE(server);
+        auto client = Endpoint::open(o);
+        ASSERT_TRUE(client);
+        for (int i = 0; i < 50; ++i) {
+            auto req = bytesOf(64, static_cast<uint8_t>(i));
+            Response r = client->call(server->address(), req);
+            ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+        }
+        for (const MetricsSnapshot& m : {server->metrics(), client->metrics()}) {
+            EXPECT_EQ(m.get("adaptive_poll_hits") + m.get("adaptive_poll_misses"), 0u);
+            EXPECT_GT(m.get("blocking_receives"), 0u) << "they slept in the socket instead";
+        }
+    });
+    pinned.join();
+}
+
 TEST(Endpoint, AsyncCallbacksAndFutures) {
     auto server = echoServer(2);
     auto client = Endpoint::open(loopback());
