@@ -11,7 +11,7 @@
 #       Homa and TCP with 1,024 outstanding, where each is nearer its saturation; and
 #       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
 #       transport over UDP here
-#   1 MB one-way throughput: Homa, homa-perf TCP, iperf3
+#   1 MB one-way throughput: Homa, homa-perf TCP, iperf3 (medians of 3)
 #   W3 and W4 at a fixed offered load (open loop): P99 slowdown of the smallest messages,
 #       both protocols' slowdowns over one unloaded RTT (sockperf UDP's P50 of this run),
 #       so that their ratio is that of their round trips
@@ -140,13 +140,19 @@ if [ -x "$ceiling" ]; then
 fi
 
 note "== 1 MB one-way"
-hb=$(hp big-homa --workload 1000000 --one-way --client-max 4)
-tb=$(hp big-tcp --protocol tcp --workload 1000000 --one-way --client-max 4)
-ip=$(port)
-iperf3 -s -1 -p "$ip" > /dev/null 2>&1 &
-pids+=($!)
-sleep 0.5
-iperf=$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9')
+# Medians of $reps runs, Homa, homa-perf TCP and iperf3 alternating: one run of each
+# moves with the machine's speed, which drifts by more than 10 % between minutes here.
+declare -a hbs tbs ips
+for r in $(seq "$reps"); do
+  hbs+=("$(j "$(hp "big-homa-$r" --workload 1000000 --one-way --client-max 4)" .totals.gbps_out)")
+  tbs+=("$(j "$(hp "big-tcp-$r" --protocol tcp --workload 1000000 --one-way --client-max 4)" .totals.gbps_out)")
+  ip=$(port)
+  iperf3 -s -1 -p "$ip" > /dev/null 2>&1 &
+  pids+=($!)
+  sleep 0.5
+  ips+=("$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9')")
+done
+hbig=$(median "${hbs[@]}"); tbig=$(median "${tbs[@]}"); iperf=$(median "${ips[@]}")
 
 note "== W3 and W4 at a fixed offered load"
 # Slowdown divides a round trip by an unloaded one: left to measure its own, each
@@ -184,8 +190,8 @@ row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$hkops")" "$gk"
 row "64 B kops (1,024 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops1k")" "$(printf %.1f "$tkops1k")"
 row "64 B kops (64 outstanding) vs bare UDP" "$(printf %.1f "$hkops")" "$uk"
 row "64 B kops (1,024 outstanding) vs bare UDP" "$(printf %.1f "$hkops1k")" "$uk1k"
-row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$(j "$tb" .totals.gbps_out)")"
-row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$(j "$hb" .totals.gbps_out)")" "$(printf %.2f "$iperf")"
+row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$tbig")"
+row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$iperf")"
 row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h3")")" "$(printf %.2f "$(small "$t3")")"
 row "W4 2 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h4")")" "$(printf %.2f "$(small "$t4")")"
 echo
