@@ -310,18 +310,14 @@ int UdpDriver::readBatch(bool block) {
     return n;
 }
 
-bool UdpDriver::blockForPackets() {
-    if (held_ > 0) return true;
-    int n = readBatch(true);
-    if (n <= 0) return false;  // interrupted, or an error
-    held_ = n;
-    return true;
-}
+bool UdpDriver::blockForPackets() { return readAndHold(true); }
 
-bool UdpDriver::readNow() {
+bool UdpDriver::readNow() { return readAndHold(false); }
+
+bool UdpDriver::readAndHold(bool block) {
     if (held_ > 0) return true;
-    int n = readBatch(false);
-    if (n <= 0) return false;
+    int n = readBatch(block);
+    if (n <= 0) return false;  // nothing there, interrupted, or an error
     held_ = n;
     return true;
 }

@@ -125,6 +125,8 @@ class UdpDriver {
     void sendRange(size_t begin, size_t end);
     /// One recvmmsg into the receive arena; returns the datagram count (<= 0: none).
     int readBatch(bool block);
+    /// blockForPackets() and readNow(): one read, kept for the next receive().
+    bool readAndHold(bool block);
 
     int fd_ = -1;
     bool ipv6_ = false;

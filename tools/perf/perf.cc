@@ -159,7 +159,7 @@ class LoadGenerator {
             }
             if (!again) return;
             thread_local std::vector<uint8_t> buffer;
-            const std::span<const uint8_t> request = complete(&next, buffer);
+            const std::span<const uint8_t> request = buildRequest(&next, buffer);
             inFlight_[slot] = {next, trace::readClock()};
             transport_.issue(next.server, request, slot);
             if (unparked) issue();
@@ -245,14 +245,14 @@ class LoadGenerator {
                 freeSlots_.pop_back();
             }
         }
-        *request = complete(c, buffer);
+        *request = buildRequest(c, buffer);
         return true;
     }
     /// Fills in a drawn call (c->size) and builds its request in `buffer`, a thread's own:
     /// filled once with the largest request's bytes, each call only writes its response
     /// length at the front (copying the whole request for each call would cost a large
     /// message's worth of memory traffic in the tool, not the transport).
-    std::span<const uint8_t> complete(Call* c, std::vector<uint8_t>& buffer) {
+    std::span<const uint8_t> buildRequest(Call* c, std::vector<uint8_t>& buffer) {
         c->reqLen = std::max<uint32_t>(c->size, 4);
         c->respLen = o_.oneWay ? 8 : std::max<uint32_t>(c->size, 1);
         c->server = servers_ > 1 ? static_cast<size_t>(nextServer_++ % servers_) : 0;
