@@ -383,8 +383,12 @@ Status Engine::abortServerRpc(const ServerRpcId& id, Time now) {
 }
 
 void Engine::releaseMessage(const ReceivedMessage& message, Time now) {
+    releaseMessages(std::span(&message, 1), now);
+}
+
+void Engine::releaseMessages(std::span<const ReceivedMessage> messages, Time now) {
     now = clamp(now);
-    inPool_.release({message.data, message.capacity});
+    for (const ReceivedMessage& m : messages) inPool_.release({m.data, m.capacity});
     retryBufferWaiters(now);
     decideGrants(now);
     transmitData(now);

@@ -106,6 +106,10 @@ class Engine {
     Status abortServerRpc(const ServerRpcId& rpc, Time now);
     /// Returns a delivered message's buffer to the pool (may resume granting).
     void releaseMessage(const ReceivedMessage& message, Time now);
+    /// The same for several messages at once: returns each buffer, then resumes waiting
+    /// messages and decides grants once for them all (what releaseMessage() does per
+    /// message).
+    void releaseMessages(std::span<const ReceivedMessage> messages, Time now);
 
     // ---- Network and time inputs
     /// Processes one packet of a batch. Grant decisions and new DATA wait for finishBatch().

@@ -1,5 +1,7 @@
 #include "runtime/clock.h"
 
+#include "homa/trace.h"
+
 #include <time.h>
 
 #include <atomic>
@@ -156,7 +158,7 @@ int64_t slowRead() {
 
 }  // namespace
 
-int64_t nowNs() {
+int64_t nowNs(uint64_t* counter) {
 #ifdef HOMA_CLOCK_TSC
     const uint32_t seq = gSeq.load(std::memory_order_acquire);
     if ((seq & 1) == 0) {
@@ -166,14 +168,23 @@ int64_t nowNs() {
         const uint64_t span = gSpan.load(std::memory_order_relaxed);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (gSeq.load(std::memory_order_relaxed) == seq) {
-            const uint64_t cycles = __rdtsc() - tsc;  // (a counter behind the anchor wraps)
+            const uint64_t now = __rdtsc();
+            *counter = now;
+            const uint64_t cycles = now - tsc;  // (a counter behind the anchor wraps)
             if (cycles < span) return notBefore(ns + scaled(cycles, mult));
         }
     }
+    *counter = __rdtsc();
     return notBefore(slowRead());
 #else
+    *counter = trace::readClock();
     return notBefore(monotonicNs());
 #endif
+}
+
+int64_t nowNs() {
+    uint64_t counter;
+    return nowNs(&counter);
 }
 
 namespace clock_detail {

@@ -13,6 +13,9 @@ namespace homa::runtime {
 /// it follows NTP's rate too. See ClockScale for how a bad sample or a counter that
 /// jumps is kept out. Never goes backwards on one thread.
 int64_t nowNs();
+/// The same, also giving the timestamp counter (trace::readClock()) it read, so that a
+/// caller timing what follows needs no second read of the counter.
+int64_t nowNs(uint64_t* counter);
 
 /// CLOCK_MONOTONIC read directly, in nanoseconds.
 int64_t monotonicNs();

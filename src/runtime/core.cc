@@ -70,6 +70,10 @@ bool canRunOnSeveralCpus() {
     return several;
 }
 constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
+// How long the poll thread leaves the loop to a server's workers, all of them running
+// handlers, before it concludes a handler is slow and runs the loop itself (see
+// pollThreadMain).
+constexpr int64_t kWorkerGraceNs = 200'000;
 
 // Names a thread "<what>:<port>" (cut to the kernel's 15 characters), so that top -H,
 // perf and /proc/<pid>/task/*/comm tell an endpoint's threads apart. Named by the thread
@@ -317,13 +321,26 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
 void Core::pollThreadMain() {
     tThreadOf = this;
     std::unique_lock lk(mu_);
+    uint64_t handlersSeen = 0;  // handlersDone_ when this thread last stood aside for the workers
     while (!shutdown_) {
-        if (appWaiters_ > 0 || loopBusy_) {
+        // A server whose workers are all running handlers, each going back to the loop
+        // when its handler ends: this thread stands aside as long as handlers keep ending
+        // (one did within the last kWorkerGraceNs), since taking the loop meanwhile would
+        // mean a thread switch and a hand-over of the requests it reads, for every batch
+        // (the loop's lock going back and forth between two CPUs). A handler that runs
+        // longer than that leaves the loop to this thread until a worker is back.
+        const bool workersBusy = !workers_.empty() && busyWorkers_ == workers_.size();
+        const bool standAside = workersBusy && handlersDone_ != handlersSeen;
+        if (appWaiters_ > 0 || loopBusy_ || standAside) {
             // An application thread runs the loop, perhaps blocked in a receive that no
             // timer ends: this thread runs the engine's timers meanwhile. It looks again
             // at least every kPollThreadRecheckNs even with the timer stopped, since the
             // owner may leave the loop without telling it (see releaseLoop).
-            const int64_t waitNs = kPollThreadRecheckNs;
+            const int64_t waitNs = standAside ? kWorkerGraceNs : kPollThreadRecheckNs;
+            if (standAside) {
+                handlersSeen = handlersDone_;
+                ++pollThreadStoodAside_;
+            }
             lk.unlock();
             pollfd fds[2] = {{pollThreadFd_, POLLIN, 0}, {tickFd_, POLLIN, 0}};
             const timespec ts = toTimespec(waitNs);
@@ -364,8 +381,8 @@ void Core::pollThreadMain() {
 void Core::runTimers(std::unique_lock<std::mutex>& lk) {
     ++timerRuns_;
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
-    const int64_t now = nowNs();
-    const uint64_t engineStart = engineClock();
+    uint64_t engineStart;
+    const int64_t now = nowAndEngineClock(&engineStart);
     if (now >= engine_->nextWakeup()) engine_->advance(now);
     countEngineTime(engineStart);
     dispatch(ready, now);
@@ -447,8 +464,8 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         // A callback or handler that runs the loop itself (a nested call) first returns
         // what it released so far: its own call may need the room.
         releaseDeferred();
-        int64_t now = nowNs();
-        const uint64_t engineStart = engineClock();
+        uint64_t engineStart;
+        const int64_t now = nowAndEngineClock(&engineStart);
         // Receive livelock: work already accepted (data of RPCs in progress, grants,
         // acks) goes first; packets that would start new requests come last, so when
         // the engine refuses new work (maxPendingRequests) it has finished what it could.
@@ -811,6 +828,7 @@ void Core::deliverRequest(engine::Delivery& d) {
     HOMA_TRACE("handoff request id %u other_thread %u", req.id_, w == loopOwner_ ? 0 : 1);
     w->request = std::move(req);
     w->done = true;
+    if (w->worker) ++busyWorkers_;
     ++handoffs_;
     wake(w);
 }
@@ -826,9 +844,9 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         return r;
     }
-    int64_t now = nowNs();
+    uint64_t engineStart;
+    const int64_t now = nowAndEngineClock(&engineStart);
     RpcId id = 0;
-    const uint64_t engineStart = engineClock();
     Status s = engine_->startRequest(server, request, 0, now, &id);
     countEngineTime(engineStart);
     driver_->flush();
@@ -869,9 +887,9 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
         if (shutdown_) {
             r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         } else {
-            int64_t now = nowNs();
+            uint64_t engineStart;
+            const int64_t now = nowAndEngineClock(&engineStart);
             RpcId id = 0;
-            const uint64_t engineStart = engineClock();
             Status s = engine_->startRequest(server, request, 0, now, &id);
             countEngineTime(engineStart);
             maybeFlush();
@@ -932,12 +950,13 @@ Status Core::abort(RpcId id) {
 
 // ---------------------------------------------------------------- server
 
-std::optional<ServerRequest> Core::receive(int64_t timeoutNs) {
+std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
     mu_.lock();
     if (!requests_.empty()) {
         ServerRequest r = std::move(requests_.front());
         requests_.pop_front();
         ++handoffs_;
+        if (worker) ++busyWorkers_;
         HOMA_TRACE("handoff request id %u from queue %u", r.id_, requests_.size());
         mu_.unlock();
         return r;
@@ -948,6 +967,7 @@ std::optional<ServerRequest> Core::receive(int64_t timeoutNs) {
     }
     Waiter w;
     w.wantsRequest = true;
+    w.worker = worker;
     requestWaiters_.push_back(&w);
     waitFor(w, timeoutNs < 0 ? 0 : nowNs() + timeoutNs);
     if (!w.done) {
@@ -972,7 +992,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
             tThreadOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
-            std::optional<ServerRequest> request = receive(-1);
+            std::optional<ServerRequest> request = receive(-1, true);
             while (request) {
                 const Core* outer = beginBatch();
                 // Counted before it runs: its response may reach the client (through
@@ -999,6 +1019,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 std::unique_lock lk(mu_);
                 releaseDeferred();
                 tBatchFor = outer;  // the batch ends with this step
+                ++handlersDone_;
                 const bool more = !requests_.empty() && !shutdown_;
                 if (!more || end - holdingSince >= maxHoldCycles) {
                     driver_->flush();
@@ -1011,8 +1032,9 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                     HOMA_TRACE("handoff request id %u from queue %u", request->id_, requests_.size());
                     continue;
                 }
+                --busyWorkers_;
                 lk.unlock();
-                request = receive(-1);
+                request = receive(-1, true);
             }
         });
         nameThread(workers_.back(), "homa-work", driver_->localAddress().port);
@@ -1085,19 +1107,19 @@ void Core::releaseDeferred() {
     if (tReleases.empty()) return;
     // Entries of another endpoint (a batch of its own that this one's callbacks ran
     // inside) stay for their owner.
-    size_t released = 0;
-    outsideLoop([&](int64_t now) {
-        size_t kept = 0;
-        for (const DeferredRelease& r : tReleases) {
-            if (r.core == this) {
-                engine_->releaseMessage({r.data, r.length, r.capacity}, now);
-                ++released;
-            } else {
-                tReleases[kept++] = r;
-            }
+    thread_local std::vector<engine::ReceivedMessage> ours;
+    ours.clear();
+    size_t kept = 0;
+    for (const DeferredRelease& r : tReleases) {
+        if (r.core == this) {
+            ours.push_back({r.data, r.length, r.capacity});
+        } else {
+            tReleases[kept++] = r;
         }
-        tReleases.resize(kept);
-    });
+    }
+    tReleases.resize(kept);
+    const size_t released = ours.size();
+    if (released > 0) outsideLoop([&](int64_t now) { engine_->releaseMessages(ours, now); });
     // The caller holds mu_: were this the core's last reference (its endpoint gone, as
     // when a handler destroys its own endpoint), dropping it here would destroy the core
     // under its own lock. This thread drops it when it ends instead.
@@ -1196,6 +1218,7 @@ MetricsSnapshot Core::metrics() {
     add("call_timeouts", callTimeouts_);
     add("socket_waits", socketWaits_);
     add("poll_thread_socket_waits", pollThreadSocketWaits_);
+    add("poll_thread_stood_aside", pollThreadStoodAside_);
     add("blocking_receives", blockingReceives_);
     add("poll_thread_timer_runs", timerRuns_);
     add("tick_timer_armed", tickArmed_ ? 1 : 0);

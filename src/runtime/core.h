@@ -47,7 +47,9 @@ class Core : public engine::PacketSink {
                     const CallOptions& options);
     Status abort(RpcId id);
     Status serve(Endpoint::Handler handler, int threads);
-    std::optional<ServerRequest> receive(int64_t timeoutNs);
+    /// `worker`: called by a worker of serve(), which counts as busy (busyWorkers_) from
+    /// when it gets a request until it asks for the next.
+    std::optional<ServerRequest> receive(int64_t timeoutNs, bool worker = false);
     void poll(int64_t timeoutNs);
     MetricsSnapshot metrics();
     std::vector<RpcSnapshot> rpcs();
@@ -84,6 +86,7 @@ class Core : public engine::PacketSink {
     struct Waiter {
         std::condition_variable cv;
         bool wantsRequest = false;  // receive(): any request will do
+        bool worker = false;        // a worker of serve() (counted in busyWorkers_ once it has a request)
         bool done = false;          // its item has arrived
         bool sleeping = false;
         Response response;          // call()
@@ -174,8 +177,8 @@ class Core : public engine::PacketSink {
     /// the loop is told (afterEngineWork).
     template <class Call>
     void outsideLoop(Call&& call) {
-        const uint64_t engineStart = engineClock();
-        const int64_t now = nowNs();
+        uint64_t engineStart;
+        const int64_t now = nowAndEngineClock(&engineStart);
         call(now);
         countEngineTime(engineStart);
         maybeFlush();
@@ -215,7 +218,14 @@ class Core : public engine::PacketSink {
     void countEngineTime(uint64_t startTsc) {
         if (startTsc != 0) engineCycles_ += trace::readClock() - startTsc;
     }
-    uint64_t engineClock() const { return options_.engineCpuTime ? trace::readClock() : 0; }
+    /// nowNs(), and the counter from the same read as the start of an engine call to
+    /// time (0 unless EndpointOptions::engineCpuTime).
+    int64_t nowAndEngineClock(uint64_t* engineStart) const {
+        uint64_t counter;
+        const int64_t now = nowNs(&counter);
+        *engineStart = options_.engineCpuTime ? counter : 0;
+        return now;
+    }
 
     EndpointOptions options_;
     std::unique_ptr<driver::UdpDriver> driver_;
@@ -273,11 +283,13 @@ class Core : public engine::PacketSink {
     std::thread pollThread_;
     std::vector<std::thread> workers_;
     bool serving_ = false;
+    size_t busyWorkers_ = 0;     // workers running a handler (see pollThreadMain)
+    uint64_t handlersDone_ = 0;  // handlers the workers have finished
 
     // Runtime counters (under mu_).
     uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
              callTimeouts_ = 0, loopIterations_ = 0, socketWaits_ = 0, blockingReceives_ = 0, timerRuns_ = 0,
-             pollThreadSocketWaits_ = 0;
+             pollThreadSocketWaits_ = 0, pollThreadStoodAside_ = 0;
     uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
     std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
     // Counters of application code run outside mu_ (per thread).

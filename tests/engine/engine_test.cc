@@ -971,6 +971,28 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     p.expectOneMessageAtB(150'000);
 }
 
+// Buffers given back together (the runtime returns a batch's messages in one step) are
+// all back before the waiting message is looked at: it gets its buffer, asking once for
+// what it dropped.
+TEST(Engine, MessagesReleasedTogetherResumeAWaiterThatNeedsThemAll) {
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(100'000) * 2 + 10'000, 0));
+    p.call(100'000, 1);
+    p.call(100'000, 2);
+    p.pump();
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 2u);  // held by the application: the pool is now full
+    p.call(150'000, 3);
+    auto pkts = p.sinkA.take();
+    for (auto& s : pkts) p.b.receive(kA, s.bytes, p.now);
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    ASSERT_FALSE(p.b.bufferPool().canAllocate(150'000)) << "one buffer back would not be enough";
+    const ReceivedMessage both[] = {held[0].message, held[1].message};
+    p.b.releaseMessages(both, p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Resend), 1u) << "asks once for what it dropped";
+    p.expectOneMessageAtB(150'000);
+    EXPECT_EQ(p.b.bufferPool().bytesInUse(), 0u);
+}
+
 // A pool filled by a large message still takes a single-packet one: its share of the
 // pool is kept for small messages (they once waited, their packet dropped, until the
 // large message's buffer came back).

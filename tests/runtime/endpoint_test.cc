@@ -667,6 +667,98 @@ TEST(Endpoint, SynchronousWaitersBlockInTheSocketItself) {
     }
 }
 
+// A server whose worker runs handlers back to back (its queue never empty) reads the
+// socket itself between them: its poll thread stands aside rather than read the socket
+// and hand each batch of requests over (a thread switch and the loop's lock moving
+// between CPUs, for every batch).
+TEST(Endpoint, PollThreadLeavesTheLoopToABusyWorker) {
+    Status err;
+    auto server = Endpoint::open(loopback(), &err);
+    ASSERT_TRUE(server) << err.toString();
+    ASSERT_TRUE(server
+                    ->serve(
+                        [](ServerRequest r) {
+                            // ~20 us of work: requests queue up behind it.
+                            const auto until = std::chrono::steady_clock::now() + 20us;
+                            while (std::chrono::steady_clock::now() < until) {
+                            }
+                            r.respond(r.message().bytes());
+                        },
+                        1)
+                    .isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    auto req = bytesOf(64, 9);
+    ASSERT_TRUE(client->call(server->address(), req).status.isOk());
+    constexpr int kCalls = 4000, kWindow = 32;
+    std::atomic<int> done{0}, failed{0};
+    std::function<void(Response)> onDone;
+    std::atomic<int> started{0};
+    onDone = [&](Response r) {
+        if (!r.status.isOk()) ++failed;
+        ++done;
+        if (started.fetch_add(1) < kCalls) client->callAsync(server->address(), req, onDone);
+    };
+    MetricsSnapshot s0 = server->metrics();
+    for (int i = 0; i < kWindow; ++i) {
+        ++started;
+        client->callAsync(server->address(), req, onDone);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    // (`started` counts the first window too: kCalls calls in all.)
+    while (done < kCalls && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(done.load(), kCalls);
+    EXPECT_EQ(failed.load(), 0);
+    MetricsSnapshot d = server->metrics() - s0;
+    std::printf("server: poll thread socket waits %lu, stood aside %lu, worker blocking receives %lu for %d calls\n",
+                static_cast<unsigned long>(d.get("poll_thread_socket_waits")),
+                static_cast<unsigned long>(d.get("poll_thread_stood_aside")),
+                static_cast<unsigned long>(d.get("blocking_receives")), kCalls);
+    EXPECT_GT(d.get("poll_thread_stood_aside"), 0u);
+    // (Loose: a worker preempted for longer than the grace period, as under a sanitizer
+    // on a loaded machine, rightly gives the loop to the poll thread for a while.)
+    EXPECT_LE(d.get("poll_thread_socket_waits"), static_cast<uint64_t>(kCalls / 20))
+        << "the poll thread read the socket while the worker was about to";
+}
+
+// But a handler that runs long does not hold up the rest of the endpoint's traffic: the
+// poll thread runs the loop meanwhile (here, to finish a call the server itself made).
+TEST(Endpoint, SlowHandlerLeavesTheLoopToThePollThread) {
+    auto backend = echoServer();
+    Status err;
+    auto server = Endpoint::open(loopback(), &err);
+    ASSERT_TRUE(server) << err.toString();
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    std::promise<bool> calledBack;
+    std::future<bool> calledBackFuture = calledBack.get_future();
+    Endpoint* self = server.get();
+    const Address backendAddress = backend->address();
+    auto req = bytesOf(64, 10);
+    ASSERT_TRUE(self->serve(
+                        [&, self](ServerRequest r) {
+                            // While this handler runs, the endpoint calls the backend:
+                            // only the poll thread can finish that call.
+                            self->callAsync(backendAddress, req,
+                                            [&](Response resp) { calledBack.set_value(resp.status.isOk()); });
+                            released.wait_for(10s);
+                            r.respond(r.message().bytes());
+                        },
+                        1)
+                    .isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<Response> answer;
+    std::future<Response> answerFuture = answer.get_future();
+    client->callAsync(server->address(), req, [&](Response r) { answer.set_value(std::move(r)); });
+    ASSERT_EQ(calledBackFuture.wait_for(5s), std::future_status::ready)
+        << "the server's own call did not finish while its worker was busy";
+    EXPECT_TRUE(calledBackFuture.get());
+    release.set_value();
+    ASSERT_EQ(answerFuture.wait_for(5s), std::future_status::ready);
+    EXPECT_TRUE(answerFuture.get().status.isOk());
+}
+
 // The same after the endpoint has gone idle (its tick timer stopped): the first request
 // after a pause is waited for in the socket too, not in a timed ppoll.
 TEST(Endpoint, IdleWaitersBlockInTheSocketToo) {
