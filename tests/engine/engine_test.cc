@@ -83,6 +83,11 @@ struct Pair {
         }
         return n;
     }
+    /// Delivers what A has sent so far to B, and nothing back (B's packets stay queued).
+    void deliverAToB() {
+        for (auto& s : sinkA.take())
+            if (s.dest == kB) b.receive(kA, s.bytes, now);
+    }
     /// Ticks and pumps until `done()` holds, at most `limit` ticks; returns the ticks run.
     template <class Done>
     int tickUntil(int limit, Done done) {
@@ -954,16 +959,23 @@ Config smallPool(uint64_t poolBytes, double reserve) {
     return c;
 }
 
+// B is handed messages of the `held` lengths, which the application keeps (filling B's
+// pool), then A sends one of `waiting` bytes, which must wait for a buffer.
+std::vector<Delivery> fillPoolThenWait(Pair& p, std::initializer_list<uint32_t> held, uint32_t waiting) {
+    for (uint32_t length : held) p.call(length);
+    p.pump();
+    std::vector<Delivery> d = p.deliveries(p.b);
+    EXPECT_EQ(d.size(), held.size());
+    p.call(waiting);
+    p.deliverAToB();
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    return d;
+}
+
 TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) + 10'000, 0));
-    p.call(200'000, 1);
-    p.pump();
-    auto first = p.deliveries(p.b);
-    ASSERT_EQ(first.size(), 1u);  // held by the application: the pool is now full
-    p.call(150'000, 2);
-    auto pkts = p.sinkA.take();
-    for (auto& s : pkts) p.b.receive(kA, s.bytes, p.now);
-    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    auto first = fillPoolThenWait(p, {200'000}, 150'000);
+    ASSERT_EQ(first.size(), 1u);
     EXPECT_EQ(p.sinkB.count(wire::PacketType::Grant), 0u) << "no grants without buffer space";
     EXPECT_GT(p.b.metrics().dropped[static_cast<size_t>(DropReason::NoBuffer)], 0u);
     p.b.releaseMessage(first[0].message, p.now);
@@ -976,15 +988,8 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
 // what it dropped.
 TEST(Engine, MessagesReleasedTogetherResumeAWaiterThatNeedsThemAll) {
     Pair p(baseConfig(), smallPool(BufferPool::classSize(100'000) * 2 + 10'000, 0));
-    p.call(100'000, 1);
-    p.call(100'000, 2);
-    p.pump();
-    auto held = p.deliveries(p.b);
-    ASSERT_EQ(held.size(), 2u);  // held by the application: the pool is now full
-    p.call(150'000, 3);
-    auto pkts = p.sinkA.take();
-    for (auto& s : pkts) p.b.receive(kA, s.bytes, p.now);
-    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    auto held = fillPoolThenWait(p, {100'000, 100'000}, 150'000);
+    ASSERT_EQ(held.size(), 2u);
     ASSERT_FALSE(p.b.bufferPool().canAllocate(150'000)) << "one buffer back would not be enough";
     const ReceivedMessage both[] = {held[0].message, held[1].message};
     p.b.releaseMessages(both, p.now);
