@@ -304,8 +304,13 @@ int UdpDriver::readBatch(bool block) {
     // The socket itself blocks: MSG_DONTWAIT makes every other read non-blocking.
     int n = recvmmsg(fd_, hdrs.data(), static_cast<unsigned>(batch), block ? MSG_WAITFORONE : MSG_DONTWAIT, nullptr);
     HOMA_TRACE("udp recvmmsg %u datagrams", n < 0 ? 0 : n);
-    // (After an error, which headers the kernel touched is unknown: all are set back.)
-    rxDirty_ = n < 0 ? batch : static_cast<size_t>(n);
+    // (A read that found nothing touched no header: a spin's misses cost no resets. After
+    // another error, which headers the kernel touched is unknown: all are set back.)
+    if (n >= 0) {
+        rxDirty_ = static_cast<size_t>(n);
+    } else {
+        rxDirty_ = errno == EAGAIN || errno == EWOULDBLOCK ? 0 : batch;
+    }
     drained_ = n < static_cast<int>(batch);
     return n;
 }

@@ -14,7 +14,7 @@ void Message::reset() {
 
 ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
     if (this != &other) {
-        if (message_.core_ && !answered_) message_.core_->dropRequest(client_, id_);
+        if (message_.core_ && !answered_) dropUnanswered();
         message_ = std::move(other.message_);  // (leaves `other` without an endpoint: not valid)
         client_ = other.client_;
         id_ = other.id_;
@@ -24,7 +24,7 @@ ServerRequest& ServerRequest::operator=(ServerRequest&& other) noexcept {
 }
 
 void ServerRequest::dropUnanswered() {
-    // (Called first in the destructor: while the message still holds the endpoint.)
+    // (Called before the message goes: while it still holds the endpoint.)
     message_.core_->dropRequest(client_, id_);
 }
 

@@ -219,6 +219,32 @@ TEST(UdpDriver, AReadAfterASmallerOneStillSeesGroSegmentsAndPriority) {
     EXPECT_EQ(from[4], c->localAddress());
 }
 
+// A spin's reads that find nothing leave the headers as they were: the datagrams of the
+// next read that finds some arrive whole, with their GRO segments and priority, and are
+// kept for the next receive().
+TEST(UdpDriver, ReadsThatFindNothingLeaveTheNextReadIntact) {
+    auto a = open(), b = open();
+    uint8_t x[16] = {};
+    a->queue(b->localAddress(), 1, std::span(x, 3), {});
+    a->flush();
+    ASSERT_EQ(drain(*b, 1).size(), 1u);
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(b->readNow()) << "nothing was sent";
+    for (int i = 0; i < 5; ++i) a->queue(b->localAddress(), 6, x, {});
+    a->flush();
+    bool read = false;
+    for (int i = 0; i < 1000 && !read; ++i) read = b->readNow();
+    ASSERT_TRUE(read);
+    std::vector<std::vector<uint8_t>> got;
+    for (const RxPacket& p : b->receive()) got.emplace_back(p.bytes.begin(), p.bytes.end());
+    if (got.size() < 5) {
+        auto rest = drain(*b, 5 - got.size());
+        got.insert(got.end(), rest.begin(), rest.end());
+    }
+    ASSERT_EQ(got.size(), 5u);
+    for (auto& p : got) EXPECT_EQ(p.size(), sizeof(x));
+    EXPECT_EQ(b->stats().packetsReceivedByPriority[6], 5u);
+}
+
 TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     Status e;
     auto a = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);

@@ -144,10 +144,9 @@ class LoadGenerator {
             const int64_t rtt = sinceNs(f.startTsc);
             {
                 std::lock_guard lk(mu_);
-                again = record(f.call, r, rtt) && !stopping_;
+                again = record(f.call, r, rtt);
                 if (again) {
-                    next.size = dist_.sample(rng_);
-                    ++outstanding_;
+                    drawLocked(&next);
                     if (parked_ > 0) {
                         --parked_;
                         unparked = true;
@@ -158,10 +157,7 @@ class LoadGenerator {
                 }
             }
             if (!again) return;
-            thread_local std::vector<uint8_t> buffer;
-            const std::span<const uint8_t> request = buildRequest(&next, buffer);
-            inFlight_[slot] = {next, trace::readClock()};
-            transport_.issue(next.server, request, slot);
+            send(next, static_cast<uint32_t>(slot));
             if (unparked) issue();
         });
     }
@@ -231,21 +227,28 @@ class LoadGenerator {
         uint32_t size, reqLen, respLen;
         size_t server;
     };
-    /// Draws the next call and builds its request in `buffer` (`request` then views it);
-    /// false once stopping. With `slot`, the call also gets one of the clientMax slots of
-    /// calls in flight.
-    bool prepare(Call* c, std::vector<uint8_t>& buffer, std::span<const uint8_t>* request, uint32_t* slot = nullptr) {
-        {
-            std::lock_guard lk(mu_);
-            if (stopping_) return false;
-            c->size = dist_.sample(rng_);
-            ++outstanding_;
-            if (slot) {
-                *slot = freeSlots_.back();
-                freeSlots_.pop_back();
-            }
-        }
+    /// Draws the next synchronous call and builds its request in `buffer` (`request` then
+    /// views it); false once stopping.
+    bool prepare(Call* c, std::vector<uint8_t>& buffer, std::span<const uint8_t>* request) {
+        if (!draw(c, nullptr)) return false;
         *request = buildRequest(c, buffer);
+        return true;
+    }
+    /// (Under mu_.) Draws the next call's size and counts it in flight.
+    void drawLocked(Call* c) {
+        c->size = dist_.sample(rng_);
+        ++outstanding_;
+    }
+    /// Draws the next call, and takes it one of the clientMax slots of calls in flight if
+    /// `slot`; false once stopping.
+    bool draw(Call* c, uint32_t* slot) {
+        std::lock_guard lk(mu_);
+        if (stopping_) return false;
+        drawLocked(c);
+        if (slot) {
+            *slot = freeSlots_.back();
+            freeSlots_.pop_back();
+        }
         return true;
     }
     /// Fills in a drawn call (c->size) and builds its request in `buffer`, a thread's own:
@@ -312,9 +315,12 @@ class LoadGenerator {
     void issue() {
         Call c;
         uint32_t slot;
+        if (draw(&c, &slot)) send(c, slot);
+    }
+    /// Builds a drawn call's request and starts it in `slot`.
+    void send(Call c, uint32_t slot) {
         thread_local std::vector<uint8_t> buffer;
-        std::span<const uint8_t> request;
-        if (!prepare(&c, buffer, &request, &slot)) return;
+        const std::span<const uint8_t> request = buildRequest(&c, buffer);
         inFlight_[slot] = {c, trace::readClock()};
         transport_.issue(c.server, request, slot);
     }
