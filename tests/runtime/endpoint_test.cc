@@ -715,9 +715,11 @@ TEST(Endpoint, PollThreadLeavesTheLoopToABusyWorker) {
                 static_cast<unsigned long>(d.get("poll_thread_stood_aside")),
                 static_cast<unsigned long>(d.get("blocking_receives")), kCalls);
     EXPECT_GT(d.get("poll_thread_stood_aside"), 0u);
-    // (Loose: a worker preempted for longer than the grace period, as under a sanitizer
-    // on a loaded machine, rightly gives the loop to the poll thread for a while.)
-    EXPECT_LE(d.get("poll_thread_socket_waits"), static_cast<uint64_t>(kCalls / 20))
+    // Without standing aside the poll thread waits on the socket for most batches (3,128-
+    // 3,445 times for these 4,000 calls in a release build). Loose, since a worker
+    // preempted for longer than the grace period rightly gives the loop to the poll thread
+    // for a while: under ThreadSanitizer with other tests running, 227 such waits were seen.
+    EXPECT_LE(d.get("poll_thread_socket_waits"), static_cast<uint64_t>(kCalls / 4))
         << "the poll thread read the socket while the worker was about to";
 }
 
