@@ -930,8 +930,9 @@ TEST(Endpoint, MixedWaitersAllFinish) {
 
 // The packets of a new multi-packet request usually arrive in one receive batch; every
 // one of them must reach the engine (the runtime once kept only the first, and the rest
-// came back only after a RESEND, milliseconds later). On loopback nothing is lost, so
-// nothing may be retransmitted.
+// came back only after a RESEND, milliseconds later: at least one per call). On loopback
+// nothing is lost; only a thread stalled past the resend timeout (a sanitizer build on a
+// loaded machine: one RESEND seen) makes a receiver ask again.
 TEST(Endpoint, NewMultiPacketRequestsLoseNoPacketsInTheRuntime) {
     auto server = echoServer();
     auto client = Endpoint::open(loopback());
@@ -943,8 +944,8 @@ TEST(Endpoint, NewMultiPacketRequestsLoseNoPacketsInTheRuntime) {
         ASSERT_EQ(r.message.size(), req.size());
     }
     MetricsSnapshot s = server->metrics(), c = client->metrics();
-    EXPECT_EQ(s.get("resends_sent"), 0u) << "the server had to ask for request data again";
-    EXPECT_EQ(c.get("retransmitted_packets"), 0u);
+    EXPECT_LE(s.get("resends_sent"), 2u) << "the server had to ask for request data again";
+    EXPECT_LE(c.get("retransmitted_packets"), 60u);  // (at most two messages' packets)
 }
 
 // Counters may be read from any thread while the loop runs (the receive-side counters are
