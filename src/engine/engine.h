@@ -206,6 +206,7 @@ class Engine {
 
     // incoming.cc
     void handleData(Peer* peer, const wire::Packet& p, Time now);
+    bool receiveWhole(Rpc* rpc, std::span<const uint8_t> payload, Time now);
     void startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time now);
     void completeInMessage(Rpc* rpc, Time now);
     /// Whether a message of `length` bytes fits in one packet (and may use the reserve).

@@ -258,6 +258,49 @@ TEST(Engine, WholeExchangeCompletesAndFreesBothSides) {
     EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
 }
 
+// A message whose first packet holds all of it is complete at once: delivered with its
+// bytes, counted in no grant or incoming total, and a copy of that packet arriving later
+// is a duplicate (server) or for an RPC already gone (client), never a second delivery.
+TEST(Engine, AMessageInOnePacketIsDeliveredAtOnceAndItsCopiesAreDropped) {
+    Pair p;
+    std::vector<uint8_t> req(300);
+    for (size_t i = 0; i < req.size(); ++i) req[i] = static_cast<uint8_t>(i);
+    uint64_t id = 0;
+    ASSERT_TRUE(p.a.startRequest(kB, req, 5, p.now, &id).isOk());
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    const std::vector<uint8_t> requestPacket = p.sinkA.out[0].bytes;
+    p.deliverAToB();
+    auto requests = p.deliveries(p.b);
+    ASSERT_EQ(requests.size(), 1u);
+    ASSERT_EQ(requests[0].message.length, 300u);
+    EXPECT_TRUE(std::equal(req.begin(), req.end(), requests[0].message.data));
+    EXPECT_EQ(p.b.incomingOutstanding(), 0u);
+    EXPECT_EQ(p.b.activeGrants(), 0);
+    EXPECT_EQ(p.b.pendingRequests(), 1u);
+    p.b.receive(kA, requestPacket, p.now);
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Duplicate)], 1u);
+    std::vector<uint8_t> resp(200, 0x5c);
+    p.b.releaseMessage(requests[0].message, p.now);
+    ASSERT_TRUE(p.b.sendResponse(requests[0].server, resp, p.now).isOk());
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::Data), 1u);
+    const std::vector<uint8_t> responsePacket = p.sinkB.first(wire::PacketType::Data).bytes;
+    p.pump();
+    auto responses = p.deliveries(p.a);
+    ASSERT_EQ(responses.size(), 1u);
+    EXPECT_EQ(responses[0].kind, Delivery::Kind::Response);
+    EXPECT_EQ(responses[0].cookie, 5u);
+    ASSERT_EQ(responses[0].message.length, 200u);
+    EXPECT_EQ(responses[0].message.data[199], 0x5c);
+    EXPECT_EQ(p.a.rpcCount(), 0u);
+    EXPECT_EQ(p.a.incomingOutstanding(), 0u);
+    p.a.receive(kB, responsePacket, p.now);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    EXPECT_EQ(p.a.metrics().dropped[static_cast<size_t>(DropReason::UnknownRpc)], 1u);
+    p.a.releaseMessage(responses[0].message, p.now);
+    EXPECT_EQ(p.a.bufferPool().bytesInUse(), 0u);
+}
+
 // A server finds each RPC of a client through that client's own table, which grows with
 // the client's window of calls and, past its largest size (4,096), overflows into a
 // hash map: 5,000 requests in flight at once, answered in reverse order, all complete.
