@@ -7,7 +7,8 @@
 #       ping-pong (--full-rtt), gRPC unary echo (bench/grpc); Homa and sockperf UDP also
 #       with both ends pinned to one CPU, Homa without adaptive polling, and sockperf UDP
 #       busy-polling (Homa, sockperf UDP and gRPC: medians of 3 runs)
-#   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 3), gRPC; and
+#   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 5, with each
+#       round's Homa/TCP ratio), gRPC; and
 #       Homa and TCP with 1,024 outstanding, where each is nearer its saturation; and
 #       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
 #       transport over UDP here
@@ -113,21 +114,25 @@ else
 fi
 
 note "== small-RPC throughput"
-# kops_at N: medians of $reps runs with N outstanding, Homa and TCP alternating; prints
-# "homa_kops tcp_kops".
+# kops_at N: medians of $treps runs with N outstanding, Homa and TCP alternating; prints
+# "homa_kops tcp_kops ratios", where ratios lists each round's Homa/TCP (a Homa run and
+# the TCP run right after it), comma-separated: this machine's speed drifts between
+# minutes by more than the difference being measured, and the rounds show how far.
+treps=5  # (one run of each gave anything from 0.7x to 1.3x the median on this machine)
 kops_at() {
-  local hk=() tk=()
-  for r in $(seq "$reps"); do
+  local hk=() tk=() rs=()
+  for r in $(seq "$treps"); do
     hk+=("$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)")
     tk+=("$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)")
+    rs+=("$(awk -v a="${hk[-1]}" -v b="${tk[-1]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')")
   done
-  echo "$(median "${hk[@]}") $(median "${tk[@]}")"
+  echo "$(median "${hk[@]}") $(median "${tk[@]}") $(IFS=,; echo "${rs[*]}")"
 }
-k=$(kops_at 64); hkops=${k% *}; tkops=${k#* }
+read -r hkops tkops rounds <<< "$(kops_at 64)"
 # 64 outstanding is where Homa's and TCP's figures are usually quoted; with 1,024 both
 # batch more per system call and per wake-up, so this row shows each nearer its own
 # ceiling on this machine.
-k=$(kops_at 1024); hkops1k=${k% *}; tkops1k=${k#* }
+read -r hkops1k tkops1k rounds1k <<< "$(kops_at 1024)"
 # The same closed loop over bare UDP sockets, with no protocol at all (bench/udp_ceiling.cc,
 # batched with GSO and GRO as Homa's driver is): what any transport built on UDP sockets
 # could reach here. It splits the distance between Homa and TCP into what UDP costs on
@@ -186,8 +191,10 @@ row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "
 row "64 B RTT P50 us vs gRPC" "$(printf %.1f "$hl50")" "$g50"
 row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
 row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops")" "$(printf %.1f "$tkops")"
+printf '  (each round: %s)\n' "$rounds"
 row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$hkops")" "$gk"
 row "64 B kops (1,024 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops1k")" "$(printf %.1f "$tkops1k")"
+printf '  (each round: %s)\n' "$rounds1k"
 row "64 B kops (64 outstanding) vs bare UDP" "$(printf %.1f "$hkops")" "$uk"
 row "64 B kops (1,024 outstanding) vs bare UDP" "$(printf %.1f "$hkops1k")" "$uk1k"
 row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$tbig")"
