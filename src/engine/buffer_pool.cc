@@ -53,11 +53,14 @@ bool BufferPool::canAllocate(uint32_t length, bool small) const {
 }
 
 BufferPool::Buffer BufferPool::allocate(uint32_t length, bool small) {
+    Buffer b = tryAllocate(length, small);
+    if (!b) ++failures_;
+    return b;
+}
+
+BufferPool::Buffer BufferPool::tryAllocate(uint32_t length, bool small) {
     const uint32_t size = classSize(length);
-    if (!fits(length, size, small)) {
-        ++failures_;
-        return {};
-    }
+    if (!fits(length, size, small)) return {};
     int index = classIndex(length);
     auto& list = freeLists_[static_cast<size_t>(index)];
     uint8_t* p;

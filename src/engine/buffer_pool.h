@@ -28,6 +28,9 @@ class BufferPool {
     /// A buffer of at least `length` bytes (length >= 1), or an empty Buffer when
     /// the limit would be exceeded. Only a `small` buffer may use the reserve.
     Buffer allocate(uint32_t length, bool small = false);
+    /// allocate() for a caller with another way to place the message when this fails:
+    /// a failure here is not counted in allocationFailures().
+    Buffer tryAllocate(uint32_t length, bool small = false);
     void release(Buffer buffer);
 
     /// Whether a buffer of `length` bytes could be allocated now.

@@ -108,7 +108,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
 bool Engine::receiveWhole(Rpc* rpc, std::span<const uint8_t> payload, Time now) {
     InMessage& in = rpc->in;
     const auto length = static_cast<uint32_t>(payload.size());
-    in.buffer = inPool_.allocate(length, true);
+    in.buffer = inPool_.tryAllocate(length, true);  // (the general path counts a failure)
     if (!in.buffer) return false;
     in.started = true;
     in.length = in.granted = in.received = length;

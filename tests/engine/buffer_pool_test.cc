@@ -29,6 +29,21 @@ TEST(BufferPool, RefusesBeyondTheLimitAndCountsFailures) {
     pool.release(c);
 }
 
+// tryAllocate() refuses like allocate() but leaves the count to a caller that has
+// another way to place the message (which counts the failure if that fails too).
+TEST(BufferPool, TryAllocateRefusesWithoutCounting) {
+    BufferPool pool(10'000);
+    auto a = pool.tryAllocate(6'000);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(pool.bytesInUse(), a.capacity);
+    EXPECT_FALSE(pool.tryAllocate(6'000));
+    EXPECT_EQ(pool.allocationFailures(), 0u);
+    EXPECT_FALSE(pool.allocate(6'000));
+    EXPECT_EQ(pool.allocationFailures(), 1u);
+    pool.release(a);
+    EXPECT_EQ(pool.bytesInUse(), 0u);
+}
+
 TEST(BufferPool, ReusesFreedBuffers) {
     BufferPool pool(1 << 20);
     auto a = pool.allocate(1000);

@@ -1104,6 +1104,29 @@ TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
     EXPECT_EQ(p.b.bufferPool().bytesInUse(), 0u);
 }
 
+// A single-packet message refused for lack of a buffer is one allocation failure, however
+// many ways the engine tries to place it.
+TEST(Engine, ARefusedSinglePacketMessageCountsOneAllocationFailure) {
+    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
+    p.call(200'000, 1);
+    p.pump();
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 1u);
+    for (int i = 0; i < 56; ++i) p.call(1'000);
+    p.pump();
+    auto smallHeld = p.deliveries(p.b);
+    ASSERT_EQ(smallHeld.size(), 56u);
+    ASSERT_FALSE(p.b.bufferPool().canAllocate(1'000, true)) << "the pool must be full";
+    const uint64_t before = p.b.bufferPool().allocationFailures();
+    p.call(1'000, 2);
+    p.deliverAToB();
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    EXPECT_EQ(p.b.bufferPool().allocationFailures() - before, 1u);
+    for (auto& d : smallHeld) p.b.releaseMessage(d.message, p.now);
+    p.b.releaseMessage(held[0].message, p.now);
+    p.expectOneMessageAtB(1'000);
+}
+
 // Large messages get buffers in order of arrival: a younger one that would fit waits
 // behind an older one that does not, or a stream of such messages could keep the
 // older one waiting for ever.
