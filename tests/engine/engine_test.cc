@@ -1066,21 +1066,35 @@ TEST(Engine, FullPoolStillTakesSmallMessages) {
     p.expectOneMessageAtB(50'000);
 }
 
+// B's receive pool (20 % reserved) filled by messages its application holds: one of
+// 200 KB (`held`), then 56 single-packet ones of 1,000 bytes (`smallHeld`) that take the
+// rest, the reserve too.
+struct FullPoolAtB {
+    Pair p{baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2)};
+    std::vector<Delivery> held, smallHeld;
+
+    void fill() {
+        p.call(200'000, 1);
+        p.pump();
+        held = p.deliveries(p.b);
+        ASSERT_EQ(held.size(), 1u);
+        for (int i = 0; i < 56; ++i) p.call(1'000);
+        p.pump();
+        smallHeld = p.deliveries(p.b);
+        ASSERT_EQ(smallHeld.size(), 56u);
+        ASSERT_FALSE(p.b.bufferPool().canAllocate(1'000, true)) << "the pool must be full";
+    }
+};
+
 // Buffers coming back go to every waiting single-packet message that fits, even one
 // queued behind a large message still too big for the pool; the large one is served
 // once its buffer fits.
 TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
-    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
-    p.call(200'000, 1);
-    p.pump();
-    auto held = p.deliveries(p.b);
-    ASSERT_EQ(held.size(), 1u);
-    // Single-packet messages, held by the application, fill the rest (the reserve too).
-    for (int i = 0; i < 56; ++i) p.call(1'000);
-    p.pump();
-    auto smallHeld = p.deliveries(p.b);
-    ASSERT_EQ(smallHeld.size(), 56u);
-    ASSERT_FALSE(p.b.bufferPool().canAllocate(1'000, true)) << "the pool must be full";
+    FullPoolAtB full;
+    ASSERT_NO_FATAL_FAILURE(full.fill());
+    Pair& p = full.p;
+    auto& held = full.held;
+    auto& smallHeld = full.smallHeld;
     p.call(1'000, 2);
     p.call(100'000, 3);
     p.call(1'000, 4);
@@ -1107,23 +1121,16 @@ TEST(Engine, WaitingSmallMessageIsNotHeldBackByALargerWaiter) {
 // A single-packet message refused for lack of a buffer is one allocation failure, however
 // many ways the engine tries to place it.
 TEST(Engine, ARefusedSinglePacketMessageCountsOneAllocationFailure) {
-    Pair p(baseConfig(), smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
-    p.call(200'000, 1);
-    p.pump();
-    auto held = p.deliveries(p.b);
-    ASSERT_EQ(held.size(), 1u);
-    for (int i = 0; i < 56; ++i) p.call(1'000);
-    p.pump();
-    auto smallHeld = p.deliveries(p.b);
-    ASSERT_EQ(smallHeld.size(), 56u);
-    ASSERT_FALSE(p.b.bufferPool().canAllocate(1'000, true)) << "the pool must be full";
+    FullPoolAtB full;
+    ASSERT_NO_FATAL_FAILURE(full.fill());
+    Pair& p = full.p;
     const uint64_t before = p.b.bufferPool().allocationFailures();
     p.call(1'000, 2);
     p.deliverAToB();
     EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
     EXPECT_EQ(p.b.bufferPool().allocationFailures() - before, 1u);
-    for (auto& d : smallHeld) p.b.releaseMessage(d.message, p.now);
-    p.b.releaseMessage(held[0].message, p.now);
+    for (auto& d : full.smallHeld) p.b.releaseMessage(d.message, p.now);
+    p.b.releaseMessage(full.held[0].message, p.now);
     p.expectOneMessageAtB(1'000);
 }
 
