@@ -18,7 +18,11 @@ for w in w1 w2 w3 w4 w5; do
   timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload $w --count $count --concurrency 32 --seed $seed || status=1
 done
 echo "== w4 without GSO/GRO (the fallback paths)"
-NO_GSO=1 NO_GRO=1 timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload w4 --count 300 --concurrency 32 --seed 6 || status=1
+# (8 calls at a time: without GSO every packet is a system call of its own, and 32 calls
+# of up to 1 MB under ThreadSanitizer overloaded the server once: it gave up on a
+# response whose client, slowed down, answered none of its NEED_ACKs, and that call
+# failed. What this run checks is the fallback paths' correctness, not load.)
+NO_GSO=1 NO_GRO=1 timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload w4 --count 300 --concurrency 8 --seed 6 || status=1
 kill -TERM $server
 wait $server || status=1
 cat server.out
