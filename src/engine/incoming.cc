@@ -102,9 +102,10 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
 // The first packet of a message holds all of it (most requests and responses of small
 // RPCs): it is complete at once, so none of the grant and reassembly bookkeeping of
 // startInMessage() and handleData() applies. The end state is theirs: a message started,
-// granted and received in full, counted nowhere in incomingOutstanding_, then delivered.
-// False, with nothing changed, when no buffer is free: the general path then makes the
-// RPC wait for one.
+// granted and received in full, counted nowhere in incomingOutstanding_, then delivered
+// (its gap list stays empty: only an incomplete message's RESENDs read it). False, with
+// nothing changed, when no buffer is free: the general path then makes the RPC wait for
+// one.
 bool Engine::receiveWhole(Rpc* rpc, std::span<const uint8_t> payload, Time now) {
     InMessage& in = rpc->in;
     const auto length = static_cast<uint32_t>(payload.size());
@@ -114,7 +115,6 @@ bool Engine::receiveWhole(Rpc* rpc, std::span<const uint8_t> payload, Time now) 
     in.length = in.granted = in.received = length;
     in.birth = now;
     in.priority = static_cast<uint8_t>(maxSchedPriority_);
-    in.gaps.add(0, length, [](uint32_t, uint32_t) {});
     std::memcpy(in.buffer.data, payload.data(), length);
     rpc->silentTicks = 0;
     rpc->busyReplies = 0;
