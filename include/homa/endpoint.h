@@ -161,7 +161,9 @@ class Endpoint {
     /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
-    /// ends). Returns the RPC's id (0 if it did not start).
+    /// ends). Returns the RPC's id (0 if it did not start). A one-packet call made by a
+    /// callback on this endpoint starts with the others those callbacks make, when they
+    /// end: its id comes at once, and a failure to start then reaches its callback.
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).

@@ -528,6 +528,188 @@ TEST(Endpoint, CallBatchSendsABurstOfCallsTogether) {
     EXPECT_LE(sends, 10u) << "one sendmmsg per call instead of one for the burst";
 }
 
+// Calls that callbacks start on their own endpoint are started together when the
+// callbacks end (one locked step for all, metric calls_staged), each under the id
+// callAsync returned at once, which its response carries.
+TEST(Endpoint, CallsStartedByCallbacksStartTogetherUnderTheIdsReturned) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    constexpr int kChains = 8, kPerChain = 50;
+    std::mutex mu;
+    std::set<RpcId> returned, answered;
+    std::atomic<int> left{kChains * kPerChain}, failed{0};
+    std::promise<void> done;
+    std::function<void(Response)> next = [&](Response r) {
+        if (!r.status.isOk()) ++failed;
+        {
+            std::lock_guard lk(mu);
+            answered.insert(r.id);
+        }
+        const int n = --left;
+        if (n == 0) done.set_value();
+        if (n < kChains) return;  // (the last round starts nothing)
+        const RpcId id = client->callAsync(server->address(), bytesOf(64, static_cast<uint8_t>(n)), next);
+        EXPECT_NE(id, 0u);
+        std::lock_guard lk(mu);
+        EXPECT_TRUE(returned.insert(id).second) << "id " << id << " returned twice";
+    };
+    const uint64_t staged0 = client->metrics().get("calls_staged");
+    for (int i = 0; i < kChains; ++i) {
+        const RpcId id = client->callAsync(server->address(), bytesOf(64, 0), next);
+        std::lock_guard lk(mu);
+        returned.insert(id);
+    }
+    ASSERT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
+    EXPECT_EQ(failed.load(), 0);
+    std::lock_guard lk(mu);
+    EXPECT_EQ(answered, returned) << "a response came back under an id callAsync did not return";
+    EXPECT_EQ(client->metrics().get("calls_staged") - staged0, uint64_t{kChains * (kPerChain - 1)})
+        << "the callbacks' calls each took a locked step of their own";
+}
+
+// A call staged by a callback is still a call in flight to abort(): from the callback
+// itself, or from another thread while the callbacks run. Its callback then gets Aborted,
+// under its id, and the server never sees the request.
+TEST(Endpoint, AStagedCallCanBeAbortedBeforeItStarts) {
+    std::atomic<int> served{0};
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([&](ServerRequest r) {
+        ++served;
+        r.respond(r.message().bytes());
+    }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    for (bool fromAnotherThread : {false, true}) {
+        SCOPED_TRACE(fromAnotherThread ? "abort from another thread" : "abort from the callback");
+        ASSERT_TRUE(client->call(server->address(), bytesOf(8, 0)).status.isOk());
+        const int servedBefore = served.load();  // (then the outer call and the last one)
+        std::promise<Response> abortedResponse;
+        std::atomic<RpcId> staged{0};
+        std::promise<void> outerDone;
+        client->callAsync(server->address(), bytesOf(8, 1), [&](Response r) {
+            EXPECT_TRUE(r.status.isOk());
+            staged = client->callAsync(server->address(), bytesOf(8, 2),
+                                       [&](Response a) { abortedResponse.set_value(std::move(a)); });
+            EXPECT_NE(staged.load(), 0u);
+            if (fromAnotherThread) {
+                std::thread other([&] { EXPECT_TRUE(client->abort(staged).isOk()); });
+                other.join();
+            } else {
+                EXPECT_TRUE(client->abort(staged).isOk());
+            }
+            outerDone.set_value();
+        });
+        ASSERT_EQ(outerDone.get_future().wait_for(10s), std::future_status::ready);
+        auto f = abortedResponse.get_future();
+        ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+        Response a = f.get();
+        EXPECT_EQ(a.status.code(), StatusCode::Aborted) << a.status.toString();
+        EXPECT_EQ(a.id, staged.load());
+        EXPECT_EQ(client->abort(staged).code(), StatusCode::NoSuchRpc);
+        ASSERT_TRUE(client->call(server->address(), bytesOf(8, 3)).status.isOk());
+        EXPECT_EQ(served.load(), servedBefore + 2) << "the aborted request reached the server";
+    }
+}
+
+// A callback that stages a call and then waits (a synchronous call) starts the staged
+// call first: here the synchronous call's server answers only once the staged request
+// has reached the other server, which it would not until the callback ended.
+TEST(Endpoint, ACallbackThatWaitsStartsTheCallsItStagedFirst) {
+    std::atomic<bool> stagedArrived{false};
+    auto first = Endpoint::open(loopback());
+    ASSERT_TRUE(first);
+    ASSERT_TRUE(first->serve([&](ServerRequest r) {
+        if (r.message().size() == 3) stagedArrived = true;
+        r.respond(r.message().bytes());
+    }).isOk());
+    auto second = Endpoint::open(loopback());
+    ASSERT_TRUE(second);
+    ASSERT_TRUE(second->serve([&](ServerRequest r) {
+        for (int i = 0; i < 2000 && !stagedArrived; ++i) std::this_thread::sleep_for(1ms);
+        const uint8_t arrived = stagedArrived ? 1 : 0;
+        r.respond(std::span<const uint8_t>(&arrived, 1));
+    }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<int> seen;
+    std::promise<StatusCode> stagedDone;
+    client->callAsync(first->address(), bytesOf(8, 0), [&](Response) {
+        client->callAsync(first->address(), bytesOf(3, 1), [&](Response r) { stagedDone.set_value(r.status.code()); });
+        Response w = client->call(second->address(), bytesOf(8, 2));
+        seen.set_value(w.status.isOk() && w.message.size() == 1 ? w.message.data()[0] : -1);
+    });
+    auto s = seen.get_future();
+    ASSERT_EQ(s.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(s.get(), 1) << "the staged call waited for the callback to end";
+    auto d = stagedDone.get_future();
+    ASSERT_EQ(d.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(d.get(), StatusCode::Ok);
+}
+
+// A staged call that cannot start when the callbacks end (send memory full; the endpoint
+// shut down by the callback itself) fails through its callback, once, under the id
+// callAsync returned.
+TEST(Endpoint, AStagedCallThatCannotStartFailsThroughItsCallback) {
+    // (Declared before the endpoints, whose shutdown runs callbacks.)
+    std::mutex mu;
+    std::vector<std::pair<RpcId, StatusCode>> results;
+    auto record = [&](Response r) {
+        std::lock_guard lk(mu);
+        results.emplace_back(r.id, r.status.code());
+    };
+    auto resultsNow = [&] {
+        std::lock_guard lk(mu);
+        return results;
+    };
+    auto server = echoServer();
+    BlackHole hole;
+    ASSERT_NE(hole.address().port, 0);
+    {
+        EndpointOptions o = loopback();
+        o.protocol.maxMessageLength = 1200;
+        o.protocol.maxOutgoingBytes = 1500;  // one message of 1,000 B (class 1 KiB), not two
+        auto client = Endpoint::open(o);
+        ASSERT_TRUE(client);
+        RpcId kept = 0, refused = 0;
+        std::promise<void> ran;
+        client->callAsync(server->address(), bytesOf(8, 0), [&](Response) {
+            kept = client->callAsync(hole.address(), bytesOf(1000, 1), record);  // fits, and stays
+            refused = client->callAsync(hole.address(), bytesOf(1000, 2), record);
+            ran.set_value();
+        });
+        ASSERT_EQ(ran.get_future().wait_for(10s), std::future_status::ready);
+        EXPECT_NE(kept, 0u);
+        EXPECT_NE(refused, 0u);
+        for (int i = 0; i < 1000 && resultsNow().empty(); ++i) std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(20ms);  // a second callback would show by now
+        EXPECT_EQ(resultsNow(), (std::vector{std::pair(refused, StatusCode::OutOfBuffers)}));
+        EXPECT_EQ(client->metrics().get("calls_failed_out_of_buffers"), 1u);
+        EXPECT_EQ(client->metrics().get("calls_in_flight"), 1u) << "the call that fitted is in flight";
+    }
+    {
+        std::lock_guard lk(mu);
+        results.clear();  // (the call that fitted failed with Shutdown as its endpoint went)
+    }
+
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    RpcId staged = 0;
+    std::promise<void> ran;
+    client->callAsync(server->address(), bytesOf(8, 3), [&](Response r) {
+        EXPECT_TRUE(r.status.isOk());
+        staged = client->callAsync(server->address(), bytesOf(8, 4), record);
+        client->shutdown();
+        ran.set_value();
+    });
+    ASSERT_EQ(ran.get_future().wait_for(10s), std::future_status::ready);
+    for (int i = 0; i < 1000 && resultsNow().empty(); ++i) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(20ms);
+    EXPECT_NE(staged, 0u);
+    EXPECT_EQ(resultsNow(), (std::vector{std::pair(staged, StatusCode::Shutdown)}));
+}
+
 // A closed loop: `inFlight` calls, of which the server first answers `answered` in one
 // burst (one GSO datagram, so the client reads them in one receive); each callback starts
 // another call. Returns, for each callback of the burst in the order they ran, how many
