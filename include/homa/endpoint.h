@@ -122,7 +122,9 @@ class ServerRequest {
     bool valid() const { return message_.core_ != nullptr; }
 
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
-    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
+    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown, OutOfBuffers. A
+    /// one-packet response given by a handler of the endpoint is sent once the handler
+    /// returns; if the send memory is full then, the request is dropped instead.
     Status respond(std::span<const uint8_t> response);
 
   private:

@@ -61,6 +61,8 @@ thread_local const Core* tThreadOf = nullptr;
 thread_local CallStaging* tStaging = nullptr;
 thread_local std::deque<CallStaging> tStagings;
 thread_local size_t tStagingDepth = 0;
+// The responses of the handler this thread (a worker) runs now (see ResponseStaging).
+thread_local ResponseStaging* tResponseStaging = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
 thread_local AdaptivePoll tPoll;
 // Whether this thread may run on more than one CPU, looked up at its first wait. A thread
@@ -711,6 +713,11 @@ void Core::startStaged(CallStaging& st, std::vector<std::pair<Endpoint::Callback
 }
 
 void Core::startStagedBeforeWait() {
+    if (ResponseStaging* st = tResponseStaging; st != nullptr && !st->responses.empty()) {
+        std::lock_guard lk(st->core->mu_);
+        st->core->sendStagedResponses(*st);
+        st->core->driver_->flush();
+    }
     for (CallStaging* st = tStaging; st != nullptr; st = st->outer) {
         if (st->calls.empty()) continue;
         Core* core = st->core;
@@ -1145,6 +1152,8 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
             tThreadOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
+            ResponseStaging responses;
+            responses.core = this;
             std::optional<ServerRequest> request = receive(-1, true);
             while (request) {
                 const Core* outer = beginBatch();
@@ -1153,23 +1162,27 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
                 if (holdingSince == 0) holdingSince = start;
+                tResponseStaging = &responses;
                 try {
                     handler(std::move(*request));
                 } catch (...) {
                     // A throwing handler drops its request (the client sees a failure);
                     // the worker goes on serving.
                 }
+                tResponseStaging = nullptr;
                 request.reset();
                 const uint64_t end = trace::readClock();
                 threadCounters_.add(kHandlerCycles, end - start);
-                // One lock: the request's buffer goes back, and the next queued request is
-                // taken. Responses go out when this worker has no queued request left to
+                // One lock: the responses the handler gave start (ResponseStaging), the
+                // request's buffer goes back, and the next queued request is taken.
+                // Responses go out when this worker has no queued request left to
                 // run (or when the driver's batch fills), so that the responses to one
                 // burst of requests leave together in one sendmmsg; but a response waits
                 // at most about kMaxResponseHoldNs of handler time for the others (slow
                 // handlers would otherwise hold the first response of a burst until the
                 // last one is done).
                 std::unique_lock lk(mu_);
+                sendStagedResponses(responses);
                 releaseDeferred();
                 tBatchFor = outer;  // the batch ends with this step
                 ++handlersDone_;
@@ -1196,11 +1209,40 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
 }
 
 Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
+    if (ResponseStaging* st = tResponseStaging; st != nullptr && st->core == this && !response.empty() &&
+                                                response.size() <= stageLimit_ &&
+                                                !shutdownSeen_.load(std::memory_order_relaxed)) {
+        // From a handler of ours, one packet: kept for the locked step after the handler.
+        st->responses.push_back({client, id, static_cast<uint32_t>(st->bytes.size()),
+                                 static_cast<uint32_t>(response.size())});
+        st->bytes.insert(st->bytes.end(), response.begin(), response.end());
+        return {};
+    }
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
     Status s;
     outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now); });
     return s;
+}
+
+void Core::sendStagedResponses(ResponseStaging& st) {
+    if (st.responses.empty()) return;
+    uint64_t engineStart;
+    const int64_t now = nowAndEngineClock(&engineStart);
+    responsesStaged_ += st.responses.size();
+    for (const ResponseStaging::Staged& r : st.responses) {
+        if (shutdown_) break;  // (as for a response given just before the shutdown: not sent)
+        const Status s = engine_->sendResponse(
+            {r.client, r.id}, std::span<const uint8_t>(st.bytes.data() + r.offset, r.length), now);
+        if (s.code() == StatusCode::OutOfBuffers) {
+            engine_->abortServerRpc({r.client, r.id}, now);
+            ++responsesRefused_;
+        }
+    }
+    countEngineTime(engineStart);
+    st.responses.clear();
+    st.bytes.clear();
+    afterEngineWork(now);
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
@@ -1363,6 +1405,8 @@ MetricsSnapshot Core::metrics() {
     add("active_grants", static_cast<uint64_t>(engine_->activeGrants()));
     add("calls_in_flight", calls_.size());
     add("calls_staged", callsStaged_);
+    add("responses_staged", responsesStaged_);
+    add("responses_refused", responsesRefused_);
     add("requests_queued", requests_.size());
     add("messages_delivered", messagesDelivered_);
     add("handoffs", handoffs_);
@@ -1440,6 +1484,7 @@ void Core::shutdown() {
         std::lock_guard lk(mu_);
         if (!shutdown_) {
             shutdown_ = true;
+            shutdownSeen_.store(true, std::memory_order_relaxed);
             calls_.forEach([&](Call& call) {
                 const RpcId id = call.id;
                 Response r;

@@ -60,6 +60,20 @@ struct CallStaging {
     size_t callbacksLeft = 0;  ///< (sizes the next range: about one call per callback)
 };
 
+/// The responses a worker's handler gives to requests of its own endpoint (see
+/// Core::serve): kept on the thread and sent in the locked step that follows the handler
+/// (or before the handler waits for anything), instead of in one locked step each.
+struct ResponseStaging {
+    struct Staged {
+        Address client;
+        RpcId id = 0;
+        uint32_t offset = 0, length = 0;  ///< the response, in `bytes`
+    };
+    Core* core = nullptr;
+    std::vector<Staged> responses;
+    std::vector<uint8_t> bytes;
+};
+
 class Core : public engine::PacketSink {
   public:
     static std::shared_ptr<Core> create(const EndpointOptions& options, Status* error);
@@ -243,8 +257,13 @@ class Core : public engine::PacketSink {
     /// endpoint is shut down, through `now` (for the caller to run after mu_).
     void startStaged(CallStaging& st, std::vector<std::pair<Endpoint::Callback, Response>>& now);
     /// Before this thread waits (call(), receive(), poll()): starts what it staged on any
-    /// endpoint (mu_ not held), since the callbacks that staged them are not over yet.
+    /// endpoint, calls and responses (mu_ not held), since the callbacks or the handler
+    /// that staged them are not over yet.
     static void startStagedBeforeWait();
+    /// Sends the responses staged on `st` (under mu_). One that finds the send memory
+    /// full drops its request instead (the application was told it was sent): its client
+    /// sees the call fail, as for a request dropped unanswered (responses_refused).
+    void sendStagedResponses(ResponseStaging& st);
     /// A reserved range of ids for staged calls, under mu_ (for abort()).
     struct StagedRange {
         const CallStaging* staging;
@@ -320,7 +339,9 @@ class Core : public engine::PacketSink {
     std::vector<StagedRange> stagedRanges_;
     std::vector<RpcId> abortedStaged_;  ///< staged ids abort() was called on before they started
     uint32_t stageLimit_ = 0;           ///< the largest request staged: one packet's payload
-    uint64_t callsStaged_ = 0;
+    uint64_t callsStaged_ = 0, responsesStaged_ = 0, responsesRefused_ = 0;
+    /// shutdown_, for respond()'s staging, which reads it without mu_.
+    std::atomic<bool> shutdownSeen_{false};
     /// Asynchronous calls that could not start: their callbacks wait for the loop.
     std::vector<std::pair<Endpoint::Callback, Response>> failedStarts_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;

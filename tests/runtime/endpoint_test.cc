@@ -710,6 +710,100 @@ TEST(Endpoint, AStagedCallThatCannotStartFailsThroughItsCallback) {
     EXPECT_EQ(resultsNow(), (std::vector{std::pair(staged, StatusCode::Shutdown)}));
 }
 
+// A handler's one-packet responses on its own endpoint are sent in the locked step after
+// the handler (metric responses_staged), larger ones at once; all arrive whole.
+TEST(Endpoint, HandlersResponsesAreSentInTheStepAfterTheHandler) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    const uint64_t staged0 = server->metrics().get("responses_staged");
+    constexpr int kSmall = 20;
+    for (int i = 0; i < kSmall; ++i) {
+        auto req = bytesOf(100, static_cast<uint8_t>(i));
+        Response r = client->call(server->address(), req);
+        ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+        ASSERT_EQ(r.message.size(), req.size());
+        EXPECT_TRUE(std::equal(req.begin(), req.end(), r.message.data()));
+    }
+    EXPECT_EQ(server->metrics().get("responses_staged") - staged0, uint64_t{kSmall});
+    auto big = bytesOf(100'000, 9);
+    Response r = client->call(server->address(), big);
+    ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+    ASSERT_EQ(r.message.size(), big.size());
+    EXPECT_TRUE(std::equal(big.begin(), big.end(), r.message.data()));
+    EXPECT_EQ(server->metrics().get("responses_staged") - staged0, uint64_t{kSmall}) << "a large response was staged";
+}
+
+// A handler that responds and then waits (a synchronous call) sends its response first:
+// here the synchronous call's server answers only once the client has the response, which
+// it would not until the handler ended.
+TEST(Endpoint, AHandlerThatWaitsSendsTheResponsesItGaveFirst) {
+    std::atomic<bool> clientHasIt{false};
+    auto judge = Endpoint::open(loopback());
+    ASSERT_TRUE(judge);
+    ASSERT_TRUE(judge->serve([&](ServerRequest r) {
+        for (int i = 0; i < 2000 && !clientHasIt; ++i) std::this_thread::sleep_for(1ms);
+        const uint8_t seen = clientHasIt ? 1 : 0;
+        r.respond(std::span<const uint8_t>(&seen, 1));
+    }).isOk());
+    auto helper = Endpoint::open(loopback());
+    ASSERT_TRUE(helper);
+    std::promise<int> verdict;
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([&](ServerRequest r) {
+        EXPECT_TRUE(r.respond(r.message().bytes()).isOk());
+        Response w = helper->call(judge->address(), bytesOf(8, 1));
+        verdict.set_value(w.status.isOk() && w.message.size() == 1 ? w.message.data()[0] : -1);
+    }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<StatusCode> answered;
+    client->callAsync(server->address(), bytesOf(8, 2), [&](Response r) {
+        clientHasIt = true;
+        answered.set_value(r.status.code());
+    });
+    auto v = verdict.get_future();
+    ASSERT_EQ(v.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(v.get(), 1) << "the response waited for the handler to end";
+    auto a = answered.get_future();
+    ASSERT_EQ(a.wait_for(10s), std::future_status::ready);
+    EXPECT_EQ(a.get(), StatusCode::Ok);
+}
+
+// A staged response that finds the send memory full when the handler ends drops its
+// request instead (the handler was told it was sent): that client sees its call fail,
+// the other gets its response, and responses_refused counts it.
+TEST(Endpoint, AStagedResponseThatCannotBeSentDropsItsRequest) {
+    EndpointOptions o = loopback();
+    o.protocol.maxMessageLength = 1200;
+    o.protocol.maxOutgoingBytes = 1500;  // one response of 1,000 B (class 1 KiB), not two
+    auto server = Endpoint::open(o);
+    ASSERT_TRUE(server);
+    std::optional<ServerRequest> kept;  // (the worker's only: one thread)
+    ASSERT_TRUE(server->serve([&](ServerRequest r) {
+        if (!kept) {
+            kept = std::move(r);  // answered with the next request, in the same handler
+            return;
+        }
+        EXPECT_TRUE(kept->respond(bytesOf(1000, 1)).isOk());
+        EXPECT_TRUE(r.respond(bytesOf(1000, 2)).isOk());
+        kept.reset();
+    }, 1).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    auto first = client->callFuture(server->address(), bytesOf(8, 3), {.timeout = 5s});
+    std::this_thread::sleep_for(20ms);  // (the first request reaches the handler first)
+    auto second = client->callFuture(server->address(), bytesOf(8, 4), {.timeout = 5s});
+    ASSERT_EQ(first.wait_for(10s), std::future_status::ready);
+    ASSERT_EQ(second.wait_for(10s), std::future_status::ready);
+    Response a = first.get(), b = second.get();
+    ASSERT_TRUE(a.status.isOk()) << a.status.toString();
+    EXPECT_EQ(a.message.size(), 1000u);
+    EXPECT_FALSE(b.status.isOk()) << "a response that could not be sent reached the client";
+    EXPECT_EQ(server->metrics().get("responses_refused"), 1u);
+}
+
 // A closed loop: `inFlight` calls, of which the server first answers `answered` in one
 // burst (one GSO datagram, so the client reads them in one receive); each callback starts
 // another call. Returns, for each callback of the burst in the order they ran, how many
