@@ -122,9 +122,7 @@ class ServerRequest {
     bool valid() const { return message_.core_ != nullptr; }
 
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
-    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown, OutOfBuffers. A
-    /// one-packet response given by a handler of the endpoint is sent once the handler
-    /// returns; if the send memory is full then, the request is dropped instead.
+    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
     Status respond(std::span<const uint8_t> response);
 
   private:
@@ -163,9 +161,7 @@ class Endpoint {
     /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
-    /// ends). Returns the RPC's id (0 if it did not start). A one-packet call made by a
-    /// callback on this endpoint starts with the others those callbacks make, when they
-    /// end: its id comes at once, and a failure to start then reaches its callback.
+    /// ends). Returns the RPC's id (0 if it did not start).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).

@@ -92,8 +92,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
       inPool_(config.maxBufferBytes, config.smallBufferReserve()),
       outPool_(config.maxOutgoingBytes),
       nic_(config.linkMbps),
-      nextClientId_(std::max<uint64_t>(2, config.firstClientId & ~uint64_t{1})),
-      firstClientId_(nextClientId_) {
+      nextClientId_(std::max<uint64_t>(2, config.firstClientId & ~uint64_t{1})) {
     std::string error = cfg_.validate();
     if (!error.empty()) throw std::invalid_argument("homa engine config: " + error);
     unschedPackets_ = (uint64_t{cfg_.unschedBytes} + cfg_.maxPayload - 1) / cfg_.maxPayload * cfg_.maxPayload;
@@ -311,30 +310,6 @@ Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now
 
 Status Engine::startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
                             Time now, uint64_t* id) {
-    Status s = startClientRpc(server, request, cookie, now, nextClientId_);
-    if (!s.isOk()) return s;
-    if (id) *id = nextClientId_;
-    nextClientId_ += 2;
-    return s;
-}
-
-uint64_t Engine::reserveClientIds(uint32_t count) {
-    const uint64_t first = nextClientId_;
-    nextClientId_ += 2 * uint64_t{count};
-    return first;
-}
-
-Status Engine::startReservedRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
-                                    Time now, uint64_t id) {
-    if ((id & 1) != 0 || id < firstClientId_ || id >= nextClientId_)
-        return {StatusCode::InvalidArgument, "client id " + std::to_string(id) + " was not reserved"};
-    if (findClientRpc(id) != nullptr)
-        return {StatusCode::InvalidArgument, "client id " + std::to_string(id) + " is in flight"};
-    return startClientRpc(server, request, cookie, now, id);
-}
-
-Status Engine::startClientRpc(const Address& server, std::span<const uint8_t> request, uint64_t cookie, Time now,
-                              uint64_t rpcId) {
     now = clamp(now);
     if (request.empty()) return {StatusCode::InvalidArgument, "a request must have at least 1 byte"};
     if (request.size() > cfg_.maxMessageLength)
@@ -343,6 +318,7 @@ Status Engine::startClientRpc(const Address& server, std::span<const uint8_t> re
                                                  std::to_string(cfg_.maxMessageLength)};
     Peer* peer = getPeer(server, now);
     if (!peer) return {StatusCode::OutOfBuffers, "peer table is full"};
+    uint64_t rpcId = nextClientId_;
     Rpc* rpc = newRpc(peer, rpcId, RpcState::Client, now);
     rpc->cookie = cookie;
     Status s = setupOutMessage(rpc, request, now);
@@ -350,8 +326,10 @@ Status Engine::startClientRpc(const Address& server, std::span<const uint8_t> re
         freeRpc(rpc);
         return s;
     }
+    nextClientId_ += 2;
     ++m_.clientRpcsStarted;
     HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
+    if (id) *id = rpcId;
     startSending(rpc, now);
     return {};
 }

@@ -98,15 +98,6 @@ class Engine {
     /// Starts an RPC: copies `request` and begins sending it. On success *id is the RPC's id.
     Status startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
                         Time now, uint64_t* id);
-    /// Sets `count` client ids aside (the first returned, then every second one after it)
-    /// for startReservedRequest(): for a caller that hands out a call's id before it starts
-    /// the call. Ids set aside and never started are skipped; startRequest() never uses them.
-    uint64_t reserveClientIds(uint32_t count);
-    /// startRequest() with an id from reserveClientIds(). Each reserved id starts at most
-    /// once (the caller's duty: a server drops a second request under a used id);
-    /// InvalidArgument if `id` was never reserved or is in flight.
-    Status startReservedRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
-                                Time now, uint64_t id);
     /// Sends the response of a request that was delivered and not yet answered.
     Status sendResponse(const ServerRpcId& rpc, std::span<const uint8_t> response, Time now);
     /// Forgets a client RPC; nothing is delivered for it afterwards.
@@ -201,9 +192,6 @@ class Engine {
     Rpc* findServerRpc(Peer* peer, uint64_t clientId);
     /// Copies the message; the caller then hands the RPC to startSending().
     Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
-    /// startRequest() and startReservedRequest() once the id is known.
-    Status startClientRpc(const Address& server, std::span<const uint8_t> request, uint64_t cookie, Time now,
-                          uint64_t id);
     void failRpc(Rpc* rpc, Status status);
     void handleGrant(Rpc* rpc, const wire::Packet& p);
     void handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now);
@@ -322,7 +310,6 @@ class Engine {
 
     uint32_t pendingRequests_ = 0;
     uint64_t nextClientId_;
-    const uint64_t firstClientId_;  ///< (ids below it were never ours)
     uint64_t nextSerial_ = 1;
     Time lastNow_ = INT64_MIN;
     Time nextTick_ = 0;

@@ -30,7 +30,6 @@ constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
 constexpr size_t kMinCallbackFlush = 8;          // see runCallbacks()
 constexpr int64_t kUntilTimer = INT64_MAX;       // sleep until packets, a poke or the tick timer
-constexpr size_t kMaxStagedRange = 1024;         // ids reserved at once for staged calls (see canStage)
 
 // The endpoint whose batch this thread runs now (its callbacks inside the loop, a handler,
 // an Endpoint::CallBatch; see Core::Batch): packets queued on that endpoint meanwhile go
@@ -56,13 +55,6 @@ thread_local std::vector<const Core*> tLoopsRunning;
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
 // The core whose poll thread or worker this thread is (null for application threads).
 thread_local const Core* tThreadOf = nullptr;
-// The staging of the calls this thread's callbacks start (innermost runCallbacks() first;
-// see CallStaging), and one staging per nesting level, kept for their memory.
-thread_local CallStaging* tStaging = nullptr;
-thread_local std::deque<CallStaging> tStagings;
-thread_local size_t tStagingDepth = 0;
-// The responses of the handler this thread (a worker) runs now (see ResponseStaging).
-thread_local ResponseStaging* tResponseStaging = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
 thread_local AdaptivePoll tPoll;
 // Whether this thread may run on more than one CPU, looked up at its first wait. A thread
@@ -123,7 +115,6 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
     static_cast<ProtocolOptions&>(cfg) = options.protocol;
     cfg.port = core->driver_->localAddress().port;
     cfg.maxPayload = core->driver_->maxPacketBytes() - static_cast<uint32_t>(wire::kDataHeaderSize);
-    core->stageLimit_ = std::min(cfg.maxPayload, options.protocol.maxMessageLength);
     cfg.wireOverheadBytes = (options.address.isIpv4() ? 20 : 40) + 8 + 14 + 4 + 8 + 12;
     cfg.firstClientId = clockSeededFirstId();
     std::string invalid = cfg.validate();
@@ -585,150 +576,25 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
     Batch batch(this);
-    // The calls the callbacks start wait in `staging` for the locked steps below (and are
-    // started by the guard if a callback throws).
-    if (tStagingDepth == tStagings.size()) tStagings.emplace_back();
-    CallStaging& staging = tStagings[tStagingDepth];
-    staging.core = this;
-    staging.outer = tStaging;
-    struct Guard {
-        CallStaging& st;
-        explicit Guard(CallStaging& s) : st(s) {
-            tStaging = &st;
-            ++tStagingDepth;
-        }
-        ~Guard() {
-            tStaging = st.outer;
-            --tStagingDepth;
-            if (st.calls.empty() && st.end == 0) return;  // (the usual case: all started)
-            std::vector<std::pair<Endpoint::Callback, Response>> shutDown;
-            {
-                std::lock_guard lk(st.core->mu_);
-                st.core->startStaged(st, shutDown);
-                st.core->driver_->flush();
-            }
-            st.core->runCallbacks(shutDown);
-        }
-    } guard(staging);
-    std::vector<std::pair<Endpoint::Callback, Response>> shutDown;  // staged calls that found the endpoint shut
     size_t ran = 0;
     for (auto& [callback, response] : ready) {
         HOMA_TRACE("callback id %u", response.id);
-        staging.callbacksLeft = ready.size() - ran;
         callback(std::move(response));
         if (flushEvery != 0 && ++ran % flushEvery == 0 && ran < ready.size()) {
             // (Acks wait for the end: the requests the other callbacks start carry them.)
             std::lock_guard lk(mu_);
-            startStaged(staging, shutDown);
             releaseDeferred();
             driver_->flush();
         }
     }
     ready.clear();
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);
-    {
-        std::lock_guard lk(mu_);
-        startStaged(staging, shutDown);
-        releaseDeferred();
-        // Acks waited for the requests the callbacks started (Engine::sendDueAcks); what
-        // the callbacks sent leaves in one batch.
-        engine_->sendDueAcks();
-        driver_->flush();
-    }
-    runCallbacks(shutDown);
-}
-
-bool Core::canStage(CallStaging& st, size_t requestBytes) {
-    if (requestBytes == 0 || requestBytes > stageLimit_) return false;
-    if (st.next != st.end) return true;
     std::lock_guard lk(mu_);
-    if (shutdown_) return false;
-    // A range used up (callbacks that start more than one call each): the calls staged on
-    // it start now, ahead of this one, so that calls start in the order they were made.
-    uint32_t count = static_cast<uint32_t>(std::clamp<size_t>(st.callbacksLeft, 1, kMaxStagedRange));
-    if (st.end != 0) {
-        count = static_cast<uint32_t>(std::min<uint64_t>(std::max<uint64_t>(count, st.end - st.first), kMaxStagedRange));
-        std::vector<std::pair<Endpoint::Callback, Response>> none;  // (not shut down)
-        startStaged(st, none);
-    }
-    st.first = st.next = engine_->reserveClientIds(count);
-    st.end = st.next + 2 * uint64_t{count};
-    stagedRanges_.push_back({&st, st.next, st.end});
-    return true;
-}
-
-void Core::startStaged(CallStaging& st, std::vector<std::pair<Endpoint::Callback, Response>>& shutDown) {
-    // The range goes back (ids never handed out are never used), and with it the aborts
-    // recorded for its ids: those of staged calls are acted on here, the others mean nothing.
-    RpcId first = 0, end = 0;
-    if (st.end != 0) {
-        auto range = std::find_if(stagedRanges_.begin(), stagedRanges_.end(),
-                                  [&](const StagedRange& r) { return r.staging == &st; });
-        first = range->first;
-        end = range->end;
-        stagedRanges_.erase(range);
-        st.first = st.next = st.end = 0;
-    }
-    auto aborted = [&](RpcId id) { return std::find(abortedStaged_.begin(), abortedStaged_.end(), id) != abortedStaged_.end(); };
-    if (!st.calls.empty()) {
-        uint64_t engineStart;
-        const int64_t now = nowAndEngineClock(&engineStart);
-        callsStaged_ += st.calls.size();
-        bool failed = false;
-        for (CallStaging::Staged& c : st.calls) {
-            Response r;
-            r.id = c.id;
-            r.context = c.context;
-            if (shutdown_) {
-                r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
-            } else if (!abortedStaged_.empty() && aborted(c.id)) {
-                r.status = Status(StatusCode::Aborted, "aborted by the application");
-            } else {
-                r.status = engine_->startReservedRequest(
-                    c.server, std::span<const uint8_t>(st.bytes.data() + c.offset, c.length), 0, now, c.id);
-                if (r.status.isOk()) {
-                    Call& call = *calls_.add(c.id);
-                    call.callback = std::move(c.done);
-                    call.context = c.context;
-                    if (c.deadline != 0) {
-                        call.deadline = c.deadline;
-                        deadlines_.insert({c.deadline, c.id});
-                    }
-                    continue;
-                }
-            }
-            ++callsFailed_[static_cast<size_t>(r.status.code()) % callsFailed_.size()];
-            (shutdown_ ? shutDown : failedStarts_).emplace_back(std::move(c.done), std::move(r));
-            failed = failed || !shutdown_;
-        }
-        countEngineTime(engineStart);
-        st.calls.clear();
-        st.bytes.clear();
-        if (failed) wakeLoopForCallbacks();
-        afterEngineWork(now);
-        if (!loopBusy_ && !pollThreadWaiting_) pokePollThread();
-    }
-    if (!abortedStaged_.empty() && end != 0)
-        std::erase_if(abortedStaged_, [&](RpcId id) { return id >= first && id < end; });
-}
-
-void Core::startStagedBeforeWait() {
-    if (ResponseStaging* st = tResponseStaging; st != nullptr && !st->responses.empty()) {
-        std::lock_guard lk(st->core->mu_);
-        st->core->sendStagedResponses(*st);
-        st->core->driver_->flush();
-    }
-    for (CallStaging* st = tStaging; st != nullptr; st = st->outer) {
-        if (st->calls.empty()) continue;
-        Core* core = st->core;
-        std::vector<std::pair<Endpoint::Callback, Response>> shutDown;
-        {
-            std::lock_guard lk(core->mu_);
-            core->startStaged(*st, shutDown);
-            core->driver_->flush();  // (the batch they were started in ends after the wait)
-        }
-        core->runCallbacks(shutDown);
-    }
+    releaseDeferred();
+    // Acks waited for the requests the callbacks started (Engine::sendDueAcks); what
+    // the callbacks sent leaves in one batch.
+    engine_->sendDueAcks();
+    driver_->flush();
 }
 
 void Core::freezeTrace() {
@@ -970,7 +836,6 @@ void Core::deliverRequest(engine::Delivery& d) {
 // ---------------------------------------------------------------- client
 
 Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options) {
-    startStagedBeforeWait();
     Waiter w;
     mu_.lock();
     Response r;
@@ -1015,20 +880,6 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
 
 RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
                       const CallOptions& options) {
-    if (CallStaging* st = tStaging; st != nullptr && st->core == this && canStage(*st, request.size())) {
-        // From a callback of ours: kept for the locked step that ends the callbacks.
-        CallStaging::Staged& c = st->calls.emplace_back();
-        c.server = server;
-        c.offset = static_cast<uint32_t>(st->bytes.size());
-        c.length = static_cast<uint32_t>(request.size());
-        st->bytes.insert(st->bytes.end(), request.begin(), request.end());
-        c.done = std::move(done);
-        c.context = options.context;
-        if (options.timeout.count() > 0) c.deadline = nowNs() + options.timeout.count();
-        c.id = st->next;
-        st->next += 2;
-        return c.id;
-    }
     Response r;
     r.context = options.context;
     {
@@ -1085,17 +936,7 @@ Status Core::abort(RpcId id) {
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     {
         std::lock_guard lk(mu_);
-        if (calls_.find(id) == nullptr) {
-            // A call a callback started, which starts when the callbacks end: it fails then.
-            // (An id of the range the callbacks never handed out is taken for one too.)
-            for (const StagedRange& range : stagedRanges_) {
-                if (id >= range.first && id < range.end && (id & 1) == 0) {
-                    abortedStaged_.push_back(id);
-                    return {};
-                }
-            }
-            return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
-        }
+        if (calls_.find(id) == nullptr) return Status(StatusCode::NoSuchRpc, "no call " + std::to_string(id) + " in flight");
         const int64_t now = nowNs();
         engine_->abortClientRpc(id, now);
         Response r;
@@ -1110,7 +951,6 @@ Status Core::abort(RpcId id) {
 // ---------------------------------------------------------------- server
 
 std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
-    startStagedBeforeWait();
     mu_.lock();
     if (!requests_.empty()) {
         ServerRequest r = std::move(requests_.front());
@@ -1152,8 +992,6 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
             tThreadOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
-            ResponseStaging responses;
-            responses.core = this;
             std::optional<ServerRequest> request = receive(-1, true);
             while (request) {
                 const Core* outer = beginBatch();
@@ -1162,27 +1000,23 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
                 if (holdingSince == 0) holdingSince = start;
-                tResponseStaging = &responses;
                 try {
                     handler(std::move(*request));
                 } catch (...) {
                     // A throwing handler drops its request (the client sees a failure);
                     // the worker goes on serving.
                 }
-                tResponseStaging = nullptr;
                 request.reset();
                 const uint64_t end = trace::readClock();
                 threadCounters_.add(kHandlerCycles, end - start);
-                // One lock: the responses the handler gave start (ResponseStaging), the
-                // request's buffer goes back, and the next queued request is taken.
-                // Responses go out when this worker has no queued request left to
+                // One lock: the request's buffer goes back, and the next queued request is
+                // taken. Responses go out when this worker has no queued request left to
                 // run (or when the driver's batch fills), so that the responses to one
                 // burst of requests leave together in one sendmmsg; but a response waits
                 // at most about kMaxResponseHoldNs of handler time for the others (slow
                 // handlers would otherwise hold the first response of a burst until the
                 // last one is done).
                 std::unique_lock lk(mu_);
-                sendStagedResponses(responses);
                 releaseDeferred();
                 tBatchFor = outer;  // the batch ends with this step
                 ++handlersDone_;
@@ -1209,40 +1043,11 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
 }
 
 Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
-    if (ResponseStaging* st = tResponseStaging; st != nullptr && st->core == this && !response.empty() &&
-                                                response.size() <= stageLimit_ &&
-                                                !shutdownSeen_.load(std::memory_order_relaxed)) {
-        // From a handler of ours, one packet: kept for the locked step after the handler.
-        st->responses.push_back({client, id, static_cast<uint32_t>(st->bytes.size()),
-                                 static_cast<uint32_t>(response.size())});
-        st->bytes.insert(st->bytes.end(), response.begin(), response.end());
-        return {};
-    }
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
     Status s;
     outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now); });
     return s;
-}
-
-void Core::sendStagedResponses(ResponseStaging& st) {
-    if (st.responses.empty()) return;
-    uint64_t engineStart;
-    const int64_t now = nowAndEngineClock(&engineStart);
-    responsesStaged_ += st.responses.size();
-    for (const ResponseStaging::Staged& r : st.responses) {
-        if (shutdown_) break;  // (as for a response given just before the shutdown: not sent)
-        const Status s = engine_->sendResponse(
-            {r.client, r.id}, std::span<const uint8_t>(st.bytes.data() + r.offset, r.length), now);
-        if (s.code() == StatusCode::OutOfBuffers) {
-            engine_->abortServerRpc({r.client, r.id}, now);
-            ++responsesRefused_;
-        }
-    }
-    countEngineTime(engineStart);
-    st.responses.clear();
-    st.bytes.clear();
-    afterEngineWork(now);
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
@@ -1322,7 +1127,6 @@ void Core::releaseDeferred() {
 }
 
 void Core::poll(int64_t timeoutNs) {
-    startStagedBeforeWait();
     mu_.lock();
     if (shutdown_ || loopBusy_) {
         mu_.unlock();
@@ -1404,9 +1208,6 @@ MetricsSnapshot Core::metrics() {
     add("incoming_outstanding", engine_->incomingOutstanding());
     add("active_grants", static_cast<uint64_t>(engine_->activeGrants()));
     add("calls_in_flight", calls_.size());
-    add("calls_staged", callsStaged_);
-    add("responses_staged", responsesStaged_);
-    add("responses_refused", responsesRefused_);
     add("requests_queued", requests_.size());
     add("messages_delivered", messagesDelivered_);
     add("handoffs", handoffs_);
@@ -1484,7 +1285,6 @@ void Core::shutdown() {
         std::lock_guard lk(mu_);
         if (!shutdown_) {
             shutdown_ = true;
-            shutdownSeen_.store(true, std::memory_order_relaxed);
             calls_.forEach([&](Call& call) {
                 const RpcId id = call.id;
                 Response r;

@@ -35,45 +35,6 @@
 
 namespace homa::runtime {
 
-class Core;
-
-/// The asynchronous calls a thread's callbacks of one endpoint start while they run (see
-/// Core::runCallbacks): kept here, on the thread, and started together in the locked step
-/// that ends the callbacks (or before the thread waits for anything), instead of in one
-/// locked step each. Their ids come from a range the engine set aside
-/// (Engine::reserveClientIds), so callAsync() can return them at once.
-struct CallStaging {
-    struct Staged {
-        Address server;
-        uint32_t offset = 0, length = 0;  ///< the request, in `bytes`
-        Endpoint::Callback done;
-        uint64_t context = 0;
-        int64_t deadline = 0;  ///< 0: none
-        RpcId id = 0;
-    };
-    Core* core = nullptr;
-    CallStaging* outer = nullptr;  ///< the staging of a runCallbacks() this one is nested in
-    std::vector<Staged> calls;
-    std::vector<uint8_t> bytes;
-    RpcId first = 0;           ///< the range of ids reserved: [first, end)
-    RpcId next = 0, end = 0;   ///< the reserved ids not handed out yet (none: next == end)
-    size_t callbacksLeft = 0;  ///< (sizes the next range: about one call per callback)
-};
-
-/// The responses a worker's handler gives to requests of its own endpoint (see
-/// Core::serve): kept on the thread and sent in the locked step that follows the handler
-/// (or before the handler waits for anything), instead of in one locked step each.
-struct ResponseStaging {
-    struct Staged {
-        Address client;
-        RpcId id = 0;
-        uint32_t offset = 0, length = 0;  ///< the response, in `bytes`
-    };
-    Core* core = nullptr;
-    std::vector<Staged> responses;
-    std::vector<uint8_t> bytes;
-};
-
 class Core : public engine::PacketSink {
   public:
     static std::shared_ptr<Core> create(const EndpointOptions& options, Status* error);
@@ -249,26 +210,6 @@ class Core : public engine::PacketSink {
     };
     /// Returns the buffers this thread deferred for this endpoint (under mu_).
     void releaseDeferred();
-    /// Whether callAsync() may stage this call (see CallStaging) on `st`, reserving a range
-    /// of ids first if it has none left (a locked step).
-    bool canStage(CallStaging& st, size_t requestBytes);
-    /// Starts the calls staged on `st` (under mu_) and gives its range of ids back. Those
-    /// that cannot start get their callbacks from the loop (failedStarts_), or, once the
-    /// endpoint is shut down, through `now` (for the caller to run after mu_).
-    void startStaged(CallStaging& st, std::vector<std::pair<Endpoint::Callback, Response>>& now);
-    /// Before this thread waits (call(), receive(), poll()): starts what it staged on any
-    /// endpoint, calls and responses (mu_ not held), since the callbacks or the handler
-    /// that staged them are not over yet.
-    static void startStagedBeforeWait();
-    /// Sends the responses staged on `st` (under mu_). One that finds the send memory
-    /// full drops its request instead (the application was told it was sent): its client
-    /// sees the call fail, as for a request dropped unanswered (responses_refused).
-    void sendStagedResponses(ResponseStaging& st);
-    /// A reserved range of ids for staged calls, under mu_ (for abort()).
-    struct StagedRange {
-        const CallStaging* staging;
-        RpcId first, end;
-    };
     /// Starts the metrics socket / Prometheus publisher if the options ask for one.
     Status startPublisher();
     /// A FREEZE arrived: stop tracing and dump it (options_.freezeTraceFile).
@@ -336,12 +277,6 @@ class Core : public engine::PacketSink {
     /// Counts `n` released messages (under mu_); returns the core's last reference when
     /// that was the last message of an endpoint already gone, to be dropped after mu_.
     std::shared_ptr<Core> messagesReleased(uint64_t n);
-    std::vector<StagedRange> stagedRanges_;
-    std::vector<RpcId> abortedStaged_;  ///< staged ids abort() was called on before they started
-    uint32_t stageLimit_ = 0;           ///< the largest request staged: one packet's payload
-    uint64_t callsStaged_ = 0, responsesStaged_ = 0, responsesRefused_ = 0;
-    /// shutdown_, for respond()'s staging, which reads it without mu_.
-    std::atomic<bool> shutdownSeen_{false};
     /// Asynchronous calls that could not start: their callbacks wait for the loop.
     std::vector<std::pair<Endpoint::Callback, Response>> failedStarts_;
     std::set<std::pair<int64_t, RpcId>> deadlines_;

@@ -189,34 +189,6 @@ TEST(Engine, ClientIdsAreEvenAndUnique) {
     EXPECT_EQ(b - a, 2u);
 }
 
-// Ids set aside for a caller that hands them out before it starts the calls: they start
-// in any order, each RPC under its own id (the responses come back to them), and
-// startRequest() never takes one; an id not set aside, or in flight, is refused.
-TEST(Engine, ReservedClientIdsStartInAnyOrderAndOnlyOnce) {
-    Pair p;
-    const uint64_t before = p.call(10);
-    const uint64_t first = p.a.reserveClientIds(3);
-    EXPECT_EQ(first, before + 2);
-    EXPECT_EQ(p.call(10), first + 6) << "startRequest skips the reserved ids";
-    std::vector<uint8_t> req(10, 0xab);
-    for (uint64_t id : {first + 4, first}) EXPECT_TRUE(p.a.startReservedRequest(kB, req, id, p.now, id).isOk());
-    EXPECT_EQ(p.a.startReservedRequest(kB, req, 0, p.now, first).code(), StatusCode::InvalidArgument)
-        << "in flight already";
-    for (uint64_t bad : {first + 1, first + 8, before - 2, uint64_t{0}})
-        EXPECT_EQ(p.a.startReservedRequest(kB, req, 0, p.now, bad).code(), StatusCode::InvalidArgument) << bad;
-    p.pump();
-    EXPECT_EQ(p.serveAll(20), 4);
-    p.pump();
-    std::set<uint64_t> answered;
-    for (const Delivery& d : p.deliveries(p.a)) {
-        EXPECT_EQ(d.kind, Delivery::Kind::Response);
-        if (d.cookie != 0) EXPECT_EQ(d.cookie, d.clientId) << "the cookie given with the reserved id";
-        answered.insert(d.clientId);
-        p.a.releaseMessage(d.message, p.now);
-    }
-    EXPECT_EQ(answered, (std::set<uint64_t>{before, first, first + 4, first + 6}));
-}
-
 TEST(Engine, SmallRequestIsOneDataPacketAtTheTopUnscheduledPriority) {
     Pair p;
     uint64_t id = p.call(100);
