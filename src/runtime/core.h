@@ -241,6 +241,9 @@ class Core : public engine::PacketSink {
     int64_t tickArmedAt_ = 0;    // the timer expires at tickArmedAt_ + k * tickNs, k >= 1
     int64_t tickIdleSince_ = 0;  // armed with no tick due since then (0: a tick is due)
     std::atomic<bool> socketReadable_{false};  // set by the poll thread without the loop
+    // When the engine's timers (and call deadlines) were last run, by the loop or by the
+    // poll thread: the poll thread skips a tick whose timers a busy loop owner ran already.
+    std::atomic<int64_t> timersRunAt_{0};
     // An application thread that runs the loop with nothing precise to wait for blocks in
     // the socket's receive (one system call to wait and read, as a plain UDP program
     // does) rather than in ppoll followed by a read. It needs the poll thread (timers)
