@@ -15,21 +15,36 @@
 # about +-2 % on this machine. Nothing else should run meanwhile.
 set -euo pipefail
 
+usage() {
+  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\"" >&2
+  exit 2
+}
+# A whole number in [1, max], or a one-line error and exit status 2.
+count() {
+  if ! [[ $2 =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ] || [ "$2" -gt "$3" ]; then
+    echo "ab_pairs.sh: $1 must be an integer in [1, $3], not '$2'" >&2
+    exit 2
+  fi
+}
 pairs=60 outstanding=64 seconds=1
-while getopts "n:m:d:" opt; do
+while getopts ":n:m:d:" opt; do
   case $opt in
-    n) pairs=$OPTARG ;;
-    m) outstanding=$OPTARG ;;
-    d) seconds=$OPTARG ;;
-    *) echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\"" >&2; exit 2 ;;
+    n) count -n "$OPTARG" 100000; pairs=$OPTARG ;;
+    m) count -m "$OPTARG" 100000; outstanding=$OPTARG ;;
+    d) count -d "$OPTARG" 3600; seconds=$OPTARG ;;
+    *) usage ;;
   esac
 done
 shift $((OPTIND - 1))
-if [ $# -ne 2 ]; then
-  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\"" >&2
-  exit 2
-fi
+[ $# -eq 2 ] || usage
 a=$1 b=$2
+for c in "$a" "$b"; do
+  read -ra cmd <<<"$c"
+  if [ ${#cmd[@]} -eq 0 ] || ! [ -x "${cmd[0]}" ]; then
+    echo "ab_pairs.sh: '${cmd[0]:-}' is not an executable homa-perf" >&2
+    exit 2
+  fi
+done
 
 kops() {
   # (--base-rtt-us skips the unloaded round trip's measurement: slowdowns are not read.)
