@@ -2,11 +2,15 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "perf/perf.h"
 #include "perf/stats.h"
+#include "common/slowdown_plot.h"
 
 namespace homa::perf {
 namespace {
@@ -158,9 +162,14 @@ nlohmann::json runLocalJson(std::vector<std::string> args, const std::string& na
     PerfOptions o;
     std::string e;
     EXPECT_TRUE(parse(args, &o, &e)) << e;
-    if (runLocal(o) != 0) return nullptr;
-    std::ifstream f(path);
-    return nlohmann::json::parse(f);
+    const int status = runLocal(o);
+    nlohmann::json j;
+    if (status == 0) {
+        std::ifstream f(path);
+        j = nlohmann::json::parse(f);
+    }
+    std::remove(path.c_str());  // (each run of the suite would leave its files behind)
+    return status == 0 ? j : nullptr;
 }
 
 TEST(PerfLocal, HomaEndToEndWritesJson) {
@@ -246,6 +255,58 @@ TEST(PerfLocal, SendMemoryTooSmallForTheLargestMessageIsRefused) {
     EXPECT_NE(runLocal(o), 0);
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_NE(err.find("maxOutgoingBytes"), std::string::npos) << err;
+}
+
+TEST(PerfPlot, QuotesAreEscapedForGnuplot) {
+    EXPECT_EQ(tools::gnuplotQuoted("w1"), "'w1'");
+    EXPECT_EQ(tools::gnuplotQuoted("Homa's W1"), "'Homa''s W1'");
+}
+
+// Two runs' JSON files make one PNG; the working files go (they were left in /tmp by
+// every plot before), and a title with a quote in it does not break the script.
+TEST(PerfPlot, DrawsThePngAndLeavesNoWorkingFiles) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("perf-plot-" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir / "tmp");
+    for (const char* protocol : {"homa", "tcp"}) {
+        nlohmann::json j = {{"tool", "homa-perf"},
+                            {"options", {{"protocol", protocol}, {"workload", "w1"}, {"client_max", 8}}},
+                            {"buckets", nlohmann::json::array({{{"max_size", 64}, {"count", 10}, {"slowdown_p99", 2.5}},
+                                                               {{"max_size", 1000}, {"count", 0}, {"slowdown_p99", 0}},
+                                                               {{"max_size", 9000}, {"count", 5}, {"slowdown_p99", 4.0}}})}};
+        std::ofstream((dir / (std::string(protocol) + ".json")).string()) << j.dump();
+    }
+    const char* oldTmp = std::getenv("TMPDIR");
+    const std::string savedTmp = oldTmp ? oldTmp : "";
+    setenv("TMPDIR", (dir / "tmp").c_str(), 1);
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"plot", (dir / "homa.json").string(), (dir / "tcp.json").string(), "-o",
+                       (dir / "p.png").string(), "--title", "Homa's W1"},
+                      &o, &e))
+        << e;
+    testing::internal::CaptureStdout();
+    const int rc = runPlot(o);
+    testing::internal::GetCapturedStdout();
+    // Not homa-perf JSON: refused with its name.
+    std::ofstream((dir / "bad.json").string()) << "{\"tool\": \"homa-sim\"}";
+    PerfOptions bad;
+    ASSERT_TRUE(parse({"plot", (dir / "bad.json").string(), "-o", (dir / "q.png").string()}, &bad, &e)) << e;
+    testing::internal::CaptureStderr();
+    const int badRc = runPlot(bad);
+    const std::string badErr = testing::internal::GetCapturedStderr();
+    if (oldTmp) setenv("TMPDIR", savedTmp.c_str(), 1); else unsetenv("TMPDIR");
+    EXPECT_EQ(rc, 0);
+    std::ifstream png((dir / "p.png").string(), std::ios::binary);
+    char magic[4] = {};
+    png.read(magic, 4);
+    EXPECT_EQ(std::string(magic + 1, 3), "PNG");
+    EXPECT_TRUE(fs::is_empty(dir / "tmp")) << "working files left in " << (dir / "tmp");
+    EXPECT_NE(badRc, 0);
+    EXPECT_NE(badErr.find("bad.json"), std::string::npos) << badErr;
+    EXPECT_FALSE(fs::exists(dir / "q.png"));
+    fs::remove_all(dir);
 }
 
 TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {

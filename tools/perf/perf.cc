@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/slowdown_plot.h"
 #include "perf/homa_transport.h"
 #include "perf/transport.h"
 #include "homa/trace.h"
@@ -680,55 +681,35 @@ int runLocal(const PerfOptions& o) {
 }
 
 int runPlot(const PerfOptions& o) {
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        std::fprintf(stderr, "homa-perf plot: gnuplot not found (apt-get install gnuplot-nox)\n");
-        return 1;
-    }
-    char dir[] = "/tmp/homa-plot-XXXXXX";
-    if (!mkdtemp(dir)) {
-        std::fprintf(stderr, "homa-perf plot: cannot make a temporary directory\n");
-        return 1;
-    }
-    std::ostringstream script;
-    script << "set terminal pngcairo size 1000,600 noenhanced\n"
-           << "set output '" << o.output << "'\n"
-           << "set logscale x\nset logscale y\nset grid\n"
-           << "set xlabel 'message size (bytes, bucket upper bound)'\nset ylabel 'P99 slowdown'\n"
-           << "set key top left\n";
-    if (!o.title.empty()) script << "set title '" << o.title << "'\n";
-    script << "plot ";
-    for (size_t i = 0; i < o.inputs.size(); ++i) {
-        std::ifstream f(o.inputs[i]);
+    std::vector<tools::PlotLine> lines;
+    for (const std::string& input : o.inputs) {
+        std::ifstream f(input);
         json j;
         try {
             j = json::parse(f);
         } catch (const std::exception& e) {
-            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (%s)\n", o.inputs[i].c_str(), e.what());
+            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (%s)\n", input.c_str(), e.what());
             return 1;
         }
         if (j.value("tool", "") != "homa-perf" || !j.contains("buckets") || !j.contains("options")) {
-            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (no buckets)\n", o.inputs[i].c_str());
+            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (no buckets)\n", input.c_str());
             return 1;
         }
-        std::string data = std::string(dir) + "/" + std::to_string(i) + ".dat";
-        std::ofstream d(data);
+        tools::PlotLine line;
         for (const auto& b : j["buckets"])
-            if (b.value("count", 0) > 0) d << b["max_size"] << " " << b["slowdown_p99"] << "\n";
-        std::string label = j["options"].value("protocol", "?") + " " + j["options"].value("workload", "?");
+            if (b.value("count", 0) > 0) line.points.emplace_back(b["max_size"], b["slowdown_p99"]);
+        line.label = j["options"].value("protocol", "?") + " " + j["options"].value("workload", "?");
         char load[64];
         if (j["options"].value("gbps", 0.0) > 0)
             std::snprintf(load, sizeof(load), " %.2f Gbps", j["options"].value("gbps", 0.0));
         else
             std::snprintf(load, sizeof(load), " %d outstanding", j["options"].value("client_max", 0));
-        label += load;
-        script << (i ? ", " : "") << "'" << data << "' using 1:2 with linespoints lw 2 title '" << label << "'";
+        line.label += load;
+        lines.push_back(std::move(line));
     }
-    script << "\n";
-    std::string scriptPath = std::string(dir) + "/plot.gp";
-    std::ofstream(scriptPath) << script.str();
-    int rc = std::system(("gnuplot " + scriptPath).c_str());
-    if (rc != 0) {
-        std::fprintf(stderr, "homa-perf plot: gnuplot failed (script %s)\n", scriptPath.c_str());
+    const std::string error = tools::plotSlowdown(lines, o.output, o.title);
+    if (!error.empty()) {
+        std::fprintf(stderr, "homa-perf plot: %s\n", error.c_str());
         return 1;
     }
     std::printf("wrote %s\n", o.output.c_str());

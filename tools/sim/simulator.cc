@@ -14,6 +14,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include "common/slowdown_plot.h"
 #include "engine/metrics.h"
 #include "sim/engine_host.h"
 #include "sim/network.h"
@@ -764,52 +765,29 @@ std::string toJson(const SimOptions& o, const Derived& d, const Results& r) {
 
 int plot(const std::vector<std::string>& inputs, const std::string& output, const std::string& title,
          std::string* error) {
-    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-        *error = "gnuplot not found (apt-get install gnuplot-nox)";
-        return 1;
-    }
-    char dir[] = "/tmp/homa-sim-plot-XXXXXX";
-    if (!mkdtemp(dir)) {
-        *error = "cannot make a temporary directory";
-        return 1;
-    }
-    std::ostringstream script;
-    script << "set terminal pngcairo size 1000,600 noenhanced\n"
-           << "set output '" << output << "'\n"
-           << "set logscale x\nset logscale y\nset grid\n"
-           << "set xlabel 'message size (bytes, bucket upper bound)'\nset ylabel 'P99 slowdown'\n"
-           << "set key top left\n";
-    if (!title.empty()) script << "set title '" << title << "'\n";
-    script << "plot ";
-    for (size_t i = 0; i < inputs.size(); ++i) {
-        std::ifstream f(inputs[i]);
+    std::vector<tools::PlotLine> lines;
+    for (const std::string& input : inputs) {
+        std::ifstream f(input);
         json j;
         try {
             j = json::parse(f);
         } catch (const std::exception& e) {
-            *error = inputs[i] + " is not JSON (" + e.what() + ")";
+            *error = input + " is not JSON (" + e.what() + ")";
             return 1;
         }
         if (j.value("tool", "") != "homa-sim" || !j.contains("buckets") || !j.contains("options")) {
-            *error = inputs[i] + " is not homa-sim JSON";
+            *error = input + " is not homa-sim JSON";
             return 1;
         }
-        std::string data = std::string(dir) + "/" + std::to_string(i) + ".dat";
-        std::ofstream dat(data);
+        tools::PlotLine line;
         for (const auto& b : j["buckets"])
-            if (b.value("count", 0) > 0) dat << b["max_size"] << " " << b["slowdown_p99"] << "\n";
-        std::string label =
+            if (b.value("count", 0) > 0) line.points.emplace_back(b["max_size"], b["slowdown_p99"]);
+        line.label =
             fmt::format("{} load {:.2f}", j["options"].value("workload", "?"), j["options"].value("load", 0.0));
-        script << (i ? ", " : "") << "'" << data << "' using 1:2 with linespoints lw 2 title '" << label << "'";
+        lines.push_back(std::move(line));
     }
-    script << "\n";
-    const std::string scriptPath = std::string(dir) + "/plot.gp";
-    std::ofstream(scriptPath) << script.str();
-    if (std::system(("gnuplot " + scriptPath).c_str()) != 0) {
-        *error = "gnuplot failed (script " + scriptPath + ")";
-        return 1;
-    }
-    return 0;
+    *error = tools::plotSlowdown(lines, output, title);
+    return error->empty() ? 0 : 1;
 }
 
 }  // namespace homa::simtool

@@ -1,0 +1,51 @@
+#include "common/slowdown_plot.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace homa::tools {
+
+std::string gnuplotQuoted(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) {
+        if (c == '\'') q += '\'';
+        q += c;
+    }
+    return q + "'";
+}
+
+std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& output, const std::string& title) {
+    if (lines.empty()) return "nothing to plot";
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return "gnuplot not found (apt-get install gnuplot-nox)";
+    const char* tmp = std::getenv("TMPDIR");
+    std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/homa-plot-XXXXXX";
+    if (!mkdtemp(dir.data())) return "cannot make a temporary directory under " + dir.substr(0, dir.rfind('/'));
+    std::ostringstream script;
+    script << "set terminal pngcairo size 1000,600 noenhanced\n"
+           << "set output " << gnuplotQuoted(output) << "\n"
+           << "set logscale x\nset logscale y\nset grid\n"
+           << "set xlabel 'message size (bytes, bucket upper bound)'\nset ylabel 'P99 slowdown'\n"
+           << "set key top left\n";
+    if (!title.empty()) script << "set title " << gnuplotQuoted(title) << "\n";
+    script << "plot ";
+    for (size_t i = 0; i < lines.size(); ++i) {
+        const std::string data = dir + "/" + std::to_string(i) + ".dat";
+        std::ofstream d(data);
+        for (const auto& [size, slowdown] : lines[i].points) d << size << " " << slowdown << "\n";
+        script << (i ? ", " : "") << gnuplotQuoted(data) << " using 1:2 with linespoints lw 2 title "
+               << gnuplotQuoted(lines[i].label);
+    }
+    script << "\n";
+    const std::string scriptPath = dir + "/plot.gp";
+    std::ofstream(scriptPath) << script.str();
+    if (std::system(("gnuplot " + scriptPath).c_str()) != 0) return "gnuplot failed (script " + scriptPath + ")";
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+    return "";
+}
+
+}  // namespace homa::tools

@@ -1,0 +1,24 @@
+// The picture homa-perf and homa-sim draw from their JSON files: P99 slowdown against
+// message size, both axes logarithmic, one line per run (gnuplot, pngcairo).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace homa::tools {
+
+struct PlotLine {
+    std::string label;
+    std::vector<std::pair<double, double>> points;  ///< (bucket's largest size, P99 slowdown)
+};
+
+/// Writes `output` (PNG). Returns "" on success, or what went wrong. Its working files
+/// go in a directory under $TMPDIR (or /tmp) that is removed afterwards, unless gnuplot
+/// fails: then the error names the script, which is kept for a look.
+std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& output, const std::string& title);
+
+/// `s` as a single-quoted gnuplot string (a quote inside is doubled).
+std::string gnuplotQuoted(const std::string& s);
+
+}  // namespace homa::tools
