@@ -3,7 +3,7 @@
 # cent that single runs cannot show on a noisy machine (here the same binary measures
 # anywhere from 950 to 1,850 kops from one run to the next).
 #
-#   bench/ab_pairs.sh [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] "COMMAND A" "COMMAND B"
+#   bench/ab_pairs.sh [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] "COMMAND A" "COMMAND B" ["COMMAND C" ...]
 #
 # Each command is a homa-perf binary with any options of its own, e.g.
 #   bench/ab_pairs.sh -n 60 "build-a/bin/homa-perf" "build-b/bin/homa-perf"
@@ -13,10 +13,14 @@
 # geometric mean of B/A over the pairs with its 95 % interval (two standard errors of the
 # mean log ratio) and the median ratio. 60 pairs take about 3 minutes; their interval is
 # about +-2 % on this machine. Nothing else should run meanwhile.
+# Up to four more commands (C, D, ...) join each round, in turn first: each is then
+# compared with A measured in the same rounds, e.g. a baseline against the code before and
+# after a change:
+#   bench/ab_pairs.sh "homa-perf --protocol tcp" "homa-perf-before" "homa-perf-after"
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\"" >&2
+  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\" [\"COMMAND C\" ...]" >&2
   exit 2
 }
 # A whole number in [1, max], or a one-line error and exit status 2.
@@ -36,9 +40,9 @@ while getopts ":n:m:d:" opt; do
   esac
 done
 shift $((OPTIND - 1))
-[ $# -eq 2 ] || usage
-a=$1 b=$2
-for c in "$a" "$b"; do
+[ $# -ge 2 ] && [ $# -le 6 ] || usage
+cmds=("$@")
+for c in "${cmds[@]}"; do
   read -ra cmd <<<"$c"
   if [ ${#cmd[@]} -eq 0 ] || ! [ -x "${cmd[0]}" ]; then
     echo "ab_pairs.sh: '${cmd[0]:-}' is not an executable homa-perf" >&2
@@ -57,28 +61,35 @@ kops() {
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
+n=${#cmds[@]}
 for i in $(seq "$pairs"); do
-  if [ $((i % 2)) -eq 0 ]; then
-    ka=$(kops "$a"); kb=$(kops "$b")
-  else
-    kb=$(kops "$b"); ka=$(kops "$a")
-  fi
-  if [ -z "$ka" ] || [ -z "$kb" ]; then
-    echo "pair $i: a run printed no summary" >&2
-    exit 1
-  fi
-  echo "$ka $kb" >>"$results"
+  # Each round runs every command once, starting with a different one each time (for
+  # two commands: A B, then B A), so that a drift of the machine hits all alike.
+  row=()
+  for j in $(seq 0 $((n - 1))); do
+    k=$(((i + j) % n))
+    row[k]=$(kops "${cmds[k]}")
+    if [ -z "${row[k]}" ]; then
+      echo "round $i: a run of '${cmds[k]}' printed no summary" >&2
+      exit 1
+    fi
+  done
+  echo "${row[*]}" >>"$results"
 done
 
-python3 - "$results" "$a" "$b" <<'PY'
+python3 - "$results" "${cmds[@]}" <<'PY'
 import math, statistics, sys
 rows = [tuple(map(float, line.split())) for line in open(sys.argv[1])]
-logs = [math.log(b / a) for a, b in rows]
-mean = statistics.mean(logs)
-se = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("inf")
-print(f"A: {sys.argv[2]}\nB: {sys.argv[3]}")
-print(f"{len(rows)} pairs: A median {statistics.median(a for a, _ in rows):.0f} kops, "
-      f"B median {statistics.median(b for _, b in rows):.0f} kops")
-print(f"B/A: geometric mean {math.exp(mean):.3f} (95 % interval {math.exp(mean - 2 * se):.3f}-"
-      f"{math.exp(mean + 2 * se):.3f}), median {statistics.median(b / a for a, b in rows):.3f}")
+names = [chr(ord("A") + i) for i in range(len(sys.argv) - 2)]
+for name, command in zip(names, sys.argv[2:]):
+    print(f"{name}: {command}")
+unit = "pairs" if len(names) == 2 else "rounds"
+print(f"{len(rows)} {unit}: " + ", ".join(
+    f"{name} median {statistics.median(r[i] for r in rows):.0f} kops" for i, name in enumerate(names)))
+for i, name in enumerate(names[1:], 1):
+    logs = [math.log(r[i] / r[0]) for r in rows]
+    mean = statistics.mean(logs)
+    se = statistics.stdev(logs) / math.sqrt(len(logs)) if len(logs) > 1 else float("inf")
+    print(f"{name}/A: geometric mean {math.exp(mean):.3f} (95 % interval {math.exp(mean - 2 * se):.3f}-"
+          f"{math.exp(mean + 2 * se):.3f}), median {statistics.median(r[i] / r[0] for r in rows):.3f}")
 PY

@@ -69,7 +69,11 @@ bool canRunOnSeveralCpus() {
     }();
     return several;
 }
-constexpr int64_t kPollThreadRecheckNs = 1'000'000;  // see releaseLoop
+// How long the poll thread sleeps at most while an application thread owns the loop: a
+// safety net only. What it must wake for has its own signal: the tick timer (the owner
+// stopped running the engine's timers, or left the loop with RPCs in flight) or a poke
+// (the owner left an idle loop, see releaseLoop).
+constexpr int64_t kPollThreadSafetyNetNs = 100'000'000;
 // How long the poll thread leaves the loop to a server's workers, all of them running
 // handlers, before it concludes a handler is slow and runs the loop itself (see
 // pollThreadMain).
@@ -250,9 +254,12 @@ void Core::releaseLoop(std::unique_lock<std::mutex>&) {
     }
     // No notification for the poll thread: an application thread that leaves the loop
     // usually comes back at once, and waking the poll thread for every RPC would cost a
-    // context switch each time. The poll thread looks again within a tick.
+    // context switch each time. It looks at the next tick instead, which nobody puts off
+    // now (see postponeTick); the timer is started for it if it was stopped (an idle
+    // endpoint's, or one whose only RPCs are with the application, as a worker's request).
     loopBusy_ = false;
     loopOwner_ = nullptr;
+    if (!tickArmed_) setTickTimer(nowNs(), true);
 }
 
 void Core::waitFor(Waiter& w, int64_t deadline) {
@@ -322,6 +329,7 @@ void Core::pollThreadMain() {
     tThreadOf = this;
     std::unique_lock lk(mu_);
     uint64_t handlersSeen = 0;  // handlersDone_ when this thread last stood aside for the workers
+    bool safetyNetExpired = false;  // its last wait ended by kPollThreadSafetyNetNs
     while (!shutdown_) {
         // A server whose workers are all running handlers, each going back to the loop
         // when its handler ends: this thread stands aside as long as handlers keep ending
@@ -333,10 +341,12 @@ void Core::pollThreadMain() {
         const bool standAside = workersBusy && handlersDone_ != handlersSeen;
         if (appWaiters_ > 0 || loopBusy_ || standAside) {
             // An application thread runs the loop, perhaps blocked in a receive that no
-            // timer ends: this thread runs the engine's timers meanwhile. It looks again
-            // at least every kPollThreadRecheckNs even with the timer stopped, since the
-            // owner may leave the loop without telling it (see releaseLoop).
-            const int64_t waitNs = standAside ? kWorkerGraceNs : kPollThreadRecheckNs;
+            // timer ends: this thread runs the engine's timers meanwhile, when the tick
+            // timer goes off. An owner that keeps running them puts the timer off (see
+            // postponeTick), so this thread sleeps while the loop runs; the timer goes off
+            // a tick after the owner stops running them: blocked in the socket, in a long
+            // callback, or gone from the loop (releaseLoop).
+            const int64_t waitNs = standAside ? kWorkerGraceNs : kPollThreadSafetyNetNs;
             if (standAside) {
                 handlersSeen = handlersDone_;
                 ++pollThreadStoodAside_;
@@ -347,6 +357,8 @@ void Core::pollThreadMain() {
                 pollfd fds[2] = {{pollThreadFd_, POLLIN, 0}, {tickFd_, POLLIN, 0}};
                 const timespec ts = toTimespec(waitNs);
                 int r = ::ppoll(fds, 2, &ts, nullptr);
+                pollThreadWakeups_.fetch_add(1, std::memory_order_relaxed);
+                if (!standAside) safetyNetExpired = r == 0;  // (a grace that follows keeps it)
                 uint64_t count;
                 const bool poked = r > 0 && (fds[0].revents & POLLIN);
                 if (poked) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
@@ -365,6 +377,9 @@ void Core::pollThreadMain() {
             if (ticked && !shutdown_) runTimers(lk);
             continue;
         }
+        // Found the loop free when the safety net ended the wait, with no tick coming:
+        // whoever left it gave no signal, and the socket may have sat unread meanwhile.
+        if (std::exchange(safetyNetExpired, false) && !tickArmed_) ++pollThreadLateTakeovers_;
         loopBusy_ = true;
         loopOwner_ = nullptr;
         lk.unlock();
@@ -505,6 +520,7 @@ int64_t Core::iterate(int64_t maxWaitNs) {
         if (!rx.empty()) engine_->finishBatch(now);
         if (now >= engine_->nextWakeup()) engine_->advance(now);
         timersRunAt_.store(now, std::memory_order_relaxed);
+        postponeTick(now);
         countEngineTime(engineStart);
         const size_t refusedStarts = failedStarts_.size();  // (never in flight: dispatch moves them first)
         dispatch(ready, now);
@@ -649,6 +665,17 @@ int64_t Core::sleepBudget(int64_t now) {
     // timer: afterEngineWork) can give the loop work.
     if (until == engine::kNever) return kUntilTimer;
     return std::clamp<int64_t>(until - now, 0, kMaxPollWaitNs);
+}
+
+void Core::postponeTick(int64_t now) {
+    const int64_t period = options_.protocol.tickNs;
+    if (!tickArmed_ || nextTimerExpiry(now) - now >= period / 4) return;
+    itimerspec its{};
+    its.it_interval = toTimespec(period);
+    its.it_value = toTimespec(now + period);
+    if (timerfd_settime(tickFd_, TFD_TIMER_ABSTIME, &its, nullptr) != 0) return;
+    tickArmedAt_ = now;
+    ++tickPostponements_;
 }
 
 void Core::setTickTimer(int64_t now, bool on) {
@@ -1235,6 +1262,9 @@ MetricsSnapshot Core::metrics() {
     add("poll_thread_stood_aside", pollThreadStoodAside_);
     add("blocking_receives", blockingReceives_);
     add("poll_thread_timer_runs", timerRuns_);
+    add("poll_thread_wakeups", pollThreadWakeups_.load(std::memory_order_relaxed));
+    add("tick_postponements", tickPostponements_);
+    add("poll_thread_late_takeovers", pollThreadLateTakeovers_);
     add("tick_timer_armed", tickArmed_ ? 1 : 0);
     const double cyclesPerNs = trace::cyclesPerNs();
     auto ns = [&](uint64_t cycles) { return static_cast<uint64_t>(static_cast<double>(cycles) / cyclesPerNs); };

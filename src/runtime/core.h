@@ -166,6 +166,11 @@ class Core : public engine::PacketSink {
     /// once the engine has had none for a whole tick.
     int64_t sleepBudget(int64_t now);
     void setTickTimer(int64_t now, bool on);
+    /// Called by a loop pass that ran the engine's timers (under mu_): when the armed tick
+    /// timer is due within a quarter tick, moves its expiry to a whole tick from `now`.
+    /// The timer then goes off only a tick after the timers last ran, so that while a
+    /// thread keeps running the loop, it wakes nobody (the poll thread sleeps on it).
+    void postponeTick(int64_t now);
     int64_t nextTimerExpiry(int64_t now) const;  // (under mu_, timer armed)
     /// Under mu_, after engine work done outside the loop (calls from other threads, the
     /// poll thread's timers): arms the tick timer if the engine now has ticks due, and
@@ -244,6 +249,9 @@ class Core : public engine::PacketSink {
     // When the engine's timers (and call deadlines) were last run, by the loop or by the
     // poll thread: the poll thread skips a tick whose timers a busy loop owner ran already.
     std::atomic<int64_t> timersRunAt_{0};
+    // The poll thread's wake-ups while an application thread runs the loop (or it leaves
+    // the loop to busy workers): for the timers, pokes, and to look.
+    std::atomic<uint64_t> pollThreadWakeups_{0};
     // An application thread that runs the loop with nothing precise to wait for blocks in
     // the socket's receive (one system call to wait and read, as a plain UDP program
     // does) rather than in ppoll followed by a read. It needs the poll thread (timers)
@@ -292,7 +300,8 @@ class Core : public engine::PacketSink {
     // Runtime counters (under mu_).
     uint64_t messagesDelivered_ = 0, handoffs_ = 0, wakeups_ = 0, emptyWakeups_ = 0, loopPasses_ = 0,
              callTimeouts_ = 0, loopIterations_ = 0, socketWaits_ = 0, blockingReceives_ = 0, timerRuns_ = 0,
-             pollThreadSocketWaits_ = 0, pollThreadStoodAside_ = 0;
+             pollThreadSocketWaits_ = 0, pollThreadStoodAside_ = 0, tickPostponements_ = 0,
+             pollThreadLateTakeovers_ = 0;
     uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
     std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
     // Counters of application code run outside mu_ (per thread).
