@@ -8,7 +8,7 @@
 #       with both ends pinned to one CPU, Homa without adaptive polling, and sockperf UDP
 #       busy-polling (Homa, sockperf UDP and gRPC: medians of 3 runs)
 #   small-RPC throughput (64 B, 64 outstanding): Homa, TCP (medians of 5, with each
-#       round's Homa/TCP ratio), gRPC; and
+#       round's Homa/TCP ratio and their geometric mean with its interval), gRPC; and
 #       Homa and TCP with 1,024 outstanding, where each is nearer its saturation; and
 #       bare UDP sockets with no protocol (bench/udp_ceiling.cc), the ceiling for any
 #       transport over UDP here
@@ -43,6 +43,9 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+# median, geomean, ratio
+# shellcheck source=bench/ratios.sh
+source bench/ratios.sh
 note() { printf '%s\n' "$*" >&2; }
 port() { echo $((20000 + RANDOM % 30000)); }
 
@@ -69,7 +72,6 @@ sockperf_pp() {  # proto(udp|tcp) [cpus] -> "p50 p99"; cpus pins both ends (task
   kill "${pids[-1]}" 2>/dev/null || true
   echo "$(echo "$o" | awk '/percentile 50.000/ {print $NF}') $(echo "$o" | awk '/percentile 99.000/ {print $NF}')"
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 note "== 64 B round trip"
 # Latency on a 2-core virtual machine depends on where the two ends run (waking a thread
@@ -114,25 +116,33 @@ else
 fi
 
 note "== small-RPC throughput"
-# kops_at N: medians of $treps runs with N outstanding, Homa and TCP alternating; prints
-# "homa_kops tcp_kops ratios", where ratios lists each round's Homa/TCP (a Homa run and
-# the TCP run right after it), comma-separated: this machine's speed drifts between
-# minutes by more than the difference being measured, and the rounds show how far.
+# kops_at N: medians of $treps runs with N outstanding, in rounds of one Homa and one TCP
+# run back to back (which goes first alternates); prints "homa_kops tcp_kops ratios
+# summary", where ratios lists each round's Homa/TCP, comma-separated, and summary is
+# their geometric mean with its 95 % interval (as bench/ab_pairs.sh): this machine's
+# speed drifts between minutes by more than the difference being measured, and a ratio
+# within a round, where both runs see the same machine, is the steadier figure.
 treps=5  # (one run of each gave anything from 0.7x to 1.3x the median on this machine)
 kops_at() {
-  local hk=() tk=() rs=()
+  local hk=() tk=() rs=() h t
   for r in $(seq "$treps"); do
-    hk+=("$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)")
-    tk+=("$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)")
-    rs+=("$(awk -v a="${hk[-1]}" -v b="${tk[-1]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')")
+    if [ $((r % 2)) -eq 1 ]; then
+      h=$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)
+      t=$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)
+    else
+      t=$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)
+      h=$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)
+    fi
+    hk+=("$h") tk+=("$t")
+    rs+=("$(awk -v a="$h" -v b="$t" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')")
   done
-  echo "$(median "${hk[@]}") $(median "${tk[@]}") $(IFS=,; echo "${rs[*]}")"
+  echo "$(median "${hk[@]}") $(median "${tk[@]}") $(IFS=,; echo "${rs[*]}") $(geomean "${rs[@]}")"
 }
-read -r hkops tkops rounds <<< "$(kops_at 64)"
+read -r hkops tkops rounds summary <<< "$(kops_at 64)"
 # 64 outstanding is where Homa's and TCP's figures are usually quoted; with 1,024 both
 # batch more per system call and per wake-up, so this row shows each nearer its own
 # ceiling on this machine.
-read -r hkops1k tkops1k rounds1k <<< "$(kops_at 1024)"
+read -r hkops1k tkops1k rounds1k summary1k <<< "$(kops_at 1024)"
 # The same closed loop over bare UDP sockets, with no protocol at all (bench/udp_ceiling.cc,
 # batched with GSO and GRO as Homa's driver is): what any transport built on UDP sockets
 # could reach here. It splits the distance between Homa and TCP into what UDP costs on
@@ -173,7 +183,6 @@ t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conn
 "$perf" plot "$h3" "$t3" -o "$out/w3.png" --title "W3, 1 Gbps offered, loopback" > /dev/null 2>&1 || true
 "$perf" plot "$h4" "$t4" -o "$out/w4.png" --title "W4, 2 Gbps offered, loopback" > /dev/null 2>&1 || true
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == "n/a" || a == "n/a" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 small() { j "$1" '[.buckets[] | select(.count > 0)][0].slowdown_p99'; }
 
 echo
@@ -191,10 +200,10 @@ row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "
 row "64 B RTT P50 us vs gRPC" "$(printf %.1f "$hl50")" "$g50"
 row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
 row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops")" "$(printf %.1f "$tkops")"
-printf '  (each round: %s)\n' "$rounds"
+printf '  (each round: %s; geometric mean %s)\n' "$rounds" "${summary//_/ }"
 row "64 B kops (64 outstanding) vs gRPC" "$(printf %.1f "$hkops")" "$gk"
 row "64 B kops (1,024 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops1k")" "$(printf %.1f "$tkops1k")"
-printf '  (each round: %s)\n' "$rounds1k"
+printf '  (each round: %s; geometric mean %s)\n' "$rounds1k" "${summary1k//_/ }"
 row "64 B kops (64 outstanding) vs bare UDP" "$(printf %.1f "$hkops")" "$uk"
 row "64 B kops (1,024 outstanding) vs bare UDP" "$(printf %.1f "$hkops1k")" "$uk1k"
 row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$tbig")"
