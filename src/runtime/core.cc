@@ -1278,6 +1278,7 @@ MetricsSnapshot Core::metrics() {
     add("udp_send_calls", ds.sendCalls);
     add("udp_receive_calls", ds.recvCalls);
     add("udp_gso_batches", ds.gsoBatches);
+    add("udp_gro_buffers", ds.groBuffers);
     add("udp_send_errors", ds.sendErrors);
     add("udp_empty_datagrams", ds.emptyDatagrams);
     add("udp_wait_calls", ds.waitCalls);
