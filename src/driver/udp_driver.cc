@@ -132,12 +132,16 @@ void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uin
         ++stats_.sendErrors;  // the engine was configured for a larger MTU: a bug, not data
         return;
     }
-    if (txCount_ == tx_.size()) flush();
+    if (txCount_ == tx_.size() || txBytes_ + length > txArena_.size()) flush();
     TxPacket& p = tx_[txCount_];
     p.address = dest;
     p.priority = priority;
-    p.offset = static_cast<uint32_t>(txCount_ * maxPacket_);
+    // Packed back to back, not one maximum-sized slot each: a batch of small packets then
+    // fills a few cache lines instead of one page-sized stride apiece, and a run of them
+    // (a GSO send) leaves as one contiguous buffer (see sendRange).
+    p.offset = static_cast<uint32_t>(txBytes_);
     p.length = static_cast<uint32_t>(length);
+    txBytes_ += length;
     std::memcpy(txArena_.data() + p.offset, header.data(), header.size());
     if (!payload.empty()) std::memcpy(txArena_.data() + p.offset + header.size(), payload.data(), payload.size());
     ++txCount_;
@@ -147,6 +151,7 @@ void UdpDriver::flush() {
     if (txCount_ == 0) return;
     sendRange(0, txCount_);
     txCount_ = 0;
+    txBytes_ = 0;
 }
 
 // Groups packets into datagram messages: with GSO, a run of packets to the same
@@ -175,12 +180,24 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
     auto& hdrs = txHdrs_;
     auto& iovs = txIovs_;
     auto& controls = txControls_;
-    size_t iov = 0;  // msgs[m] uses iovs[iov, iov + count): one per packet, count <= tx_.size()
+    size_t iov = 0;  // msgs[m] uses iovs[iov, iov + n): n <= count, in all <= tx_.size()
     for (size_t m = 0; m < msgs.size(); ++m) {
         const TxPacket& first = tx_[msgs[m].first];
+        // A run's packets were queued one after another, so their bytes are contiguous in
+        // the arena (queue packs them): one buffer for the whole run, which the kernel
+        // copies in one piece and cuts into segments by size, as it would several.
+        size_t n = 0;
         for (size_t k = 0; k < msgs[m].count; ++k) {
             const TxPacket& p = tx_[msgs[m].first + k];
-            iovs[iov + k] = {txArena_.data() + p.offset, p.length};
+            uint8_t* at = txArena_.data() + p.offset;
+            if (n > 0) {
+                iovec& last = iovs[iov + n - 1];
+                if (static_cast<uint8_t*>(last.iov_base) + last.iov_len == at) {
+                    last.iov_len += p.length;
+                    continue;
+                }
+            }
+            iovs[iov + n++] = {at, p.length};
         }
         msghdr& h = hdrs[m].msg_hdr;
         std::memset(&h, 0, sizeof(h));
@@ -189,8 +206,8 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         h.msg_name = &txDests_[m];
         h.msg_namelen = destLen;
         h.msg_iov = &iovs[iov];
-        h.msg_iovlen = msgs[m].count;
-        iov += msgs[m].count;
+        h.msg_iovlen = n;
+        iov += n;
         h.msg_control = controls[m].data();
         h.msg_controllen = kCmsgSpace;
         std::memset(controls[m].data(), 0, kCmsgSpace);

@@ -141,6 +141,7 @@ class UdpDriver {
     std::vector<uint8_t> txArena_;
     std::vector<TxPacket> tx_;
     size_t txCount_ = 0;
+    size_t txBytes_ = 0;  // of txArena_ in use: packets are packed back to back
     std::vector<uint8_t> rxArena_;
     std::vector<RxPacket> rxPackets_;  // what receive() returns
     size_t rxBufferSize_ = 0;
