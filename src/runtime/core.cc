@@ -70,9 +70,10 @@ bool canRunOnSeveralCpus() {
     return several;
 }
 // How long the poll thread sleeps at most while an application thread owns the loop: a
-// safety net only. What it must wake for has its own signal: the tick timer (the owner
-// stopped running the engine's timers, or left the loop with RPCs in flight) or a poke
-// (the owner left an idle loop, see releaseLoop).
+// safety net only. What it must wake for has its own signal, the tick timer, which goes
+// off when the owner stops running the engine's timers or leaves the loop (releaseLoop
+// starts it if it was stopped). Without a timer (timerfd_create failed) it looks every
+// tick instead.
 constexpr int64_t kPollThreadSafetyNetNs = 100'000'000;
 // How long the poll thread leaves the loop to a server's workers, all of them running
 // handlers, before it concludes a handler is slow and runs the loop itself (see
@@ -346,7 +347,9 @@ void Core::pollThreadMain() {
             // postponeTick), so this thread sleeps while the loop runs; the timer goes off
             // a tick after the owner stops running them: blocked in the socket, in a long
             // callback, or gone from the loop (releaseLoop).
-            const int64_t waitNs = standAside ? kWorkerGraceNs : kPollThreadSafetyNetNs;
+            const int64_t waitNs = standAside  ? kWorkerGraceNs
+                                   : tickFd_ >= 0 ? kPollThreadSafetyNetNs
+                                                 : options_.protocol.tickNs;
             if (standAside) {
                 handlersSeen = handlersDone_;
                 ++pollThreadStoodAside_;
