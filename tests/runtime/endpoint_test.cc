@@ -1041,6 +1041,10 @@ TEST(Endpoint, MixedWaitersAllFinish) {
     for (auto& th : threads) th.join();  // a hang shows as the test's timeout
     EXPECT_GT(finished.load(), 20);
     EXPECT_EQ(wrong.load(), 0);
+    // However the loop changed hands, the poll thread never found it free only at its
+    // safety net (a thread leaving it gave no signal).
+    for (auto* ep : {client.get(), server.get()})
+        EXPECT_EQ(ep->metrics().get("poll_thread_late_takeovers"), 0u) << ep->address().toString();
 }
 
 // The packets of a new multi-packet request usually arrive in one receive batch; every
