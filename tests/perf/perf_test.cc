@@ -263,12 +263,14 @@ TEST(PerfPlot, QuotesAreEscapedForGnuplot) {
 }
 
 // Two runs' JSON files make one PNG; the working files go (they were left in /tmp by
-// every plot before), and a title with a quote in it does not break the script.
+// every plot before), and a title with a quote in it does not break the script, nor a
+// quote or a space in $TMPDIR.
 TEST(PerfPlot, DrawsThePngAndLeavesNoWorkingFiles) {
     namespace fs = std::filesystem;
     const fs::path dir = fs::path(::testing::TempDir()) / ("perf-plot-" + std::to_string(getpid()));
+    const char* kTmp = "t'm p";  // a quote and a space: quoted for gnuplot and the shell
     fs::remove_all(dir);
-    fs::create_directories(dir / "tmp");
+    fs::create_directories(dir / kTmp);
     for (const char* protocol : {"homa", "tcp"}) {
         nlohmann::json j = {{"tool", "homa-perf"},
                             {"options", {{"protocol", protocol}, {"workload", "w1"}, {"client_max", 8}}},
@@ -279,7 +281,7 @@ TEST(PerfPlot, DrawsThePngAndLeavesNoWorkingFiles) {
     }
     const char* oldTmp = std::getenv("TMPDIR");
     const std::string savedTmp = oldTmp ? oldTmp : "";
-    setenv("TMPDIR", (dir / "tmp").c_str(), 1);
+    setenv("TMPDIR", (dir / kTmp).c_str(), 1);
     PerfOptions o;
     std::string e;
     ASSERT_TRUE(parse({"plot", (dir / "homa.json").string(), (dir / "tcp.json").string(), "-o",
@@ -302,10 +304,52 @@ TEST(PerfPlot, DrawsThePngAndLeavesNoWorkingFiles) {
     char magic[4] = {};
     png.read(magic, 4);
     EXPECT_EQ(std::string(magic + 1, 3), "PNG");
-    EXPECT_TRUE(fs::is_empty(dir / "tmp")) << "working files left in " << (dir / "tmp");
+    EXPECT_TRUE(fs::is_empty(dir / kTmp)) << "working files left in " << (dir / kTmp);
     EXPECT_NE(badRc, 0);
     EXPECT_NE(badErr.find("bad.json"), std::string::npos) << badErr;
     EXPECT_FALSE(fs::exists(dir / "q.png"));
+    fs::remove_all(dir);
+}
+
+// Inputs whose buckets are all empty, and a $TMPDIR that is not there: one-line errors,
+// no PNG, and no working files left (gnuplot failed on an empty range and kept them).
+TEST(PerfPlot, NothingToPlotAndNoTemporaryDirectoryAreClearErrors) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("perf-plot-bad-" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir / "tmp");
+    nlohmann::json j = {{"tool", "homa-perf"},
+                        {"options", {{"protocol", "homa"}, {"workload", "w1"}, {"client_max", 8}}},
+                        {"buckets", nlohmann::json::array({{{"max_size", 64}, {"count", 0}, {"slowdown_p99", 0}}})}};
+    std::ofstream((dir / "empty.json").string()) << j.dump();
+    const char* oldTmp = std::getenv("TMPDIR");
+    const std::string savedTmp = oldTmp ? oldTmp : "";
+    auto plot = [&](const std::string& tmp, std::string* err) {
+        setenv("TMPDIR", tmp.c_str(), 1);
+        PerfOptions o;
+        std::string e;
+        EXPECT_TRUE(parse({"plot", (dir / "empty.json").string(), "-o", (dir / "p.png").string()}, &o, &e)) << e;
+        testing::internal::CaptureStderr();
+        const int rc = runPlot(o);
+        *err = testing::internal::GetCapturedStderr();
+        return rc;
+    };
+    std::string err;
+    const int emptyRc = plot((dir / "tmp").string(), &err);
+    const std::string emptyErr = err;
+    // (A JSON with samples, so that only the missing directory stops it.)
+    j["buckets"][0]["count"] = 5;
+    j["buckets"][0]["slowdown_p99"] = 2.0;
+    std::ofstream((dir / "empty.json").string()) << j.dump();
+    const int noDirRc = plot((dir / "missing").string(), &err);
+    if (oldTmp) setenv("TMPDIR", savedTmp.c_str(), 1); else unsetenv("TMPDIR");
+    EXPECT_NE(emptyRc, 0);
+    EXPECT_NE(emptyErr.find("no message-size bucket has samples"), std::string::npos) << emptyErr;
+    EXPECT_TRUE(fs::is_empty(dir / "tmp"));
+    EXPECT_NE(noDirRc, 0);
+    EXPECT_NE(err.find("cannot make a temporary directory under " + (dir / "missing").string()), std::string::npos)
+        << err;
+    EXPECT_FALSE(fs::exists(dir / "p.png"));
     fs::remove_all(dir);
 }
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,7 +20,8 @@ std::string gnuplotQuoted(const std::string& s) {
 }
 
 std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& output, const std::string& title) {
-    if (lines.empty()) return "nothing to plot";
+    if (std::none_of(lines.begin(), lines.end(), [](const PlotLine& l) { return !l.points.empty(); }))
+        return "nothing to plot: no message-size bucket has samples";
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return "gnuplot not found (apt-get install gnuplot-nox)";
     const char* tmp = std::getenv("TMPDIR");
     std::string dir = std::string(tmp && *tmp ? tmp : "/tmp") + "/homa-plot-XXXXXX";
@@ -42,7 +44,10 @@ std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& 
     script << "\n";
     const std::string scriptPath = dir + "/plot.gp";
     std::ofstream(scriptPath) << script.str();
-    if (std::system(("gnuplot " + scriptPath).c_str()) != 0) return "gnuplot failed (script " + scriptPath + ")";
+    // (Quoted for the shell: $TMPDIR may hold spaces or worse.)
+    std::string command = "gnuplot '";
+    for (char c : scriptPath) command += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    if (std::system((command + "'").c_str()) != 0) return "gnuplot failed (script " + scriptPath + ")";
     std::error_code ignored;
     std::filesystem::remove_all(dir, ignored);
     return "";

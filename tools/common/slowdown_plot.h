@@ -13,7 +13,8 @@ struct PlotLine {
     std::vector<std::pair<double, double>> points;  ///< (bucket's largest size, P99 slowdown)
 };
 
-/// Writes `output` (PNG). Returns "" on success, or what went wrong. Its working files
+/// Writes `output` (PNG). Returns "" on success, or what went wrong (also when no line
+/// has a point: gnuplot would fail on an empty range). Its working files
 /// go in a directory under $TMPDIR (or /tmp) that is removed afterwards, unless gnuplot
 /// fails: then the error names the script, which is kept for a look.
 std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& output, const std::string& title);
