@@ -79,7 +79,7 @@ note "== 64 B round trip"
 # figure is the median of $reps runs, Homa and sockperf UDP alternating, in two
 # placements: as the scheduler likes, and both ends pinned to CPU 0. Homa polls
 # adaptively by default (a thread whose last wait was short looks at the socket for up to
-# 10 us before sleeping), sockperf blocks: so each is also measured the other way, Homa
+# 50 us before sleeping), sockperf blocks: so each is also measured the other way, Homa
 # with --adaptive-poll-us 0 and sockperf busy-polling. (Fixed busy polling, --busy-poll-us,
 # needs a spare core per polling thread; on two cores it is slower.)
 reps=3

@@ -58,7 +58,9 @@ struct EndpointOptions {
     /// after a long wait it sleeps at once. Saves the wake-ups of a busy endpoint (on a
     /// loopback ping-pong in a virtual machine, about half of the round trip) while an
     /// idle one spins nothing. 0: off. Ignored when busyPollUs is set. At most 1,000,000.
-    uint32_t adaptivePollUs = 10;
+    /// The default, 50, is the Linux module's spin before it sleeps; a busy endpoint whose
+    /// waits are random (an open loop) then spends more CPU on looking (docs/design.md).
+    uint32_t adaptivePollUs = 50;
 
     // ---- Observability (docs/observability.md)
     /// Publish metrics, the live RPCs and time-trace control on a unix socket at this path,

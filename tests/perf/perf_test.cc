@@ -48,7 +48,7 @@ TEST(PerfOptions, ClientOptionsAreParsed) {
     EXPECT_EQ(h.unschedBytes, 10'000u);
     EXPECT_EQ(h.maxIncoming, 100'000u);
     EXPECT_EQ(h.overcommit, 2);
-    EXPECT_EQ(h.adaptivePollUs, 10u) << "the endpoint's default";
+    EXPECT_EQ(h.adaptivePollUs, 50u) << "the endpoint's default";
     PerfOptions a;
     ASSERT_TRUE(parse({"local", "--adaptive-poll-us", "0"}, &a, &e)) << e;
     EXPECT_EQ(a.adaptivePollUs, 0u);
