@@ -361,12 +361,16 @@ void Core::pollThreadMain() {
                 const timespec ts = toTimespec(waitNs);
                 int r = ::ppoll(fds, 2, &ts, nullptr);
                 pollThreadWakeups_.fetch_add(1, std::memory_order_relaxed);
-                if (!standAside) safetyNetExpired = r == 0;  // (a grace that follows keeps it)
+                // (A grace that follows keeps it. Without a timer the wait is a tick, and
+                // its end is no safety net.)
+                if (!standAside) safetyNetExpired = r == 0 && tickFd_ >= 0;
                 uint64_t count;
                 const bool poked = r > 0 && (fds[0].revents & POLLIN);
                 if (poked) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
                 ticked = r > 0 && (fds[1].revents & POLLIN);
                 if (ticked) [[maybe_unused]] auto n = ::read(tickFd_, &count, sizeof(count));
+                // Without a timer, the end of the tick-long wait is the tick.
+                if (tickFd_ < 0 && r == 0 && !standAside) ticked = true;
                 // A tick that the loop's owner has run itself within the last tick period
                 // (it runs the engine's timers on every pass, see iterate): nothing to do,
                 // and the lock is not taken. Running them here as well, on the other CPU,
