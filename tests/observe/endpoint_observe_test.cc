@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "client.h"
+#include "common/loopback.h"
 #include "http_client.h"
 #include "homa/endpoint.h"
 #include "homa/trace.h"
@@ -22,11 +23,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-EndpointOptions loopback() {
-    EndpointOptions o;
-    o.address = Address::ipv4(0x7f000001, 0);
-    return o;
-}
+using test::loopback;
 
 std::string tempPath(const std::string& name) {
     return "/tmp/homa-observe-ep-" + std::to_string(::getpid()) + "-" + name;

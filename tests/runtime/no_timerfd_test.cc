@@ -13,6 +13,7 @@
 #include <chrono>
 #include <future>
 
+#include "common/loopback.h"
 #include "homa/endpoint.h"
 
 namespace {
@@ -35,17 +36,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-EndpointOptions loopback() {
-    EndpointOptions o;
-    o.address = Address::ipv4(0x7f000001, 0);
-    return o;
-}
-
-std::vector<uint8_t> bytesOf(size_t n, uint8_t seed) {
-    std::vector<uint8_t> v(n);
-    for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7);
-    return v;
-}
+using test::BlackHole;
+using test::bytesOf;
+using test::loopback;
 
 // Endpoints opened while timerfd_create fails.
 class NoTimerfd : public ::testing::Test {
@@ -97,26 +90,6 @@ TEST_F(NoTimerfd, CallsOfEveryKindWork) {
         EXPECT_EQ(m.get("poll_thread_late_takeovers"), 0u);
     }
 }
-
-// A socket on loopback that swallows what it is sent and never answers.
-class BlackHole {
-  public:
-    BlackHole() : fd_(socket(AF_INET, SOCK_DGRAM, 0)) {
-        sockaddr_in at{};
-        at.sin_family = AF_INET;
-        at.sin_addr.s_addr = htonl(0x7f000001);
-        socklen_t len = sizeof(at);
-        if (bind(fd_, reinterpret_cast<sockaddr*>(&at), sizeof(at)) == 0 &&
-            getsockname(fd_, reinterpret_cast<sockaddr*>(&at), &len) == 0)
-            address_ = Address::ipv4(0x7f000001, ntohs(at.sin_port));
-    }
-    ~BlackHole() { close(fd_); }
-    Address address() const { return address_; }  ///< port 0 if it could not bind
-
-  private:
-    int fd_;
-    Address address_;
-};
 
 // Without a timer, no thread blocks in the socket: a waiting loop owner wakes at every
 // tick and runs the engine's timers itself.
