@@ -354,6 +354,9 @@ void Core::pollThreadMain() {
                 handlersSeen = handlersDone_;
                 ++pollThreadStoodAside_;
             }
+            // Without a timer (timerfd_create failed) this wait is a tick long, and its
+            // end is the tick, not a safety net.
+            const bool waitIsTick = tickFd_ < 0 && !standAside;
             lk.unlock();
             bool ticked;
             for (;;) {
@@ -361,16 +364,13 @@ void Core::pollThreadMain() {
                 const timespec ts = toTimespec(waitNs);
                 int r = ::ppoll(fds, 2, &ts, nullptr);
                 pollThreadWakeups_.fetch_add(1, std::memory_order_relaxed);
-                // (A grace that follows keeps it. Without a timer the wait is a tick, and
-                // its end is no safety net.)
-                if (!standAside) safetyNetExpired = r == 0 && tickFd_ >= 0;
+                if (!standAside) safetyNetExpired = r == 0 && !waitIsTick;  // (a grace that follows keeps it)
                 uint64_t count;
                 const bool poked = r > 0 && (fds[0].revents & POLLIN);
                 if (poked) [[maybe_unused]] auto n = ::read(pollThreadFd_, &count, sizeof(count));
-                ticked = r > 0 && (fds[1].revents & POLLIN);
-                if (ticked) [[maybe_unused]] auto n = ::read(tickFd_, &count, sizeof(count));
-                // Without a timer, the end of the tick-long wait is the tick.
-                if (tickFd_ < 0 && r == 0 && !standAside) ticked = true;
+                const bool timerFired = r > 0 && (fds[1].revents & POLLIN);
+                if (timerFired) [[maybe_unused]] auto n = ::read(tickFd_, &count, sizeof(count));
+                ticked = timerFired || (waitIsTick && r == 0);
                 // A tick that the loop's owner has run itself within the last tick period
                 // (it runs the engine's timers on every pass, see iterate): nothing to do,
                 // and the lock is not taken. Running them here as well, on the other CPU,

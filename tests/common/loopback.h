@@ -1,13 +1,15 @@
 // What the tests over real sockets share: an endpoint's options on loopback, request
-// bytes that tell one call from another, and a peer that never answers.
+// bytes that tell one call from another, an echo server, and a peer that never answers.
 #pragma once
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "homa/endpoint.h"
@@ -26,6 +28,18 @@ inline std::vector<uint8_t> bytesOf(size_t n, uint8_t seed) {
     std::vector<uint8_t> v(n);
     for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(seed + i * 7);
     return v;
+}
+
+/// An endpoint whose `threads` workers answer each request with its own bytes (null, with
+/// a test failure, if it cannot be opened).
+inline std::unique_ptr<Endpoint> echoServer(int threads = 1, const EndpointOptions& options = loopback()) {
+    Status err;
+    auto server = Endpoint::open(options, &err);
+    EXPECT_TRUE(server) << err.toString();
+    if (server) {
+        EXPECT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, threads).isOk());
+    }
+    return server;
 }
 
 /// A bound UDP socket on loopback that swallows what it is sent and never answers.

@@ -28,6 +28,7 @@ using namespace std::chrono_literals;
 
 using test::BlackHole;
 using test::bytesOf;
+using test::echoServer;
 using test::loopback;
 
 // Loopback without adaptive polling, for tests that count the loop's socket reads.
@@ -35,16 +36,6 @@ EndpointOptions noSpin() {
     EndpointOptions o = loopback();
     o.adaptivePollUs = 0;
     return o;
-}
-
-std::unique_ptr<Endpoint> echoServer(int threads = 1, const EndpointOptions& options = loopback()) {
-    Status err;
-    auto server = Endpoint::open(options, &err);
-    EXPECT_TRUE(server) << err.toString();
-    if (server) {
-        EXPECT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, threads).isOk());
-    }
-    return server;
 }
 
 // A plain UDP socket sending raw datagrams to an endpoint's port on loopback.

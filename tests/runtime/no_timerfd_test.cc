@@ -38,6 +38,7 @@ using namespace std::chrono_literals;
 
 using test::BlackHole;
 using test::bytesOf;
+using test::echoServer;
 using test::loopback;
 
 // Endpoints opened while timerfd_create fails.
@@ -51,10 +52,9 @@ class NoTimerfd : public ::testing::Test {
 };
 
 TEST_F(NoTimerfd, CallsOfEveryKindWork) {
+    auto server = echoServer();
+    ASSERT_TRUE(server);
     Status err;
-    auto server = Endpoint::open(loopback(), &err);
-    ASSERT_TRUE(server) << err.toString();
-    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
     auto client = Endpoint::open(loopback(), &err);
     ASSERT_TRUE(client) << err.toString();
     EXPECT_GE(gTimerfdRefused.load(), 2) << "the endpoints never asked for a timer: the test tests nothing";
@@ -114,11 +114,9 @@ TEST_F(NoTimerfd, ThePollThreadRunsTheTicksWhileTheOwnerIsInACallback) {
     BlackHole hole, otherHole;
     ASSERT_NE(hole.address().port, 0);
     ASSERT_NE(otherHole.address().port, 0);
+    auto server = echoServer();
+    ASSERT_TRUE(server);
     Status err;
-    EndpointOptions so = loopback();
-    auto server = Endpoint::open(so, &err);
-    ASSERT_TRUE(server) << err.toString();
-    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
     EndpointOptions o = loopback();
     o.protocol.timeoutTicks = 30;
     auto client = Endpoint::open(o, &err);
