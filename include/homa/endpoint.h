@@ -163,7 +163,10 @@ class Endpoint {
     /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
-    /// ends). Returns the RPC's id (0 if it did not start).
+    /// ends). Any number of calls may be in flight: beyond
+    /// ProtocolOptions::maxClientRpcsPerServer with one server, they wait their turn in
+    /// the endpoint (a timeout counts from here). Returns the RPC's id (0 if it did not
+    /// start).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).

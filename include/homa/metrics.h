@@ -51,7 +51,8 @@ struct MetricsSnapshot {
 struct RpcSnapshot {
     std::string peer;       ///< the other end's address
     uint64_t id = 0;        ///< this end's id (even at a client, odd at a server)
-    std::string state;      ///< client, server-incoming, server-in-service, server-outgoing
+    std::string state;      ///< client, client-waiting (for its turn: maxClientRpcsPerServer),
+                            ///< server-incoming, server-in-service, server-outgoing
     uint32_t outLength = 0, outSent = 0, outGranted = 0;  ///< the message we send
     uint32_t inLength = 0, inReceived = 0, inGranted = 0; ///< the message we receive
     bool waitingForBuffer = false;

@@ -72,7 +72,7 @@ void Engine::handleAckEntry(Peer* peer, const wire::AckEntry& ack) {
 void Engine::handleNeedAck(Peer* peer, uint64_t clientId, Time now) {
     (void)now;
     if (!peer) return;
-    Rpc* rpc = findClientRpc(clientId);
+    Rpc* rpc = findClientRpcUnderWay(clientId);
     if (rpc && rpc->peer == peer) {
         // Our copy of the response is incomplete: ask for the rest. (Not a reset of our
         // silence count: only the bytes themselves, or BUSY, show progress; otherwise a

@@ -20,6 +20,13 @@
 
 namespace homa::engine {
 
+/// The largest table for a client's own calls: they may be tens of thousands at once (all
+/// but maxClientRpcsPerServer of them per server waiting for their turn), and with the
+/// table at 4,096 slots most lookups then went to the overflow map, which cost the whole
+/// loop 40 % of its rate with 100,000 calls at once. The table grows only as far as the
+/// calls in flight need (16 bytes a slot).
+inline constexpr size_t kOwnCallsMaxSlots = size_t{1} << 20;
+
 template <class T>
 class ClientRpcIndex {
   public:

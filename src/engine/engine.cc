@@ -100,6 +100,9 @@ Engine::Engine(const Config& config, PacketSink& sink)
 }
 
 Engine::~Engine() {
+    destroying_ = true;  // (no RPC waiting for its turn starts now)
+    for (auto& [address, peer] : peers_)
+        while (!peer->waitingToStart.empty()) freeRpc(&peer->waitingToStart.front());
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
     while (!inServiceRpcs_.empty()) freeRpc(&inServiceRpcs_.front());
     peersDeferring_.clear();
@@ -232,8 +235,11 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
 }
 
 void Engine::freeRpc(Rpc* rpc) {
+    Peer* const peer = rpc->peer;
+    bool clientEnded = false;
     if (rpc->isClient()) {
         clientRpcs_.erase(rpc->id);
+        clientEnded = !rpc->waitingToStart;
     } else {
         rpc->peer->serverRpcs.erase(rpc->clientId());
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
@@ -246,7 +252,13 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
     cancelBufferWait(rpc);
     if (rpc->deferHook.is_linked()) undeferTimerPacket(rpc);
-    (rpc->state == RpcState::ServerInService ? inServiceRpcs_ : allRpcs_).erase(RpcList::s_iterator_to(*rpc));
+    if (rpc->waitingToStart) {
+        peer->waitingToStart.erase(peer->waitingToStart.iterator_to(*rpc));
+        rpc->waitingToStart = false;
+        --rpcsWaitingToStart_;
+    } else {
+        (rpc->state == RpcState::ServerInService ? inServiceRpcs_ : allRpcs_).erase(RpcList::s_iterator_to(*rpc));
+    }
     incomingOutstanding_ -= rpc->in.counted;
     rpc->in.counted = 0;
     releaseInBuffer(rpc);
@@ -256,6 +268,24 @@ void Engine::freeRpc(Rpc* rpc) {
     rpc->peer = nullptr;
     freeRpcs_.push_back(rpc);
     grantsDirty_ = true;
+    if (clientEnded) clientRpcEnded(peer);
+}
+
+void Engine::clientRpcEnded(Peer* peer) {
+    --peer->clientRpcsUnderWay;
+    if (peer->waitingToStart.empty() || destroying_) return;
+    Rpc* rpc = &peer->waitingToStart.front();
+    peer->waitingToStart.pop_front();
+    rpc->waitingToStart = false;
+    --rpcsWaitingToStart_;
+    ++peer->clientRpcsUnderWay;
+    HOMA_TRACE("rpc start id %u len %u", rpc->id, rpc->out.length);
+    // (The time is the engine's latest: this runs inside whatever ended the other RPC.)
+    const Time now = lastNow_ == INT64_MIN ? 0 : lastNow_;
+    rpc->birth = rpc->out.birth = rpc->in.birth = now;
+    joinTimerList(rpc, now);
+    updateSendable(rpc);
+    transmitDue_ = true;
 }
 
 Rpc* Engine::findClientRpc(uint64_t id) {
@@ -328,8 +358,19 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
     }
     nextClientId_ += 2;
     ++m_.clientRpcsStarted;
-    HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
     if (id) *id = rpcId;
+    if (cfg_.maxClientRpcsPerServer != 0 && peer->clientRpcsUnderWay >= cfg_.maxClientRpcsPerServer) {
+        // Its turn comes when one of the peer's RPCs under way ends (clientRpcEnded).
+        HOMA_TRACE("rpc waits id %u len %u", rpcId, request.size());
+        allRpcs_.erase(allRpcs_.iterator_to(*rpc));
+        rpc->waitingToStart = true;
+        peer->waitingToStart.push_back(*rpc);
+        ++rpcsWaitingToStart_;
+        ++m_.clientRpcsWaited;
+        return {};
+    }
+    HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
+    ++peer->clientRpcsUnderWay;
     startSending(rpc, now);
     return {};
 }
@@ -368,6 +409,7 @@ Status Engine::abortClientRpc(uint64_t id, Time now) {
     ++m_.clientRpcsAborted;
     HOMA_TRACE("rpc aborted id %u", id);
     freeRpc(rpc);
+    if (transmitDue_) transmitData(lastNow_);  // the next waiting RPC's turn came
     return {};
 }
 
@@ -492,7 +534,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
     Rpc* rpc = nullptr;
     if (peer) {
         touchPeer(peer, now);
-        rpc = fromClient ? findServerRpc(peer, clientId) : findClientRpc(clientId);
+        rpc = fromClient ? findServerRpc(peer, clientId) : findClientRpcUnderWay(clientId);
         if (rpc && rpc->peer != peer) rpc = nullptr;  // a client id is ours, but not with this peer
         // The peer is working with us (see holdSilence); packets about RPCs we do not
         // know prove nothing.
@@ -721,7 +763,11 @@ void Engine::traceDelivery(const Delivery& d) {
 
 void Engine::listRpcs(std::vector<RpcInfo>& out) const {
     out.clear();
-    for (const RpcList* list : {&allRpcs_, &inServiceRpcs_}) {
+    std::vector<const RpcList*> lists = {&allRpcs_, &inServiceRpcs_};
+    if (rpcsWaitingToStart_ != 0)
+        for (const auto& [address, peer] : peers_)
+            if (!peer->waitingToStart.empty()) lists.push_back(&peer->waitingToStart);
+    for (const RpcList* list : lists) {
         for (const Rpc& r : *list) {
             RpcInfo i;
             i.peer = r.peer->address;
@@ -734,6 +780,7 @@ void Engine::listRpcs(std::vector<RpcInfo>& out) const {
             i.inReceived = r.in.received;
             i.inGranted = r.in.granted;
             i.waitingForBuffer = r.in.waitingForBuffer;
+            i.waitingToStart = r.waitingToStart;
             i.silentTicks = r.silentTicks;
             out.push_back(i);
         }

@@ -82,6 +82,7 @@ struct RpcInfo {
     uint32_t outLength = 0, outSent = 0, outGranted = 0;
     uint32_t inLength = 0, inReceived = 0, inGranted = 0;
     bool waitingForBuffer = false;
+    bool waitingToStart = false;  ///< client: waits for its turn (maxClientRpcsPerServer)
     int silentTicks = 0;
 };
 
@@ -150,7 +151,9 @@ class Engine {
     bool hasDeliveries() const { return !deliveries_.empty(); }
     const EngineMetrics& metrics() const { return m_; }
     const Config& config() const { return cfg_; }
-    size_t rpcCount() const { return allRpcs_.size() + inServiceRpcs_.size(); }
+    size_t rpcCount() const { return allRpcs_.size() + inServiceRpcs_.size() + rpcsWaitingToStart_; }
+    /// Client RPCs waiting for their turn (ProtocolOptions::maxClientRpcsPerServer).
+    size_t rpcsWaitingToStart() const { return rpcsWaitingToStart_; }
     size_t peerCount() const { return peers_.size(); }
     /// Server RPCs being received or served and not yet answered.
     uint32_t pendingRequests() const { return pendingRequests_; }
@@ -189,6 +192,12 @@ class Engine {
     Rpc* newRpc(Peer* peer, uint64_t id, RpcState state, Time now);
     void freeRpc(Rpc* rpc);
     Rpc* findClientRpc(uint64_t id);
+    /// The same for packets from the network: an RPC waiting for its turn has sent
+    /// nothing, so no packet can be about it.
+    Rpc* findClientRpcUnderWay(uint64_t id) {
+        Rpc* rpc = findClientRpc(id);
+        return rpc && !rpc->waitingToStart ? rpc : nullptr;
+    }
     Rpc* findServerRpc(Peer* peer, uint64_t clientId);
     /// Copies the message; the caller then hands the RPC to startSending().
     Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
@@ -244,6 +253,9 @@ class Engine {
     void checkRpc(Rpc* rpc, Time now);
     bool timerBudgetLeft(Peer* peer);
     void joinTimerList(Rpc* rpc, Time now);
+    /// A client RPC of `peer` ended: the first one waiting for its turn, if any, starts
+    /// (its packets go out at the next transmitData(), which nextWakeup() makes due).
+    void clientRpcEnded(Peer* peer);
     void sendTimerPacket(Rpc* rpc);
     void timerPacketDue(Rpc* rpc);
     void undeferTimerPacket(Rpc* rpc);
@@ -282,8 +294,10 @@ class Engine {
     std::deque<std::pair<Address, uint64_t>> forgottenOrder_;
     uint64_t forgottenGeneration_ = 0;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
-    ClientRpcIndex<Rpc> clientRpcs_;
+    ClientRpcIndex<Rpc> clientRpcs_{4096, kOwnCallsMaxSlots};
     RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined
+    size_t rpcsWaitingToStart_ = 0;  ///< in the peers' waitingToStart lists
+    bool transmitDue_ = false;       ///< an RPC started outside transmitData(): see nextPacerWakeup()
     RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
     WaitList largeBufferWaiters_;  ///< larger ones, oldest first
@@ -298,6 +312,7 @@ class Engine {
     GrantPeerSet grantPeers_;
     GrantFifoSet grantFifo_;
     bool grantsDirty_ = false;
+    bool destroying_ = false;
     uint64_t incomingOutstanding_ = 0;
     double fifoGrantCredit_ = 0;
     int lastActiveCount_ = 0;

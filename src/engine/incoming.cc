@@ -40,7 +40,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             return;
         }
     } else {
-        rpc = findClientRpc(clientId);
+        rpc = findClientRpcUnderWay(clientId);
         if (!rpc || rpc->peer != peer) {
             ++m_.dropped[static_cast<size_t>(DropReason::UnknownRpc)];
             HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,

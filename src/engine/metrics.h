@@ -32,6 +32,8 @@ struct EngineMetrics {
 
     uint64_t clientRpcsStarted = 0, clientRpcsCompleted = 0, clientRpcsTimedOut = 0,
              clientRpcsAborted = 0, clientRestarts = 0, clientRpcsRefusedStale = 0;
+    /// Client RPCs that waited for their turn (ProtocolOptions::maxClientRpcsPerServer).
+    uint64_t clientRpcsWaited = 0;
     uint64_t serverRequestsReceived = 0, serverResponsesSent = 0, serverRpcsAcked = 0,
              serverRpcsAbandoned = 0, serverRpcsTimedOut = 0, serverRpcsAborted = 0;
     uint64_t grantsSent = 0, grantedBytes = 0, fifoGrantBytes = 0;

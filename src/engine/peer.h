@@ -62,6 +62,10 @@ struct Peer {
     ClientRpcIndex<Rpc> serverRpcs{1, 4096};
 
     uint32_t rpcCount = 0;
+    /// Our client RPCs with this peer that are under way, and those waiting for their
+    /// turn, first made first (ProtocolOptions::maxClientRpcsPerServer).
+    uint32_t clientRpcsUnderWay = 0;
+    RpcList waitingToStart;
     Time lastUsed = 0;
     Time lastHeard = INT64_MIN;  ///< when a packet about one of our RPCs last came from it
 

@@ -83,6 +83,9 @@ struct Rpc {
     /// doublings): a server that says it is busy, or that refused the request for
     /// overload, is asked again less and less often.
     int busyReplies = 0;
+    /// Client: waiting for its turn (maxClientRpcsPerServer): in its peer's
+    /// waitingToStart list (through allHook), nothing sent yet, not timed.
+    bool waitingToStart = false;
 
     uint64_t clientId() const { return id & ~uint64_t{1}; }
     bool isClient() const { return (id & 1) == 0; }
@@ -91,7 +94,8 @@ struct Rpc {
     SetHook grantFifoHook;  ///< in the engine's oldest-first grantable set
     SetHook sendHook;       ///< in the sender's SRPT set
     SetHook sendFifoHook;   ///< in the sender's oldest-first set
-    ListHook allHook;       ///< in the engine's list of all RPCs (for the timer)
+    ListHook allHook;       ///< in the engine's list of all RPCs (for the timer), or in
+                            ///< its peer's waitingToStart list
     ListHook waitHook;      ///< in the list of messages waiting for buffer space
     /// In its peer's list of RPCs whose RESEND or NEED_ACK waits for the per-tick budget
     /// (Peer::deferred, ProtocolOptions::timerPacketsPerPeer).

@@ -1218,6 +1218,7 @@ MetricsSnapshot Core::metrics() {
     add("client_rpcs_aborted", m.clientRpcsAborted);
     add("client_restarts", m.clientRestarts);
     add("client_rpcs_refused_stale", m.clientRpcsRefusedStale);
+    add("client_rpcs_waited", m.clientRpcsWaited);
     for (size_t code = 1; code <= static_cast<size_t>(StatusCode::Aborted); ++code) {
         std::string name = std::string("calls_failed_") + toString(static_cast<StatusCode>(code));
         std::replace(name.begin(), name.end(), ' ', '_');
@@ -1252,6 +1253,7 @@ MetricsSnapshot Core::metrics() {
     add("peers_created", m.peersCreated);
     add("peers_evicted", m.peersEvicted);
     add("rpcs", engine_->rpcCount());
+    add("client_rpcs_waiting", engine_->rpcsWaitingToStart());
     add("pending_requests", engine_->pendingRequests());
     add("incoming_outstanding", engine_->incomingOutstanding());
     add("active_grants", static_cast<uint64_t>(engine_->activeGrants()));
@@ -1308,7 +1310,7 @@ std::vector<RpcSnapshot> Core::rpcs() {
         RpcSnapshot r;
         r.peer = i.peer.toString();
         r.id = i.id;
-        r.state = engine::toString(i.state);
+        r.state = i.waitingToStart ? "client-waiting" : engine::toString(i.state);
         r.outLength = i.outLength;
         r.outSent = i.outSent;
         r.outGranted = i.outGranted;

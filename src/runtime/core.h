@@ -118,7 +118,7 @@ class Core : public engine::PacketSink {
         void clear();
 
       private:
-        engine::ClientRpcIndex<Call> index_;
+        engine::ClientRpcIndex<Call> index_{4096, engine::kOwnCallsMaxSlots};
         std::vector<std::unique_ptr<Call>> storage_;
         std::vector<Call*> free_;
     };

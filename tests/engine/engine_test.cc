@@ -307,6 +307,7 @@ TEST(Engine, AMessageInOnePacketIsDeliveredAtOnceAndItsCopiesAreDropped) {
 TEST(Engine, AServerFindsEveryRpcOfAWideWindowOfCalls) {
     Config cfg = baseConfig();
     cfg.maxPendingRequests = 0;
+    cfg.maxClientRpcsPerServer = 0;  // (all 5,000 under way at once)
     Pair p(cfg, cfg);
     const int n = 5'000;
     for (int i = 0; i < n; ++i) p.call(1, static_cast<uint64_t>(i));
@@ -1700,6 +1701,159 @@ TEST(Engine, DuplicateDataWithLargerIncomingIsCountedInTheBudget) {
     again[32] = 0x00; again[33] = 0x01; again[34] = 0x80; again[35] = 0x00;  // incoming 98,304
     p.b.handlePacket(kA, again, p.now);
     EXPECT_EQ(p.b.incomingOutstanding(), 98'304u - 1416);
+}
+
+
+// ---------------------------------------------------------------- calls waiting for their turn
+
+Config perServer(uint32_t limit) {
+    Config c = baseConfig();
+    c.maxClientRpcsPerServer = limit;
+    return c;
+}
+
+// The RPCs whose DATA is among `packets`.
+std::set<uint64_t> sendersOf(const std::vector<Sent>& packets) {
+    std::set<uint64_t> ids;
+    for (const Sent& s : packets)
+        if (s.type() == wire::PacketType::Data) ids.insert(s.packet().common.senderId);
+    return ids;
+}
+
+void releaseAllOf(Engine& e, const std::vector<Delivery>& ds, Time now) {
+    for (const Delivery& d : ds)
+        if (d.message.data) e.releaseMessage(d.message, now);
+}
+
+// Beyond maxClientRpcsPerServer, calls to one server wait, sending nothing, and start in
+// the order they were made as earlier ones end.
+TEST(Engine, CallsBeyondTheLimitPerServerWaitTheirTurn) {
+    Pair p(perServer(3));
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 5; ++i) ids.push_back(p.call(100, static_cast<uint64_t>(i)));
+    EXPECT_EQ(sendersOf(p.sinkA.out), (std::set<uint64_t>{ids[0], ids[1], ids[2]}));
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 2u);
+    EXPECT_EQ(p.a.rpcCount(), 5u);
+    EXPECT_EQ(p.a.metrics().clientRpcsWaited, 2u);
+    std::vector<RpcInfo> infos;
+    p.a.listRpcs(infos);
+    ASSERT_EQ(infos.size(), 5u);
+    EXPECT_EQ(std::count_if(infos.begin(), infos.end(), [](const RpcInfo& i) { return i.waitingToStart; }), 2);
+
+    p.pump();
+    ASSERT_EQ(p.serveAll(10), 3);
+    // The three responses end three calls: the two waiting ones start, in order.
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    EXPECT_EQ(sendersOf(p.sinkA.out), (std::set<uint64_t>{ids[3], ids[4]}));
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 2);
+    p.pump();
+    std::vector<uint64_t> cookies;
+    for (auto& d : p.deliveries(p.a)) {
+        EXPECT_EQ(d.kind, Delivery::Kind::Response);
+        cookies.push_back(d.cookie);
+        p.a.releaseMessage(d.message, p.now);
+    }
+    EXPECT_EQ(cookies, (std::vector<uint64_t>{0, 1, 2, 3, 4}));
+    EXPECT_EQ(p.a.rpcCount(), 0u);
+}
+
+// A waiting call is not timed: however long the server takes with the calls under way
+// (it says BUSY), the waiting ones neither send anything nor time out.
+TEST(Engine, AWaitingCallNeverTimesOut) {
+    Pair p(perServer(1));
+    uint64_t first = p.call(100);
+    uint64_t second = p.call(100);
+    p.pump();  // B holds the first request, unanswered
+    for (int i = 0; i < p.cfgA.timeoutTicks * 3; ++i) {
+        p.tick();
+        for (auto& s : p.sinkA.out) EXPECT_NE(s.packet().common.senderId, second);
+        p.pump();
+    }
+    EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 0u);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u);
+    ASSERT_EQ(p.serveAll(10), 1);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1) << "the second call started when the first ended";
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(d[0].clientId, first);
+    EXPECT_EQ(d[1].clientId, second);
+    releaseAllOf(p.a, d, p.now);
+}
+
+// Aborting a call under way hands its turn to the first waiting call at once; aborting a
+// waiting call just removes it.
+TEST(Engine, AbortingACallPassesItsTurnOn) {
+    Pair p(perServer(1));
+    uint64_t first = p.call(100);
+    uint64_t second = p.call(100);
+    uint64_t third = p.call(100);
+    p.sinkA.take();
+    ASSERT_TRUE(p.a.abortClientRpc(third, p.now).isOk());
+    EXPECT_TRUE(p.sinkA.out.empty()) << "a waiting call sent nothing, so it has nothing to stop";
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u);
+    ASSERT_TRUE(p.a.abortClientRpc(first, p.now).isOk());
+    EXPECT_EQ(sendersOf(p.sinkA.out), std::set<uint64_t>{second});
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1);
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].clientId, second);
+    releaseAllOf(p.a, d, p.now);
+}
+
+// The limit is per server: calls to another server do not wait behind B's.
+TEST(Engine, TheLimitIsPerServer) {
+    const Address kC = Address::ipv4(0x0a000003, kPort);
+    Pair p(perServer(1));
+    p.call(100);
+    std::vector<uint8_t> req(100, 1);
+    uint64_t toC = 0;
+    ASSERT_TRUE(p.a.startRequest(kC, req, 0, p.now, &toC).isOk());
+    EXPECT_EQ(p.sinkA.out.size(), 2u);
+    EXPECT_EQ(p.sinkA.out.back().dest, kC);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u);
+    p.call(100);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u);
+}
+
+// No packet can be about a call that has sent nothing: a response to one (forged, or a
+// stale id) is dropped, and the call still starts and completes normally.
+TEST(Engine, APacketAboutAWaitingCallIsDropped) {
+    Pair p(perServer(1));
+    p.call(100);
+    uint64_t waiting = p.call(100);
+    const uint64_t unknownBefore = p.a.metrics().dropped[static_cast<size_t>(DropReason::UnknownRpc)];
+    p.a.receive(kB, forgedData(waiting ^ 1, 100, 0, 100), p.now);
+    p.a.receive(kB, encode(from(waiting ^ 1), wire::PacketType::Grant, 100, 0), p.now);
+    EXPECT_TRUE(p.deliveries(p.a).empty());
+    EXPECT_EQ(p.a.metrics().dropped[static_cast<size_t>(DropReason::UnknownRpc)], unknownBefore + 2);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u);
+    p.pump();
+    p.serveAll(10);
+    p.pump();
+    p.serveAll(10);
+    p.pump();
+    auto d = p.deliveries(p.a);
+    EXPECT_EQ(d.size(), 2u);
+    releaseAllOf(p.a, d, p.now);
+}
+
+// 0 is no limit; an engine destroyed with calls still waiting frees them (ASan).
+TEST(Engine, ZeroMeansNoLimitPerServer) {
+    Pair p(perServer(0));
+    for (int i = 0; i < 100; ++i) p.call(100);
+    EXPECT_EQ(p.sinkA.out.size(), 100u);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u);
+    Pair q(perServer(2));
+    for (int i = 0; i < 10; ++i) q.call(50'000);
+    EXPECT_EQ(q.a.rpcsWaitingToStart(), 8u);
 }
 
 }  // namespace

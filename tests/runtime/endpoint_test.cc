@@ -167,6 +167,44 @@ TEST(Endpoint, SmallRpcsReadTheSocketOncePerPacket) {
     EXPECT_LE(chainClient, 1.3);
 }
 
+// 200,000 calls made at once to one server all complete. Only maxClientRpcsPerServer of
+// them are under way at a time; the others wait in the client, sending nothing. Without
+// that bound they all went out together, overflowing the server's socket buffer and
+// queueing there more work than it finishes within the resend interval: some 30,000 of
+// them timed out.
+TEST(Endpoint, ABurstOf200000CallsAllComplete) {
+    constexpr int kCalls = 200'000;
+    // (Declared before the endpoints, which may still run callbacks as they close.)
+    std::promise<void> finished;
+    std::atomic<int> left{kCalls}, failures{0};
+    std::mutex mu;
+    std::string firstError;
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    auto req = bytesOf(64, 9);
+    auto done = [&](Response r) {
+        if (!r.status.isOk()) {
+            if (failures++ == 0) {
+                std::lock_guard lk(mu);
+                firstError = r.status.toString();
+            }
+        }
+        if (--left == 0) finished.set_value();
+    };
+    {
+        Endpoint::CallBatch batch(*client);  // (sent together, as fast as the socket takes them)
+        for (int i = 0; i < kCalls; ++i) client->callAsync(server->address(), req, done);
+    }
+    ASSERT_EQ(finished.get_future().wait_for(120s), std::future_status::ready) << left.load() << " calls left";
+    std::lock_guard lk(mu);
+    EXPECT_EQ(failures.load(), 0) << firstError;
+    const MetricsSnapshot m = client->metrics();
+    EXPECT_GT(m.get("client_rpcs_waited"), 0u);
+    EXPECT_EQ(m.get("client_rpcs_waiting"), 0u);
+    EXPECT_EQ(m.get("client_rpcs_timed_out"), 0u);
+}
+
 // Many callback chains at once, each completion starting the next call: the acks of a
 // batch of responses ride on the requests the callbacks start (one per DATA packet),
 // where they used to go out in ACK packets of five, before the callbacks ran.
