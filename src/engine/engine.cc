@@ -268,12 +268,13 @@ void Engine::freeRpc(Rpc* rpc) {
     rpc->peer = nullptr;
     freeRpcs_.push_back(rpc);
     grantsDirty_ = true;
-    if (clientEnded) clientRpcEnded(peer);
+    if (clientEnded) {
+        --peer->clientRpcsUnderWay;
+        if (!peer->waitingToStart.empty() && !destroying_) startWaitingRpc(peer);
+    }
 }
 
-void Engine::clientRpcEnded(Peer* peer) {
-    --peer->clientRpcsUnderWay;
-    if (peer->waitingToStart.empty() || destroying_) return;
+void Engine::startWaitingRpc(Peer* peer) {
     Rpc* rpc = &peer->waitingToStart.front();
     peer->waitingToStart.pop_front();
     rpc->waitingToStart = false;
@@ -360,7 +361,7 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
     ++m_.clientRpcsStarted;
     if (id) *id = rpcId;
     if (cfg_.maxClientRpcsPerServer != 0 && peer->clientRpcsUnderWay >= cfg_.maxClientRpcsPerServer) {
-        // Its turn comes when one of the peer's RPCs under way ends (clientRpcEnded).
+        // Its turn comes when one of the peer's RPCs under way ends (freeRpc).
         HOMA_TRACE("rpc waits id %u len %u", rpcId, request.size());
         allRpcs_.erase(allRpcs_.iterator_to(*rpc));
         rpc->waitingToStart = true;

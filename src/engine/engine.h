@@ -253,9 +253,9 @@ class Engine {
     void checkRpc(Rpc* rpc, Time now);
     bool timerBudgetLeft(Peer* peer);
     void joinTimerList(Rpc* rpc, Time now);
-    /// A client RPC of `peer` ended: the first one waiting for its turn, if any, starts
-    /// (its packets go out at the next transmitData(), which nextWakeup() makes due).
-    void clientRpcEnded(Peer* peer);
+    /// One of `peer`'s client RPCs under way ended: the first one waiting for its turn
+    /// starts (its packets go out at the next transmitData(), which nextWakeup() makes due).
+    void startWaitingRpc(Peer* peer);
     void sendTimerPacket(Rpc* rpc);
     void timerPacketDue(Rpc* rpc);
     void undeferTimerPacket(Rpc* rpc);
