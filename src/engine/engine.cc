@@ -221,7 +221,6 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.birth = now;
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
     rpc->timerPacketTick = UINT64_MAX;
-    rpc->heldTicks = 0;
     rpc->restartTick = UINT64_MAX;
     joinTimerList(rpc, now);
     if (peer->rpcCount++ == 0 && peer->lruHook.is_linked()) idlePeers_.erase(idlePeers_.iterator_to(*peer));

@@ -73,10 +73,6 @@ struct Rpc {
     int needAcksSent = 0;
     /// The tick that last sent a RESEND or NEED_ACK for this RPC.
     uint64_t timerPacketTick = UINT64_MAX;
-    /// Ticks of this silence not counted while its RESEND waited for the peer's budget
-    /// (Engine::holdSilence); at most timeoutTicks, so that a timeout comes at the latest
-    /// after twice timeoutTicks of silence.
-    int heldTicks = 0;
     uint64_t restartTick = UINT64_MAX;  ///< client: the tick of the last restart
     /// Client: BUSY packets, before the response started, since the response last made
     /// progress. Each one doubles the wait before the next RESEND (up to kMaxBusyBackoff

@@ -152,13 +152,14 @@ void Engine::sendDeferredTimerPackets() {
 
 // Whether this tick leaves `rpc`'s silence count alone: its RESEND waits for the peer's
 // budget while the peer is heard from about some RPC of ours, i.e. the peer is loaded,
-// not gone. For at most timeoutTicks ticks of one silence.
+// not gone. However long the queue: the RPC has not asked yet, and timing it out would
+// fail a call the server is most likely working on (a server answering 1,000 calls a
+// second with 4,000 outstanding lost nearly all of them to such timeouts while it worked
+// through them). Its turn comes, in order, within (RPCs queued) / timerPacketsPerPeer
+// ticks; then its silence counts again until the answer.
 bool Engine::holdSilence(Rpc* rpc, Time now) {
-    if (rpc->silentTicks == 0) rpc->heldTicks = 0;  // heard from since the last tick
-    if (!rpc->deferHook.is_linked() || rpc->heldTicks >= cfg_.timeoutTicks) return false;
-    if (rpc->peer->lastHeard <= now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs) return false;
-    ++rpc->heldTicks;
-    return true;
+    if (!rpc->deferHook.is_linked()) return false;
+    return rpc->peer->lastHeard > now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs;
 }
 
 void Engine::checkRpc(Rpc* rpc, Time now) {
