@@ -235,10 +235,9 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
 
 void Engine::freeRpc(Rpc* rpc) {
     Peer* const peer = rpc->peer;
-    bool clientEnded = false;
+    const ClientTurn turn = std::exchange(rpc->turn, ClientTurn::None);
     if (rpc->isClient()) {
         clientRpcs_.erase(rpc->id);
-        clientEnded = !rpc->waitingToStart;
     } else {
         rpc->peer->serverRpcs.erase(rpc->clientId());
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
@@ -251,9 +250,8 @@ void Engine::freeRpc(Rpc* rpc) {
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
     cancelBufferWait(rpc);
     if (rpc->deferHook.is_linked()) undeferTimerPacket(rpc);
-    if (rpc->waitingToStart) {
+    if (turn == ClientTurn::Waiting) {
         peer->waitingToStart.erase(peer->waitingToStart.iterator_to(*rpc));
-        rpc->waitingToStart = false;
         --rpcsWaitingToStart_;
     } else {
         (rpc->state == RpcState::ServerInService ? inServiceRpcs_ : allRpcs_).erase(RpcList::s_iterator_to(*rpc));
@@ -267,7 +265,7 @@ void Engine::freeRpc(Rpc* rpc) {
     rpc->peer = nullptr;
     freeRpcs_.push_back(rpc);
     grantsDirty_ = true;
-    if (clientEnded) {
+    if (turn == ClientTurn::UnderWay) {
         --peer->clientRpcsUnderWay;
         if (!peer->waitingToStart.empty() && !destroying_) startWaitingRpc(peer);
     }
@@ -276,8 +274,8 @@ void Engine::freeRpc(Rpc* rpc) {
 void Engine::startWaitingRpc(Peer* peer) {
     Rpc* rpc = &peer->waitingToStart.front();
     peer->waitingToStart.pop_front();
-    rpc->waitingToStart = false;
     --rpcsWaitingToStart_;
+    rpc->turn = ClientTurn::UnderWay;
     ++peer->clientRpcsUnderWay;
     HOMA_TRACE("rpc start id %u len %u", rpc->id, rpc->out.length);
     // (The time is the engine's latest: this runs inside whatever ended the other RPC.)
@@ -363,13 +361,14 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
         // Its turn comes when one of the peer's RPCs under way ends (freeRpc).
         HOMA_TRACE("rpc waits id %u len %u", rpcId, request.size());
         allRpcs_.erase(allRpcs_.iterator_to(*rpc));
-        rpc->waitingToStart = true;
+        rpc->turn = ClientTurn::Waiting;
         peer->waitingToStart.push_back(*rpc);
         ++rpcsWaitingToStart_;
         ++m_.clientRpcsWaited;
         return {};
     }
     HOMA_TRACE("rpc start id %u len %u", rpcId, request.size());
+    rpc->turn = ClientTurn::UnderWay;
     ++peer->clientRpcsUnderWay;
     startSending(rpc, now);
     return {};
@@ -780,7 +779,7 @@ void Engine::listRpcs(std::vector<RpcInfo>& out) const {
             i.inReceived = r.in.received;
             i.inGranted = r.in.granted;
             i.waitingForBuffer = r.in.waitingForBuffer;
-            i.waitingToStart = r.waitingToStart;
+            i.waitingToStart = r.turn == ClientTurn::Waiting;
             i.silentTicks = r.silentTicks;
             out.push_back(i);
         }

@@ -196,7 +196,7 @@ class Engine {
     /// nothing, so no packet can be about it.
     Rpc* findClientRpcUnderWay(uint64_t id) {
         Rpc* rpc = findClientRpc(id);
-        return rpc && !rpc->waitingToStart ? rpc : nullptr;
+        return rpc && rpc->turn != ClientTurn::Waiting ? rpc : nullptr;
     }
     Rpc* findServerRpc(Peer* peer, uint64_t clientId);
     /// Copies the message; the caller then hands the RPC to startSending().

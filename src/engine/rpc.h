@@ -58,6 +58,8 @@ using ListHook = bi::list_member_hook<>;
 /// Most doublings of a client's RESEND interval after BUSY replies (see Rpc::busyReplies).
 inline constexpr int kMaxBusyBackoff = 5;
 
+enum class ClientTurn : uint8_t { None, Waiting, UnderWay };
+
 struct Rpc {
     uint64_t id = 0;  ///< local id: the client's id (even) at a client, id ^ 1 (odd) at a server
     Peer* peer = nullptr;
@@ -79,9 +81,11 @@ struct Rpc {
     /// doublings): a server that says it is busy, or that refused the request for
     /// overload, is asked again less and less often.
     int busyReplies = 0;
-    /// Client: waiting for its turn (maxClientRpcsPerServer): in its peer's
-    /// waitingToStart list (through allHook), nothing sent yet, not timed.
-    bool waitingToStart = false;
+    /// Client: where the RPC stands against its server's maxClientRpcsPerServer.
+    /// Waiting: in the peer's waitingToStart list (through allHook), nothing sent yet,
+    /// not timed. UnderWay: counted in Peer::clientRpcsUnderWay. None: neither (a server
+    /// RPC, or a client RPC whose start failed).
+    ClientTurn turn = ClientTurn::None;
 
     uint64_t clientId() const { return id & ~uint64_t{1}; }
     bool isClient() const { return (id & 1) == 0; }

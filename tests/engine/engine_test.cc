@@ -1856,6 +1856,33 @@ TEST(Engine, APacketAboutAWaitingCallIsDropped) {
     releaseAllOf(p.a, d, p.now);
 }
 
+// A call that fails to start (no send memory) never held a turn: the count of calls
+// under way stays right, so later calls neither jump the queue nor wait forever.
+TEST(Engine, ACallThatFailsToStartTakesNoTurn) {
+    Config ca = perServer(1);
+    ca.maxMessageLength = 100'000;
+    ca.maxOutgoingBytes = 150'000;
+    Pair p(ca);
+    std::vector<uint8_t> big(100'000, 1);
+    uint64_t first = 0, refused = 0;
+    ASSERT_TRUE(p.a.startRequest(kB, big, 0, p.now, &first).isOk());
+    EXPECT_EQ(p.a.startRequest(kB, big, 0, p.now, &refused).code(), StatusCode::OutOfBuffers);
+    uint64_t second = p.call(100);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u) << "the first call still holds the only turn";
+    p.pump();
+    ASSERT_EQ(p.serveAll(10), 1);
+    p.pump();
+    ASSERT_EQ(p.serveAll(10), 1) << "the second call started when the first ended";
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(d[0].clientId, first);
+    EXPECT_EQ(d[1].clientId, second);
+    releaseAllOf(p.a, d, p.now);
+    p.call(100);
+    EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u) << "with nothing under way, a call starts at once";
+}
+
 // 0 is no limit; an engine destroyed with calls still waiting frees them (ASan).
 TEST(Engine, ZeroMeansNoLimitPerServer) {
     Pair p(perServer(0));
