@@ -151,6 +151,15 @@ struct Pair {
         pump();
         return deliveries(a);
     }
+    /// Expects A to have been handed exactly `n` messages, all responses, which it gives back.
+    void expectResponsesAtA(size_t n) {
+        auto d = deliveries(a);
+        EXPECT_EQ(d.size(), n);
+        for (auto& x : d) {
+            EXPECT_EQ(x.kind, Delivery::Kind::Response);
+            if (x.message.data) a.releaseMessage(x.message, now);
+        }
+    }
     void releaseAll(Engine& e) {
         for (auto& d : deliveries(e))
             if (d.message.data) e.releaseMessage(d.message, now);
@@ -521,12 +530,7 @@ TEST(Engine, SilenceIsHeldForTheBudgetHoweverLongTheQueue) {
     EXPECT_EQ(p.b.metrics().rpcUnknownSent, 1u) << "the lost request was found, and sent again";
     EXPECT_EQ(p.serveAll(10), 400);
     p.pump();
-    auto d = p.deliveries(p.a);
-    EXPECT_EQ(d.size(), 400u);
-    for (auto& x : d) {
-        EXPECT_EQ(x.kind, Delivery::Kind::Response);
-        if (x.message.data) p.a.releaseMessage(x.message, p.now);
-    }
+    p.expectResponsesAtA(400);
 }
 
 TEST(Engine, PacketsAboutUnknownRpcsDoNotHoldSilence) {
@@ -1400,12 +1404,7 @@ TEST(Engine, OverloadRefusesNewRequestsBeforeMakingStateAndTheyAreRetried) {
         p.pump();
     }
     p.pump();
-    auto responses = p.deliveries(p.a);
-    EXPECT_EQ(responses.size(), 2u);
-    for (auto& d : responses) {
-        EXPECT_EQ(d.kind, Delivery::Kind::Response);
-        if (d.message.data) p.a.releaseMessage(d.message, p.now);
-    }
+    p.expectResponsesAtA(2);
 }
 
 // A client told BUSY many times (a server holding its request for long) asks less often,
@@ -1736,6 +1735,20 @@ void releaseAllOf(Engine& e, const std::vector<Delivery>& ds, Time now) {
         if (d.message.data) e.releaseMessage(d.message, now);
 }
 
+// With one turn per server: B (holding `first`'s request) answers it; `second` then starts,
+// and is answered; A gets both responses, in that order.
+void serveInTurn(Pair& p, uint64_t first, uint64_t second) {
+    ASSERT_EQ(p.serveAll(10), 1);
+    p.pump();
+    ASSERT_EQ(p.serveAll(10), 1) << "the second call started when the first ended";
+    p.pump();
+    auto d = p.deliveries(p.a);
+    ASSERT_EQ(d.size(), 2u);
+    EXPECT_EQ(d[0].clientId, first);
+    EXPECT_EQ(d[1].clientId, second);
+    releaseAllOf(p.a, d, p.now);
+}
+
 // Beyond maxClientRpcsPerServer, calls to one server wait, sending nothing, and start in
 // the order they were made as earlier ones end.
 TEST(Engine, CallsBeyondTheLimitPerServerWaitTheirTurn) {
@@ -1785,15 +1798,7 @@ TEST(Engine, AWaitingCallNeverTimesOut) {
     EXPECT_EQ(p.a.metrics().clientRpcsTimedOut, 0u);
     EXPECT_TRUE(p.deliveries(p.a).empty());
     EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u);
-    ASSERT_EQ(p.serveAll(10), 1);
-    p.pump();
-    EXPECT_EQ(p.serveAll(10), 1) << "the second call started when the first ended";
-    p.pump();
-    auto d = p.deliveries(p.a);
-    ASSERT_EQ(d.size(), 2u);
-    EXPECT_EQ(d[0].clientId, first);
-    EXPECT_EQ(d[1].clientId, second);
-    releaseAllOf(p.a, d, p.now);
+    serveInTurn(p, first, second);
 }
 
 // Aborting a call under way hands its turn to the first waiting call at once; aborting a
@@ -1870,15 +1875,7 @@ TEST(Engine, ACallThatFailsToStartTakesNoTurn) {
     uint64_t second = p.call(100);
     EXPECT_EQ(p.a.rpcsWaitingToStart(), 1u) << "the first call still holds the only turn";
     p.pump();
-    ASSERT_EQ(p.serveAll(10), 1);
-    p.pump();
-    ASSERT_EQ(p.serveAll(10), 1) << "the second call started when the first ended";
-    p.pump();
-    auto d = p.deliveries(p.a);
-    ASSERT_EQ(d.size(), 2u);
-    EXPECT_EQ(d[0].clientId, first);
-    EXPECT_EQ(d[1].clientId, second);
-    releaseAllOf(p.a, d, p.now);
+    serveInTurn(p, first, second);
     p.call(100);
     EXPECT_EQ(p.a.rpcsWaitingToStart(), 0u) << "with nothing under way, a call starts at once";
 }
