@@ -732,8 +732,15 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks / 2);
     // Nor is the poll thread woken to find the ticks done: the worker keeps putting the
     // tick timer off (it went off at every tick, about 1,000 wake-ups a second, and cost
-    // a server about 8 % of its small-RPC throughput).
-    EXPECT_LT(static_cast<double>(d.get("poll_thread_wakeups")), ticks / 4);
+    // a server about 8 % of its small-RPC throughput). Under a sanitizer the worker's
+    // passes are slow enough to miss many postponements (157 wake-ups in 302 ticks, once
+    // under ThreadSanitizer beside other tests): there only "not at every tick" holds.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    constexpr double kWakeupsPerTick = 1.0;
+#else
+    constexpr double kWakeupsPerTick = 0.25;
+#endif
+    EXPECT_LT(static_cast<double>(d.get("poll_thread_wakeups")), ticks * kWakeupsPerTick);
     EXPECT_GT(d.get("tick_postponements"), 0u);
     EXPECT_EQ(d.get("poll_thread_late_takeovers"), 0u);
 }
