@@ -100,7 +100,7 @@ Engine::Engine(const Config& config, PacketSink& sink)
 }
 
 Engine::~Engine() {
-    destroying_ = true;  // (no RPC waiting for its turn starts now)
+    // Those waiting for their turn first: then freeing one under way starts none.
     for (auto& [address, peer] : peers_)
         while (!peer->waitingToStart.empty()) freeRpc(&peer->waitingToStart.front());
     while (!allRpcs_.empty()) freeRpc(&allRpcs_.front());
@@ -267,7 +267,7 @@ void Engine::freeRpc(Rpc* rpc) {
     grantsDirty_ = true;
     if (turn == ClientTurn::UnderWay) {
         --peer->clientRpcsUnderWay;
-        if (!peer->waitingToStart.empty() && !destroying_) startWaitingRpc(peer);
+        if (!peer->waitingToStart.empty()) startWaitingRpc(peer);
     }
 }
 
@@ -282,8 +282,7 @@ void Engine::startWaitingRpc(Peer* peer) {
     const Time now = lastNow_ == INT64_MIN ? 0 : lastNow_;
     rpc->birth = rpc->out.birth = rpc->in.birth = now;
     joinTimerList(rpc, now);
-    updateSendable(rpc);
-    transmitDue_ = true;
+    startSending(rpc, now);
 }
 
 Rpc* Engine::findClientRpc(uint64_t id) {
@@ -408,7 +407,6 @@ Status Engine::abortClientRpc(uint64_t id, Time now) {
     ++m_.clientRpcsAborted;
     HOMA_TRACE("rpc aborted id %u", id);
     freeRpc(rpc);
-    if (transmitDue_) transmitData(lastNow_);  // the next waiting RPC's turn came
     return {};
 }
 

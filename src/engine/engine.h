@@ -254,7 +254,7 @@ class Engine {
     bool timerBudgetLeft(Peer* peer);
     void joinTimerList(Rpc* rpc, Time now);
     /// One of `peer`'s client RPCs under way ended: the first one waiting for its turn
-    /// starts (its packets go out at the next transmitData(), which nextWakeup() makes due).
+    /// starts sending at once (its DATA carries the ack the ended one may have queued).
     void startWaitingRpc(Peer* peer);
     void sendTimerPacket(Rpc* rpc);
     void timerPacketDue(Rpc* rpc);
@@ -297,7 +297,6 @@ class Engine {
     ClientRpcIndex<Rpc> clientRpcs_{4096, kOwnCallsMaxSlots};
     RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined
     size_t rpcsWaitingToStart_ = 0;  ///< in the peers' waitingToStart lists
-    bool transmitDue_ = false;       ///< an RPC started outside transmitData(): see nextPacerWakeup()
     RpcList inServiceRpcs_;  ///< server RPCs the application is executing: no timer work
     WaitList smallBufferWaiters_;  ///< single-packet messages waiting for buffer space
     WaitList largeBufferWaiters_;  ///< larger ones, oldest first
@@ -312,7 +311,6 @@ class Engine {
     GrantPeerSet grantPeers_;
     GrantFifoSet grantFifo_;
     bool grantsDirty_ = false;
-    bool destroying_ = false;
     uint64_t incomingOutstanding_ = 0;
     double fifoGrantCredit_ = 0;
     int lastActiveCount_ = 0;

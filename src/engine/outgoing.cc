@@ -55,7 +55,6 @@ uint32_t Engine::sendNextPacket(Rpc* rpc) {
 }
 
 void Engine::transmitData(Time now) {
-    transmitDue_ = false;
     pacerDeferred_ = false;
     if (sendable_.empty()) {
         // Nothing to send, the usual case: return before the loop's set-up costs anything.

@@ -19,7 +19,6 @@ Time Engine::nextTickDue() const {
 }
 
 Time Engine::nextPacerWakeup() const {
-    if (transmitDue_) return 0;  // an RPC started when another ended: send it now
     if (pacerDeferred_ && !sendable_.empty()) return nic_.idleAt() - cfg_.maxNicQueueNs;
     return kNever;
 }
