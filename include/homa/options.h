@@ -70,6 +70,8 @@ struct ProtocolOptions {
     /// Hard cap on the peer table; packets from new peers beyond it are dropped.
     uint32_t maxPeers = 100'000;
     /// How many client ids per peer the server remembers exactly (the at-most-once window).
+    /// A request below it is admitted only when the client, asking about it, is told to
+    /// send it again (it never ran here; see docs/design.md, at-most-once).
     uint32_t seenIdWindow = 8192;
 
     /// Client RPCs with one server that may be under way at once (request being sent,

@@ -233,6 +233,11 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     return rpc;
 }
 
+void Engine::discardServerRpc(Rpc* rpc) {
+    if (rpc->state != RpcState::ServerIncoming && rpc->peer->seen) rpc->peer->seen->discarded(rpc->clientId());
+    freeRpc(rpc);
+}
+
 void Engine::freeRpc(Rpc* rpc) {
     Peer* const peer = rpc->peer;
     const ClientTurn turn = std::exchange(rpc->turn, ClientTurn::None);
@@ -417,7 +422,7 @@ Status Engine::abortServerRpc(const ServerRpcId& id, Time now) {
     if (!rpc) return {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
     ++m_.serverRpcsAborted;
     HOMA_TRACE("request dropped id %u", id.id);
-    freeRpc(rpc);
+    discardServerRpc(rpc);
     return {};
 }
 
@@ -545,10 +550,11 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             return;
         case wire::PacketType::Resend:
             if (!rpc) {
-                // A client asking about an id we used already: a new copy of its request
-                // would be dropped as stale (at-most-once), so its call can only end.
-                // Say so, rather than let it send the request again until it times out.
-                auto usedId = [&](const Peer* pr) { return fromClient && pr && pr->seen && pr->seen->contains(clientId); };
+                // A client asking about an id whose request we may have run already: a
+                // new copy of it would be dropped as stale (at-most-once), so its call can
+                // only end. Say so, rather than let it send the request again until it
+                // times out.
+                auto usedId = [&](const Peer* pr) { return fromClient && pr && pr->seen && pr->seen->mayHaveRun(clientId); };
                 const bool used = usedId(peer);
                 if (!used && fromClient && overloaded()) {
                     // Probably a request we refused; it would be refused again now, so
@@ -560,9 +566,15 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // (server). (A peer made anew here may remember ids served before it was
                 // evicted: see rememberServedIds.)
                 Peer* to = peer ? peer : getPeer(source, now);
-                if (to)
-                    sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown,
-                                used || (to != peer && usedId(to)) ? wire::kFlagIdUsed : 0);
+                if (!to) return;
+                const bool toUsed = used || (to != peer && usedId(to));
+                if (!toUsed && fromClient && to->seen && to->seen->belowWindow(clientId)) {
+                    // Never run here (lost, or refused under overload) but below the
+                    // window, where a new copy would be dropped: let the next one in.
+                    to->seen->permit(clientId, tickCount_, tickCount_ + permitTicks());
+                    ++m_.requestPermits;
+                }
+                sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, toUsed ? wire::kFlagIdUsed : 0);
                 return;
             }
             handleResend(rpc, p.resend);

@@ -151,6 +151,8 @@ class Engine {
     bool hasDeliveries() const { return !deliveries_.empty(); }
     const EngineMetrics& metrics() const { return m_; }
     const Config& config() const { return cfg_; }
+    /// How long a permit to send a request again lasts (SeenIds::permit), in ticks.
+    uint64_t permitTicks() const { return std::max<uint64_t>(4, static_cast<uint64_t>(cfg_.timeoutTicks)); }
     size_t rpcCount() const { return allRpcs_.size() + inServiceRpcs_.size() + rpcsWaitingToStart_; }
     /// Client RPCs waiting for their turn (ProtocolOptions::maxClientRpcsPerServer).
     size_t rpcsWaitingToStart() const { return rpcsWaitingToStart_; }
@@ -191,6 +193,10 @@ class Engine {
     void rememberServedIds(const Address& address, uint64_t highest);
     Rpc* newRpc(Peer* peer, uint64_t id, RpcState state, Time now);
     void freeRpc(Rpc* rpc);
+    /// Frees a server RPC before its client acknowledged it (a timeout, NEED_ACK given up,
+    /// the application dropping the request). If the request ran, its id is recorded as
+    /// such (SeenIds::discarded): a client that asks about it is told it was used.
+    void discardServerRpc(Rpc* rpc);
     Rpc* findClientRpc(uint64_t id);
     /// The same for packets from the network: an RPC waiting for its turn has sent
     /// nothing, so no packet can be about it.

@@ -36,6 +36,9 @@ struct EngineMetrics {
     uint64_t clientRpcsWaited = 0;
     uint64_t serverRequestsReceived = 0, serverResponsesSent = 0, serverRpcsAcked = 0,
              serverRpcsAbandoned = 0, serverRpcsTimedOut = 0, serverRpcsAborted = 0;
+    /// Requests below the at-most-once window that a client asked about and this server
+    /// never ran: permits to send them again, and copies admitted under one.
+    uint64_t requestPermits = 0, requestsReadmitted = 0;
     uint64_t grantsSent = 0, grantedBytes = 0, fifoGrantBytes = 0;
     uint64_t resendsSent = 0, retransmittedPackets = 0, retransmittedBytes = 0;
     uint64_t busySent = 0, rpcUnknownSent = 0, needAcksSent = 0, ackPacketsSent = 0,

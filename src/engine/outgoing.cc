@@ -24,6 +24,7 @@ void Engine::sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool re
     c.sport = cfg_.port;
     c.dport = peer->address.port;
     c.senderId = rpc->id;
+    if (rpc->restartTick != UINT64_MAX) c.flags = wire::kFlagRestarted;  // (client RPCs only)
     wire::DataHeader d;
     d.messageLength = o.length;
     d.incoming = std::max(o.granted, o.unsched);

@@ -7,10 +7,22 @@
 // Client ids grow by 2 from a per-endpoint start, so the set is a sliding bitmap over
 // the last `window` ids plus the rule that every id below the window counts as seen.
 // A client restarted with a start id from a clock lands above the window and slides it.
+//
+// Below the window a new request is never admitted on its own. But a client that asks
+// about such an id (a RESEND: it is still waiting) did not get its answer, so the server
+// ran it only if it ran it and then dropped the RPC without the client's ack (a timeout,
+// NEED_ACK given up, the application dropping the request). Those few ids are kept
+// exactly (`discarded`); everything else below the window and above `floor` was never run
+// here (lost, or refused under overload). Such a client gets a permit: the next copy of
+// the request it sends again (a DATA packet flagged as restarted) within a few ticks is
+// admitted once. Below `floor` (ids before this set began, and ids whose discard record
+// had to make room) nothing is known and everything counts as run.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <set>
+#include <utility>
 #include <vector>
 
 namespace homa::engine {
@@ -28,6 +40,69 @@ class SeenIds {
         return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
     }
 
+    /// Whether the server may have run `id`'s request already, for a client asking about
+    /// an id it has no RPC for: inside the window, whether it was seen (and not
+    /// forgotten); below it, whether it is below the floor or was discarded after it ran.
+    bool mayHaveRun(uint64_t id) const {
+        uint64_t i = id >> 1;
+        if (!initialised_) return false;
+        if (i < floor_) return true;
+        if (i < base_) return discarded_.count(i) != 0;
+        if (i >= base_ + capacity()) return false;
+        return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
+    }
+
+    /// Whether `id` is below the window (so a new copy of its request is dropped unless
+    /// it holds a permit).
+    bool belowWindow(uint64_t id) const { return initialised_ && (id >> 1) < base_; }
+
+    /// Records that `id`'s request ran and its RPC was dropped without the client's ack:
+    /// the client may still ask about it, and must then be told the id was used. At most
+    /// `kMaxDiscarded` are kept; making room raises the floor past the oldest.
+    void discarded(uint64_t id) {
+        uint64_t i = id >> 1;
+        if (!initialised_ || i < floor_) return;
+        discarded_.insert(i);
+        if (discarded_.size() > kMaxDiscarded) {
+            floor_ = *discarded_.begin() + 1;
+            discarded_.erase(discarded_.begin());
+        }
+    }
+
+    /// Lets the next restarted copy of `id`'s request (below the window) in, from tick
+    /// `nowTick` until tick `untilTick`. At most `kMaxPermits` are kept: when full,
+    /// expired ones make room, or else the one that expires soonest.
+    void permit(uint64_t id, uint64_t nowTick, uint64_t untilTick) {
+        for (auto& [pid, until] : permits_)
+            if (pid == id) {
+                until = untilTick;
+                return;
+            }
+        if (permits_.size() >= kMaxPermits) {
+            std::erase_if(permits_, [&](const auto& p) { return p.second < nowTick; });
+            if (permits_.size() >= kMaxPermits)
+                permits_.erase(std::min_element(permits_.begin(), permits_.end(),
+                                                [](const auto& x, const auto& y) { return x.second < y.second; }));
+        }
+        permits_.emplace_back(id, untilTick);
+    }
+
+    /// Uses up `id`'s permit, if it holds one that has not expired at tick `nowTick`.
+    bool takePermit(uint64_t id, uint64_t nowTick) {
+        for (size_t k = 0; k < permits_.size(); ++k)
+            if (permits_[k].first == id) {
+                const bool valid = permits_[k].second >= nowTick;
+                permits_[k] = permits_.back();
+                permits_.pop_back();
+                return valid;
+            }
+        return false;
+    }
+    size_t permits() const { return permits_.size(); }
+
+    static constexpr size_t kMaxDiscarded = 1024;
+    static constexpr size_t kMaxPermits = 1024;
+
     /// Marks `id` as seen.
     void insert(uint64_t id) {
         uint64_t i = id >> 1;
@@ -35,6 +110,7 @@ class SeenIds {
         if (!initialised_) {
             // Leave room below the first id for concurrent RPCs that arrive out of order.
             base_ = i > capacity() / 2 ? i - capacity() / 2 : 0;
+            floor_ = base_;  // (what came before this set is not known)
             initialised_ = true;
         }
         if (i < base_) return;
@@ -71,6 +147,7 @@ class SeenIds {
     void seenUpTo(uint64_t id) {
         if (initialised_) return;
         base_ = (id >> 1) + 1;
+        floor_ = base_;
         highest_ = id;
         initialised_ = true;
     }
@@ -88,6 +165,9 @@ class SeenIds {
 
     std::vector<uint64_t> bits_;
     uint64_t base_ = 0;
+    uint64_t floor_ = 0;                         // ids (>> 1) below: may have run
+    std::set<uint64_t> discarded_;               // ids (>> 1) run, then dropped unacked
+    std::vector<std::pair<uint64_t, uint64_t>> permits_;  // id, last tick it is valid
     uint64_t highest_ = 0;
     bool initialised_ = false;
 };

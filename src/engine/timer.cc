@@ -111,7 +111,7 @@ void Engine::sendTimerPacket(Rpc* rpc) {
     if (rpc->state == RpcState::ServerOutgoing && rpc->needAcksSent >= cfg_.needAckLimit) {
         ++m_.serverRpcsAbandoned;
         HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
-        freeRpc(rpc);
+        discardServerRpc(rpc);
         return;
     }
     ++rpc->peer->timerPackets;  // (timerBudgetLeft() was asked this tick)
@@ -184,7 +184,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                 ++m_.serverRpcsTimedOut;
                 HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
                            rpc->silentTicks);
-                freeRpc(rpc);
+                discardServerRpc(rpc);
             }
             return;
         case RpcState::ServerIncoming:

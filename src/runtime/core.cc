@@ -1219,6 +1219,8 @@ MetricsSnapshot Core::metrics() {
     add("client_restarts", m.clientRestarts);
     add("client_rpcs_refused_stale", m.clientRpcsRefusedStale);
     add("client_rpcs_waited", m.clientRpcsWaited);
+    add("request_permits", m.requestPermits);
+    add("requests_readmitted", m.requestsReadmitted);
     for (size_t code = 1; code <= static_cast<size_t>(StatusCode::Aborted); ++code) {
         std::string name = std::string("calls_failed_") + toString(static_cast<StatusCode>(code));
         std::replace(name.begin(), name.end(), ' ', '_');

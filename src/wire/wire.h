@@ -45,6 +45,12 @@ inline constexpr uint32_t kResendAll = 0xFFFFFFFF;
 // at-most-once window), so it will not serve a new copy of the request: the client
 // ends the call instead of sending the request again.
 inline constexpr uint8_t kFlagIdUsed = 0x01;
+// CommonHeader::flags of a client's DATA: the request is being sent again after the
+// server said it had no state for it (RPC_UNKNOWN). A server admits such a copy of a
+// request whose id fell below its at-most-once window only if it told this client, a
+// moment before, that it never ran it (see engine/seen_ids.h); a late copy of an original
+// transmission never is.
+inline constexpr uint8_t kFlagRestarted = 0x02;
 
 struct CommonHeader {
   uint16_t sport = 0;
@@ -53,7 +59,7 @@ struct CommonHeader {
   // copies of the offset cannot disagree.
   uint32_t sequence = 0;
   PacketType type = PacketType::Data;
-  uint8_t flags = 0;  // kFlagIdUsed (RPC_UNKNOWN); 0 otherwise
+  uint8_t flags = 0;  // kFlagIdUsed (RPC_UNKNOWN), kFlagRestarted (DATA); 0 otherwise
   // The sender's id for the RPC; the receiver looks up senderId ^ 1.
   uint64_t senderId = 0;
 

@@ -70,6 +70,84 @@ TEST(SeenIds, ForgettingTheHighestIdLowersHighest) {
     EXPECT_FALSE(s.contains(872));
 }
 
+// Below the window a new copy is refused (contains), but only ids that may have run
+// count for a client asking about one: those below the floor (before the set began), and
+// those recorded as run and then dropped. Others, seen or not, may be asked about again.
+TEST(SeenIds, BelowTheWindowOnlyTheFloorAndDiscardedIdsMayHaveRun) {
+    SeenIds s(128);
+    EXPECT_FALSE(s.mayHaveRun(10'000)) << "nothing seen yet";
+    s.insert(10'000);  // the floor: 10'000 less half the window
+    s.insert(10'004);
+    s.discarded(10'004);
+    s.insert(10'000 + 2 * 1000);  // slides the window far up
+    EXPECT_TRUE(s.belowWindow(10'002));
+    EXPECT_FALSE(s.belowWindow(10'000 + 2 * 1000));
+    EXPECT_TRUE(s.contains(10'002));
+    EXPECT_FALSE(s.mayHaveRun(10'002)) << "never seen here";
+    EXPECT_FALSE(s.mayHaveRun(10'000)) << "seen, and not recorded as dropped before its ack";
+    EXPECT_TRUE(s.mayHaveRun(10'004)) << "ran and was dropped";
+    EXPECT_TRUE(s.mayHaveRun(10'000 - 2 * 64 - 2)) << "below the floor nothing is known";
+    EXPECT_FALSE(s.mayHaveRun(10'000 - 2 * 64));
+    EXPECT_TRUE(s.mayHaveRun(10'000 + 2 * 1000)) << "inside the window: seen";
+    EXPECT_FALSE(s.mayHaveRun(10'000 + 2 * 999));
+}
+
+TEST(SeenIds, SeenUpToPutsTheFloorAboveTheIdsServedBefore) {
+    SeenIds s(128);
+    s.seenUpTo(5'000);
+    EXPECT_TRUE(s.mayHaveRun(5'000));
+    EXPECT_TRUE(s.mayHaveRun(100));
+    EXPECT_FALSE(s.mayHaveRun(5'002));
+}
+
+// The record of dropped ids is bounded: making room raises the floor past the oldest, so
+// that it still counts as possibly run (never as never run).
+TEST(SeenIds, TheDiscardRecordIsBoundedByRaisingTheFloor) {
+    SeenIds s(64);
+    const uint64_t first = 1'000'000;
+    s.insert(first);
+    for (uint64_t k = 0; k <= SeenIds::kMaxDiscarded; ++k) s.discarded(first + 4 * k);
+    s.insert(first + 100'000);
+    EXPECT_TRUE(s.mayHaveRun(first)) << "its record made room, and the floor rose past it";
+    EXPECT_TRUE(s.mayHaveRun(first - 2)) << "below the raised floor";
+    EXPECT_FALSE(s.mayHaveRun(first + 2)) << "above the floor and never dropped";
+    EXPECT_TRUE(s.mayHaveRun(first + 4));
+    EXPECT_TRUE(s.mayHaveRun(first + 4 * SeenIds::kMaxDiscarded));
+}
+
+TEST(SeenIds, APermitIsUsedOnceAndOnlyBeforeItExpires) {
+    SeenIds s(64);
+    s.permit(100, 10, 20);
+    EXPECT_FALSE(s.takePermit(102, 10));
+    EXPECT_TRUE(s.takePermit(100, 20));
+    EXPECT_FALSE(s.takePermit(100, 20)) << "used twice";
+    s.permit(100, 10, 20);
+    EXPECT_FALSE(s.takePermit(100, 21)) << "expired";
+    EXPECT_EQ(s.permits(), 0u);
+    s.permit(104, 10, 20);
+    s.permit(104, 15, 30);  // renewed, not doubled
+    EXPECT_EQ(s.permits(), 1u);
+    EXPECT_TRUE(s.takePermit(104, 25));
+}
+
+// A flood of RESENDs cannot grow the permits without bound: expired ones make room
+// first, then the one that expires soonest.
+TEST(SeenIds, PermitsAreBounded) {
+    SeenIds s(64);
+    s.permit(2, 0, 5);  // expires first
+    for (uint64_t k = 1; k < SeenIds::kMaxPermits; ++k) s.permit(2 + 2 * k, 0, 100 + k);
+    EXPECT_EQ(s.permits(), SeenIds::kMaxPermits);
+    s.permit(1'000'000, 10, 500);  // at tick 10 the first has expired: it makes room
+    EXPECT_EQ(s.permits(), SeenIds::kMaxPermits);
+    EXPECT_FALSE(s.takePermit(2, 4));
+    s.permit(1'000'002, 10, 500);  // none expired: the one ending soonest goes
+    EXPECT_EQ(s.permits(), SeenIds::kMaxPermits);
+    EXPECT_FALSE(s.takePermit(4, 10));
+    EXPECT_TRUE(s.takePermit(6, 10));
+    EXPECT_TRUE(s.takePermit(1'000'000, 10));
+    EXPECT_TRUE(s.takePermit(1'000'002, 10));
+}
+
 }  // namespace
 // A set made anew for a peer that was forgotten: everything up to the highest id it was
 // served counts as seen; later ids are new.

@@ -1,6 +1,7 @@
 // Test load generator for the system tests (separate processes, real sockets).
 //
 //   loadgen server ADDRESS:PORT [--threads N] [--service-us N] [--max-pending N]
+//       [--seen-id-window N]
 //       Answers each request with a response whose length is in the request; remembers
 //       every request token and counts any token seen twice (an RPC executed twice).
 //       On SIGTERM/SIGINT prints "served N duplicates N dropped_overload N" and exits
@@ -79,6 +80,8 @@ int server(const homa::Address& address, int argc, char** argv) {
     applyTestTimeout(o);
     long pending = arg(argc, argv, "--max-pending", 0);
     if (pending > 0) o.protocol.maxPendingRequests = static_cast<uint32_t>(pending);
+    long window = arg(argc, argv, "--seen-id-window", 0);
+    if (window > 0) o.protocol.seenIdWindow = static_cast<uint32_t>(window);
     homa::Status err;
     auto ep = homa::Endpoint::open(o, &err);
     if (!ep) {
