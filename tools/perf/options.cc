@@ -58,6 +58,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::IsMember({"auto", "sync", "async"}));
         c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
         c->add_option("--duration", o->duration, "seconds of load")->check(CLI::Range(0.1, 86400.0));
+        c->add_option("--drain", o->drainS,
+                      "seconds to wait after the load for calls in flight (they count in the round trips, not "
+                      "the rate); the rest end unfinished")
+            ->check(CLI::Range(0.0, 3600.0));
         c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
         c->add_option("--tcp-threads", o->tcpThreads, "TCP client/server epoll threads")->check(CLI::Range(1, 64));
         c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")

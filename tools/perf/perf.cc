@@ -207,15 +207,32 @@ class LoadGenerator {
                 nextReport += 1'000'000'000;
             }
         }
+        {
+            // The measured interval ends here: calls that finish later count in the
+            // round-trip figures (leaving them out would hide the slowest calls of an
+            // overloaded run) but not in the rate.
+            std::lock_guard lk(mu_);
+            ended_ = true;
+            elapsedNs_ = nowNs() - startNs_;
+        }
         stopping_ = true;
         if (open.joinable()) open.join();
         for (auto& t : callers) t.join();
         std::unique_lock lk(mu_);
-        cv_.wait_for(lk, std::chrono::seconds(10), [this] { return outstanding_ == 0; });
-        elapsedNs_ = std::min(nowNs(), end) - startNs_;
+        cv_.wait_for(lk, std::chrono::duration<double>(o_.drainS), [this] { return outstanding_ == 0; });
+        // What is still in flight is ended by the transport's shutdown: reported as
+        // unfinished, not as errors of the transport.
+        drained_ = true;
+        unfinished = static_cast<uint64_t>(std::max<int64_t>(outstanding_, 0));
     }
 
+    /// Every call that completed, in the measured interval or after it.
     std::vector<Sample> samples;
+    /// Calls that completed in the measured interval (the rate), and after it (while the
+    /// run waited for the calls in flight: in the samples, not in the rate).
+    uint64_t completed = 0, completedAfterEnd = 0;
+    /// Calls still in flight when the run stopped waiting for them (PerfOptions::drainS).
+    uint64_t unfinished = 0;
     uint64_t errors = 0, skipped = 0;
     /// Calls the transport refused for lack of memory (CallResult::refused): not errors,
     /// and not in the samples; the closed loop then keeps fewer calls in flight.
@@ -282,11 +299,16 @@ class LoadGenerator {
         if (r.ok) {
             samples.push_back({c.size, c.reqLen + c.respLen, rtt});
             intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
-            bytesOut += c.reqLen;
-            bytesIn += r.responseLength;
+            if (!ended_) {
+                ++completed;
+                bytesOut += c.reqLen;
+                bytesIn += r.responseLength;
+            } else {
+                ++completedAfterEnd;
+            }
             intervalOut_ += c.reqLen;
             intervalIn_ += r.responseLength;
-        } else {
+        } else if (!drained_) {  // (after it: ended by the shutdown, counted in `unfinished`)
             ++errors;
             if (firstError.empty()) firstError = r.error;
         }
@@ -421,6 +443,8 @@ class LoadGenerator {
     std::mutex mu_;
     std::condition_variable cv_;
     int64_t outstanding_ = 0;
+    bool ended_ = false;    ///< (mu_) the measured interval is over
+    bool drained_ = false;  ///< (mu_) the run no longer waits for calls in flight
     int64_t parked_ = 0;  ///< (mu_) slots whose call was refused, waiting to be reissued
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
@@ -548,7 +572,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
     std::vector<Bucket> buckets = bucketize(gen.samples, bounds, model);
     double seconds = static_cast<double>(gen.elapsedNs_) / 1e9;
-    double kops = static_cast<double>(gen.samples.size()) / seconds / 1e3;
+    double kops = static_cast<double>(gen.completed) / seconds / 1e3;
     std::vector<double> all;
     all.reserve(gen.samples.size());
     for (auto& s : gen.samples) all.push_back(static_cast<double>(s.rttNs) / 1e3);
@@ -556,8 +580,14 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
 
     std::printf("\nsummary: %zu RPCs in %.2f s = %.1f kops, out %.2f Gbps, in %.2f Gbps, errors %lu, "
                 "skipped arrivals %lu\n",
-                gen.samples.size(), seconds, kops, gen.bytesOut * 8 / seconds / 1e9, gen.bytesIn * 8 / seconds / 1e9,
-                static_cast<unsigned long>(gen.errors), static_cast<unsigned long>(gen.skipped));
+                static_cast<size_t>(gen.completed), seconds, kops, gen.bytesOut * 8 / seconds / 1e9,
+                gen.bytesIn * 8 / seconds / 1e9, static_cast<unsigned long>(gen.errors),
+                static_cast<unsigned long>(gen.skipped));
+    if (gen.completedAfterEnd > 0 || gen.unfinished > 0)
+        std::printf("after the measured %.2f s: %lu calls finished (in the round trips and the table below, not in "
+                    "the rate), %lu were still in flight %.1f s later and ended unfinished (not errors)\n",
+                    seconds, static_cast<unsigned long>(gen.completedAfterEnd),
+                    static_cast<unsigned long>(gen.unfinished), o.drainS);
     if (gen.refused > 0)
         std::printf("refused %lu calls: the client's memory for messages in flight was full (they were started "
                     "again as calls finished)\n",
@@ -583,7 +613,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["options"] = {{"protocol", o.protocol},     {"workload", o.workload},   {"max_length", o.maxLength},
                         {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
-                        {"one_way", o.oneWay},        {"duration_s", o.duration}, {"tcp_conns", o.tcpConnections},
+                        {"one_way", o.oneWay},        {"duration_s", o.duration}, {"drain_s", o.drainS}, {"tcp_conns", o.tcpConnections},
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
                         {"adaptive_poll_us", o.adaptivePollUs},
                         {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
@@ -595,7 +625,8 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         // "callback" (through the transport's thread, two wake-ups more); "given".
         j["base_rtt_method"] = !measured ? "given" : baseSynchronous ? "sync" : "callback";
         j["intervals"] = gen.intervals;
-        j["totals"] = {{"rpcs", gen.samples.size()}, {"seconds", seconds}, {"kops", kops},
+        j["totals"] = {{"rpcs", gen.completed}, {"completed_after_end", gen.completedAfterEnd},
+                       {"unfinished", gen.unfinished}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
                        {"errors", gen.errors}, {"skipped_arrivals", gen.skipped}, {"refused", gen.refused}, {"rtt_p50_us", p50},
                        {"rtt_p99_us", p99}, {"rtt_p999_us", p999}, {"cpu_us_per_rpc", cpuUsPerRpc},

@@ -33,6 +33,8 @@ struct PerfOptions {
     std::string callMode = "auto";
     bool oneWay = false;      ///< responses of 8 bytes instead of the request's size
     double duration = 5;      ///< seconds of load
+    /// Seconds to wait after the load for the calls in flight; the rest end unfinished.
+    double drainS = 10;
     int tcpConnections = 1;   ///< per server
     int tcpThreads = 1;
     double baseRttUs = 0;     ///< 0: measure before the run
