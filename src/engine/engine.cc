@@ -247,8 +247,12 @@ void Engine::freeRpc(Rpc* rpc) {
         rpc->peer->serverRpcs.erase(rpc->clientId());
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
         // Never delivered, so never executed: the client may send it again (after
-        // RPC_UNKNOWN) and must then be served, not dropped as a repeat.
-        if (rpc->state == RpcState::ServerIncoming && rpc->peer->seen) rpc->peer->seen->forget(rpc->clientId());
+        // RPC_UNKNOWN) and must then be served, not dropped as a repeat. Executed below
+        // the window: kept, so that a late RESEND for it gets no permit.
+        if (rpc->peer->seen) {
+            if (rpc->state == RpcState::ServerIncoming) rpc->peer->seen->forget(rpc->clientId());
+            else rpc->peer->seen->ranBelowWindow(rpc->clientId());
+        }
     }
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
@@ -520,6 +524,11 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // Tell the client (once per attempt, on the first packet) that we are
                 // alive but busy: it backs off instead of timing out or flooding us.
                 if (p.data.offset == 0) sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);
+                // A restarted copy refused uses up its permit, if it had one: the client
+                // asks again later and gets a new one. (Left to expire, such permits
+                // would crowd out live ones: SeenIds keeps a bounded number.)
+                if (known && known->seen && (p.common.flags & wire::kFlagRestarted) && known->seen->belowWindow(clientId))
+                    known->seen->takePermit(clientId, tickCount_);
                 return;
             }
         }

@@ -16,12 +16,17 @@
 // here (lost, or refused under overload). Such a client gets a permit: the next copy of
 // the request it sends again (a DATA packet flagged as restarted) within a few ticks is
 // admitted once. Below `floor` (ids before this set began, and ids whose discard record
-// had to make room) nothing is known and everything counts as run.
+// had to make room) nothing is known and everything counts as run. The ids of the last
+// requests that ran below the window (readmitted ones, and ones that outlived the window)
+// are kept too (`ranBelow`): a RESEND for one that arrives late, after the ack, must not
+// win it a second permit.
+//
+// Bounds per client: the bitmap (window / 8 bytes), and at most kMaxPermits permits,
+// kMaxDiscarded discard records and kRanBelow recent ids (about 8 KB in all).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
-#include <set>
 #include <utility>
 #include <vector>
 
@@ -46,8 +51,11 @@ class SeenIds {
     bool mayHaveRun(uint64_t id) const {
         uint64_t i = id >> 1;
         if (!initialised_) return false;
-        if (i < floor_) return true;
-        if (i < base_) return discarded_.count(i) != 0;
+        if (i < base_)
+            return i < floor_ || std::binary_search(discarded_.begin(), discarded_.end(), i) ||
+                   std::find(ranBelow_.begin(), ranBelow_.end(), i) != ranBelow_.end();
+        // (Inside the window the bits are exact: the floor, which a full discard record
+        // may raise into it, only speaks for ids below.)
         if (i >= base_ + capacity()) return false;
         return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
     }
@@ -62,10 +70,24 @@ class SeenIds {
     void discarded(uint64_t id) {
         uint64_t i = id >> 1;
         if (!initialised_ || i < floor_) return;
-        discarded_.insert(i);
+        auto at = std::lower_bound(discarded_.begin(), discarded_.end(), i);
+        if (at != discarded_.end() && *at == i) return;
+        discarded_.insert(at, i);
         if (discarded_.size() > kMaxDiscarded) {
-            floor_ = *discarded_.begin() + 1;
+            floor_ = discarded_.front() + 1;
             discarded_.erase(discarded_.begin());
+        }
+    }
+
+    /// Records that `id`'s request ran and its RPC ended while the id was below the window
+    /// (acked, or given up): kept among the last kRanBelow such ids, oldest forgotten.
+    void ranBelowWindow(uint64_t id) {
+        if (!belowWindow(id)) return;
+        if (ranBelow_.size() < kRanBelow) {
+            ranBelow_.push_back(id >> 1);
+        } else {
+            ranBelow_[ranBelowNext_] = id >> 1;
+            ranBelowNext_ = (ranBelowNext_ + 1) % kRanBelow;
         }
     }
 
@@ -100,8 +122,9 @@ class SeenIds {
     }
     size_t permits() const { return permits_.size(); }
 
-    static constexpr size_t kMaxDiscarded = 1024;
-    static constexpr size_t kMaxPermits = 1024;
+    static constexpr size_t kMaxDiscarded = 256;
+    static constexpr size_t kMaxPermits = 256;
+    static constexpr size_t kRanBelow = 256;
 
     /// Marks `id` as seen.
     void insert(uint64_t id) {
@@ -166,7 +189,9 @@ class SeenIds {
     std::vector<uint64_t> bits_;
     uint64_t base_ = 0;
     uint64_t floor_ = 0;                         // ids (>> 1) below: may have run
-    std::set<uint64_t> discarded_;               // ids (>> 1) run, then dropped unacked
+    std::vector<uint64_t> discarded_;            // ids (>> 1) run, then dropped unacked; sorted
+    std::vector<uint64_t> ranBelow_;             // ids (>> 1) run below the window; a ring
+    size_t ranBelowNext_ = 0;
     std::vector<std::pair<uint64_t, uint64_t>> permits_;  // id, last tick it is valid
     uint64_t highest_ = 0;
     bool initialised_ = false;

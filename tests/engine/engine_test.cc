@@ -1295,6 +1295,87 @@ TEST(Engine, ALostRequestBelowTheServersWindowIsServedWhenTheClientAsks) {
     EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
 }
 
+// The overload case: a request refused (BUSY) while the server was full, whose id fell
+// below the window as newer calls went through one at a time, is served once the client
+// asks again and the server has room.
+TEST(Engine, ARequestRefusedUnderOverloadIsServedAfterTheWindowMovesPastIt) {
+    Config cb = baseConfig();
+    cb.seenIdWindow = 64;
+    cb.maxPendingRequests = 1;
+    Pair p(baseConfig(), cb);
+    p.call(100);
+    p.deliverAToB();
+    const uint64_t refused = p.call(100);
+    p.pump();
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Overload)], 1u);
+    EXPECT_GE(p.a.metrics().packetsReceived[EngineMetrics::typeIndex(wire::PacketType::Busy)], 1u);
+    EXPECT_EQ(p.serveAll(50), 1);
+    p.pump();
+    p.releaseAll(p.a);
+    for (int i = 0; i < 100; ++i) {  // one at a time: each is admitted
+        p.call(100);
+        p.pump();
+        ASSERT_EQ(p.serveAll(50), 1) << i;
+        p.pump();
+        p.releaseAll(p.a);
+    }
+    int served = 0;
+    std::vector<Delivery> ended;
+    p.tickUntil(p.cfgA.timeoutTicks, [&] {
+        served += p.serveAll(50);
+        return !(ended = p.deliveries(p.a)).empty();
+    });
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, refused);
+    ASSERT_EQ(ended[0].kind, Delivery::Kind::Response) << ended[0].status.toString();
+    p.a.releaseMessage(ended[0].message, p.now);
+    EXPECT_EQ(served, 1);
+    EXPECT_EQ(p.b.metrics().requestsReadmitted, 1u);
+}
+
+// A restarted copy refused for overload uses up its permit (permits left to expire
+// would crowd out live ones); the client's next RESEND earns a new one.
+TEST(Engine, ARestartedCopyRefusedForOverloadUsesUpItsPermit) {
+    Config cb = baseConfig();
+    cb.seenIdWindow = 64;
+    cb.maxPendingRequests = 1;
+    Pair p(baseConfig(), cb);
+    const uint64_t lost = p.call(100);
+    std::vector<Sent> original = p.sinkA.take();
+    ASSERT_EQ(original.size(), 1u);
+    for (int i = 0; i < 100; ++i) {
+        p.call(100);
+        p.pump();
+        ASSERT_EQ(p.serveAll(50), 1) << i;
+        p.pump();
+        p.releaseAll(p.a);
+    }
+    const wire::Packet pk = original[0].packet();
+    wire::CommonHeader flagged = pk.common;
+    flagged.flags = wire::kFlagRestarted;
+    std::vector<uint8_t> restarted(wire::kMaxHeaderSize);
+    restarted.resize(wire::encodeData(restarted, flagged, pk.data));
+    restarted.insert(restarted.end(), pk.payload.begin(), pk.payload.end());
+    auto resend = [&] { p.b.receive(kA, encode(from(lost), wire::PacketType::Resend, 0, wire::kResendAll), p.now); };
+    resend();
+    EXPECT_EQ(p.b.metrics().requestPermits, 1u);
+    p.call(100);
+    p.deliverAToB();  // the server is full again
+    p.b.receive(kA, restarted, p.now);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Overload)], 1u);
+    EXPECT_EQ(p.serveAll(50), 1);
+    p.pump();
+    p.releaseAll(p.a);
+    const uint64_t stale = p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)];
+    p.b.receive(kA, restarted, p.now);
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], stale + 1) << "the permit outlived the refusal";
+    resend();
+    EXPECT_EQ(p.b.metrics().requestPermits, 2u);
+    p.b.receive(kA, restarted, p.now);
+    EXPECT_EQ(p.b.metrics().requestsReadmitted, 1u);
+    EXPECT_EQ(p.serveAll(50), 1);
+}
+
 // At-most-once still holds below the window: a request the server ran and then dropped
 // without the client's ack (here the application drops it) is never run again. The
 // client asking about it, after the window moved past its id, is told the id was used and
@@ -1382,6 +1463,62 @@ TEST(Engine, OnlyARestartedCopyWithALivePermitIsAdmittedBelowTheWindow) {
     EXPECT_EQ(staleDrops(), 4u);
     EXPECT_TRUE(p.deliveries(p.b).empty());
     EXPECT_EQ(p.b.metrics().requestsReadmitted, 1u);
+    // A late RESEND (sent before the response arrived, delivered after the ack) finds
+    // the request run: no second permit, and a second restarted copy stays out.
+    const uint64_t permits = p.b.metrics().requestPermits;
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(lost), wire::PacketType::Resend, 0, wire::kResendAll), p.now);
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::RpcUnknown), 1u);
+    EXPECT_EQ(p.sinkB.first(wire::PacketType::RpcUnknown).packet().common.flags, wire::kFlagIdUsed);
+    EXPECT_EQ(p.b.metrics().requestPermits, permits);
+    p.b.receive(kA, restarted, p.now);
+    EXPECT_EQ(staleDrops(), 5u);
+    EXPECT_TRUE(p.deliveries(p.b).empty());
+}
+
+// A server that gives up waiting for the client's ack (NEED_ACK unanswered) records the
+// request as run: when the client, which never got the response, asks about it after
+// the window moved past it, it is told the id was used (Aborted), not to send it again.
+TEST(Engine, ARequestWhoseAckWasGivenUpOnBelowTheWindowIsNeverRunAgain) {
+    Config ca = baseConfig();
+    ca.timeoutTicks = 1000;  // the client outlasts the server's NEED_ACKs (50 x 2 ticks)
+    Config cb = baseConfig();
+    cb.seenIdWindow = 64;
+    Pair p(ca, cb);
+    const uint64_t x = p.call(100);
+    p.pump();
+    auto requests = p.deliveries(p.b);
+    ASSERT_EQ(requests.size(), 1u);
+    p.b.releaseMessage(requests[0].message, p.now);
+    ASSERT_TRUE(p.b.sendResponse(requests[0].server, std::vector<uint8_t>(10, 1), p.now).isOk());
+    p.sinkB.take();  // the response is lost
+    // Until the server gives up, every packet about x is lost, both ways.
+    auto aboutX = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == x; };
+    int ticks = 0;
+    while (p.b.metrics().serverRpcsAbandoned == 0 && ticks++ < 10'000) {
+        p.tick();
+        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
+            for (auto& s : p.sinkA.take())
+                if (!aboutX(s)) p.b.receive(kA, s.bytes, p.now);
+            for (auto& s : p.sinkB.take())
+                if (!aboutX(s)) p.a.receive(kB, s.bytes, p.now);
+        }
+    }
+    ASSERT_EQ(p.b.metrics().serverRpcsAbandoned, 1u);
+    ASSERT_TRUE(p.deliveries(p.a).empty()) << "the call ended before the server gave up";
+    // (Given up inside the window; now newer calls move it past x.)
+    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
+    std::vector<Delivery> ended;
+    int served = 0;
+    p.tickUntil(p.cfgA.timeoutTicks, [&] {
+        served += p.serveAll(50);
+        return !(ended = p.deliveries(p.a)).empty();
+    });
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, x);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
+    EXPECT_EQ(served, 0) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
 }
 
 // An RPC_UNKNOWN flagged "id used" for an id the client does not know (a late copy after

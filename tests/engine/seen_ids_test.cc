@@ -148,6 +148,36 @@ TEST(SeenIds, PermitsAreBounded) {
     EXPECT_TRUE(s.takePermit(1'000'002, 10));
 }
 
+// A full discard record raises the floor, possibly into the window; the window's own
+// bits stay exact: an id inside it that was never seen (lost, refused) is not "may have
+// run", and its client is told to send it again rather than told it was used.
+TEST(SeenIds, AFloorRaisedIntoTheWindowSpeaksOnlyForIdsBelowIt) {
+    SeenIds s(8192);
+    for (uint64_t id = 2; id <= 4000; id += 2)
+        if (id != 100) s.insert(id);
+    for (uint64_t k = 0; k <= SeenIds::kMaxDiscarded; ++k) s.discarded(2000 + 2 * k);
+    EXPECT_FALSE(s.belowWindow(100));
+    EXPECT_FALSE(s.contains(100));
+    EXPECT_FALSE(s.mayHaveRun(100)) << "never seen, inside the window";
+    EXPECT_TRUE(s.mayHaveRun(102));
+}
+
+// Requests that ran below the window (readmitted ones) are remembered, the last
+// kRanBelow of them: a RESEND for one, arriving after its ack, finds it run.
+TEST(SeenIds, TheLastIdsRunBelowTheWindowAreRemembered) {
+    SeenIds s(64);
+    s.insert(10'000);
+    s.insert(20'000);  // slides the window far up
+    s.ranBelowWindow(20'000);  // inside the window: its bit says it all
+    for (uint64_t k = 0; k <= SeenIds::kRanBelow; ++k) {
+        EXPECT_FALSE(s.mayHaveRun(10'002 + 2 * k)) << k;
+        s.ranBelowWindow(10'002 + 2 * k);
+        EXPECT_TRUE(s.mayHaveRun(10'002 + 2 * k)) << k;
+    }
+    EXPECT_FALSE(s.mayHaveRun(10'002)) << "the oldest made room";
+    EXPECT_TRUE(s.mayHaveRun(10'004));
+}
+
 }  // namespace
 // A set made anew for a peer that was forgotten: everything up to the highest id it was
 // served counts as seen; later ids are new.
