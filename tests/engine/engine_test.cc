@@ -62,6 +62,15 @@ Config baseConfig() {
     return c;
 }
 
+// A server that remembers only 64 client ids exactly (its at-most-once window), and
+// admits `maxPending` requests at a time (0: any number).
+Config smallWindowServer(uint32_t maxPending = 0) {
+    Config c = baseConfig();
+    c.seenIdWindow = 64;
+    c.maxPendingRequests = maxPending;
+    return c;
+}
+
 // Two engines, A (normally the client) and B (normally the server).
 struct Pair {
     Config cfgA, cfgB;
@@ -164,7 +173,49 @@ struct Pair {
         for (auto& d : deliveries(e))
             if (d.message.data) e.releaseMessage(d.message, now);
     }
+    /// Pumps, then expects B to have been handed exactly one request, whose buffer it
+    /// gives back; returns the request's id, for B's answer (or abort).
+    ServerRpcId requestAtB() {
+        pump();
+        auto d = deliveries(b);
+        EXPECT_EQ(d.size(), 1u);
+        if (d.empty()) return {};
+        b.releaseMessage(d[0].message, now);
+        return d[0].server;
+    }
+    /// Runs `n` calls one after another (so a server with room for one admits each).
+    void oneAtATime(int n) {
+        for (int i = 0; i < n; ++i) {
+            call(100);
+            pump();
+            ASSERT_EQ(serveAll(50), 1) << i;
+            pump();
+            releaseAll(a);
+        }
+    }
+    /// Ticks (at most timeoutTicks), answering every request B gets with 50 bytes, until
+    /// A is handed something; returns what, and counts the ticks and requests served.
+    std::vector<Delivery> tickUntilAnswered(int* ticks, int* served) {
+        std::vector<Delivery> ended;
+        *served = 0;
+        *ticks = tickUntil(cfgA.timeoutTicks, [&] {
+            *served += serveAll(50);
+            return !(ended = deliveries(a)).empty();
+        });
+        return ended;
+    }
 };
+
+// A client's DATA packet again, flagged as a request sent again (after RPC_UNKNOWN).
+std::vector<uint8_t> restartedCopy(const Sent& original) {
+    const wire::Packet pk = original.packet();
+    wire::CommonHeader flagged = pk.common;
+    flagged.flags = wire::kFlagRestarted;
+    std::vector<uint8_t> bytes(wire::kMaxHeaderSize);
+    bytes.resize(wire::encodeData(bytes, flagged, pk.data));
+    bytes.insert(bytes.end(), pk.payload.begin(), pk.payload.end());
+    return bytes;
+}
 
 std::vector<uint8_t> encode(const wire::CommonHeader& c, wire::PacketType t, uint32_t off = 0, uint32_t len = 0,
                             uint8_t prio = 0) {
@@ -1268,18 +1319,12 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
 // admits the copy (flagged as restarted): the call succeeds. (It used to end as
 // Aborted: with 2 Mops to one server, 5 ms of silence are 10,000 newer ids.)
 TEST(Engine, ALostRequestBelowTheServersWindowIsServedWhenTheClientAsks) {
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallWindowServer());
     const uint64_t lost = p.call(100, 77);
     p.sinkA.take();  // never reaches the server
     for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);  // 100 newer ids: the window slides past the first
-    int served = 0;
-    std::vector<Delivery> ended;
-    const int ticks = p.tickUntil(p.cfgA.timeoutTicks, [&] {
-        served += p.serveAll(50);
-        return !(ended = p.deliveries(p.a)).empty();
-    });
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, lost);
     EXPECT_EQ(ended[0].cookie, 77u);
@@ -1299,10 +1344,7 @@ TEST(Engine, ALostRequestBelowTheServersWindowIsServedWhenTheClientAsks) {
 // below the window as newer calls went through one at a time, is served once the client
 // asks again and the server has room.
 TEST(Engine, ARequestRefusedUnderOverloadIsServedAfterTheWindowMovesPastIt) {
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    cb.maxPendingRequests = 1;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallWindowServer(1));
     p.call(100);
     p.deliverAToB();
     const uint64_t refused = p.call(100);
@@ -1312,19 +1354,9 @@ TEST(Engine, ARequestRefusedUnderOverloadIsServedAfterTheWindowMovesPastIt) {
     EXPECT_EQ(p.serveAll(50), 1);
     p.pump();
     p.releaseAll(p.a);
-    for (int i = 0; i < 100; ++i) {  // one at a time: each is admitted
-        p.call(100);
-        p.pump();
-        ASSERT_EQ(p.serveAll(50), 1) << i;
-        p.pump();
-        p.releaseAll(p.a);
-    }
-    int served = 0;
-    std::vector<Delivery> ended;
-    p.tickUntil(p.cfgA.timeoutTicks, [&] {
-        served += p.serveAll(50);
-        return !(ended = p.deliveries(p.a)).empty();
-    });
+    p.oneAtATime(100);  // each is admitted
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, refused);
     ASSERT_EQ(ended[0].kind, Delivery::Kind::Response) << ended[0].status.toString();
@@ -1336,26 +1368,12 @@ TEST(Engine, ARequestRefusedUnderOverloadIsServedAfterTheWindowMovesPastIt) {
 // A restarted copy refused for overload uses up its permit (permits left to expire
 // would crowd out live ones); the client's next RESEND earns a new one.
 TEST(Engine, ARestartedCopyRefusedForOverloadUsesUpItsPermit) {
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    cb.maxPendingRequests = 1;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallWindowServer(1));
     const uint64_t lost = p.call(100);
     std::vector<Sent> original = p.sinkA.take();
     ASSERT_EQ(original.size(), 1u);
-    for (int i = 0; i < 100; ++i) {
-        p.call(100);
-        p.pump();
-        ASSERT_EQ(p.serveAll(50), 1) << i;
-        p.pump();
-        p.releaseAll(p.a);
-    }
-    const wire::Packet pk = original[0].packet();
-    wire::CommonHeader flagged = pk.common;
-    flagged.flags = wire::kFlagRestarted;
-    std::vector<uint8_t> restarted(wire::kMaxHeaderSize);
-    restarted.resize(wire::encodeData(restarted, flagged, pk.data));
-    restarted.insert(restarted.end(), pk.payload.begin(), pk.payload.end());
+    p.oneAtATime(100);
+    const std::vector<uint8_t> restarted = restartedCopy(original[0]);
     auto resend = [&] { p.b.receive(kA, encode(from(lost), wire::PacketType::Resend, 0, wire::kResendAll), p.now); };
     resend();
     EXPECT_EQ(p.b.metrics().requestPermits, 1u);
@@ -1381,22 +1399,12 @@ TEST(Engine, ARestartedCopyRefusedForOverloadUsesUpItsPermit) {
 // client asking about it, after the window moved past its id, is told the id was used and
 // its call ends as Aborted (at its first RESEND, not at its timeout).
 TEST(Engine, ARequestRunAndDroppedBelowTheWindowIsNeverRunAgain) {
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallWindowServer());
     const uint64_t dropped = p.call(100);
-    p.pump();
-    auto requests = p.deliveries(p.b);
-    ASSERT_EQ(requests.size(), 1u);
-    p.b.releaseMessage(requests[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(requests[0].server, p.now).isOk());
+    ASSERT_TRUE(p.b.abortServerRpc(p.requestAtB(), p.now).isOk());
     for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
-    int served = 0;
-    std::vector<Delivery> ended;
-    const int ticks = p.tickUntil(p.cfgA.timeoutTicks, [&] {
-        served += p.serveAll(50);
-        return !(ended = p.deliveries(p.a)).empty();
-    });
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, dropped);
     EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
@@ -1411,22 +1419,14 @@ TEST(Engine, ARequestRunAndDroppedBelowTheWindowIsNeverRunAgain) {
 // copy with no permit, or one that comes after its permit expired. And a permit admits
 // one copy, once.
 TEST(Engine, OnlyARestartedCopyWithALivePermitIsAdmittedBelowTheWindow) {
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    Pair p(baseConfig(), cb);
+    Pair p(baseConfig(), smallWindowServer());
     const uint64_t lost = p.call(100);
     std::vector<Sent> original = p.sinkA.take();
     ASSERT_EQ(original.size(), 1u);
     for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
     const uint64_t stale = p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)];
     auto staleDrops = [&] { return p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)] - stale; };
-    // The same DATA flagged as restarted.
-    const wire::Packet pk = original[0].packet();
-    wire::CommonHeader flagged = pk.common;
-    flagged.flags = wire::kFlagRestarted;
-    std::vector<uint8_t> restarted(wire::kMaxHeaderSize);
-    restarted.resize(wire::encodeData(restarted, flagged, pk.data));
-    restarted.insert(restarted.end(), pk.payload.begin(), pk.payload.end());
+    const std::vector<uint8_t> restarted = restartedCopy(original[0]);
     p.b.receive(kA, restarted, p.now);  // no permit yet
     EXPECT_EQ(staleDrops(), 1u);
     p.b.receive(kA, encode(from(lost), wire::PacketType::Resend, 0, wire::kResendAll), p.now);
@@ -1444,10 +1444,7 @@ TEST(Engine, OnlyARestartedCopyWithALivePermitIsAdmittedBelowTheWindow) {
     p.b.receive(kA, encode(from(lost), wire::PacketType::Resend, 0, wire::kResendAll), p.now);
     p.b.receive(kA, restarted, p.now);
     EXPECT_EQ(staleDrops(), 3u);
-    auto requests = p.deliveries(p.b);
-    ASSERT_EQ(requests.size(), 1u);
-    p.b.releaseMessage(requests[0].message, p.now);
-    ASSERT_TRUE(p.b.sendResponse(requests[0].server, std::vector<uint8_t>(10, 1), p.now).isOk());
+    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
     wire::AckEntry ack{lost, kPort};
     wire::CommonHeader c = from(lost);
     std::vector<uint8_t> buf(wire::kMaxHeaderSize);
@@ -1482,20 +1479,13 @@ TEST(Engine, OnlyARestartedCopyWithALivePermitIsAdmittedBelowTheWindow) {
 TEST(Engine, ARequestWhoseAckWasGivenUpOnBelowTheWindowIsNeverRunAgain) {
     Config ca = baseConfig();
     ca.timeoutTicks = 1000;  // the client outlasts the server's NEED_ACKs (50 x 2 ticks)
-    Config cb = baseConfig();
-    cb.seenIdWindow = 64;
-    Pair p(ca, cb);
+    Pair p(ca, smallWindowServer());
     const uint64_t x = p.call(100);
-    p.pump();
-    auto requests = p.deliveries(p.b);
-    ASSERT_EQ(requests.size(), 1u);
-    p.b.releaseMessage(requests[0].message, p.now);
-    ASSERT_TRUE(p.b.sendResponse(requests[0].server, std::vector<uint8_t>(10, 1), p.now).isOk());
+    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
     p.sinkB.take();  // the response is lost
     // Until the server gives up, every packet about x is lost, both ways.
     auto aboutX = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == x; };
-    int ticks = 0;
-    while (p.b.metrics().serverRpcsAbandoned == 0 && ticks++ < 10'000) {
+    for (int tick = 0; p.b.metrics().serverRpcsAbandoned == 0 && tick < 10'000; ++tick) {
         p.tick();
         for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
             for (auto& s : p.sinkA.take())
@@ -1508,12 +1498,8 @@ TEST(Engine, ARequestWhoseAckWasGivenUpOnBelowTheWindowIsNeverRunAgain) {
     ASSERT_TRUE(p.deliveries(p.a).empty()) << "the call ended before the server gave up";
     // (Given up inside the window; now newer calls move it past x.)
     for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
-    std::vector<Delivery> ended;
-    int served = 0;
-    p.tickUntil(p.cfgA.timeoutTicks, [&] {
-        served += p.serveAll(50);
-        return !(ended = p.deliveries(p.a)).empty();
-    });
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
     ASSERT_EQ(ended.size(), 1u);
     EXPECT_EQ(ended[0].clientId, x);
     EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
