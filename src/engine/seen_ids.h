@@ -14,8 +14,8 @@
 // NEED_ACK given up, the application dropping the request). Those few ids are kept
 // exactly (`discarded`); everything else below the window and above `floor` was never run
 // here (lost, or refused under overload). Such a client gets a permit: the next copy of
-// the request it sends again (a DATA packet flagged as restarted) within a few ticks is
-// admitted once. Below `floor` (ids before this set began, and ids whose discard record
+// the request it sends again (a DATA packet flagged as restarted) before the permit
+// expires (Engine::permitTicks) is admitted once. Below `floor` (ids before this set began, and ids whose discard record
 // had to make room) nothing is known and everything counts as run. The ids of the last
 // requests that ran below the window (readmitted ones, and ones that outlived the window)
 // are kept too (`ranBelow`): a RESEND for one that arrives late, after the ack, must not
@@ -47,7 +47,8 @@ class SeenIds {
 
     /// Whether the server may have run `id`'s request already, for a client asking about
     /// an id it has no RPC for: inside the window, whether it was seen (and not
-    /// forgotten); below it, whether it is below the floor or was discarded after it ran.
+    /// forgotten); below it, whether it is below the floor or recorded as run (discarded,
+    /// or run below the window).
     bool mayHaveRun(uint64_t id) const {
         uint64_t i = id >> 1;
         if (!initialised_) return false;
