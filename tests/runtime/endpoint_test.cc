@@ -600,7 +600,9 @@ std::vector<uint64_t> sendsSeenByCallbacksOfABurst(int inFlight, int answered, s
 TEST(Endpoint, CallsStartedByABurstOfCallbacksLeaveInTwoHalves) {
     constexpr int kCalls = 32;
     std::vector<uint64_t> sends, acks;
-    for (int attempt = 0; attempt < 5 && sends.empty(); ++attempt)
+    // (Up to ten attempts: on a busy machine the server's answers may come in more than
+    // one receive, when each attempt says nothing; five once all did.)
+    for (int attempt = 0; attempt < 10 && sends.empty(); ++attempt)
         sends = sendsSeenByCallbacksOfABurst(kCalls, kCalls, &acks);
     ASSERT_EQ(sends.size(), size_t{kCalls}) << "the responses never reached the client in one receive";
     for (int i = 0; i < kCalls; ++i)
@@ -848,7 +850,10 @@ TEST(Endpoint, PollThreadLeavesTheLoopToABusyWorker) {
                 static_cast<unsigned long>(d.get("poll_thread_socket_waits")),
                 static_cast<unsigned long>(d.get("poll_thread_stood_aside")),
                 static_cast<unsigned long>(d.get("blocking_receives")), kCalls);
-    EXPECT_GT(d.get("poll_thread_stood_aside"), 0u);
+    // The poll thread stood aside, or never had to: the worker held the loop throughout
+    // (3 runs in 21 on this machine one morning: no socket wait, nothing to stand
+    // aside from).
+    EXPECT_TRUE(d.get("poll_thread_stood_aside") > 0 || d.get("poll_thread_socket_waits") == 0);
     // Without standing aside the poll thread waits on the socket for most batches (3,128-
     // 3,445 times for these 4,000 calls in a release build). Loose, since a worker
     // preempted for longer than the grace period rightly gives the loop to the poll thread
