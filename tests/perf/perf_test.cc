@@ -124,6 +124,18 @@ TEST(PerfStats, BucketsAndSlowdownByHand) {
     EXPECT_DOUBLE_EQ(b[1].rttP99Us, 80.0);
 }
 
+// Errors are counted by kind: a library status's name, or a TCP error's text up to its
+// first ": " (an address's colons do not count).
+TEST(PerfStats, ErrorKindIsTheTextBeforeTheFirstColon) {
+    EXPECT_EQ(errorKind("timeout: no response from 10.0.0.2:4000 for 100 ms"), "timeout");
+    EXPECT_EQ(errorKind("aborted: the server will not serve this request: it has used its id"), "aborted");
+    EXPECT_EQ(errorKind("stopped"), "stopped");
+    EXPECT_EQ(errorKind("cannot connect to 10.0.0.2:4000: Connection refused"), "cannot connect to 10.0.0.2:4000");
+    EXPECT_EQ(errorKind("cannot connect to [::1]:4000: Connection refused"), "cannot connect to [::1]:4000");
+    EXPECT_EQ(errorKind(""), "unknown");
+    EXPECT_EQ(errorKind(": nothing before"), "unknown");
+}
+
 TEST(PerfStats, DecileBoundsFollowTheCdf) {
     std::vector<uint32_t> sizes = {10, 20, 1000};
     std::vector<double> cum = {0.5, 0.95, 1.0};
@@ -143,6 +155,8 @@ void checkSchema(const nlohmann::json& j, const std::string& protocol) {
     for (const char* k : {"machine", "base_rtt_us", "intervals", "totals", "buckets"}) EXPECT_TRUE(j.contains(k)) << k;
     EXPECT_GT(j["totals"]["rpcs"].get<uint64_t>(), 0u);
     EXPECT_EQ(j["totals"]["errors"].get<uint64_t>(), 0u);
+    EXPECT_TRUE(j["totals"]["errors_by_kind"].is_object());
+    EXPECT_TRUE(j["totals"]["errors_by_kind"].empty());
     uint64_t counted = 0;
     for (const auto& b : j["buckets"]) {
         for (const char* k : {"max_size", "count", "rtt_p50_us", "rtt_p99_us", "slowdown_p50", "slowdown_p99"})

@@ -64,6 +64,12 @@ struct PerfOptions {
 /// puts the help text in *error and sets *help.
 bool parseOptions(int argc, char** argv, PerfOptions* options, std::string* error, bool* help);
 
+/// The kind of a failed call's error, for counting errors by kind: the text before the
+/// first ": " ("timeout: no response ..." -> "timeout"), or the whole text if it has none.
+std::string errorKind(const std::string& error);
+/// Most error kinds a run keeps apart; the rest count as "other".
+inline constexpr size_t kMaxErrorKinds = 16;
+
 int runServer(const PerfOptions& o);
 int runClient(const PerfOptions& o);
 int runLocal(const PerfOptions& o);
