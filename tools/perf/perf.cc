@@ -200,8 +200,12 @@ class LoadGenerator {
             for (int i = 0; i < o_.clientMax; ++i) issue();
         }
         int64_t nextReport = startNs_ + 1'000'000'000;
-        while (nowNs() < end && !interrupted) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        for (;;) {
+            // (Sleeps end at the end itself: the interval is not stretched by a late look.)
+            const int64_t now = nowNs();
+            if (now >= end || interrupted) break;
+            std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(10'000'000, end - now)));
+            if (nowNs() >= end) break;
             if (unpark(true)) issue();  // nothing in flight to finish and make room
             if (nowNs() >= nextReport) {
                 report(nextReport);
@@ -211,20 +215,32 @@ class LoadGenerator {
         {
             // The measured interval ends here: calls that finish later count in the
             // round-trip figures (leaving them out would hide the slowest calls of an
-            // overloaded run) but not in the rate.
+            // overloaded run) but not in the rate. No call starts after it.
             std::lock_guard lk(mu_);
             ended_ = true;
+            stopping_ = true;
             elapsedNs_ = nowNs() - startNs_;
         }
-        stopping_ = true;
+        if (nextReport <= end && !interrupted) report(nextReport);  // the last whole second
         if (open.joinable()) open.join();
+        bool left;
+        {
+            std::unique_lock lk(mu_);
+            cv_.wait_for(lk, std::chrono::duration<double>(o_.drainS), [this] { return outstanding_ == 0; });
+            // What is still in flight is ended by the transport's shutdown: unfinished,
+            // not errors of the transport (see record()).
+            drained_ = true;
+            left = outstanding_ > 0;
+        }
+        // (Synchronous callers wait in their calls: only the shutdown ends those.)
+        if (left) transport_.stop();
         for (auto& t : callers) t.join();
-        std::unique_lock lk(mu_);
-        cv_.wait_for(lk, std::chrono::duration<double>(o_.drainS), [this] { return outstanding_ == 0; });
-        // What is still in flight is ended by the transport's shutdown: reported as
-        // unfinished, not as errors of the transport.
-        drained_ = true;
-        unfinished = static_cast<uint64_t>(std::max<int64_t>(outstanding_, 0));
+    }
+
+    /// Calls never reported at all (after the transport stopped: none should be).
+    uint64_t unreported() {
+        std::lock_guard lk(mu_);
+        return static_cast<uint64_t>(std::max<int64_t>(outstanding_, 0));
     }
 
     /// Every call that completed, in the measured interval or after it.
@@ -232,7 +248,8 @@ class LoadGenerator {
     /// Calls that completed in the measured interval (the rate), and after it (while the
     /// run waited for the calls in flight: in the samples, not in the rate).
     uint64_t completed = 0, completedAfterEnd = 0;
-    /// Calls still in flight when the run stopped waiting for them (PerfOptions::drainS).
+    /// Calls still in flight when the run stopped waiting for them (PerfOptions::drainS),
+    /// however they ended after that.
     uint64_t unfinished = 0;
     uint64_t errors = 0, skipped = 0;
     std::map<std::string, uint64_t> errorsByKind;
@@ -298,6 +315,10 @@ class LoadGenerator {
     /// whether the closed loop goes on.
     bool record(const Call& c, const CallResult& r, int64_t rtt) {
         --outstanding_;
+        if (drained_) {
+            ++unfinished;  // (ended by the shutdown, or finished after the run stopped waiting)
+            return false;
+        }
         if (r.ok) {
             samples.push_back({c.size, c.reqLen + c.respLen, rtt});
             intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
@@ -310,7 +331,7 @@ class LoadGenerator {
             }
             intervalOut_ += c.reqLen;
             intervalIn_ += r.responseLength;
-        } else if (!drained_) {  // (after it: ended by the shutdown, counted in `unfinished`)
+        } else {
             ++errors;
             if (firstError.empty()) firstError = r.error;
             std::string kind = errorKind(r.error);
@@ -568,11 +589,14 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     if (metrics) before = metrics();
     LoadGenerator gen(o, *transport, sizes, servers.size());
     const CpuTimes cpuBefore = processCpu();
+    const int64_t runStart = nowNs();
     gen.run();
     const CpuTimes cpu = processCpu() - cpuBefore;
+    const double runSeconds = static_cast<double>(nowNs() - runStart) / 1e9;  // (the wait at the end included)
     MetricsSnapshot after;
     if (metrics) after = metrics();
     transport->stop();
+    gen.unfinished += gen.unreported();
 
     std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
     std::vector<Bucket> buckets = bucketize(gen.samples, bounds, model);
@@ -589,7 +613,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                 gen.bytesIn * 8 / seconds / 1e9, static_cast<unsigned long>(gen.errors),
                 static_cast<unsigned long>(gen.skipped));
     // (Said when it matters: a closed loop always ends with its calls in flight.)
-    if (gen.unfinished > 0 || gen.completedAfterEnd * 100 > gen.completed)
+    if (gen.unfinished > 0 || (gen.completedAfterEnd > 0 && gen.completedAfterEnd * 100 >= gen.completed))
         std::printf("after the measured %.2f s: %lu calls finished (in the round trips and the table below, not in "
                     "the rate), %lu were still in flight %.1f s later and ended unfinished (not errors)\n",
                     seconds, static_cast<unsigned long>(gen.completedAfterEnd),
@@ -602,8 +626,8 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     // The whole process: with `local`, the server's threads too.
     const double cpuUsPerRpc = gen.samples.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.samples.size());
     std::printf("cpu %.2f us per RPC (process: user %.2f s, system %.2f s, %.0f%% of one core)\n", cpuUsPerRpc,
-                cpu.userS, cpu.systemS, seconds > 0 ? (cpu.userS + cpu.systemS) / seconds * 100 : 0.0);
-    if (!gen.firstError.empty()) {
+                cpu.userS, cpu.systemS, runSeconds > 0 ? (cpu.userS + cpu.systemS) / runSeconds * 100 : 0.0);
+    if (gen.errors > 0) {
         std::printf("first error: %s\n", gen.firstError.c_str());
         std::string kinds;
         for (const auto& [kind, n] : gen.errorsByKind)
