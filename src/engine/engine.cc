@@ -527,7 +527,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // A restarted copy refused uses up its permit, if it had one: the client
                 // asks again later and gets a new one. (Left to expire, such permits
                 // would crowd out live ones: SeenIds keeps a bounded number.)
-                if (known && known->seen && (p.common.flags & wire::kFlagRestarted) && known->seen->belowWindow(clientId))
+                if (known && known->seen && (p.common.flags & wire::kFlagRestarted))
                     known->seen->takePermit(clientId, tickCount_);
                 return;
             }

@@ -24,8 +24,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
             // The one exception: a request this server never ran, whose id fell below the
             // window, sent again by a client told to (a permit; see seen_ids.h).
             if (peer->seen && peer->seen->contains(clientId)) {
-                if (!(p.common.flags & wire::kFlagRestarted) || !peer->seen->belowWindow(clientId) ||
-                    !peer->seen->takePermit(clientId, tickCount_)) {
+                if (!(p.common.flags & wire::kFlagRestarted) || !peer->seen->takePermit(clientId, tickCount_)) {
                     ++m_.dropped[static_cast<size_t>(DropReason::StaleRequest)];
                     HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
                                static_cast<unsigned>(DropReason::StaleRequest));

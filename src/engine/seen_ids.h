@@ -111,6 +111,8 @@ class SeenIds {
     }
 
     /// Uses up `id`'s permit, if it holds one that has not expired at tick `nowTick`.
+    /// (Permits are given only below the window, which only moves up: a permit's id
+    /// stays below it.)
     bool takePermit(uint64_t id, uint64_t nowTick) {
         for (size_t k = 0; k < permits_.size(); ++k)
             if (permits_[k].first == id) {

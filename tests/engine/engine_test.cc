@@ -1365,6 +1365,35 @@ TEST(Engine, ARequestRefusedUnderOverloadIsServedAfterTheWindowMovesPastIt) {
     EXPECT_EQ(p.b.metrics().requestsReadmitted, 1u);
 }
 
+// Bad input: flag bits on a request's DATA, "restarted" among them, change nothing for
+// an id the server has not seen (it is served, once); and for an id it served, no flag
+// gets a copy in.
+TEST(Engine, FlagBitsOnARequestsDataAreIgnoredOutsideAPermit) {
+    Pair p;
+    const uint64_t id = p.call(100);
+    std::vector<Sent> sent = p.sinkA.take();
+    ASSERT_EQ(sent.size(), 1u);
+    const wire::Packet pk = sent[0].packet();
+    wire::CommonHeader c = pk.common;
+    c.flags = 0xff;
+    std::vector<uint8_t> flagged(wire::kMaxHeaderSize);
+    flagged.resize(wire::encodeData(flagged, c, pk.data));
+    flagged.insert(flagged.end(), pk.payload.begin(), pk.payload.end());
+    p.b.receive(kA, flagged, p.now);
+    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
+    p.pump();
+    auto done = p.deliveries(p.a);
+    ASSERT_EQ(done.size(), 1u);
+    EXPECT_EQ(done[0].clientId, id);
+    p.a.releaseMessage(done[0].message, p.now);
+    p.tick();
+    p.pump();  // the ack frees the server's RPC
+    p.b.receive(kA, flagged, p.now);
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "a served request ran again";
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 1u);
+    EXPECT_EQ(p.b.metrics().requestsReadmitted, 0u);
+}
+
 // A restarted copy refused for overload uses up its permit (permits left to expire
 // would crowd out live ones); the client's next RESEND earns a new one.
 TEST(Engine, ARestartedCopyRefusedForOverloadUsesUpItsPermit) {

@@ -78,6 +78,9 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--send-buffer-mb", "0"},
         {"local", "--send-buffer-mb", "lots"},
         {"local", "--send-buffer-mb", "-1"},
+        {"local", "--drain", "-1"},
+        {"local", "--drain", "3601"},
+        {"local", "--drain", "later"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},
