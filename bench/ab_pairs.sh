@@ -3,13 +3,14 @@
 # cent that single runs cannot show on a noisy machine (here the same binary measures
 # anywhere from 950 to 1,850 kops from one run to the next).
 #
-#   bench/ab_pairs.sh [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] "COMMAND A" "COMMAND B" ["COMMAND C" ...]
+#   bench/ab_pairs.sh [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] [-w WORKLOAD] "COMMAND A" "COMMAND B" ["COMMAND C" ...]
 #
 # Each command is a homa-perf binary with any options of its own, e.g.
 #   bench/ab_pairs.sh -n 60 "build-a/bin/homa-perf" "build-b/bin/homa-perf"
 #   bench/ab_pairs.sh "build/bin/homa-perf --protocol tcp" "build/bin/homa-perf"
 # It runs PAIRS pairs of short `local` runs of 64 B calls (default 60 pairs of 1 s with 64
-# outstanding), A and B back to back, alternating which goes first, and prints the
+# outstanding; -w gives another --workload, e.g. -w 1000000 with --one-way in the commands
+# for large messages, whose rate is then their throughput), A and B back to back, alternating which goes first, and prints the
 # geometric mean of B/A over the pairs with its 95 % interval (two standard errors of the
 # mean log ratio) and the median ratio. 60 pairs take about 3 minutes; their interval is
 # about +-2 % on this machine. Nothing else should run meanwhile.
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] \"COMMAND A\" \"COMMAND B\" [\"COMMAND C\" ...]" >&2
+  echo "usage: $0 [-n PAIRS] [-m OUTSTANDING] [-d SECONDS] [-w WORKLOAD] \"COMMAND A\" \"COMMAND B\" [\"COMMAND C\" ...]" >&2
   exit 2
 }
 # A whole number in [1, max], or a one-line error and exit status 2.
@@ -30,12 +31,13 @@ count() {
     exit 2
   fi
 }
-pairs=60 outstanding=64 seconds=1
-while getopts ":n:m:d:" opt; do
+pairs=60 outstanding=64 seconds=1 workload=64
+while getopts ":n:m:d:w:" opt; do
   case $opt in
     n) count -n "$OPTARG" 100000; pairs=$OPTARG ;;
     m) count -m "$OPTARG" 100000; outstanding=$OPTARG ;;
     d) count -d "$OPTARG" 3600; seconds=$OPTARG ;;
+    w) workload=$OPTARG ;;
     *) usage ;;
   esac
 done
@@ -54,9 +56,10 @@ kops() {
   # (--base-rtt-us skips the unloaded round trip's measurement: slowdowns are not read.)
   local out cmd
   read -ra cmd <<<"$1"  # the binary, then its own options (after the role)
-  out=$("${cmd[0]}" local --quiet --duration "$seconds" --workload 64 --client-max "$outstanding" \
+  out=$("${cmd[0]}" local --quiet --duration "$seconds" --workload "$workload" --client-max "$outstanding" \
     --base-rtt-us 20 "${cmd[@]:1}")
-  grep -o "= [0-9.]* kops" <<<"$out" | awk '{print $2}'
+  # (From the count, not the printed rate: that has one decimal, too coarse for large messages.)
+  grep -o "[0-9]* RPCs in [0-9.]* s" <<<"$out" | awk '{printf "%.4f\n", $1 / $4 / 1000}'
 }
 
 results=$(mktemp)

@@ -52,6 +52,13 @@ TEST(PerfOptions, ClientOptionsAreParsed) {
     PerfOptions a;
     ASSERT_TRUE(parse({"local", "--adaptive-poll-us", "0"}, &a, &e)) << e;
     EXPECT_EQ(a.adaptivePollUs, 0u);
+    EXPECT_DOUBLE_EQ(a.linkGbps, EndpointOptions::defaultProtocolOptions().linkMbps / 1000.0)
+        << "slowdowns and the pacer assume the library's link unless told otherwise";
+    EXPECT_DOUBLE_EQ(a.nicQueueUs, 0.0) << "the library's default";
+    PerfOptions l;
+    ASSERT_TRUE(parse({"server", "--link-gbps", "100", "--nic-queue-us", "2.5"}, &l, &e)) << e;
+    EXPECT_DOUBLE_EQ(l.linkGbps, 100.0) << "a server paces its responses too";
+    EXPECT_DOUBLE_EQ(l.nicQueueUs, 2.5);
 }
 
 TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
@@ -81,6 +88,13 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--drain", "-1"},
         {"local", "--drain", "3601"},
         {"local", "--drain", "later"},
+        {"local", "--link-gbps", "0"},
+        {"local", "--link-gbps", "fast"},
+        {"local", "--link-gbps", "20000"},
+        {"server", "--link-gbps", "-1"},
+        {"local", "--nic-queue-us", "0"},
+        {"local", "--nic-queue-us", "-5"},
+        {"local", "--nic-queue-us", "short"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"frobnicate"},
@@ -194,6 +208,21 @@ TEST(PerfLocal, HomaEndToEndWritesJson) {
     ASSERT_FALSE(j.is_null());
     checkSchema(j, "homa");
     EXPECT_TRUE(j["options"]["capped"].get<bool>()) << "w2 reaches 3.5 MB: capped at 1 MB";
+}
+
+// --link-gbps is the link Homa's pacer sends at, not only the one slowdowns assume: one
+// 1 MB message after another against a 0.5 Gbps link cannot move faster than that (the
+// pacer lets 5 us of the link queue up, nothing more), however fast the machine. (It was
+// only the slowdowns' link: the pacer stayed at 25 Gbps, which loopback reaches.)
+TEST(PerfLocal, TheLinkBandwidthPacesHoma) {
+    nlohmann::json j = runLocalJson({"--workload", "1000000", "--one-way", "--client-max", "1", "--duration", "1",
+                                     "--link-gbps", "0.5", "--base-rtt-us", "20"},
+                                    "paced");
+    ASSERT_FALSE(j.is_null());
+    EXPECT_DOUBLE_EQ(j["options"]["link_gbps"].get<double>(), 0.5);
+    EXPECT_DOUBLE_EQ(j["options"]["nic_queue_us"].get<double>(), 5.0);
+    EXPECT_GE(j["totals"]["rpcs"].get<uint64_t>(), 5u);
+    EXPECT_LE(j["totals"]["gbps_out"].get<double>(), 0.5 * 1.02);
 }
 
 // Calls still in flight when the load ends: those that finish while the run waits for

@@ -34,6 +34,13 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
                       "Homa: memory for messages being sent per endpoint, MB (default 256); calls beyond it are "
                       "refused and started again as others finish")
             ->check(CLI::Range(1u, 1'000'000u));
+        c->add_option("--link-gbps", o->linkGbps,
+                      "the link's bandwidth: Homa's pacer sends at this rate, and slowdowns are computed with it "
+                      "(default 25)")
+            ->check(CLI::Range(0.001, 10000.0));
+        c->add_option("--nic-queue-us", o->nicQueueUs,
+                      "Homa: estimated NIC backlog the pacer lets build up, microseconds (default 5)")
+            ->check(CLI::Range(0.001, 1e6));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");
@@ -66,7 +73,6 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--tcp-threads", o->tcpThreads, "TCP client/server epoll threads")->check(CLI::Range(1, 64));
         c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")
             ->check(CLI::Range(0.0, 1e6));
-        c->add_option("--link-gbps", o->linkGbps, "link bandwidth for slowdown")->check(CLI::Range(0.001, 10000.0));
         c->add_option("--seed", o->seed, "random seed for sizes and arrivals");
         c->add_option("--json", o->json, "write every figure to this JSON file");
         c->add_flag("--quiet", o->quiet, "no per-second lines");

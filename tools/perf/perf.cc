@@ -6,8 +6,10 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -71,6 +73,8 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     if (o.overcommit > 0) h.protocol.maxOvercommit = o.overcommit;
     if (o.bufferMb > 0) h.protocol.maxBufferBytes = uint64_t{o.bufferMb} << 20;
     if (o.sendBufferMb > 0) h.protocol.maxOutgoingBytes = uint64_t{o.sendBufferMb} << 20;
+    h.protocol.linkMbps = static_cast<uint32_t>(std::max(1.0, std::round(o.linkGbps * 1000)));
+    if (o.nicQueueUs > 0) h.protocol.maxNicQueueNs = static_cast<int64_t>(std::round(o.nicQueueUs * 1000));
     return h;
 }
 
@@ -653,7 +657,9 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
                         {"adaptive_poll_us", o.adaptivePollUs},
                         {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
-                        {"link_gbps", o.linkGbps}};
+                        {"link_gbps", o.linkGbps},
+                        {"nic_queue_us", o.nicQueueUs > 0 ? o.nicQueueUs
+                                                          : EndpointOptions::defaultProtocolOptions().maxNicQueueNs / 1000.0}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
         j["base_rtt_measured"] = measured;

@@ -38,7 +38,9 @@ struct PerfOptions {
     int tcpConnections = 1;   ///< per server
     int tcpThreads = 1;
     double baseRttUs = 0;     ///< 0: measure before the run
-    double linkGbps = 25;     ///< for slowdown
+    /// The link's bandwidth: Homa's pacer sends at this rate (ProtocolOptions::linkMbps)
+    /// and the slowdown's transfer time is computed with it.
+    double linkGbps = EndpointOptions::defaultProtocolOptions().linkMbps / 1000.0;
     uint32_t mtu = 1500;
     uint32_t busyPollUs = 0;  ///< Homa endpoints' busy polling (EndpointOptions::busyPollUs)
     uint32_t adaptivePollUs = EndpointOptions{}.adaptivePollUs;  ///< EndpointOptions::adaptivePollUs
@@ -48,6 +50,7 @@ struct PerfOptions {
     int overcommit = 0;
     uint32_t bufferMb = 0;
     uint32_t sendBufferMb = 0;
+    double nicQueueUs = 0;  ///< ProtocolOptions::maxNicQueueNs, in microseconds
     bool noEngineCpuTime = false;  ///< EndpointOptions::engineCpuTime = false
     uint64_t seed = 1;
     std::string json;
