@@ -162,6 +162,8 @@ class Engine {
     uint64_t incomingOutstanding() const { return incomingOutstanding_; }
     const BufferPool& bufferPool() const { return inPool_; }
     const NicQueue& nicQueue() const { return nic_; }
+    /// The NIC backlog the pacer allows now (see pacerAllowance()).
+    Time pacerAllowanceNs() const { return pacerAllowance(); }
     /// Number of incoming messages currently granted to (the active set of the last decision).
     int activeGrants() const { return lastActiveCount_; }
     void listRpcs(std::vector<RpcInfo>& out) const;
@@ -249,8 +251,18 @@ class Engine {
     /// Whether the pacer holds the message back: the NIC queue is long, and the message
     /// is not short enough to pass anyway.
     bool pacerDefers(const OutMessage& o, Time now) const {
-        return o.length >= cfg_.deferMinBytes && nic_.backlog(now) > cfg_.maxNicQueueNs;
+        return o.length >= cfg_.deferMinBytes && nic_.backlog(now) > pacerAllowance();
     }
+    /// The NIC backlog the pacer allows: maxNicQueueNs, or how late the sender comes
+    /// back to the pacer, whichever is more, up to kPacerAllowanceFactor times
+    /// maxNicQueueNs. A sender whose passes come every 8 us (one send call costs ~5 us
+    /// on some virtual machines) would otherwise let a link that drains its 5 us of
+    /// queue idle for 3 us of every 8 (see docs/design.md, "The pacer's allowance").
+    Time pacerAllowance() const {
+        return std::clamp<Time>(pacerLateNs_, cfg_.maxNicQueueNs, kPacerAllowanceFactor * cfg_.maxNicQueueNs);
+    }
+    static constexpr Time kPacerAllowanceFactor = 2;
+    void notePacerLateness(Time now);
     void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit);
     void handleResend(Rpc* rpc, const wire::ResendHeader& r);
 
@@ -326,6 +338,7 @@ class Engine {
     SendFifoSet sendFifo_;
     double pacerFifoCredit_ = 0;
     bool pacerDeferred_ = false;
+    Time pacerLateNs_ = 0;   ///< smoothed lateness of the sender's returns to the pacer
 
     uint32_t pendingRequests_ = 0;
     uint64_t nextClientId_;

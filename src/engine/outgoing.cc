@@ -55,7 +55,22 @@ uint32_t Engine::sendNextPacket(Rpc* rpc) {
     return length;
 }
 
+// The sender came back to a pacer that had deferred: how long after the wake-up it
+// asked for? (The wake-up comes about one packet's time after a batch leaves, so this
+// is about the time between the sender's passes.) A quarter of each new sample goes
+// into the average; a sample counts at most as the largest allowance (a longer one is
+// a stall, not the sender's pace). Passes before the wake-up send nothing and say
+// nothing.
+void Engine::notePacerLateness(Time now) {
+    if (!pacerDeferred_ || sendable_.empty()) return;
+    const Time wake = nextPacerWakeup();
+    if (now < wake) return;
+    const Time sample = std::min<Time>(now - wake, kPacerAllowanceFactor * cfg_.maxNicQueueNs);
+    pacerLateNs_ += (sample - pacerLateNs_) / 4;
+}
+
 void Engine::transmitData(Time now) {
+    notePacerLateness(now);
     pacerDeferred_ = false;
     if (sendable_.empty()) {
         // Nothing to send, the usual case: return before the loop's set-up costs anything.

@@ -19,7 +19,7 @@ Time Engine::nextTickDue() const {
 }
 
 Time Engine::nextPacerWakeup() const {
-    if (pacerDeferred_ && !sendable_.empty()) return nic_.idleAt() - cfg_.maxNicQueueNs;
+    if (pacerDeferred_ && !sendable_.empty()) return nic_.idleAt() - pacerAllowance();
     return kNever;
 }
 

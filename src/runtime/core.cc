@@ -1248,6 +1248,7 @@ MetricsSnapshot Core::metrics() {
     add("cutoffs_sent", m.cutoffsSent);
     add("pacer_deferrals", m.pacerDeferrals);
     add("nic_queue_ns", static_cast<uint64_t>(engine_->nicQueue().backlog(s.timeNs)));
+    add("pacer_allowance_ns", static_cast<uint64_t>(engine_->pacerAllowanceNs()));
     add("buffer_waits", m.bufferWaits);
     add("buffer_bytes_in_use", engine_->bufferPool().bytesInUse());
     add("buffer_allocation_failures", engine_->bufferPool().allocationFailures());

@@ -1031,6 +1031,62 @@ TEST(Engine, PacerKeepsTheNicQueueShortButNeverDefersSmallMessages) {
     EXPECT_GT(p.sinkA.out.size(), first + 1) << "the pacer resumes at its wake-up";
 }
 
+// Sends one 1 MB message (all of it unscheduled: no grants needed) from A, whose loop
+// comes back to the pacer `gapNs` after its wake-up each time (0: exactly at it), for
+// `passes` passes. Returns the largest backlog any of the last ten passes left.
+Time pacedBacklog(Pair& p, Time gapNs, int passes) {
+    p.call(1'000'000);
+    Time worst = 0;
+    for (int i = 0; i < passes; ++i) {
+        p.now = std::max(p.now, p.a.nextWakeup()) + gapNs;
+        p.a.advance(p.now);
+        if (i >= passes - 10) worst = std::max(worst, p.a.nicQueue().backlog(p.now));
+    }
+    return worst;
+}
+
+Config pacedSender() {
+    Config c = baseConfig();
+    c.maxNicQueueNs = 5'000;  // (25 Gbps: a full packet takes about 0.5 us)
+    c.unschedBytes = 1'000'000;
+    return c;
+}
+
+// A sender whose passes come further apart than the pacer's allowed backlog would let the
+// link idle for the difference each time: the allowance grows to cover the gap, up to
+// twice maxNicQueueNs, so each batch keeps the link busy until the next. (With a fixed
+// 5 us, a sender whose passes came every 6-8 us moved 1 MB at 13.7 Gbps on a modelled
+// 25 Gbps link.)
+TEST(Engine, ThePacersAllowanceCoversASenderThatComesBackLate) {
+    const Time packet = Pair(pacedSender()).a.nicQueue().transmitTime(1500 + 66);
+    {
+        Pair p(pacedSender());
+        EXPECT_EQ(p.a.pacerAllowanceNs(), 5'000);
+        const Time backlog = pacedBacklog(p, 7'000, 40);
+        EXPECT_GE(p.a.pacerAllowanceNs(), 6'500) << "about the sender's 7 us between passes";
+        EXPECT_LE(p.a.pacerAllowanceNs(), 7'600);
+        EXPECT_GT(backlog, 6'500) << "each batch lasts the link until the next pass";
+        EXPECT_LE(backlog, p.a.pacerAllowanceNs() + packet);
+    }
+    {
+        Pair p(pacedSender());
+        const Time backlog = pacedBacklog(p, 50'000, 40);
+        EXPECT_LE(p.a.pacerAllowanceNs(), 10'000) << "a stall is not the sender's pace: at most twice the queue";
+        EXPECT_GE(p.a.pacerAllowanceNs(), 9'990);
+        EXPECT_LE(backlog, 10'000 + packet);
+    }
+}
+
+// A sender that comes back at the wake-up it asked for (as in the simulator) keeps the
+// configured allowance.
+TEST(Engine, ThePacersAllowanceStaysPutForASenderThatComesBackInTime) {
+    Pair p(pacedSender());
+    const Time backlog = pacedBacklog(p, 0, 200);
+    EXPECT_EQ(p.a.pacerAllowanceNs(), 5'000);
+    EXPECT_LE(backlog, 5'000 + p.a.nicQueue().transmitTime(1500 + 66));
+    EXPECT_GT(p.a.metrics().pacerDeferrals, 100u);
+}
+
 TEST(Engine, SenderServesTheShortestRemainingMessageFirst) {
     Config ca = baseConfig();
     ca.linkMbps = 1000;

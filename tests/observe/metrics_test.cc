@@ -47,6 +47,7 @@ TEST(Metrics, DifferenceSubtractsCountersAndKeepsGauges) {
     EXPECT_EQ(d.counters[3].first, "new_one");
     EXPECT_TRUE(MetricsSnapshot::isGauge("buffer_bytes_in_use"));
     EXPECT_TRUE(MetricsSnapshot::isGauge("nic_queue_ns"));
+    EXPECT_TRUE(MetricsSnapshot::isGauge("pacer_allowance_ns"));
     EXPECT_FALSE(MetricsSnapshot::isGauge("packets_sent_data"));
 }
 
