@@ -34,7 +34,9 @@ struct ProtocolOptions {
 
     // ---- Sender: pacing
     uint32_t linkMbps = 25'000;
-    int64_t maxNicQueueNs = 5'000;      ///< defer while the estimated NIC backlog exceeds this
+    /// Defer while the estimated NIC backlog exceeds this; a sender whose passes come
+    /// further apart is allowed up to twice as much (docs/design.md, "The pacer's allowance").
+    int64_t maxNicQueueNs = 5'000;
     uint32_t deferMinBytes = 1'000;  ///< messages shorter than this are never deferred
     double pacerFifoFraction = 0.05; ///< share of sent bytes given to the oldest message
 
