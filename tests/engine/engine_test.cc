@@ -1592,6 +1592,39 @@ TEST(Engine, ARequestWhoseAckWasGivenUpOnBelowTheWindowIsNeverRunAgain) {
     EXPECT_EQ(p.b.metrics().requestPermits, 0u);
 }
 
+// The same when the server gives up in the middle of its response (the client silent
+// past the timeout while the server waits for its grants): the request ran, and the
+// client, asking about it once the window has moved past it, is told the id was used.
+TEST(Engine, ARequestWhoseResponseTimedOutBelowTheWindowIsNeverRunAgain) {
+    Config ca = baseConfig();
+    ca.timeoutTicks = 1000;  // the client outlasts the server's timeout (100 ticks)
+    Pair p(ca, smallWindowServer());
+    const uint64_t x = p.call(100);
+    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(200'000, 1), p.now).isOk());
+    p.sinkB.take();  // the unscheduled part of the response is lost
+    auto aboutX = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == x; };
+    for (int tick = 0; p.b.metrics().serverRpcsTimedOut == 0 && tick < 10'000; ++tick) {
+        p.tick();
+        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
+            for (auto& s : p.sinkA.take())
+                if (!aboutX(s)) p.b.receive(kA, s.bytes, p.now);
+            for (auto& s : p.sinkB.take())
+                if (!aboutX(s)) p.a.receive(kB, s.bytes, p.now);
+        }
+    }
+    ASSERT_EQ(p.b.metrics().serverRpcsTimedOut, 1u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 0u) << "gave up on the ack, not on the response";
+    ASSERT_TRUE(p.deliveries(p.a).empty()) << "the call ended before the server gave up";
+    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, x);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
+    EXPECT_EQ(served, 0) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+}
+
 // An RPC_UNKNOWN flagged "id used" for an id the client does not know (a late copy after
 // the call finished) changes nothing; a plain one still restarts the request.
 TEST(Engine, OnlyAFlaggedRpcUnknownEndsACall) {
