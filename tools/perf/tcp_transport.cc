@@ -944,7 +944,7 @@ class TcpClient final : public ClientTransport {
             }
             c->stagedTokens.clear();
         }
-        if (!flush(c)) return fail(t, c, "connection to " + c->peer.toString() + " failed: " + errnoText(errno));
+        if (!flush(c)) return fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
         updateInterest(t, c);
     }
 
@@ -954,10 +954,10 @@ class TcpClient final : public ClientTransport {
             int err = 0;
             socklen_t len = sizeof(err);
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-            return fail(t, c, "connection to " + c->peer.toString() + " failed: " + errnoText(err ? err : EIO));
+            return fail(t, c, "connection failed: " + errnoText(err ? err : EIO) + " (to " + c->peer.toString() + ")");
         }
         if (events & EPOLLOUT) {
-            if (!flush(c)) return fail(t, c, "connection to " + c->peer.toString() + " failed: " + errnoText(errno));
+            if (!flush(c)) return fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
         }
         if (events & (EPOLLIN | EPOLLHUP)) {
             if (!onReadable(t, c)) return;
@@ -970,13 +970,13 @@ class TcpClient final : public ClientTransport {
         for (int round = 0; round < 4; ++round) {
             ssize_t r = ::recv(c->fd, t.scratch.data(), t.scratch.size(), 0);
             if (r == 0) {
-                fail(t, c, "connection to " + c->peer.toString() + " closed by the server");
+                fail(t, c, "connection closed by the server: " + c->peer.toString());
                 return false;
             }
             if (r < 0) {
                 if (errno == EINTR) continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-                fail(t, c, "connection to " + c->peer.toString() + " failed: " + errnoText(errno));
+                fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
                 return false;
             }
             if (!parse(t, c, t.scratch.data(), static_cast<size_t>(r))) return false;
