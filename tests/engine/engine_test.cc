@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include <cmath>
+#include <functional>
 
 #include <random>
 #include <set>
@@ -1558,6 +1559,35 @@ TEST(Engine, OnlyARestartedCopyWithALivePermitIsAdmittedBelowTheWindow) {
     EXPECT_TRUE(p.deliveries(p.b).empty());
 }
 
+// Ticks both engines, delivering what they send except every packet about RPC `id`
+// (either way), until `done()` (at most 10,000 ticks).
+void tickLosingEveryPacketOf(Pair& p, uint64_t id, const std::function<bool()>& done) {
+    auto about = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == id; };
+    for (int tick = 0; !done() && tick < 10'000; ++tick) {
+        p.tick();
+        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
+            for (auto& s : p.sinkA.take())
+                if (!about(s)) p.b.receive(kA, s.bytes, p.now);
+            for (auto& s : p.sinkB.take())
+                if (!about(s)) p.a.receive(kB, s.bytes, p.now);
+        }
+    }
+}
+
+// Newer calls move B's window past `x`, whose call is still open at A; A's next RESEND
+// about it must end it as Aborted (B ran it), without B running it again or granting a
+// permit to send it again.
+void expectToldTheIdWasUsed(Pair& p, uint64_t x) {
+    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
+    int ticks, served;
+    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].clientId, x);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
+    EXPECT_EQ(served, 0) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+}
+
 // A server that gives up waiting for the client's ack (NEED_ACK unanswered) records the
 // request as run: when the client, which never got the response, asks about it after
 // the window moved past it, it is told the id was used (Aborted), not to send it again.
@@ -1569,27 +1599,11 @@ TEST(Engine, ARequestWhoseAckWasGivenUpOnBelowTheWindowIsNeverRunAgain) {
     ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
     p.sinkB.take();  // the response is lost
     // Until the server gives up, every packet about x is lost, both ways.
-    auto aboutX = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == x; };
-    for (int tick = 0; p.b.metrics().serverRpcsAbandoned == 0 && tick < 10'000; ++tick) {
-        p.tick();
-        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
-            for (auto& s : p.sinkA.take())
-                if (!aboutX(s)) p.b.receive(kA, s.bytes, p.now);
-            for (auto& s : p.sinkB.take())
-                if (!aboutX(s)) p.a.receive(kB, s.bytes, p.now);
-        }
-    }
+    tickLosingEveryPacketOf(p, x, [&] { return p.b.metrics().serverRpcsAbandoned != 0; });
     ASSERT_EQ(p.b.metrics().serverRpcsAbandoned, 1u);
     ASSERT_TRUE(p.deliveries(p.a).empty()) << "the call ended before the server gave up";
     // (Given up inside the window; now newer calls move it past x.)
-    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
-    int ticks, served;
-    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
-    ASSERT_EQ(ended.size(), 1u);
-    EXPECT_EQ(ended[0].clientId, x);
-    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
-    EXPECT_EQ(served, 0) << "the request ran twice";
-    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+    expectToldTheIdWasUsed(p, x);
 }
 
 // The same when the server gives up in the middle of its response (the client silent
@@ -1602,27 +1616,11 @@ TEST(Engine, ARequestWhoseResponseTimedOutBelowTheWindowIsNeverRunAgain) {
     const uint64_t x = p.call(100);
     ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(200'000, 1), p.now).isOk());
     p.sinkB.take();  // the unscheduled part of the response is lost
-    auto aboutX = [&](const Sent& s) { return (s.packet().common.senderId & ~uint64_t{1}) == x; };
-    for (int tick = 0; p.b.metrics().serverRpcsTimedOut == 0 && tick < 10'000; ++tick) {
-        p.tick();
-        for (int round = 0; round < 100 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
-            for (auto& s : p.sinkA.take())
-                if (!aboutX(s)) p.b.receive(kA, s.bytes, p.now);
-            for (auto& s : p.sinkB.take())
-                if (!aboutX(s)) p.a.receive(kB, s.bytes, p.now);
-        }
-    }
+    tickLosingEveryPacketOf(p, x, [&] { return p.b.metrics().serverRpcsTimedOut != 0; });
     ASSERT_EQ(p.b.metrics().serverRpcsTimedOut, 1u);
     EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 0u) << "gave up on the ack, not on the response";
     ASSERT_TRUE(p.deliveries(p.a).empty()) << "the call ended before the server gave up";
-    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
-    int ticks, served;
-    const std::vector<Delivery> ended = p.tickUntilAnswered(&ticks, &served);
-    ASSERT_EQ(ended.size(), 1u);
-    EXPECT_EQ(ended[0].clientId, x);
-    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
-    EXPECT_EQ(served, 0) << "the request ran twice";
-    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+    expectToldTheIdWasUsed(p, x);
 }
 
 // An RPC_UNKNOWN flagged "id used" for an id the client does not know (a late copy after
