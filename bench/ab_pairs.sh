@@ -37,7 +37,8 @@ while getopts ":n:m:d:w:" opt; do
     n) count -n "$OPTARG" 100000; pairs=$OPTARG ;;
     m) count -m "$OPTARG" 100000; outstanding=$OPTARG ;;
     d) count -d "$OPTARG" 3600; seconds=$OPTARG ;;
-    w) workload=$OPTARG ;;
+    w) [ -n "$OPTARG" ] && [[ $OPTARG != -* ]] || { echo "ab_pairs.sh: -w needs a workload (w1..w5, a file or a size in bytes)" >&2; exit 2; }
+       workload=$OPTARG ;;
     *) usage ;;
   esac
 done
@@ -57,9 +58,10 @@ kops() {
   local out cmd
   read -ra cmd <<<"$1"  # the binary, then its own options (after the role)
   out=$("${cmd[0]}" local --quiet --duration "$seconds" --workload "$workload" --client-max "$outstanding" \
-    --base-rtt-us 20 "${cmd[@]:1}")
+    --base-rtt-us 20 "${cmd[@]:1}") || true
   # (From the count, not the printed rate: that has one decimal, too coarse for large messages.)
-  grep -o "[0-9]* RPCs in [0-9.]* s" <<<"$out" | awk '{printf "%.4f\n", $1 / $4 / 1000}'
+  # (Nothing printed when the run printed no summary: the caller says so.)
+  grep -o "[0-9]* RPCs in [0-9.]* s" <<<"$out" | awk '$4 > 0 {printf "%.4f\n", $1 / $4 / 1000}' || true
 }
 
 results=$(mktemp)
@@ -87,8 +89,10 @@ names = [chr(ord("A") + i) for i in range(len(sys.argv) - 2)]
 for name, command in zip(names, sys.argv[2:]):
     print(f"{name}: {command}")
 unit = "pairs" if len(names) == 2 else "rounds"
+# Whole kops for small messages; three digits for large ones (1 MB: about 2 kops).
+kops = lambda x: f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 print(f"{len(rows)} {unit}: " + ", ".join(
-    f"{name} median {statistics.median(r[i] for r in rows):.0f} kops" for i, name in enumerate(names)))
+    f"{name} median {kops(statistics.median(r[i] for r in rows))} kops" for i, name in enumerate(names)))
 for i, name in enumerate(names[1:], 1):
     logs = [math.log(r[i] / r[0]) for r in rows]
     mean = statistics.mean(logs)

@@ -69,6 +69,7 @@ std::string Config::validate() const {
     if (maxRpcsPerPeer < 1) return "maxRpcsPerPeer must be at least 1";
     if (maxIncoming < maxPayload) return "maxIncoming must be at least one packet";
     if (linkMbps == 0) return "linkMbps must be positive";
+    if (maxNicQueueNs < 0 || maxNicQueueNs > 1'000'000'000) return "maxNicQueueNs must be in [0, 1 s]";
     if (tickNs <= 0) return "tickNs must be positive";
     if (resendTicks < 1 || resendInterval < 1 || timeoutTicks <= resendTicks)
         return "need 1 <= resendTicks < timeoutTicks and resendInterval >= 1";
@@ -257,6 +258,9 @@ void Engine::freeRpc(Rpc* rpc) {
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));
     if (rpc->sendFifoHook.is_linked()) sendFifo_.erase(sendFifo_.iterator_to(*rpc));
+    // Nothing left to send: the pacer holds nothing back. (Left set, the next message's
+    // first pass would count the time since this deferral as the sender's lateness.)
+    if (sendable_.empty()) pacerDeferred_ = false;
     cancelBufferWait(rpc);
     if (rpc->deferHook.is_linked()) undeferTimerPacket(rpc);
     if (turn == ClientTurn::Waiting) {

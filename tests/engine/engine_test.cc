@@ -984,6 +984,11 @@ TEST(Engine, ConfigErrorsAreReported) {
     c = baseConfig();
     c.maxBufferBytes = BufferPool::classSize(c.maxMessageLength) + 1000;  // the reserve leaves too little
     EXPECT_NE(c.validate().find("maxMessageLength"), std::string::npos);
+    for (int64_t bad : {int64_t{-1}, int64_t{1'000'000'001}, INT64_MAX}) {
+        c = baseConfig();
+        c.maxNicQueueNs = bad;  // (twice it bounds the pacer's allowance: it must not overflow)
+        EXPECT_NE(c.validate().find("maxNicQueueNs"), std::string::npos) << bad;
+    }
     EXPECT_EQ(baseConfig().validate(), "");
 }
 
@@ -1071,11 +1076,32 @@ TEST(Engine, ThePacersAllowanceCoversASenderThatComesBackLate) {
     }
     {
         Pair p(pacedSender());
-        const Time backlog = pacedBacklog(p, 50'000, 40);
-        EXPECT_LE(p.a.pacerAllowanceNs(), 10'000) << "a stall is not the sender's pace: at most twice the queue";
+        const Time backlog = pacedBacklog(p, 50'000, 25);  // (about 31 KB a pass: 1 MB lasts 32)
+        EXPECT_LE(p.a.pacerAllowanceNs(), 10'000) << "a stall counts as the largest allowance, no more";
         EXPECT_GE(p.a.pacerAllowanceNs(), 9'990);
+        EXPECT_GT(backlog, 9'000);
         EXPECT_LE(backlog, 10'000 + packet);
     }
+}
+
+// A message the pacer was holding back that ends (aborted, timed out) leaves the pacer
+// with nothing held: the next message, much later, is not taken for a sender that came
+// back late. (The stale deferral made each such pass count as a stall: four of them
+// raised the allowance from 5 to 6.8 us with no slow sender at all.)
+TEST(Engine, AMessageThatEndsWhileHeldBackLeavesTheAllowanceAlone) {
+    Pair p(pacedSender());
+    for (int i = 0; i < 4; ++i) {
+        const uint64_t deferrals = p.a.metrics().pacerDeferrals;
+        const uint64_t id = p.call(1'000'000);
+        ASSERT_GT(p.a.metrics().pacerDeferrals, deferrals) << "held back";
+        ASSERT_TRUE(p.a.abortClientRpc(id, p.now).isOk());
+        p.sinkA.take();
+        p.now += 1'000'000;  // the next call comes much later
+    }
+    p.call(1'000'000);
+    p.now = p.a.nextWakeup();
+    p.a.advance(p.now);
+    EXPECT_EQ(p.a.pacerAllowanceNs(), 5'000);
 }
 
 // A sender that comes back at the wake-up it asked for (as in the simulator) keeps the

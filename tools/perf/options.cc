@@ -39,7 +39,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
                       "(default 25)")
             ->check(CLI::Range(0.001, 10000.0));
         c->add_option("--nic-queue-us", o->nicQueueUs,
-                      "Homa: estimated NIC backlog the pacer lets build up, microseconds (default 5)")
+                      "Homa: estimated NIC backlog the pacer lets build up, microseconds (default 5; up to twice "
+                      "that for a sender that comes back late)")
             ->check(CLI::Range(0.001, 1e6));
     };
     auto addServer = [o](CLI::App* c) {

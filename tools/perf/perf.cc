@@ -580,7 +580,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     bool baseSynchronous = false;
     model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous) : o.baseRttUs;
     const char* baseHow = !measured ? "given" : baseSynchronous ? "measured" : "measured through a callback";
-    std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %.0f Gbps\n",
+    std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %g Gbps\n",
                 o.protocol.c_str(), o.workload.c_str(),
                 o.gbps > 0 ? ("open loop " + std::to_string(o.gbps) + " Gbps").c_str()
                            : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +

@@ -1006,9 +1006,9 @@ class TcpClient final : public ClientTransport {
                 c->bodyLength = loadBe32(c->header);
                 if (c->bodyLength > options_.maxMessageLength) {
                     fail(t, c,
-                         "protocol error from " + c->peer.toString() + ": response of " +
-                             std::to_string(c->bodyLength) + " bytes exceeds the limit of " +
-                             std::to_string(options_.maxMessageLength));
+                         "protocol error: response of " + std::to_string(c->bodyLength) +
+                             " bytes exceeds the limit of " + std::to_string(options_.maxMessageLength) +
+                             " (from " + c->peer.toString() + ")");
                     return false;
                 }
                 c->bodyRemaining = c->bodyLength;
@@ -1020,7 +1020,7 @@ class TcpClient final : public ClientTransport {
             if (c->bodyRemaining != 0) break;
             c->inBody = false;
             if (c->inflightHead == c->inflight.size()) {
-                fail(t, c, "protocol error from " + c->peer.toString() + ": response without a request");
+                fail(t, c, "protocol error: response without a request (from " + c->peer.toString() + ")");
                 return false;
             }
             const uint64_t token = c->inflight[c->inflightHead];
