@@ -63,7 +63,7 @@ uint32_t Engine::sendNextPacket(Rpc* rpc) {
 // nothing.
 void Engine::notePacerLateness(Time now) {
     if (!pacerDeferred_ || sendable_.empty()) return;
-    const Time wake = nextPacerWakeup();
+    const Time wake = nic_.idleAt() - pacerAllowance();  // (nextPacerWakeup())
     if (now < wake) return;
     const Time sample = std::min<Time>(now - wake, kPacerAllowanceFactor * cfg_.maxNicQueueNs);
     pacerLateNs_ += (sample - pacerLateNs_) / 4;

@@ -658,8 +658,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
                         {"adaptive_poll_us", o.adaptivePollUs},
                         {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
                         {"link_gbps", o.linkGbps},
-                        {"nic_queue_us", o.nicQueueUs > 0 ? o.nicQueueUs
-                                                          : EndpointOptions::defaultProtocolOptions().maxNicQueueNs / 1000.0}};
+                        {"nic_queue_us", homaOptions(o).protocol.maxNicQueueNs / 1000.0}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
         j["base_rtt_measured"] = measured;

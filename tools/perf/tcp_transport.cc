@@ -944,7 +944,7 @@ class TcpClient final : public ClientTransport {
             }
             c->stagedTokens.clear();
         }
-        if (!flush(c)) return fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
+        if (!flush(c)) return failConnection(t, c, errno);
         updateInterest(t, c);
     }
 
@@ -954,10 +954,10 @@ class TcpClient final : public ClientTransport {
             int err = 0;
             socklen_t len = sizeof(err);
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-            return fail(t, c, "connection failed: " + errnoText(err ? err : EIO) + " (to " + c->peer.toString() + ")");
+            return failConnection(t, c, err ? err : EIO);
         }
         if (events & EPOLLOUT) {
-            if (!flush(c)) return fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
+            if (!flush(c)) return failConnection(t, c, errno);
         }
         if (events & (EPOLLIN | EPOLLHUP)) {
             if (!onReadable(t, c)) return;
@@ -976,7 +976,7 @@ class TcpClient final : public ClientTransport {
             if (r < 0) {
                 if (errno == EINTR) continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-                fail(t, c, "connection failed: " + errnoText(errno) + " (to " + c->peer.toString() + ")");
+                failConnection(t, c, errno);
                 return false;
             }
             if (!parse(t, c, t.scratch.data(), static_cast<size_t>(r))) return false;
@@ -1056,6 +1056,12 @@ class TcpClient final : public ClientTransport {
         ev.data.ptr = c;
         epoll_ctl(t.epoll, EPOLL_CTL_MOD, c->fd, &ev);
         c->interest = want;
+    }
+
+    /// fail() for a socket error `err`. (The peer goes after the kind, the text before the
+    /// first ": ", by which homa-perf counts errors: one kind for every server.)
+    void failConnection(ClientThread& t, ClientConn* c, int err) {
+        fail(t, c, "connection failed: " + errnoText(err) + " (to " + c->peer.toString() + ")");
     }
 
     /// Closes the connection and fails every call on it, oldest first. Calls that arrive
