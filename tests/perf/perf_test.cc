@@ -1,5 +1,9 @@
 // homa-perf: options, statistics, JSON output, and local runs end to end.
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,9 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "perf/perf.h"
 #include "perf/stats.h"
+#include "perf/transport.h"
 #include "common/slowdown_plot.h"
 
 namespace homa::perf {
@@ -97,6 +103,11 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--nic-queue-us", "short"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
+        {"client", "--servers", "127.0.0.1:4000,[::1]:4000"},  // one socket: one address family
+        {"client", "--servers", "[::1]:4000,127.0.0.1:4000"},
+        {"server", "--port", "65535", "--server-ports", "3"},  // ports past 65535
+        {"local", "--port", "65000", "--server-ports", "537"},
+        {"server", "--max-length", "3"},
         {"frobnicate"},
         {},
     };
@@ -107,6 +118,27 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         EXPECT_FALSE(e.empty());
         EXPECT_EQ(e.find('\n'), std::string::npos) << "not one line: " << e;
     }
+}
+
+// An open loop's cap on calls in flight only bounds memory: unless it is given, it is
+// high enough not to skip arrivals (it was the closed loop's 16, which quietly skipped
+// a seventh of a W4 load at 2 Gbps). A server takes --max-length: the largest message
+// it accepts.
+TEST(PerfOptions, OpenLoopCapAndServerMessageLimit) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--gbps", "2"}, &o, &e)) << e;
+    EXPECT_EQ(o.clientMax, kOpenLoopMaxInFlight);
+    PerfOptions capped;
+    ASSERT_TRUE(parse({"local", "--gbps", "2", "--client-max", "8"}, &capped, &e)) << e;
+    EXPECT_EQ(capped.clientMax, 8);
+    PerfOptions closed;
+    ASSERT_TRUE(parse({"client", "--servers", "10.0.0.1:4000"}, &closed, &e)) << e;
+    EXPECT_EQ(closed.clientMax, 16);
+    PerfOptions server;
+    ASSERT_TRUE(parse({"server", "--max-length", "4000000", "--server-threads", "3"}, &server, &e)) << e;
+    EXPECT_EQ(server.maxLength, 4'000'000u);
+    EXPECT_EQ(server.serverThreads, 3);
 }
 
 TEST(PerfStats, PercentileIsNearestRank) {
@@ -328,7 +360,7 @@ TEST(PerfLocal, CallsBeyondTheSendMemoryAreRefusedAndRetriedNotErrors) {
 TEST(PerfLocal, SendMemoryTooSmallForTheLargestMessageIsRefused) {
     PerfOptions o;
     std::string e;
-    ASSERT_TRUE(parse({"local", "--workload", "64", "--max-length", "4000000", "--send-buffer-mb", "1",
+    ASSERT_TRUE(parse({"local", "--workload", "4000000", "--max-length", "4000000", "--send-buffer-mb", "1",
                        "--duration", "0.3", "--quiet"},
                       &o, &e))
         << e;
@@ -441,6 +473,236 @@ TEST(PerfClient, AMissingServerIsAClearErrorWithinSeconds) {
     auto start = std::chrono::steady_clock::now();
     EXPECT_EQ(runClient(o), 1);
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+nlohmann::json readJson(const std::string& path) {
+    std::ifstream f(path);
+    nlohmann::json j = nlohmann::json::parse(f, nullptr, /*allow_exceptions=*/false);
+    std::remove(path.c_str());
+    return j;
+}
+
+// The TCP baseline fails a call at once on a connection its server closed, on the
+// calling thread. The closed loop started the next call from inside that failure's
+// completion, which failed at once too, and so on until the stack overflowed: a crash
+// moments after a server went away. Failed calls are now counted by kind, and their
+// slots start again from the run loop (at most one failure per slot per 10 ms).
+TEST(PerfClient, ATcpServerThatGoesAwayGivesErrorsByKindNotACrash) {
+    std::string err;
+    std::unique_ptr<ServerTransport> server = makeTcpServer(*Address::parse("127.0.0.1:0"), 1, TcpOptions{}, &err);
+    ASSERT_TRUE(server) << err;
+    const std::string path = tempPath("tcp-gone");
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"client", "--protocol", "tcp", "--servers", server->addresses()[0].toString(), "--workload",
+                       "100", "--duration", "1.5", "--base-rtt-us", "20", "--json", path, "--quiet"},
+                      &o, &e))
+        << e;
+    int rc = -1;
+    std::thread client([&] { rc = runClient(o); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    server->stop();  // (its threads close their connections)
+    client.join();
+    EXPECT_EQ(rc, 0) << "calls completed before the server went";
+    const nlohmann::json j = readJson(path);
+    ASSERT_TRUE(j.is_object());
+    const auto& t = j["totals"];
+    const uint64_t errors = t["errors"].get<uint64_t>();
+    EXPECT_GT(t["rpcs"].get<uint64_t>(), 0u);
+    EXPECT_GT(errors, 0u);
+    uint64_t byKind = 0;
+    for (const auto& [kind, n] : t["errors_by_kind"].items()) {
+        EXPECT_FALSE(kind.empty());
+        byKind += n.get<uint64_t>();
+    }
+    EXPECT_EQ(byKind, errors);
+    // 16 slots, one failure each per 10 ms for the last second at most (with room).
+    EXPECT_LE(errors, 16u * 150u) << "failed calls are started again as fast as they fail";
+}
+
+// A TCP server that takes connections but never answers is reported within seconds,
+// before the run (the client waited out three 5 s timeouts, ran the load, waited 10 s
+// more for calls in flight and exited with no word on why, "base RTT 0.0 us" included).
+TEST(PerfClient, ATcpServerThatDoesNotAnswerIsAClearErrorWithinSeconds) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    ASSERT_EQ(::listen(fd, 16), 0);  // (connections complete in the backlog, nobody reads them)
+    socklen_t len = sizeof(sa);
+    ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"client", "--protocol", "tcp", "--servers", "127.0.0.1:" + std::to_string(ntohs(sa.sin_port)),
+                       "--duration", "1", "--quiet"},
+                      &o, &e))
+        << e;
+    const auto start = std::chrono::steady_clock::now();
+    testing::internal::CaptureStderr();
+    const int rc = runClient(o);
+    const std::string out = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(rc, 1);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(6));
+    EXPECT_NE(out.find("is not answering"), std::string::npos) << out;
+    ::close(fd);
+}
+
+// The TCP server does the work --server-work-us asks of each request (it ignored it, so
+// TCP answered in microseconds where Homa took the work's time), and runs --server-threads
+// epoll threads (it ran one, whatever the banner said).
+TEST(PerfLocal, TheTcpServerDoesTheWorkAndRunsTheThreadsAskedFor) {
+    nlohmann::json j = runLocalJson({"--protocol", "tcp", "--workload", "100", "--duration", "1", "--client-max", "1",
+                                     "--server-work-us", "3000", "--base-rtt-us", "20"},
+                                    "tcp-work");
+    ASSERT_FALSE(j.is_null());
+    EXPECT_GE(j["totals"]["rtt_p50_us"].get<double>(), 3000.0);
+    EXPECT_EQ(j["options"]["server"]["work_us"], 3000);
+
+    auto serverThreads = [] {
+        int n = 0;
+        if (DIR* d = ::opendir("/proc/self/task")) {
+            while (dirent* t = ::readdir(d)) {
+                if (t->d_name[0] == '.') continue;
+                std::ifstream comm(std::string("/proc/self/task/") + t->d_name + "/comm");
+                std::string name;
+                std::getline(comm, name);
+                if (name == "tcp-server") ++n;
+            }
+            ::closedir(d);
+        }
+        return n;
+    };
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--protocol", "tcp", "--workload", "100", "--duration", "1.2", "--server-threads", "3",
+                       "--base-rtt-us", "20", "--quiet"},
+                      &o, &e))
+        << e;
+    int rc = -1;
+    std::thread run([&] { rc = runLocal(o); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    const int threads = serverThreads();
+    run.join();
+    EXPECT_EQ(rc, 0);
+    EXPECT_EQ(threads, 3);
+}
+
+// No call finished: no figure is 0 us. The text says n/a, the JSON has nulls, and the
+// failure says why (it exited 1 with nothing said, and slowdowns of 0.00).
+TEST(PerfLocal, ARunWithNoCompletedCallReportsNoFiguresAndSaysWhy) {
+    const std::string path = tempPath("none");
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--workload", "100", "--duration", "0.2", "--drain", "0", "--client-max", "1",
+                       "--calls", "async", "--server-work-us", "400000", "--base-rtt-us", "10", "--json", path,
+                       "--quiet"},
+                      &o, &e))
+        << e;
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    const int rc = runLocal(o);
+    const std::string out = testing::internal::GetCapturedStdout();
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(err.find("no call completed"), std::string::npos) << err;
+    EXPECT_NE(out.find("rtt p50 n/a us"), std::string::npos) << out;
+    const nlohmann::json j = readJson(path);
+    ASSERT_TRUE(j.is_object());
+    EXPECT_EQ(j["totals"]["rpcs"], 0);
+    EXPECT_TRUE(j["totals"]["rtt_p50_us"].is_null());
+    EXPECT_TRUE(j["totals"]["rtt_p99_us"].is_null());
+    ASSERT_FALSE(j["buckets"].empty());
+    for (const auto& b : j["buckets"]) {
+        EXPECT_EQ(b["count"], 0);
+        EXPECT_TRUE(b["slowdown_p99"].is_null());
+        EXPECT_TRUE(b["rtt_p50_us"].is_null());
+    }
+}
+
+// A --json file that cannot be written fails the run before it starts (it failed after
+// the whole run, its figures lost).
+TEST(PerfLocal, AnUnwritableJsonFileIsAnErrorBeforeTheRun) {
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--duration", "5", "--json", "/nonexistent-homa-perf-dir/x.json", "--quiet"}, &o, &e))
+        << e;
+    const auto start = std::chrono::steady_clock::now();
+    testing::internal::CaptureStderr();
+    const int rc = runLocal(o);
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(rc, 1);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+    EXPECT_NE(err.find("--json: cannot write /nonexistent-homa-perf-dir/x.json"), std::string::npos) << err;
+}
+
+// An interrupt ends the wait for calls in flight too (it waited --drain seconds for
+// them, ignoring Ctrl-C): the call still in the server's hands is unfinished, and the
+// JSON says the run was interrupted.
+TEST(PerfLocal, AnInterruptEndsTheWaitForCallsInFlight) {
+    const std::string path = tempPath("interrupted");
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--workload", "100", "--duration", "0.2", "--drain", "60", "--client-max", "1",
+                       "--calls", "async", "--server-work-us", "1500000", "--base-rtt-us", "10", "--json", path,
+                       "--quiet"},
+                      &o, &e))
+        << e;
+    int rc = -1;
+    std::thread run([&] { rc = runLocal(o); });
+    // The client's first call (its check that the server answers) takes 1.5 s, the load's
+    // one call 1.5 s more from then: at 2.3 s the load is over and the wait is on.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2300));
+    requestStop();
+    run.join();
+    EXPECT_EQ(rc, 1) << "no call completed";
+    const nlohmann::json j = readJson(path);
+    ASSERT_TRUE(j.is_object());
+    EXPECT_TRUE(j["totals"]["interrupted"].get<bool>());
+    EXPECT_EQ(j["totals"]["unfinished"], 1);
+    EXPECT_EQ(j["totals"]["completed_after_end"], 0);
+}
+
+// The largest message the endpoints take follows the workload, not --max-length: a cap
+// far above w1's sizes asked the library for 64 MB messages, which its receive memory
+// could not hold ("maxBufferBytes ... must hold at least one message").
+TEST(PerfLocal, AHighLengthCapDoesNotMakeEndpointsAskForMemory) {
+    nlohmann::json j = runLocalJson({"--workload", "w1", "--max-length", "64000000", "--duration", "1.1"}, "w1-cap");
+    ASSERT_FALSE(j.is_null());
+    checkSchema(j, "homa");
+    EXPECT_FALSE(j["options"]["capped"].get<bool>());
+    EXPECT_EQ(j["options"]["role"], "local");
+}
+
+// `plot` given JSON of another shape: a one-line error, not an abort.
+TEST(PerfPlot, JsonOfTheWrongShapeIsAOneLineError) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("perf-plot-shape-" + std::to_string(getpid()));
+    fs::create_directories(dir);
+    const std::vector<std::string> shapes = {
+        "[1,2]",
+        R"({"tool":"homa-perf","buckets":{"a":1},"options":{}})",
+        R"({"tool":"homa-perf","buckets":[{"count":3,"max_size":"x","slowdown_p99":2}],"options":{}})",
+        R"({"tool":"homa-perf","buckets":[{"count":3,"max_size":64,"slowdown_p99":null}],"options":{}})",
+        R"({"tool":"homa-perf","buckets":[7],"options":{}})",
+        R"({"tool":"homa-perf","buckets":[],"options":[1]})",
+    };
+    for (size_t i = 0; i < shapes.size(); ++i) {
+        const std::string in = (dir / "s").string() + std::to_string(i) + ".json";
+        std::ofstream(in) << shapes[i];
+        PerfOptions o;
+        std::string e;
+        ASSERT_TRUE(parse({"plot", in, "-o", (dir / "p.png").string()}, &o, &e)) << e;
+        testing::internal::CaptureStderr();
+        const int rc = runPlot(o);
+        const std::string err = testing::internal::GetCapturedStderr();
+        EXPECT_EQ(rc, 1) << shapes[i];
+        EXPECT_NE(err.find("is not homa-perf JSON"), std::string::npos) << shapes[i] << ": " << err;
+        EXPECT_EQ(err.find('\n'), err.size() - 1) << "not one line: " << err;
+    }
+    EXPECT_FALSE(fs::exists(dir / "p.png"));
+    fs::remove_all(dir);
 }
 
 }  // namespace

@@ -125,11 +125,7 @@ std::unique_ptr<ServerTransport> makeHomaServer(const Address& bind, int ports, 
         const int workUs = o.serverWorkUs;
         Status st = ep->serve(
             [srv, workUs](ServerRequest req) {
-                if (workUs > 0) {
-                    auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(workUs);
-                    while (std::chrono::steady_clock::now() < until) {
-                    }
-                }
+                if (workUs > 0) busyFor(static_cast<uint32_t>(workUs));
                 uint32_t len = responseLengthOf(req.message().bytes());
                 if (len > srv->filler_.size()) len = static_cast<uint32_t>(srv->filler_.size());
                 req.respond(std::span<const uint8_t>(srv->filler_.data(), len));

@@ -47,8 +47,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--bind", o->bind, "address to listen on");
         c->add_option("--port", o->port, "first server port (0: any)");
         c->add_option("--server-ports", o->serverPorts, "server ports (consecutive)")->check(CLI::Range(1, 64));
-        c->add_option("--server-threads", o->serverThreads, "threads per server port")->check(CLI::Range(1, 256));
-        c->add_option("--server-work-us", o->serverWorkUs, "busy time per request (Homa server's processing budget)")
+        c->add_option("--server-threads", o->serverThreads,
+                      "threads per server port (Homa: handler threads; TCP: epoll threads, all ports)")
+            ->check(CLI::Range(1, 256));
+        c->add_option("--server-work-us", o->serverWorkUs, "busy time per request before its response")
             ->check(CLI::Range(0, 10'000'000));
         c->add_option("--max-pending", o->maxPending, "Homa server: requests pending before new ones are refused")
             ->check(CLI::Range(1u, 10'000'000u));
@@ -56,7 +58,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
     auto addClient = [o](CLI::App* c) {
         c->add_option("--workload", o->workload, "w1..w5, a workload file, or a fixed size in bytes");
         c->add_option("--max-length", o->maxLength, "cap on message sizes")->check(CLI::Range(4u, 64'000'000u));
-        c->add_option("--client-max", o->clientMax, "outstanding RPCs (closed loop; cap in open loop)")
+        c->add_option("--client-max", o->clientMax,
+                      "outstanding RPCs (closed loop, default 16; open loop: a cap, default 100000)")
             ->check(CLI::Range(1, 100'000));
         c->add_option("--gbps", o->gbps, "open loop: Poisson arrivals offering this many Gbps of requests")
             ->check(CLI::Range(0.0, 1000.0));
@@ -71,7 +74,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
                       "the rate); the rest end unfinished")
             ->check(CLI::Range(0.0, 3600.0));
         c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
-        c->add_option("--tcp-threads", o->tcpThreads, "TCP client/server epoll threads")->check(CLI::Range(1, 64));
+        c->add_option("--tcp-threads", o->tcpThreads, "TCP client epoll threads")->check(CLI::Range(1, 64));
         c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")
             ->check(CLI::Range(0.0, 1e6));
         c->add_option("--seed", o->seed, "random seed for sizes and arrivals");
@@ -82,6 +85,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
     CLI::App* server = app.add_subcommand("server", "serve requests until interrupted");
     addCommon(server);
     addServer(server);
+    server->add_option("--max-length", o->maxLength, "largest request accepted, and response sent (default 1000000)")
+        ->check(CLI::Range(4u, 64'000'000u));
     CLI::App* client = app.add_subcommand("client", "send load to servers");
     addCommon(client);
     addClient(client);
@@ -113,12 +118,28 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
     if (client->parsed()) o->role = "client";
     if (local->parsed()) o->role = "local";
     if (plot->parsed()) o->role = "plot";
-    for (const std::string& s : o->servers) {
+    CLI::App* loadRole = client->parsed() ? client : local->parsed() ? local : nullptr;
+    // An open loop's cap is only there to bound memory: arrivals beyond it are skipped,
+    // which offers less than was asked for. Unless the user sets one, it is high.
+    if (loadRole && o->gbps > 0 && loadRole->get_option("--client-max")->count() == 0) o->clientMax = kOpenLoopMaxInFlight;
+    for (size_t i = 0; i < o->servers.size(); ++i) {
+        const std::string& s = o->servers[i];
         auto a = Address::parse(s);
         if (!a || a->port == 0) {
             *error = "--servers: '" + s + "' is not ADDRESS:PORT";
             return false;
         }
+        // One socket serves every server, so they must share its address family.
+        if (a->isIpv4() != Address::parse(o->servers[0])->isIpv4()) {
+            *error = "--servers: '" + s + "' and '" + o->servers[0] +
+                     "' are of different address families; give all IPv4 or all IPv6 addresses";
+            return false;
+        }
+    }
+    if ((o->role == "server" || o->role == "local") && o->port != 0 && o->port + o->serverPorts - 1 > 65535) {
+        *error = "--port " + std::to_string(o->port) + " with --server-ports " + std::to_string(o->serverPorts) +
+                 " goes past port 65535";
+        return false;
     }
     if ((o->role == "server" || o->role == "local") && !Address::parse(o->bind)) {
         *error = "--bind: '" + o->bind + "' is not an address";

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -34,10 +35,28 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
+/// How long the closed loop waits, at most, before it starts a call in the place of one
+/// that failed (the run loop's period).
+constexpr int kRetryPauseMs = 10;
+/// How long a server has to answer the client's first call before it is reported as not
+/// answering (and a TCP server to accept the connection).
+constexpr int kProbeTimeoutMs = 2000;
+
 volatile std::sig_atomic_t interrupted = 0;
 
 int64_t nowNs() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+/// A figure of an empty set of samples is not 0: "n/a" in the text, null in the JSON.
+std::string fixedOrNa(double v, bool none, int decimals) {
+    if (none) return "n/a";
+    char b[64];
+    std::snprintf(b, sizeof(b), "%.*f", decimals, v);
+    return b;
+}
+json orNull(double v, bool none) {
+    return none ? json(nullptr) : json(v);
 }
 
 json machineInfo() {
@@ -59,13 +78,21 @@ json machineInfo() {
     return m;
 }
 
-HomaTransportOptions homaOptions(const PerfOptions& o) {
+/// The largest message an endpoint takes or sends (ProtocolOptions::maxMessageLength,
+/// TcpOptions::maxMessageLength): a server's --max-length; for a client (and the server of
+/// `local`), the workload's largest size, and at least 1 MB.
+uint32_t messageLimit(const PerfOptions& o, const workload::Distribution* sizes) {
+    if (!sizes) return o.maxLength;
+    return std::max<uint32_t>(sizes->sizes().empty() ? 0 : sizes->sizes().back(), 1'000'000);
+}
+
+HomaTransportOptions homaOptions(const PerfOptions& o, uint32_t maxMessage) {
     HomaTransportOptions h;
     h.mtu = o.mtu;
     h.busyPollUs = o.busyPollUs;
     h.adaptivePollUs = o.adaptivePollUs;
     h.engineCpuTime = !o.noEngineCpuTime;
-    h.protocol.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
+    h.protocol.maxMessageLength = maxMessage;
     h.serverWorkUs = o.serverWorkUs;
     if (o.maxPending > 0) h.protocol.maxPendingRequests = o.maxPending;
     if (o.unschedBytes > 0) h.protocol.unschedBytes = o.unschedBytes;
@@ -78,12 +105,23 @@ HomaTransportOptions homaOptions(const PerfOptions& o) {
     return h;
 }
 
-TcpOptions tcpOptions(const PerfOptions& o) {
+/// The TCP baseline's options for its client, or (`server`) its server.
+TcpOptions tcpOptions(const PerfOptions& o, uint32_t maxMessage, bool server) {
     TcpOptions t;
     t.connectionsPerServer = o.tcpConnections;
-    t.threads = o.tcpThreads;
-    t.maxMessageLength = std::max<uint32_t>(o.maxLength, 1'000'000);
+    t.threads = server ? o.serverThreads : o.tcpThreads;
+    t.maxMessageLength = maxMessage;
+    t.serverWorkUs = static_cast<uint32_t>(o.serverWorkUs);
     return t;
+}
+
+/// An endpoint's refusal of its memory options, with the homa-perf options that set them.
+std::string withOptionHint(std::string error) {
+    if (error.find("maxBufferBytes") != std::string::npos)
+        error += " (raise --buffer-mb, or lower --max-length)";
+    else if (error.find("maxOutgoingBytes") != std::string::npos)
+        error += " (raise --send-buffer-mb, or lower --max-length)";
+    return error;
 }
 
 struct ServerSide {
@@ -91,12 +129,13 @@ struct ServerSide {
     std::function<MetricsSnapshot()> metrics;
 };
 
-bool startServer(const PerfOptions& o, const Address& bind, ServerSide* s, std::string* error) {
+bool startServer(const PerfOptions& o, const Address& bind, uint32_t maxMessage, ServerSide* s, std::string* error) {
     if (o.protocol == "tcp") {
-        s->transport = makeTcpServer(bind, o.serverPorts, tcpOptions(o), error);
+        s->transport = makeTcpServer(bind, o.serverPorts, tcpOptions(o, maxMessage, true), error);
     } else {
-        s->transport = makeHomaServer(bind, o.serverPorts, o.serverThreads, homaOptions(o), error, &s->metrics);
+        s->transport = makeHomaServer(bind, o.serverPorts, o.serverThreads, homaOptions(o, maxMessage), error, &s->metrics);
     }
+    if (!s->transport) *error = withOptionHint(*error);
     return s->transport != nullptr;
 }
 
@@ -151,6 +190,17 @@ class LoadGenerator {
             {
                 std::lock_guard lk(mu_);
                 again = record(f.call, r, rtt);
+                if (again && !r.ok) {
+                    // A failed call's slot is started again by the run loop (within
+                    // kRetryPauseMs), not from here: a transport that fails calls at
+                    // once (a dead connection) would otherwise fail the next one inside
+                    // this completion, and so on, one stack frame deeper each time; and
+                    // a closed loop against a dead server would spin on failures.
+                    freeSlots_.push_back(static_cast<uint32_t>(slot));
+                    ++failedSlots_;
+                    if (outstanding_ == 0) cv_.notify_all();
+                    return;
+                }
                 if (again) {
                     drawLocked(&next);
                     if (parked_ > 0) {
@@ -208,9 +258,10 @@ class LoadGenerator {
             // (Sleeps end at the end itself: the interval is not stretched by a late look.)
             const int64_t now = nowNs();
             if (now >= end || interrupted) break;
-            std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(10'000'000, end - now)));
+            std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(kRetryPauseMs * 1'000'000, end - now)));
             if (nowNs() >= end) break;
             if (unpark(true)) issue();  // nothing in flight to finish and make room
+            for (int64_t n = takeFailedSlots(); n > 0; --n) issue();
             if (nowNs() >= nextReport) {
                 report(nextReport);
                 nextReport += 1'000'000'000;
@@ -230,7 +281,10 @@ class LoadGenerator {
         bool left;
         {
             std::unique_lock lk(mu_);
-            cv_.wait_for(lk, std::chrono::duration<double>(o_.drainS), [this] { return outstanding_ == 0; });
+            // (In slices: an interrupt ends the wait too.)
+            const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.drainS));
+            while (outstanding_ > 0 && !interrupted && Clock::now() < until)
+                cv_.wait_for(lk, std::min<Clock::duration>(until - Clock::now(), std::chrono::milliseconds(50)));
             // What is still in flight is ended by the transport's shutdown: unfinished,
             // not errors of the transport (see record()).
             drained_ = true;
@@ -363,6 +417,11 @@ class LoadGenerator {
         --parked_;
         return true;
     }
+    /// The slots whose call failed since the last look (the run loop starts them again).
+    int64_t takeFailedSlots() {
+        std::lock_guard lk(mu_);
+        return stopping_ ? 0 : std::exchange(failedSlots_, 0);
+    }
     /// Round trips are timed with the timestamp counter: a clock_gettime before and after
     /// each call would cost as much as a tenth of a small RPC's own work.
     int64_t sinceNs(uint64_t startTsc) const {
@@ -397,6 +456,9 @@ class LoadGenerator {
                 continue;
             }
             if (!finish(c, r, sinceNs(start))) break;
+            // (As the asynchronous loop does: a call that failed is not followed at once
+            // by the next, which against a dead server would fail as fast as it can.)
+            if (!r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(kRetryPauseMs));
         }
     }
 
@@ -448,12 +510,19 @@ class LoadGenerator {
         double kops = static_cast<double>(rtts.size()) / 1e3;
         double p50 = percentile(rtts, 50), p99 = percentile(rtts, 99), p999 = percentile(rtts, 99.9);
         double t = static_cast<double>(at - startNs_) / 1e9;
-        json j = {{"t", t},      {"kops", kops},  {"gbps_out", out * 8 / 1e9}, {"gbps_in", in * 8 / 1e9},
-                  {"rtt_p50_us", p50}, {"rtt_p99_us", p99}, {"rtt_p999_us", p999}};
+        const bool none = rtts.empty();  // (no round trip finished in this second: no figures)
+        json j = {{"t", t},
+                  {"kops", kops},
+                  {"gbps_out", out * 8 / 1e9},
+                  {"gbps_in", in * 8 / 1e9},
+                  {"rtt_p50_us", orNull(p50, none)},
+                  {"rtt_p99_us", orNull(p99, none)},
+                  {"rtt_p999_us", orNull(p999, none)}};
         intervals.push_back(j);
         if (!o_.quiet)
-            std::printf("%5.0f s %9.1f kops   out %6.2f Gbps   in %6.2f Gbps   rtt p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n",
-                        t, kops, out * 8 / 1e9, in * 8 / 1e9, p50, p99, p999);
+            std::printf("%5.0f s %9.1f kops   out %6.2f Gbps   in %6.2f Gbps   rtt p50 %8s us  p99 %8s us  p99.9 %8s us\n",
+                        t, kops, out * 8 / 1e9, in * 8 / 1e9, fixedOrNa(p50, none, 1).c_str(),
+                        fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
         std::fflush(stdout);
     }
 
@@ -476,6 +545,7 @@ class LoadGenerator {
     bool ended_ = false;    ///< (mu_) the measured interval is over
     bool drained_ = false;  ///< (mu_) the run no longer waits for calls in flight
     int64_t parked_ = 0;  ///< (mu_) slots whose call was refused, waiting to be reissued
+    int64_t failedSlots_ = 0;  ///< (mu_) slots whose call failed, for the run loop to reissue
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
@@ -489,18 +559,20 @@ class LoadGenerator {
 // blocking connection of TCP's own): a hand-over to a transport thread and back would add
 // two wake-ups to the base, tens of microseconds on a virtual machine, and make every
 // slowdown of that transport look smaller than it is.
-double measureBaseRtt(ClientTransport& t, bool* synchronous) {
+/// 0, with the last failure in *error, if no call succeeded (or the run was interrupted).
+double measureBaseRtt(ClientTransport& t, bool* synchronous, std::string* error) {
     *synchronous = true;
     std::vector<double> rtts;
     std::vector<uint8_t> req(100, 1);
     putResponseLength(req.data(), 100);
     int failedInARow = 0;
-    for (int i = 0; i < 300 && failedInARow < 3; ++i) {
+    for (int i = 0; i < 300 && failedInARow < 3 && !interrupted; ++i) {
         CallResult result;
         int64_t begin = nowNs();
         if (t.callSync(0, req, &result)) {
             if (result.ok) rtts.push_back(static_cast<double>(nowNs() - begin) / 1e3);
             failedInARow = result.ok ? 0 : failedInARow + 1;
+            if (!result.ok) *error = result.error;
             continue;
         }
         *synchronous = false;
@@ -509,12 +581,14 @@ double measureBaseRtt(ClientTransport& t, bool* synchronous) {
             std::mutex mu;
             std::condition_variable cv;
             bool done = false, ok = false;
+            std::string error;
         };
         auto w = std::make_shared<Wait>();
         int64_t start = nowNs();
         t.call(0, req, [w](CallResult r) {
             std::lock_guard lk(w->mu);
             w->ok = r.ok;
+            w->error = std::move(r.error);
             w->done = true;
             w->cv.notify_all();
         });
@@ -522,7 +596,9 @@ double measureBaseRtt(ClientTransport& t, bool* synchronous) {
         w->cv.wait_for(lk, std::chrono::seconds(5), [&] { return w->done; });
         if (w->ok) rtts.push_back(static_cast<double>(nowNs() - start) / 1e3);
         failedInARow = w->ok ? 0 : failedInARow + 1;
+        if (!w->ok) *error = w->done ? w->error : "no response within 5 s";
     }
+    if (rtts.empty() && error->empty()) *error = "interrupted";
     // (A server that stops answering: three failures in a row end the measurement, with
     // what it has; the load's own calls then report the failures.)
     return rtts.empty() ? 0.0 : percentile(rtts, 50);
@@ -540,7 +616,9 @@ CpuTimes processCpu() {
     return {s(u.ru_utime), s(u.ru_stime)};
 }
 
-int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
+/// The workload's message sizes, capped by --max-length (saying so); nullopt, with the
+/// reason printed, if the workload is not one.
+std::optional<workload::Distribution> workloadSizes(const PerfOptions& o) {
     std::string error;
     std::optional<workload::Distribution> dist;
     bool fixed = !o.workload.empty() && std::all_of(o.workload.begin(), o.workload.end(), ::isdigit);
@@ -548,7 +626,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         long size = std::atol(o.workload.c_str());
         if (size < 1) {
             std::fprintf(stderr, "homa-perf: --workload: a fixed size must be at least 1 byte\n");
-            return 2;
+            return std::nullopt;
         }
         dist = workload::Distribution::fixed(static_cast<uint32_t>(std::min<long>(size, UINT32_MAX)));
     } else {
@@ -556,33 +634,93 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     }
     if (!dist) {
         std::fprintf(stderr, "homa-perf: --workload: %s\n", error.c_str());
-        return 2;
+        return std::nullopt;
     }
     workload::Distribution sizes = dist->capped(o.maxLength);
     if (sizes.isCapped())
-        std::printf("note: workload %s capped at %u bytes by --max-length (mean %.0f -> %.0f bytes)\n",
-                    o.workload.c_str(), o.maxLength, dist->mean(), sizes.mean());
+        std::printf("note: workload %s capped at %u bytes by --max-length%s (mean %.0f -> %.0f bytes)\n",
+                    o.workload.c_str(), o.maxLength, o.maxLength == PerfOptions{}.maxLength ? " (its default)" : "",
+                    dist->mean(), sizes.mean());
+    return sizes;
+}
 
+/// Whether --json's file can be written: checked before the run, not after it.
+bool jsonWritable(const std::string& path) {
+    if (path.empty()) return true;
+    const bool existed = ::access(path.c_str(), F_OK) == 0;
+    bool ok;
+    {
+        std::ofstream f(path, std::ios::app);
+        ok = static_cast<bool>(f);
+    }
+    if (ok && !existed) std::remove(path.c_str());
+    if (!ok) std::fprintf(stderr, "homa-perf: --json: cannot write %s: %s\n", path.c_str(), std::strerror(errno));
+    return ok;
+}
+
+/// One 100-byte call to each server, each given `timeoutMs` to answer: a server that is
+/// not there (or does not answer) is reported before the run, not as a stream of
+/// failures or a hang. (The Homa client probes its servers itself, with its endpoint's
+/// own timeout.)
+bool probeServers(ClientTransport& t, const std::vector<Address>& servers, int timeoutMs, std::string* error) {
+    std::vector<uint8_t> req(100, 1);
+    putResponseLength(req.data(), 8);
+    for (size_t i = 0; i < servers.size(); ++i) {
+        struct Wait {
+            std::mutex mu;
+            std::condition_variable cv;
+            bool done = false;
+            CallResult result;
+        };
+        auto w = std::make_shared<Wait>();  // (shared with a callback that may come after the wait)
+        t.call(i, req, [w](CallResult r) {
+            std::lock_guard lk(w->mu);
+            w->result = std::move(r);
+            w->done = true;
+            w->cv.notify_all();
+        });
+        std::unique_lock lk(w->mu);
+        w->cv.wait_for(lk, std::chrono::milliseconds(timeoutMs), [&] { return w->done; });
+        if (!w->done || !w->result.ok) {
+            *error = "server " + servers[i].toString() + " is not answering: " +
+                     (w->done ? w->result.error : "no response within " + std::to_string(timeoutMs) + " ms");
+            return false;
+        }
+    }
+    return true;
+}
+
+int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, const workload::Distribution& sizes) {
+    std::string error;
+    if (!jsonWritable(o.json)) return 1;
     std::unique_ptr<ClientTransport> transport;
     std::function<MetricsSnapshot()> metrics;
     if (o.protocol == "tcp") {
-        transport = makeTcpClient(servers, tcpOptions(o), 2000, &error);
+        transport = makeTcpClient(servers, tcpOptions(o, messageLimit(o, &sizes), false), kProbeTimeoutMs, &error);
+        if (transport && !probeServers(*transport, servers, kProbeTimeoutMs, &error)) transport.reset();
     } else {
-        transport = makeHomaClient(servers, homaOptions(o), &error, &metrics);
+        transport = makeHomaClient(servers, homaOptions(o, messageLimit(o, &sizes)), &error, &metrics);
     }
     if (!transport) {
-        std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
+        std::fprintf(stderr, "homa-perf: %s\n", withOptionHint(error).c_str());
         return 1;
     }
     SlowdownModel model;
     model.linkGbps = o.linkGbps;
     bool measured = o.baseRttUs <= 0;
     bool baseSynchronous = false;
-    model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous) : o.baseRttUs;
+    model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous, &error) : o.baseRttUs;
+    if (interrupted) return 1;
+    if (model.baseRttUs <= 0) {
+        std::fprintf(stderr, "homa-perf: cannot measure the base RTT: %s (or give --base-rtt-us)\n", error.c_str());
+        return 1;
+    }
     const char* baseHow = !measured ? "given" : baseSynchronous ? "measured" : "measured through a callback";
+    char openLoop[96];
+    std::snprintf(openLoop, sizeof(openLoop), "open loop %g Gbps (at most %d in flight)", o.gbps, o.clientMax);
     std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %g Gbps\n",
                 o.protocol.c_str(), o.workload.c_str(),
-                o.gbps > 0 ? ("open loop " + std::to_string(o.gbps) + " Gbps").c_str()
+                o.gbps > 0 ? openLoop
                            : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +
                               (usesSyncCalls(o, *transport) ? " (synchronous calls)" : ""))
                                  .c_str(),
@@ -610,6 +748,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     all.reserve(gen.samples.size());
     for (auto& s : gen.samples) all.push_back(static_cast<double>(s.rttNs) / 1e3);
     double p50 = percentile(all, 50), p99 = percentile(all, 99), p999 = percentile(all, 99.9);
+    const bool none = all.empty();
 
     std::printf("\nsummary: %zu RPCs in %.2f s = %.1f kops, out %.2f Gbps, in %.2f Gbps, errors %lu, "
                 "skipped arrivals %lu\n",
@@ -626,7 +765,12 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         std::printf("refused %lu calls: the client's memory for messages in flight was full (they were started "
                     "again as calls finished)\n",
                     static_cast<unsigned long>(gen.refused));
-    std::printf("rtt p50 %.1f us, p99 %.1f us, p99.9 %.1f us\n", p50, p99, p999);
+    if (gen.skipped > 0)
+        std::printf("skipped %lu arrivals: %d calls were in flight (--client-max), so the load offered was less "
+                    "than %g Gbps\n",
+                    static_cast<unsigned long>(gen.skipped), o.clientMax, o.gbps);
+    std::printf("rtt p50 %s us, p99 %s us, p99.9 %s us\n", fixedOrNa(p50, none, 1).c_str(),
+                fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
     // The whole process: with `local`, the server's threads too.
     const double cpuUsPerRpc = gen.samples.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.samples.size());
     std::printf("cpu %.2f us per RPC (process: user %.2f s, system %.2f s, %.0f%% of one core)\n", cpuUsPerRpc,
@@ -641,8 +785,9 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
     std::printf("%12s %10s %12s %12s %14s %14s\n", "size <=", "count", "rtt p50 us", "rtt p99 us", "slowdown p50",
                 "slowdown p99");
     for (const Bucket& b : buckets)
-        std::printf("%12u %10lu %12.1f %12.1f %14.2f %14.2f\n", b.maxSize, static_cast<unsigned long>(b.count),
-                    b.rttP50Us, b.rttP99Us, b.slowdownP50, b.slowdownP99);
+        std::printf("%12u %10lu %12s %12s %14s %14s\n", b.maxSize, static_cast<unsigned long>(b.count),
+                    fixedOrNa(b.rttP50Us, b.count == 0, 1).c_str(), fixedOrNa(b.rttP99Us, b.count == 0, 1).c_str(),
+                    fixedOrNa(b.slowdownP50, b.count == 0, 2).c_str(), fixedOrNa(b.slowdownP99, b.count == 0, 2).c_str());
     MetricsSnapshot diff = after - before;
     if (o.metrics && metrics) printMetrics("client", diff);
 
@@ -650,15 +795,41 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         json j;
         j["tool"] = "homa-perf";
         j["schema"] = 1;
-        j["options"] = {{"protocol", o.protocol},     {"workload", o.workload},   {"max_length", o.maxLength},
-                        {"capped", sizes.isCapped()}, {"client_max", o.clientMax}, {"gbps", o.gbps},
+        std::vector<std::string> serverNames;
+        for (const Address& a : servers) serverNames.push_back(a.toString());
+        const HomaTransportOptions homa = homaOptions(o, messageLimit(o, &sizes));
+        j["options"] = {{"role", o.role},
+                        {"protocol", o.protocol},
+                        {"workload", o.workload},
+                        {"max_length", o.maxLength},
+                        {"capped", sizes.isCapped()},
+                        {"client_max", o.clientMax},
+                        {"gbps", o.gbps},
                         {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
-                        {"one_way", o.oneWay},        {"duration_s", o.duration}, {"drain_s", o.drainS}, {"tcp_conns", o.tcpConnections},
-                        {"mtu", o.mtu},               {"busy_poll_us", o.busyPollUs},
+                        {"one_way", o.oneWay},
+                        {"duration_s", o.duration},
+                        {"drain_s", o.drainS},
+                        {"tcp_conns", o.tcpConnections},
+                        {"tcp_threads", o.tcpThreads},
+                        {"mtu", o.mtu},
+                        {"busy_poll_us", o.busyPollUs},
                         {"adaptive_poll_us", o.adaptivePollUs},
-                        {"unsched_bytes", o.unschedBytes}, {"max_incoming", o.maxIncoming}, {"overcommit", o.overcommit}, {"buffer_mb", o.bufferMb}, {"send_buffer_mb", o.sendBufferMb}, {"seed", o.seed},           {"servers", o.servers},
+                        {"engine_cpu_time", homa.engineCpuTime},
+                        {"unsched_bytes", o.unschedBytes},
+                        {"max_incoming", o.maxIncoming},
+                        {"overcommit", o.overcommit},
+                        {"buffer_mb", o.bufferMb},
+                        {"send_buffer_mb", o.sendBufferMb},
+                        {"seed", o.seed},
+                        {"servers", serverNames},
                         {"link_gbps", o.linkGbps},
-                        {"nic_queue_us", homaOptions(o).protocol.maxNicQueueNs / 1000.0}};
+                        {"nic_queue_us", homa.protocol.maxNicQueueNs / 1000.0}};
+        // What the server of `local` ran with (a separate server's options are its own).
+        if (o.role == "local")
+            j["options"]["server"] = {{"ports", o.serverPorts},
+                                      {"threads", o.serverThreads},
+                                      {"work_us", o.serverWorkUs},
+                                      {"max_pending", o.maxPending}};
         j["machine"] = machineInfo();
         j["base_rtt_us"] = model.baseRttUs;
         j["base_rtt_measured"] = measured;
@@ -669,13 +840,18 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         j["totals"] = {{"rpcs", gen.completed}, {"completed_after_end", gen.completedAfterEnd},
                        {"unfinished", gen.unfinished}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
-                       {"errors", gen.errors}, {"errors_by_kind", gen.errorsByKind}, {"skipped_arrivals", gen.skipped}, {"refused", gen.refused}, {"rtt_p50_us", p50},
-                       {"rtt_p99_us", p99}, {"rtt_p999_us", p999}, {"cpu_us_per_rpc", cpuUsPerRpc},
-                       {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS}};
+                       {"errors", gen.errors}, {"errors_by_kind", gen.errorsByKind}, {"skipped_arrivals", gen.skipped},
+                       {"refused", gen.refused}, {"rtt_p50_us", orNull(p50, none)}, {"rtt_p99_us", orNull(p99, none)},
+                       {"rtt_p999_us", orNull(p999, none)}, {"cpu_us_per_rpc", cpuUsPerRpc},
+                       {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS},
+                       {"interrupted", interrupted != 0}};
         json jb = json::array();
-        for (const Bucket& b : buckets)
-            jb.push_back({{"max_size", b.maxSize}, {"count", b.count}, {"rtt_p50_us", b.rttP50Us},
-                          {"rtt_p99_us", b.rttP99Us}, {"slowdown_p50", b.slowdownP50}, {"slowdown_p99", b.slowdownP99}});
+        for (const Bucket& b : buckets) {
+            const bool empty = b.count == 0;
+            jb.push_back({{"max_size", b.maxSize}, {"count", b.count}, {"rtt_p50_us", orNull(b.rttP50Us, empty)},
+                          {"rtt_p99_us", orNull(b.rttP99Us, empty)}, {"slowdown_p50", orNull(b.slowdownP50, empty)},
+                          {"slowdown_p99", orNull(b.slowdownP99, empty)}});
+        }
         j["buckets"] = jb;
         if (metrics) {
             json jm = json::object();
@@ -689,7 +865,13 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers) {
         }
         f << j.dump(2) << "\n";
     }
-    return gen.samples.empty() ? 1 : 0;
+    if (gen.samples.empty()) {
+        std::fprintf(stderr, "homa-perf: no call completed%s\n",
+                     gen.errors > 0 ? (" (" + std::to_string(gen.errors) + " failed, first: " + gen.firstError + ")").c_str()
+                                    : "");
+        return 1;
+    }
+    return 0;
 }
 
 std::vector<Address> parseServers(const std::vector<std::string>& s) {
@@ -706,6 +888,10 @@ Address bindAddress(const PerfOptions& o) {
 
 }  // namespace
 
+void requestStop() {
+    interrupted = 1;
+}
+
 std::string errorKind(const std::string& error) {
     // (": ", not ':': addresses have colons of their own.)
     std::string kind = error.substr(0, error.find(": "));
@@ -713,20 +899,25 @@ std::string errorKind(const std::string& error) {
 }
 
 int runServer(const PerfOptions& o) {
+    interrupted = 0;
     ServerSide s;
     std::string error;
-    if (!startServer(o, bindAddress(o), &s, &error)) {
+    if (!startServer(o, bindAddress(o), messageLimit(o, nullptr), &s, &error)) {
         std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
         return 1;
     }
     std::printf("homa-perf server: %s on", o.protocol.c_str());
     for (const Address& a : s.transport->addresses()) std::printf(" %s", a.toString().c_str());
-    std::printf(" (%d thread%s per port)\n", o.serverThreads, o.serverThreads == 1 ? "" : "s");
+    if (o.protocol == "tcp")
+        std::printf(" (%d epoll thread%s for all ports", o.serverThreads, o.serverThreads == 1 ? "" : "s");
+    else
+        std::printf(" (%d thread%s per port", o.serverThreads, o.serverThreads == 1 ? "" : "s");
+    std::printf(", messages up to %u bytes)\n", o.maxLength);
     std::fflush(stdout);
     MetricsSnapshot before;
     if (s.metrics) before = s.metrics();
-    std::signal(SIGINT, [](int) { interrupted = 1; });
-    std::signal(SIGTERM, [](int) { interrupted = 1; });
+    std::signal(SIGINT, [](int) { requestStop(); });
+    std::signal(SIGTERM, [](int) { requestStop(); });
     while (!interrupted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     if (o.metrics && s.metrics) printMetrics("server", s.metrics() - before);
     std::printf("homa-perf server: served %lu requests\n", static_cast<unsigned long>(s.transport->served()));
@@ -735,54 +926,86 @@ int runServer(const PerfOptions& o) {
 }
 
 int runClient(const PerfOptions& o) {
-    std::signal(SIGINT, [](int) { interrupted = 1; });
-    return clientAgainst(o, parseServers(o.servers));
+    interrupted = 0;
+    std::signal(SIGINT, [](int) { requestStop(); });
+    const std::optional<workload::Distribution> sizes = workloadSizes(o);
+    if (!sizes) return 2;
+    return clientAgainst(o, parseServers(o.servers), *sizes);
 }
 
 int runLocal(const PerfOptions& o) {
+    interrupted = 0;
     PerfOptions so = o;
     so.bind = o.bind == "0.0.0.0" ? "127.0.0.1" : o.bind;
     so.port = 0;
+    const std::optional<workload::Distribution> sizes = workloadSizes(o);
+    if (!sizes) return 2;
     ServerSide s;
     std::string error;
-    if (!startServer(so, bindAddress(so), &s, &error)) {
+    if (!startServer(so, bindAddress(so), messageLimit(o, &*sizes), &s, &error)) {
         std::fprintf(stderr, "homa-perf: %s\n", error.c_str());
         return 1;
     }
-    std::signal(SIGINT, [](int) { interrupted = 1; });
+    std::signal(SIGINT, [](int) { requestStop(); });
     MetricsSnapshot before;
     if (s.metrics) before = s.metrics();
-    int rc = clientAgainst(o, s.transport->addresses());
+    int rc = clientAgainst(o, s.transport->addresses(), *sizes);
     if (o.metrics && s.metrics) printMetrics("server", s.metrics() - before);
     s.transport->stop();
     return rc;
 }
 
+namespace {
+
+/// One run's line on the plot, from its JSON; false with the reason if it is not
+/// homa-perf's JSON (of any shape: a value of the wrong type is an error, not a crash).
+bool plotLineOf(const std::string& input, tools::PlotLine* line, std::string* why) {
+    std::ifstream f(input);
+    json j;
+    try {
+        j = json::parse(f);
+    } catch (const std::exception& e) {
+        *why = e.what();
+        return false;
+    }
+    if (!j.is_object() || j.value("tool", "") != "homa-perf" || !j.contains("buckets") || !j.contains("options")) {
+        *why = "no buckets";
+        return false;
+    }
+    try {
+        const json& options = j.at("options");
+        if (!j.at("buckets").is_array() || !options.is_object()) {
+            *why = "buckets or options of the wrong type";
+            return false;
+        }
+        for (const auto& b : j["buckets"])
+            if (b.value("count", 0) > 0)
+                line->points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
+        line->label = options.value("protocol", "?") + " " + options.value("workload", "?");
+        char load[64];
+        if (options.value("gbps", 0.0) > 0)
+            std::snprintf(load, sizeof(load), " %.2f Gbps", options.value("gbps", 0.0));
+        else
+            std::snprintf(load, sizeof(load), " %d outstanding", options.value("client_max", 0));
+        line->label += load;
+    } catch (const json::exception& e) {
+        *why = e.what();
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
 int runPlot(const PerfOptions& o) {
     std::vector<tools::PlotLine> lines;
     for (const std::string& input : o.inputs) {
-        std::ifstream f(input);
-        json j;
-        try {
-            j = json::parse(f);
-        } catch (const std::exception& e) {
-            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (%s)\n", input.c_str(), e.what());
-            return 1;
-        }
-        if (j.value("tool", "") != "homa-perf" || !j.contains("buckets") || !j.contains("options")) {
-            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (no buckets)\n", input.c_str());
-            return 1;
-        }
         tools::PlotLine line;
-        for (const auto& b : j["buckets"])
-            if (b.value("count", 0) > 0) line.points.emplace_back(b["max_size"], b["slowdown_p99"]);
-        line.label = j["options"].value("protocol", "?") + " " + j["options"].value("workload", "?");
-        char load[64];
-        if (j["options"].value("gbps", 0.0) > 0)
-            std::snprintf(load, sizeof(load), " %.2f Gbps", j["options"].value("gbps", 0.0));
-        else
-            std::snprintf(load, sizeof(load), " %d outstanding", j["options"].value("client_max", 0));
-        line.label += load;
+        std::string why;
+        if (!plotLineOf(input, &line, &why)) {
+            std::fprintf(stderr, "homa-perf plot: %s is not homa-perf JSON (%s)\n", input.c_str(), why.c_str());
+            return 1;
+        }
         lines.push_back(std::move(line));
     }
     const std::string error = tools::plotSlowdown(lines, o.output, o.title);

@@ -19,7 +19,7 @@ struct PerfOptions {
     uint16_t port = 4000;
     int serverPorts = 1;
     int serverThreads = 1;
-    int serverWorkUs = 0;    ///< busy time per request (Homa server)
+    int serverWorkUs = 0;    ///< busy time per request
     uint32_t maxPending = 0;  ///< Homa server: maxPendingRequests (0: the default)
 
     // Client
@@ -36,7 +36,7 @@ struct PerfOptions {
     /// Seconds to wait after the load for the calls in flight; the rest end unfinished.
     double drainS = 10;
     int tcpConnections = 1;   ///< per server
-    int tcpThreads = 1;
+    int tcpThreads = 1;       ///< TCP client's epoll threads (its server's: serverThreads)
     double baseRttUs = 0;     ///< 0: measure before the run
     /// The link's bandwidth: Homa's pacer sends at this rate (ProtocolOptions::linkMbps)
     /// and the slowdown's transfer time is computed with it.
@@ -70,8 +70,15 @@ bool parseOptions(int argc, char** argv, PerfOptions* options, std::string* erro
 /// The kind of a failed call's error, for counting errors by kind: the text before the
 /// first ": " ("timeout: no response ..." -> "timeout"), or the whole text if it has none.
 std::string errorKind(const std::string& error);
+/// The open loop's cap on calls in flight when --client-max is not given.
+inline constexpr int kOpenLoopMaxInFlight = 100'000;
 /// Most error kinds a run keeps apart; the rest count as "other".
 inline constexpr size_t kMaxErrorKinds = 16;
+
+/// Ends the run under way as an interrupt (SIGINT, SIGTERM) does: the load stops, the
+/// wait for calls in flight ends, and the report is made of what was measured.
+/// Async-signal-safe.
+void requestStop();
 
 int runServer(const PerfOptions& o);
 int runClient(const PerfOptions& o);

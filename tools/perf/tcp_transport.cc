@@ -518,6 +518,7 @@ class TcpServer final : public ServerTransport {
                 ok = false;
                 break;
             }
+            if (options_.serverWorkUs > 0) busyFor(options_.serverWorkUs);
             // The body is whatever the buffer held before: filler content is arbitrary.
             storeBe32(c->out.appendRaw(4 + size_t{responseLength}), responseLength);
             ++answered;

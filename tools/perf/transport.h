@@ -6,6 +6,7 @@
 // request with a response of that length. Requests are at least 4 bytes long.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -120,11 +121,19 @@ inline uint32_t responseLengthOf(std::span<const uint8_t> request) {
     return v == 0 ? 1 : v;
 }
 
+/// A server's work per request (--server-work-us): keeps this thread busy for `us`.
+inline void busyFor(uint32_t us) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+}
+
 // ---- TCP baseline (tcp_transport.cc)
 struct TcpOptions {
     int connectionsPerServer = 1;  ///< client: connections to each server, used round robin
     int threads = 1;               ///< server: epoll threads; client: epoll threads
     uint32_t maxMessageLength = 1'000'000;
+    uint32_t serverWorkUs = 0;     ///< server: busy time per request before its response
 };
 /// Connects to every server now; nullptr and a one-line reason if any cannot be reached
 /// within `connectTimeoutMs`.
