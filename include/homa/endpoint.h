@@ -126,6 +126,9 @@ class ServerRequest {
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
     /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
     Status respond(std::span<const uint8_t> response);
+    /// The same, sending a message built in place (Endpoint::allocate() of this request's
+    /// endpoint) without copying it. The message is consumed whatever the outcome.
+    Status respond(OutgoingMessage response);
 
   private:
     friend class runtime::Core;
@@ -169,6 +172,18 @@ class Endpoint {
     /// start).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
+    /// Memory for an outgoing message of `length` bytes, from the endpoint's memory for
+    /// messages being sent (ProtocolOptions::maxOutgoingBytes): fill it, then pass it to
+    /// call(), callAsync() or ServerRequest::respond(), which send it without copying it
+    /// (a large message then costs one copy less). Empty on error, with the reason in
+    /// *error: InvalidArgument (0 bytes), MessageTooLarge, OutOfBuffers (the memory is
+    /// full: messages in flight hold it), Shutdown.
+    OutgoingMessage allocate(size_t length, Status* error = nullptr);
+    /// call() and callAsync() sending a message from allocate() of this endpoint. The
+    /// message is consumed whatever the outcome; an empty one, or another endpoint's,
+    /// fails the call with InvalidArgument.
+    Response call(const Address& server, OutgoingMessage request, CallOptions options = {});
+    RpcId callAsync(const Address& server, OutgoingMessage request, Callback done, CallOptions options = {});
     /// Asynchronous call returning a future (needs the poll thread or poll()).
     std::future<Response> callFuture(const Address& server, std::span<const uint8_t> request,
                                      CallOptions options = {});

@@ -1,6 +1,10 @@
-// A received message: a read-only view into the endpoint's buffer pool (zero copy).
-// The buffer goes back to the pool when the Message is destroyed; while the pool is
-// full, the endpoint stops granting (backpressure) rather than dropping accepted data.
+// Messages in an endpoint's memory.
+//
+// Message: a received message, a read-only view into the endpoint's buffer pool (zero
+// copy). The buffer goes back to the pool when the Message is destroyed; while the pool
+// is full, the endpoint stops granting (backpressure) rather than dropping accepted data.
+//
+// OutgoingMessage: a message built in place for sending (see below).
 //
 // Thread safety: one thread at a time per object; may be destroyed on any thread.
 #pragma once
@@ -58,6 +62,53 @@ class Message {
     // The endpoint's core: it counts the messages it made that are still held, and
     // outlives its endpoint until the last one is released.
     runtime::Core* core_ = nullptr;
+    uint8_t* data_ = nullptr;
+    uint32_t length_ = 0;
+    uint32_t capacity_ = 0;
+};
+
+/// An outgoing message built in place: a buffer of the endpoint's memory for messages
+/// being sent (Endpoint::allocate()), which the application fills and then passes to
+/// Endpoint::call()/callAsync() or ServerRequest::respond(), which send it without
+/// copying it. Its bytes start unspecified (not zeroed: fill all of them). Destroyed
+/// unsent, it returns its memory. Movable, not copyable; after a move or a send it is
+/// empty.
+///
+/// Thread safety: one thread at a time per object; may be destroyed on any thread.
+class OutgoingMessage {
+  public:
+    OutgoingMessage() = default;
+    OutgoingMessage(OutgoingMessage&& other) noexcept
+        : core_(std::exchange(other.core_, nullptr)),
+          data_(std::exchange(other.data_, nullptr)),
+          length_(std::exchange(other.length_, 0)),
+          capacity_(std::exchange(other.capacity_, 0)) {}
+    OutgoingMessage& operator=(OutgoingMessage&& other) noexcept {
+        if (this != &other) {
+            if (data_ != nullptr) reset();
+            core_ = std::exchange(other.core_, nullptr);
+            data_ = std::exchange(other.data_, nullptr);
+            length_ = std::exchange(other.length_, 0);
+            capacity_ = std::exchange(other.capacity_, 0);
+        }
+        return *this;
+    }
+    OutgoingMessage(const OutgoingMessage&) = delete;
+    OutgoingMessage& operator=(const OutgoingMessage&) = delete;
+    ~OutgoingMessage() {
+        if (data_ != nullptr) reset();
+    }
+
+    std::span<uint8_t> bytes() { return {data_, length_}; }
+    uint8_t* data() { return data_; }
+    size_t size() const { return length_; }
+    bool empty() const { return length_ == 0; }
+    /// Returns the memory now, unsent.
+    void reset();
+
+  private:
+    friend class runtime::Core;
+    runtime::Core* core_ = nullptr;  // (kept alive while this exists, as for Message)
     uint8_t* data_ = nullptr;
     uint32_t length_ = 0;
     uint32_t capacity_ = 0;

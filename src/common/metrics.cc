@@ -9,10 +9,10 @@
 namespace homa {
 
 namespace {
-constexpr std::array<std::string_view, 13> kGauges = {
+constexpr std::array<std::string_view, 14> kGauges = {
     "buffer_bytes_in_use", "peers",          "rpcs",          "nic_queue_ns",     "pending_requests",
     "incoming_outstanding", "active_grants", "calls_in_flight", "requests_queued", "trace_enabled",
-    "tick_timer_armed",    "client_rpcs_waiting", "pacer_allowance_ns",
+    "tick_timer_armed",    "client_rpcs_waiting", "pacer_allowance_ns", "send_bytes_in_use",
 };
 
 // Decimal digits only (no sign, no spaces), the whole string, no overflow.

@@ -332,10 +332,37 @@ uint8_t Engine::unschedPriority(const Peer* peer, uint32_t length) const {
     return static_cast<uint8_t>(lowest < 0 ? 0 : lowest);
 }
 
-Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now) {
-    BufferPool::Buffer buffer = outPool_.allocate(static_cast<uint32_t>(data.size()));
-    if (!buffer) return {StatusCode::OutOfBuffers, "outgoing message memory is full"};
-    std::memcpy(buffer.data, data.data(), data.size());
+Status Engine::checkOutgoingLength(size_t length, const char* what) const {
+    if (length == 0) return {StatusCode::InvalidArgument, std::string("a ") + what + " must have at least 1 byte"};
+    if (length > cfg_.maxMessageLength)
+        return {StatusCode::MessageTooLarge, std::string(what) + " of " + std::to_string(length) +
+                                                 " bytes exceeds the maximum of " +
+                                                 std::to_string(cfg_.maxMessageLength)};
+    return {};
+}
+
+OutgoingBuffer Engine::allocateOutgoing(size_t length, Status* error) {
+    Status s = checkOutgoingLength(length, "message");
+    BufferPool::Buffer b;
+    if (s.isOk()) {
+        b = outPool_.allocate(static_cast<uint32_t>(length));
+        if (!b) s = {StatusCode::OutOfBuffers, "outgoing message memory is full"};
+    }
+    if (error) *error = s;
+    return {b.data, b.capacity};
+}
+
+void Engine::releaseOutgoing(OutgoingBuffer buffer) {
+    if (buffer) outPool_.release({buffer.data, buffer.capacity});
+}
+
+Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now, OutgoingBuffer owned) {
+    BufferPool::Buffer buffer{owned.data, owned.capacity};
+    if (!owned) {
+        buffer = outPool_.allocate(static_cast<uint32_t>(data.size()));
+        if (!buffer) return {StatusCode::OutOfBuffers, "outgoing message memory is full"};
+        std::memcpy(buffer.data, data.data(), data.size());
+    }
     OutMessage& o = rpc->out;
     o.buffer = buffer;
     o.length = static_cast<uint32_t>(data.size());
@@ -349,19 +376,21 @@ Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now
 }
 
 Status Engine::startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
-                            Time now, uint64_t* id) {
+                            Time now, uint64_t* id, OutgoingBuffer owned) {
     now = clamp(now);
-    if (request.empty()) return {StatusCode::InvalidArgument, "a request must have at least 1 byte"};
-    if (request.size() > cfg_.maxMessageLength)
-        return {StatusCode::MessageTooLarge, "request of " + std::to_string(request.size()) +
-                                                 " bytes exceeds the maximum of " +
-                                                 std::to_string(cfg_.maxMessageLength)};
+    if (Status s = checkOutgoingLength(request.size(), "request"); !s.isOk()) {
+        releaseOutgoing(owned);
+        return s;
+    }
     Peer* peer = getPeer(server, now);
-    if (!peer) return {StatusCode::OutOfBuffers, "peer table is full"};
+    if (!peer) {
+        releaseOutgoing(owned);
+        return {StatusCode::OutOfBuffers, "peer table is full"};
+    }
     uint64_t rpcId = nextClientId_;
     Rpc* rpc = newRpc(peer, rpcId, RpcState::Client, now);
     rpc->cookie = cookie;
-    Status s = setupOutMessage(rpc, request, now);
+    Status s = setupOutMessage(rpc, request, now, owned);
     if (!s.isOk()) {
         freeRpc(rpc);
         return s;
@@ -386,19 +415,23 @@ Status Engine::startRequest(const Address& server, std::span<const uint8_t> requ
     return {};
 }
 
-Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> response, Time now) {
+Status Engine::sendResponse(const ServerRpcId& id, std::span<const uint8_t> response, Time now,
+                            OutgoingBuffer owned) {
     now = clamp(now);
     Peer* peer = findPeer(id.client);
     Rpc* rpc = peer ? findServerRpc(peer, id.id) : nullptr;
-    if (!rpc) return {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
-    if (rpc->state != RpcState::ServerInService)
-        return {StatusCode::InvalidArgument, "the request was already answered"};
-    if (response.empty()) return {StatusCode::InvalidArgument, "a response must have at least 1 byte"};
-    if (response.size() > cfg_.maxMessageLength)
-        return {StatusCode::MessageTooLarge, "response of " + std::to_string(response.size()) +
-                                                 " bytes exceeds the maximum of " +
-                                                 std::to_string(cfg_.maxMessageLength)};
-    Status s = setupOutMessage(rpc, response, now);
+    Status s;
+    if (!rpc)
+        s = {StatusCode::NoSuchRpc, "no request " + std::to_string(id.id) + " from " + id.client.toString()};
+    else if (rpc->state != RpcState::ServerInService)
+        s = {StatusCode::InvalidArgument, "the request was already answered"};
+    else
+        s = checkOutgoingLength(response.size(), "response");
+    if (!s.isOk()) {
+        releaseOutgoing(owned);
+        return s;
+    }
+    s = setupOutMessage(rpc, response, now, owned);
     if (!s.isOk()) return s;
     inServiceRpcs_.erase(inServiceRpcs_.iterator_to(*rpc));
     rpc->state = RpcState::ServerOutgoing;

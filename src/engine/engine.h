@@ -57,6 +57,14 @@ struct ReceivedMessage {
     uint32_t capacity = 0;
 };
 
+/// A buffer of the engine's send memory, handed to the application to fill
+/// (Engine::allocateOutgoing()): an outgoing message built in place, sent without a copy.
+struct OutgoingBuffer {
+    uint8_t* data = nullptr;
+    uint32_t capacity = 0;
+    explicit operator bool() const { return data != nullptr; }
+};
+
 /// How the application names an RPC it serves.
 struct ServerRpcId {
     Address client;
@@ -97,10 +105,20 @@ class Engine {
 
     // ---- Application calls
     /// Starts an RPC: copies `request` and begins sending it. On success *id is the RPC's id.
+    /// With `owned` (a buffer from allocateOutgoing() that `request` lies at the start of),
+    /// sends from it without a copy; the engine takes the buffer, on failure too.
     Status startRequest(const Address& server, std::span<const uint8_t> request, uint64_t cookie,
-                        Time now, uint64_t* id);
-    /// Sends the response of a request that was delivered and not yet answered.
-    Status sendResponse(const ServerRpcId& rpc, std::span<const uint8_t> response, Time now);
+                        Time now, uint64_t* id, OutgoingBuffer owned = {});
+    /// Sends the response of a request that was delivered and not yet answered (`owned`
+    /// as for startRequest()).
+    Status sendResponse(const ServerRpcId& rpc, std::span<const uint8_t> response, Time now,
+                        OutgoingBuffer owned = {});
+    /// A buffer from the send memory for a message of `length` bytes, to be filled and
+    /// passed to startRequest()/sendResponse() or returned with releaseOutgoing(); empty,
+    /// with the reason, if the length is not one a message may have (InvalidArgument,
+    /// MessageTooLarge) or the memory is full (OutOfBuffers).
+    OutgoingBuffer allocateOutgoing(size_t length, Status* error);
+    void releaseOutgoing(OutgoingBuffer buffer);
     /// Forgets a client RPC; nothing is delivered for it afterwards.
     Status abortClientRpc(uint64_t id, Time now);
     /// Drops a delivered request without answering; the client will see a failure.
@@ -161,6 +179,8 @@ class Engine {
     uint32_t pendingRequests() const { return pendingRequests_; }
     uint64_t incomingOutstanding() const { return incomingOutstanding_; }
     const BufferPool& bufferPool() const { return inPool_; }
+    /// The memory of messages being sent (and of OutgoingBuffers handed out).
+    const BufferPool& sendPool() const { return outPool_; }
     const NicQueue& nicQueue() const { return nic_; }
     /// The NIC backlog the pacer allows now (see pacerAllowance()).
     Time pacerAllowanceNs() const { return pacerAllowance(); }
@@ -208,7 +228,9 @@ class Engine {
     }
     Rpc* findServerRpc(Peer* peer, uint64_t clientId);
     /// Copies the message; the caller then hands the RPC to startSending().
-    Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now);
+    Status setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now, OutgoingBuffer owned);
+    /// The checks of a message's length that startRequest() and sendResponse() make.
+    Status checkOutgoingLength(size_t length, const char* what) const;
     void failRpc(Rpc* rpc, Status status);
     void handleGrant(Rpc* rpc, const wire::Packet& p);
     void handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now);

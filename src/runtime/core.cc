@@ -883,11 +883,13 @@ void Core::deliverRequest(engine::Delivery& d) {
 
 // ---------------------------------------------------------------- client
 
-Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options) {
+Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
+                    engine::OutgoingBuffer owned) {
     Waiter w;
     mu_.lock();
     Response r;
     if (shutdown_) {
+        dropOutgoing(owned);
         mu_.unlock();
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         return r;
@@ -895,7 +897,8 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     uint64_t engineStart;
     const int64_t now = nowAndEngineClock(&engineStart);
     RpcId id = 0;
-    Status s = engine_->startRequest(server, request, 0, now, &id);
+    if (owned) --liveMessages_;  // (the engine takes it, whatever the outcome)
+    Status s = engine_->startRequest(server, request, 0, now, &id, owned);
     countEngineTime(engineStart);
     driver_->flush();
     afterEngineWork(now);
@@ -927,18 +930,22 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
 }
 
 RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
-                      const CallOptions& options) {
+                      const CallOptions& options, engine::OutgoingBuffer owned, const Status* cannotStart) {
     Response r;
     r.context = options.context;
     {
         std::lock_guard lk(mu_);
         if (shutdown_) {
+            dropOutgoing(owned);
             r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        } else if (cannotStart) {
+            r.status = *cannotStart;
         } else {
             uint64_t engineStart;
             const int64_t now = nowAndEngineClock(&engineStart);
             RpcId id = 0;
-            Status s = engine_->startRequest(server, request, 0, now, &id);
+            if (owned) --liveMessages_;  // (the engine takes it, whatever the outcome)
+            Status s = engine_->startRequest(server, request, 0, now, &id, owned);
             countEngineTime(engineStart);
             maybeFlush();
             if (s.isOk()) {
@@ -1090,12 +1097,65 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     return {};
 }
 
-Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response) {
+Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> response,
+                     engine::OutgoingBuffer owned) {
     std::lock_guard lk(mu_);
-    if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    if (shutdown_) {
+        dropOutgoing(owned);
+        return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    }
     Status s;
-    outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now); });
+    if (owned) --liveMessages_;  // (the engine takes it, whatever the outcome)
+    outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now, owned); });
     return s;
+}
+
+// ---------------------------------------------------------------- outgoing messages
+
+OutgoingMessage Core::allocate(size_t length, Status* error) {
+    OutgoingMessage m;
+    Status s;
+    {
+        std::lock_guard lk(mu_);
+        if (shutdown_) {
+            s = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        } else {
+            const engine::OutgoingBuffer b = engine_->allocateOutgoing(length, &s);
+            if (b) {
+                ++liveMessages_;
+                m.core_ = this;
+                m.data_ = b.data;
+                m.length_ = static_cast<uint32_t>(length);
+                m.capacity_ = b.capacity;
+            }
+        }
+    }
+    if (error) *error = s;
+    return m;
+}
+
+Status Core::takeOutgoing(OutgoingMessage& m, std::span<const uint8_t>* bytes, engine::OutgoingBuffer* owned) {
+    if (m.data_ == nullptr) return Status(StatusCode::InvalidArgument, "the message is empty (sent or moved from)");
+    if (m.core_ != this) return Status(StatusCode::InvalidArgument, "the message was allocated by another endpoint");
+    *bytes = {m.data_, m.length_};
+    *owned = {m.data_, m.capacity_};
+    m.core_ = nullptr;  // (the buffer is the caller's now: nothing to release)
+    m.data_ = nullptr;
+    m.length_ = m.capacity_ = 0;
+    return {};
+}
+
+void Core::dropOutgoing(engine::OutgoingBuffer owned) {
+    if (!owned) return;
+    engine_->releaseOutgoing(owned);
+    --liveMessages_;
+}
+
+void Core::releaseOutgoing(uint8_t* data, uint32_t capacity) {
+    std::shared_ptr<Core> last;  // (declared first: dropped after the lock is released)
+    std::lock_guard lk(mu_);
+    engine_->releaseOutgoing({data, capacity});
+    last = messagesReleased(1);
 }
 
 void Core::dropRequest(const Address& client, RpcId id) {
@@ -1251,6 +1311,7 @@ MetricsSnapshot Core::metrics() {
     add("pacer_allowance_ns", static_cast<uint64_t>(engine_->pacerAllowanceNs()));
     add("buffer_waits", m.bufferWaits);
     add("buffer_bytes_in_use", engine_->bufferPool().bytesInUse());
+    add("send_bytes_in_use", engine_->sendPool().bytesInUse());
     add("buffer_allocation_failures", engine_->bufferPool().allocationFailures());
     add("peers", engine_->peerCount());
     add("peers_created", m.peersCreated);

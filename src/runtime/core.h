@@ -42,9 +42,20 @@ class Core : public engine::PacketSink {
 
     Address address() const { return driver_->localAddress(); }
 
-    Response call(const Address& server, std::span<const uint8_t> request, const CallOptions& options);
+    /// With `owned` (see takeOutgoing()), `request` is sent from that buffer, no copy.
+    Response call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
+                  engine::OutgoingBuffer owned = {});
+    /// With `cannotStart`, the call fails with that status (its callback from the loop).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
-                    const CallOptions& options);
+                    const CallOptions& options, engine::OutgoingBuffer owned = {},
+                    const Status* cannotStart = nullptr);
+    /// An OutgoingMessage of `length` bytes (empty, with the reason, on failure).
+    OutgoingMessage allocate(size_t length, Status* error);
+    /// Takes the buffer out of `m` for a call or response (m is then empty); fails if `m`
+    /// is empty or another endpoint's, leaving it as it was.
+    Status takeOutgoing(OutgoingMessage& m, std::span<const uint8_t>* bytes, engine::OutgoingBuffer* owned);
+    /// Used by OutgoingMessage: returns an unsent message's memory.
+    void releaseOutgoing(uint8_t* data, uint32_t capacity);
     Status abort(RpcId id);
     Status serve(Endpoint::Handler handler, int threads);
     /// `worker`: called by a worker of serve(), which counts as busy (busyWorkers_) from
@@ -67,7 +78,8 @@ class Core : public engine::PacketSink {
     /// core's: drops the cores this application thread kept while inside them (endpoints
     /// it destroyed from one of their own callbacks), once it is inside none.
     static void afterApplicationCall();
-    Status respond(const Address& client, RpcId id, std::span<const uint8_t> response);
+    Status respond(const Address& client, RpcId id, std::span<const uint8_t> response,
+                   engine::OutgoingBuffer owned = {});
     void dropRequest(const Address& client, RpcId id);
 
     void transmit(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
@@ -213,6 +225,8 @@ class Core : public engine::PacketSink {
       private:
         const Core* outer_;
     };
+    /// Under mu_: returns a taken OutgoingMessage's buffer that will not be sent.
+    void dropOutgoing(engine::OutgoingBuffer owned);
     /// Returns the buffers this thread deferred for this endpoint (under mu_).
     void releaseDeferred();
     /// Starts the metrics socket / Prometheus publisher if the options ask for one.

@@ -36,6 +36,24 @@ Status ServerRequest::respond(std::span<const uint8_t> response) {
     return s;
 }
 
+Status ServerRequest::respond(OutgoingMessage response) {
+    if (!message_.core_) return Status(StatusCode::InvalidArgument, "not a request");
+    if (answered_) return Status(StatusCode::InvalidArgument, "the request was already answered");
+    std::span<const uint8_t> bytes;
+    engine::OutgoingBuffer owned;
+    Status s = message_.core_->takeOutgoing(response, &bytes, &owned);
+    if (s.isOk()) s = message_.core_->respond(client_, id_, bytes, owned);
+    if (s.isOk()) answered_ = true;
+    return s;
+}
+
+void OutgoingMessage::reset() {
+    if (core_ && data_) core_->releaseOutgoing(data_, capacity_);
+    core_ = nullptr;
+    data_ = nullptr;
+    length_ = capacity_ = 0;
+}
+
 std::unique_ptr<Endpoint> Endpoint::open(const EndpointOptions& options, Status* error) {
     auto core = runtime::Core::create(options, error);
     if (!core) return nullptr;
@@ -64,6 +82,30 @@ Response Endpoint::call(const Address& server, std::span<const uint8_t> request,
 RpcId Endpoint::callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                           CallOptions options) {
     const RpcId id = core_->callAsync(server, request, std::move(done), options);
+    runtime::Core::afterApplicationCall();
+    return id;
+}
+
+OutgoingMessage Endpoint::allocate(size_t length, Status* error) { return core_->allocate(length, error); }
+
+Response Endpoint::call(const Address& server, OutgoingMessage request, CallOptions options) {
+    std::span<const uint8_t> bytes;
+    engine::OutgoingBuffer owned;
+    Response r;
+    r.context = options.context;
+    r.status = core_->takeOutgoing(request, &bytes, &owned);
+    if (!r.status.isOk()) return r;
+    r = core_->call(server, bytes, options, owned);
+    runtime::Core::afterApplicationCall();
+    return r;
+}
+
+RpcId Endpoint::callAsync(const Address& server, OutgoingMessage request, Callback done, CallOptions options) {
+    std::span<const uint8_t> bytes;
+    engine::OutgoingBuffer owned;
+    const Status s = core_->takeOutgoing(request, &bytes, &owned);
+    // (One that cannot start gets its callback from the loop, as any such call does.)
+    const RpcId id = core_->callAsync(server, bytes, std::move(done), options, owned, s.isOk() ? nullptr : &s);
     runtime::Core::afterApplicationCall();
     return id;
 }

@@ -915,6 +915,53 @@ TEST(Engine, ResponseApiRejectsBadCalls) {
     p.b.releaseMessage(d[0].message, p.now);
 }
 
+// A buffer handed out for building a message in place is the engine's again once it is
+// given to startRequest() or sendResponse(), whether the call is taken or refused: a
+// refusal returns it to the send memory (it would otherwise be lost for good).
+TEST(Engine, BuffersForMessagesBuiltInPlaceComeBackWhateverTheOutcome) {
+    Pair p;
+    Status err;
+    EXPECT_FALSE(p.a.allocateOutgoing(0, &err));
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+    EXPECT_FALSE(p.a.allocateOutgoing(p.cfgA.maxMessageLength + 1, &err));
+    EXPECT_EQ(err.code(), StatusCode::MessageTooLarge);
+
+    OutgoingBuffer b = p.a.allocateOutgoing(3000, &err);
+    ASSERT_TRUE(b) << err.toString();
+    EXPECT_GE(p.a.sendPool().bytesInUse(), 3000u);
+    std::memset(b.data, 0x5c, 3000);
+    uint64_t id = 0;
+    ASSERT_TRUE(p.a.startRequest(kB, std::span<const uint8_t>(b.data, 3000), 0, p.now, &id, b).isOk());
+    p.pump();
+    auto d = p.deliveries(p.b);
+    ASSERT_EQ(d.size(), 1u);
+    ASSERT_EQ(d[0].message.length, 3000u);
+    EXPECT_EQ(d[0].message.data[0], 0x5c);
+    EXPECT_EQ(d[0].message.data[2999], 0x5c);
+
+    // Refusals: the request is answered once; the second response's buffer comes back.
+    OutgoingBuffer r1 = p.b.allocateOutgoing(10, &err);
+    OutgoingBuffer r2 = p.b.allocateOutgoing(10, &err);
+    ASSERT_TRUE(r1 && r2);
+    EXPECT_TRUE(p.b.sendResponse(d[0].server, std::span<const uint8_t>(r1.data, 10), p.now, r1).isOk());
+    EXPECT_EQ(p.b.sendResponse(d[0].server, std::span<const uint8_t>(r2.data, 10), p.now, r2).code(),
+              StatusCode::InvalidArgument);
+    OutgoingBuffer r3 = p.b.allocateOutgoing(10, &err);
+    EXPECT_EQ(p.b.sendResponse({kA, 4242}, std::span<const uint8_t>(r3.data, 10), p.now, r3).code(),
+              StatusCode::NoSuchRpc);
+    OutgoingBuffer r4 = p.a.allocateOutgoing(10, &err);
+    EXPECT_EQ(p.a.startRequest(kB, std::span<const uint8_t>(), 0, p.now, &id, r4).code(),
+              StatusCode::InvalidArgument);
+    p.b.releaseMessage(d[0].message, p.now);
+    p.pump();
+    for (int i = 0; i < 10 && (p.a.sendPool().bytesInUse() != 0 || p.b.sendPool().bytesInUse() != 0); ++i) {
+        p.tick();
+        p.pump();
+    }
+    EXPECT_EQ(p.a.sendPool().bytesInUse(), 0u);
+    EXPECT_EQ(p.b.sendPool().bytesInUse(), 0u);
+}
+
 // ---------------------------------------------------------------- hostile input
 
 TEST(Engine, GarbageIsDroppedAndCountedWithoutDisturbingRpcs) {

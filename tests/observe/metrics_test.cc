@@ -48,6 +48,7 @@ TEST(Metrics, DifferenceSubtractsCountersAndKeepsGauges) {
     EXPECT_TRUE(MetricsSnapshot::isGauge("buffer_bytes_in_use"));
     EXPECT_TRUE(MetricsSnapshot::isGauge("nic_queue_ns"));
     EXPECT_TRUE(MetricsSnapshot::isGauge("pacer_allowance_ns"));
+    EXPECT_TRUE(MetricsSnapshot::isGauge("send_bytes_in_use"));
     EXPECT_FALSE(MetricsSnapshot::isGauge("packets_sent_data"));
 }
 

@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <filesystem>
@@ -709,7 +710,23 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     constexpr double kWakeupsPerTick = 0.25;
 #endif
     // 300 ms of eight calls in flight; the server's counters over them, and the ticks.
+    // Also how long this process's threads waited for a CPU meanwhile (a worker that
+    // waits for a CPU cannot put the tick off: on a machine busy with other work, 189 to
+    // 262 wake-ups in 300 ticks): then only "not at every tick" holds, as under a
+    // sanitizer.
+    auto runQueueWaitNs = [] {
+        uint64_t total = 0;
+        std::error_code ec;
+        for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+            std::ifstream f(task.path() / "schedstat");
+            uint64_t running = 0, waiting = 0;
+            if (f >> running >> waiting) total += waiting;
+        }
+        return total;
+    };
+    double contendedFraction = 0;
     auto measure = [&](double* ticks) {
+        const uint64_t wait0 = runQueueWaitNs();
         constexpr int kWindow = 8;
         std::atomic<bool> stop{false};
         std::atomic<int> inFlight{0}, failed{0};
@@ -730,15 +747,17 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
         std::this_thread::sleep_for(300ms);
         stop = true;
         *ticks = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 1e-3;
+        contendedFraction = static_cast<double>(runQueueWaitNs() - wait0) / (*ticks * 1e6);
         for (int i = 0; i < 5000 && inFlight > 0; ++i) std::this_thread::sleep_for(1ms);
         EXPECT_EQ(inFlight.load(), 0);
         EXPECT_EQ(failed.load(), 0);
         const MetricsSnapshot d = server->metrics() - s0;
-        std::printf("server: %lu poll-thread timer runs and %lu wake-ups in %.0f ticks (%lu postponed), %lu requests\n",
+        std::printf("server: %lu poll-thread timer runs and %lu wake-ups in %.0f ticks (%lu postponed), %lu requests; "
+                    "threads waited for a CPU %.0f %% of the time\n",
                     static_cast<unsigned long>(d.get("poll_thread_timer_runs")),
                     static_cast<unsigned long>(d.get("poll_thread_wakeups")), *ticks,
                     static_cast<unsigned long>(d.get("tick_postponements")),
-                    static_cast<unsigned long>(d.get("server_requests_received")));
+                    static_cast<unsigned long>(d.get("server_requests_received")), contendedFraction * 100);
         return d;
     };
     // A worker preempted for a tick or more rightly leaves that tick to the poll thread,
@@ -748,16 +767,19 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     // every tick).
     double ticks = 0;
     MetricsSnapshot d;
+    // (On a contended machine, waits for a CPU over 10 % of the window, the bound is the
+    // sanitizers' one.)
+    auto bound = [&] { return contendedFraction > 0.10 ? 1.0 : kWakeupsPerTick; };
     for (int attempt = 0; attempt < 3; ++attempt) {
         d = measure(&ticks);
-        if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * kWakeupsPerTick) break;
+        if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * bound()) break;
     }
     // (Loose: see above.)
     EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks / 2);
     // Nor is the poll thread woken to find the ticks done: the worker keeps putting the
     // tick timer off (it went off at every tick, about 1,000 wake-ups a second, and cost
     // a server about 8 % of its small-RPC throughput).
-    EXPECT_LT(static_cast<double>(d.get("poll_thread_wakeups")), ticks * kWakeupsPerTick);
+    EXPECT_LT(static_cast<double>(d.get("poll_thread_wakeups")), ticks * bound());
     EXPECT_GT(d.get("tick_postponements"), 0u);
     EXPECT_EQ(d.get("poll_thread_late_takeovers"), 0u);
 }
@@ -1032,8 +1054,15 @@ TEST(Endpoint, MixedWaitersAllFinish) {
     BlackHole hole;
     ASSERT_NE(hole.address().port, 0);
     const Address silent = hole.address();
-    auto server = echoServer(2);
-    auto client = Endpoint::open(loopback());
+    // The claim is that every call ends, none hangs: the protocol's own timeout (100 ms
+    // of silence by default) is set far above any scheduling stall, so that a server
+    // starved of the CPU for a while on a loaded machine (the client's ticks count on
+    // meanwhile) does not fail calls to it; the calls to the black hole still end by
+    // their own 2-5 ms timeouts.
+    EndpointOptions options = loopback();
+    options.protocol.timeoutTicks = 2000;
+    auto server = echoServer(2, options);
+    auto client = Endpoint::open(options);
     ASSERT_TRUE(client);
     const uint64_t seed = 77;
     std::printf("seed %lu\n", static_cast<unsigned long>(seed));
@@ -1054,11 +1083,23 @@ TEST(Endpoint, MixedWaitersAllFinish) {
                     RpcId id = client->callAsync(to, req, [&](Response r) { p.set_value(std::move(r)); }, o);
                     if (rng() % 3 == 0 && id != 0) client->abort(id);
                     Response r = p.get_future().get();
-                    if (r.status.isOk() && r.message.size() != req.size()) ++wrong;
+                    if (r.status.isOk() && r.message.size() != req.size()) {
+                        ++wrong;
+                        ADD_FAILURE() << "thread 3: a response of " << r.message.size() << " bytes to " << req.size();
+                    }
                 } else {
+                    const auto start = std::chrono::steady_clock::now();
                     Response r = client->call(to, req, o);
-                    if (!toSilent && !r.status.isOk()) ++wrong;
-                    if (toSilent && r.status.code() != StatusCode::Timeout) ++wrong;
+                    if ((!toSilent && !r.status.isOk()) || (toSilent && r.status.code() != StatusCode::Timeout)) {
+                        ++wrong;
+                        ADD_FAILURE() << "thread " << t << ": call of " << req.size() << " bytes to "
+                                      << (toSilent ? "the black hole" : "the server") << " ended with "
+                                      << r.status.toString() << " after "
+                                      << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::steady_clock::now() - start)
+                                             .count()
+                                      << " ms";
+                    }
                 }
                 ++finished;
             }
@@ -1377,7 +1418,7 @@ TEST(Endpoint, ACallThatCannotStartFailsFromWhicheverThreadRunsTheLoop) {
     auto client = Endpoint::open(o);
     std::atomic<int> ran{0};
     std::thread::id ranOn;
-    EXPECT_EQ(client->callAsync(server->address(), {}, [&](Response r) {
+    EXPECT_EQ(client->callAsync(server->address(), std::span<const uint8_t>(), [&](Response r) {
         EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
         ranOn = std::this_thread::get_id();
         ++ran;
@@ -1397,7 +1438,7 @@ TEST(Endpoint, ACallThatCannotStartFailsFromWhicheverThreadRunsTheLoop) {
     std::this_thread::sleep_for(50ms);
     std::promise<void> failed;
     const auto start = std::chrono::steady_clock::now();
-    EXPECT_EQ(owned->callAsync(server->address(), {}, [&](Response r) {
+    EXPECT_EQ(owned->callAsync(server->address(), std::span<const uint8_t>(), [&](Response r) {
         EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
         failed.set_value();
     }), 0u);
@@ -1451,7 +1492,7 @@ TEST(Endpoint, BadArgumentsGetClearErrors) {
     auto server = echoServer();
     EXPECT_EQ(server->serve([](ServerRequest) {}, 1).code(), StatusCode::InvalidArgument);
     auto client = Endpoint::open(loopback());
-    EXPECT_EQ(client->call(server->address(), {}).status.code(), StatusCode::InvalidArgument);
+    EXPECT_EQ(client->call(server->address(), std::span<const uint8_t>()).status.code(), StatusCode::InvalidArgument);
     std::vector<uint8_t> huge(1'000'001);
     EXPECT_EQ(client->call(server->address(), huge).status.code(), StatusCode::MessageTooLarge);
     EXPECT_EQ(client->serve(nullptr, 1).code(), StatusCode::InvalidArgument);
@@ -1554,6 +1595,128 @@ TEST(Endpoint, FullBufferPoolStopsGrantingAndResumes) {
     }
     for (int i = 0; i < 500 && ok < 6; ++i) std::this_thread::sleep_for(10ms);
     EXPECT_EQ(ok.load(), 6);
+}
+
+// ---------------------------------------------------------------- OutgoingMessage
+
+// Messages built in place: a request from allocate() goes out as it was filled, by
+// call() and callAsync(), and so does a response given to respond(); each one's send
+// memory comes back once it is sent and acknowledged.
+TEST(Endpoint, MessagesBuiltInPlaceAreSentAsFilled) {
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    Endpoint* srv = server.get();
+    ASSERT_TRUE(server
+                    ->serve(
+                        [srv](ServerRequest req) {
+                            // The response: the request's bytes reversed, built in place.
+                            const auto in = req.message().bytes();
+                            OutgoingMessage out = srv->allocate(in.size());
+                            ASSERT_EQ(out.size(), in.size());
+                            std::reverse_copy(in.begin(), in.end(), out.data());
+                            EXPECT_TRUE(req.respond(std::move(out)).isOk());
+                            EXPECT_TRUE(out.empty());
+                        },
+                        1)
+                    .isOk());
+    auto client = Endpoint::open(loopback());
+    for (size_t size : {size_t{1}, size_t{1400}, size_t{5000}, size_t{300'000}}) {
+        Status err;
+        OutgoingMessage m = client->allocate(size, &err);
+        ASSERT_TRUE(err.isOk()) << err.toString();
+        ASSERT_EQ(m.size(), size);
+        for (size_t i = 0; i < size; ++i) m.data()[i] = static_cast<uint8_t>(i * 7 + size);
+        std::vector<uint8_t> want(m.bytes().rbegin(), m.bytes().rend());
+        Response r = client->call(server->address(), std::move(m), {.timeout = 10s});
+        EXPECT_TRUE(m.empty());
+        ASSERT_TRUE(r.status.isOk()) << size << ": " << r.status.toString();
+        EXPECT_TRUE(std::equal(want.begin(), want.end(), r.message.bytes().begin(), r.message.bytes().end())) << size;
+
+        OutgoingMessage a = client->allocate(size);
+        for (size_t i = 0; i < size; ++i) a.data()[i] = static_cast<uint8_t>(i + 3);
+        std::vector<uint8_t> wantAsync(a.bytes().rbegin(), a.bytes().rend());
+        std::promise<Response> p;
+        client->callAsync(server->address(), std::move(a), [&](Response rr) { p.set_value(std::move(rr)); },
+                          {.timeout = 10s});
+        Response ra = p.get_future().get();
+        ASSERT_TRUE(ra.status.isOk()) << size << ": " << ra.status.toString();
+        EXPECT_TRUE(std::equal(wantAsync.begin(), wantAsync.end(), ra.message.bytes().begin(),
+                               ra.message.bytes().end()))
+            << size;
+    }
+    for (int i = 0; i < 200 && (client->metrics().get("send_bytes_in_use") != 0 ||
+                                server->metrics().get("send_bytes_in_use") != 0);
+         ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
+    EXPECT_EQ(server->metrics().get("send_bytes_in_use"), 0u);
+}
+
+// allocate() refuses what no message may be, and what the send memory cannot hold; an
+// unsent message gives its memory back when destroyed; an empty message, or one of
+// another endpoint, fails the call (the message is consumed either way).
+TEST(Endpoint, BuiltInPlaceMessagesOfTheWrongKindFailClearly) {
+    EndpointOptions o = loopback();
+    o.protocol.maxOutgoingBytes = 4 << 20;
+    auto client = Endpoint::open(o);
+    ASSERT_TRUE(client);
+    auto other = Endpoint::open(loopback());
+    auto server = echoServer();
+    Status err;
+    EXPECT_TRUE(client->allocate(0, &err).empty());
+    EXPECT_EQ(err.code(), StatusCode::InvalidArgument);
+    EXPECT_TRUE(client->allocate(1'000'001, &err).empty());
+    EXPECT_EQ(err.code(), StatusCode::MessageTooLarge);
+    {
+        std::vector<OutgoingMessage> held;
+        for (int i = 0; i < 8; ++i) {
+            held.push_back(client->allocate(1'000'000, &err));
+            if (held.back().empty()) break;
+        }
+        EXPECT_TRUE(held.back().empty()) << "4 MB of send memory held eight 1 MB messages";
+        EXPECT_EQ(err.code(), StatusCode::OutOfBuffers);
+        EXPECT_GT(client->metrics().get("send_bytes_in_use"), 3u << 20);
+    }
+    EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u) << "unsent messages keep their memory";
+    OutgoingMessage m = client->allocate(1'000'000, &err);
+    EXPECT_FALSE(m.empty()) << err.toString();
+    m.reset();
+    EXPECT_TRUE(m.empty());
+    EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
+
+    OutgoingMessage empty;
+    Response r = client->call(server->address(), std::move(empty));
+    EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+    OutgoingMessage foreign = other->allocate(100);
+    r = client->call(server->address(), std::move(foreign));
+    EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(r.status.message().find("another endpoint"), std::string::npos) << r.status.toString();
+    std::promise<Response> p;
+    OutgoingMessage foreign2 = other->allocate(100);
+    EXPECT_EQ(client->callAsync(server->address(), std::move(foreign2), [&](Response rr) { p.set_value(std::move(rr)); }),
+              0u);
+    auto f = p.get_future();
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    EXPECT_EQ(f.get().status.code(), StatusCode::InvalidArgument);
+    EXPECT_EQ(other->metrics().get("send_bytes_in_use"), 0u) << "the refused messages were returned";
+    // After shutdown, a call fails and still returns its message's memory.
+    OutgoingMessage shut = client->allocate(1000);
+    client->shutdown();
+    EXPECT_EQ(client->call(server->address(), std::move(shut)).status.code(), StatusCode::Shutdown);
+    EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
+    EXPECT_TRUE(client->allocate(10, &err).empty());
+    EXPECT_EQ(err.code(), StatusCode::Shutdown);
+}
+
+// A message built in place may outlive its endpoint: the endpoint's memory stays until
+// the message is gone.
+TEST(Endpoint, ABuiltInPlaceMessageMayOutliveItsEndpoint) {
+    auto client = Endpoint::open(loopback());
+    OutgoingMessage m = client->allocate(64 * 1024);
+    ASSERT_FALSE(m.empty());
+    client.reset();
+    std::fill(m.data(), m.data() + m.size(), 0xab);  // (ASan: still the core's memory)
+    m.reset();
 }
 
 }  // namespace

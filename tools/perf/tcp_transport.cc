@@ -688,9 +688,11 @@ class TcpClient final : public ClientTransport {
                     lastError = c->error;
                     continue;
                 }
+                // The header only: the rest is filler (transport.h), sent from the
+                // buffer as it is, as Homa's messages are.
                 uint8_t* p = c->staged.appendRaw(4 + request.size());
                 storeBe32(p, static_cast<uint32_t>(request.size()));
-                std::memcpy(p + 4, request.data(), request.size());
+                std::memcpy(p + 4, request.data(), std::min(request.size(), kRequestHeaderBytes));
                 c->stagedTokens.push_back(token);
                 enqueue = !c->queued;
                 c->queued = true;

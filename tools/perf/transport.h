@@ -3,7 +3,12 @@
 //
 // Message format shared by every transport: a request's first 4 bytes hold the response
 // length (big-endian u32, at least 1); the rest is filler. The server answers each
-// request with a response of that length. Requests are at least 4 bytes long.
+// request with a response of that length, all filler. Requests are at least 4 bytes
+// long. Filler is whatever the sender's memory holds: a transport writes the header
+// and sends the rest of the message from memory of its own, uncopied (Homa builds each
+// message in its endpoint's send memory, Endpoint::allocate(); TCP appends the message
+// to its connection's output buffer), as the load generator itself writes only the
+// header of each request.
 #pragma once
 
 #include <chrono>
@@ -106,6 +111,9 @@ class ServerTransport {
     virtual uint64_t served() const = 0;
     virtual void stop() = 0;
 };
+
+/// The bytes of a request that are not filler.
+inline constexpr size_t kRequestHeaderBytes = 4;
 
 /// Builds the 4-byte header of a request for a response of `responseLength` bytes.
 inline void putResponseLength(uint8_t* p, uint32_t responseLength) {
