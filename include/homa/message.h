@@ -22,28 +22,45 @@ class Core;
 }
 class ServerRequest;
 
-class Message {
+namespace detail {
+/// What a Message and an OutgoingMessage hold: a buffer of an endpoint's memory and the
+/// endpoint's core, which counts the messages it made that are still held and outlives
+/// its endpoint until the last one is released. Moves leave the source empty.
+/// (Moves and the destructor of an empty message are inline: a message changes hands a
+/// few times on its way, and most of them are moves.)
+class BufferHandle {
+  protected:
+    BufferHandle() = default;
+    BufferHandle(BufferHandle&& other) noexcept { take(other); }
+    BufferHandle(const BufferHandle&) = delete;
+    BufferHandle& operator=(const BufferHandle&) = delete;
+    ~BufferHandle() = default;
+    /// Takes `other`'s buffer; this one's must have been released.
+    void take(BufferHandle& other) noexcept {
+        core_ = std::exchange(other.core_, nullptr);
+        data_ = std::exchange(other.data_, nullptr);
+        length_ = std::exchange(other.length_, 0);
+        capacity_ = std::exchange(other.capacity_, 0);
+    }
+
+    runtime::Core* core_ = nullptr;
+    uint8_t* data_ = nullptr;
+    uint32_t length_ = 0;
+    uint32_t capacity_ = 0;
+};
+}  // namespace detail
+
+class Message : private detail::BufferHandle {
   public:
     Message() = default;
-    // (Moves and the destructor of an empty message are inline: a message changes hands
-    // a few times on its way to the application, and most of them are moves.)
-    Message(Message&& other) noexcept
-        : core_(std::exchange(other.core_, nullptr)),
-          data_(std::exchange(other.data_, nullptr)),
-          length_(std::exchange(other.length_, 0)),
-          capacity_(std::exchange(other.capacity_, 0)) {}
+    Message(Message&& other) noexcept = default;
     Message& operator=(Message&& other) noexcept {
         if (this != &other) {
             if (data_ != nullptr) reset();
-            core_ = std::exchange(other.core_, nullptr);
-            data_ = std::exchange(other.data_, nullptr);
-            length_ = std::exchange(other.length_, 0);
-            capacity_ = std::exchange(other.capacity_, 0);
+            take(other);
         }
         return *this;
     }
-    Message(const Message&) = delete;
-    Message& operator=(const Message&) = delete;
     ~Message() {
         if (data_ != nullptr) reset();
     }
@@ -59,12 +76,6 @@ class Message {
   private:
     friend class runtime::Core;
     friend class ServerRequest;  // (a request's endpoint is its message's)
-    // The endpoint's core: it counts the messages it made that are still held, and
-    // outlives its endpoint until the last one is released.
-    runtime::Core* core_ = nullptr;
-    uint8_t* data_ = nullptr;
-    uint32_t length_ = 0;
-    uint32_t capacity_ = 0;
 };
 
 /// An outgoing message built in place: a buffer of the endpoint's memory for messages
@@ -75,26 +86,17 @@ class Message {
 /// empty.
 ///
 /// Thread safety: one thread at a time per object; may be destroyed on any thread.
-class OutgoingMessage {
+class OutgoingMessage : private detail::BufferHandle {
   public:
     OutgoingMessage() = default;
-    OutgoingMessage(OutgoingMessage&& other) noexcept
-        : core_(std::exchange(other.core_, nullptr)),
-          data_(std::exchange(other.data_, nullptr)),
-          length_(std::exchange(other.length_, 0)),
-          capacity_(std::exchange(other.capacity_, 0)) {}
+    OutgoingMessage(OutgoingMessage&& other) noexcept = default;
     OutgoingMessage& operator=(OutgoingMessage&& other) noexcept {
         if (this != &other) {
             if (data_ != nullptr) reset();
-            core_ = std::exchange(other.core_, nullptr);
-            data_ = std::exchange(other.data_, nullptr);
-            length_ = std::exchange(other.length_, 0);
-            capacity_ = std::exchange(other.capacity_, 0);
+            take(other);
         }
         return *this;
     }
-    OutgoingMessage(const OutgoingMessage&) = delete;
-    OutgoingMessage& operator=(const OutgoingMessage&) = delete;
     ~OutgoingMessage() {
         if (data_ != nullptr) reset();
     }
@@ -108,10 +110,6 @@ class OutgoingMessage {
 
   private:
     friend class runtime::Core;
-    runtime::Core* core_ = nullptr;  // (kept alive while this exists, as for Message)
-    uint8_t* data_ = nullptr;
-    uint32_t length_ = 0;
-    uint32_t capacity_ = 0;
 };
 
 }  // namespace homa
