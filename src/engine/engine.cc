@@ -1,6 +1,7 @@
 // Application calls, packet dispatch, and the lifetime of RPCs and peers.
 #include "engine/engine.h"
 
+#include <cassert>
 #include <cstring>
 #include <stdexcept>
 
@@ -358,6 +359,7 @@ void Engine::releaseOutgoing(OutgoingBuffer buffer) {
 
 Status Engine::setupOutMessage(Rpc* rpc, std::span<const uint8_t> data, Time now, OutgoingBuffer owned) {
     BufferPool::Buffer buffer{owned.data, owned.capacity};
+    assert(!owned || (data.data() == owned.data && data.size() <= owned.capacity));
     if (!owned) {
         buffer = outPool_.allocate(static_cast<uint32_t>(data.size()));
         if (!buffer) return {StatusCode::OutOfBuffers, "outgoing message memory is full"};

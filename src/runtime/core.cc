@@ -884,10 +884,17 @@ void Core::deliverRequest(engine::Delivery& d) {
 // ---------------------------------------------------------------- client
 
 Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
-                    engine::OutgoingBuffer owned) {
+                    engine::OutgoingBuffer owned, const Status* cannotStart) {
     Waiter w;
     mu_.lock();
     Response r;
+    if (cannotStart && !shutdown_) {
+        ++callsFailed_[static_cast<size_t>(cannotStart->code()) % callsFailed_.size()];
+        mu_.unlock();
+        r.status = *cannotStart;
+        r.context = options.context;
+        return r;
+    }
     if (shutdown_) {
         dropOutgoing(owned);
         mu_.unlock();

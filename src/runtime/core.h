@@ -43,8 +43,9 @@ class Core : public engine::PacketSink {
     Address address() const { return driver_->localAddress(); }
 
     /// With `owned` (see takeOutgoing()), `request` is sent from that buffer, no copy.
+    /// With `cannotStart`, the call fails with that status (counted as a failed call).
     Response call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
-                  engine::OutgoingBuffer owned = {});
+                  engine::OutgoingBuffer owned = {}, const Status* cannotStart = nullptr);
     /// With `cannotStart`, the call fails with that status (its callback from the loop).
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
                     const CallOptions& options, engine::OutgoingBuffer owned = {},

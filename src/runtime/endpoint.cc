@@ -91,11 +91,8 @@ OutgoingMessage Endpoint::allocate(size_t length, Status* error) { return core_-
 Response Endpoint::call(const Address& server, OutgoingMessage request, CallOptions options) {
     std::span<const uint8_t> bytes;
     engine::OutgoingBuffer owned;
-    Response r;
-    r.context = options.context;
-    r.status = core_->takeOutgoing(request, &bytes, &owned);
-    if (!r.status.isOk()) return r;
-    r = core_->call(server, bytes, options, owned);
+    const Status s = core_->takeOutgoing(request, &bytes, &owned);
+    Response r = core_->call(server, bytes, options, owned, s.isOk() ? nullptr : &s);
     runtime::Core::afterApplicationCall();
     return r;
 }

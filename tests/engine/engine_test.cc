@@ -954,6 +954,10 @@ TEST(Engine, BuffersForMessagesBuiltInPlaceComeBackWhateverTheOutcome) {
               StatusCode::InvalidArgument);
     p.b.releaseMessage(d[0].message, p.now);
     p.pump();
+    auto responses = p.deliveries(p.a);
+    ASSERT_EQ(responses.size(), 1u);
+    EXPECT_EQ(responses[0].message.length, 10u);
+    p.a.releaseMessage(responses[0].message, p.now);
     for (int i = 0; i < 10 && (p.a.sendPool().bytesInUse() != 0 || p.b.sendPool().bytesInUse() != 0); ++i) {
         p.tick();
         p.pump();

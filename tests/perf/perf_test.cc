@@ -106,7 +106,7 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"client", "--servers", "127.0.0.1:4000,[::1]:4000"},  // one socket: one address family
         {"client", "--servers", "[::1]:4000,127.0.0.1:4000"},
         {"server", "--port", "65535", "--server-ports", "3"},  // ports past 65535
-        {"local", "--port", "65000", "--server-ports", "537"},
+        {"server", "--port", "65000", "--server-ports", "537"},
         {"server", "--max-length", "3"},
         {"frobnicate"},
         {},
@@ -121,7 +121,7 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
 }
 
 // An open loop's cap on calls in flight only bounds memory: unless it is given, it is
-// high enough not to skip arrivals (it was the closed loop's 16, which quietly skipped
+// high enough not to skip arrivals in usual runs (it was the closed loop's 16, which skipped
 // a seventh of a W4 load at 2 Gbps). A server takes --max-length: the largest message
 // it accepts.
 TEST(PerfOptions, OpenLoopCapAndServerMessageLimit) {
@@ -637,6 +637,35 @@ TEST(PerfLocal, AnUnwritableJsonFileIsAnErrorBeforeTheRun) {
     EXPECT_NE(err.find("--json: cannot write /nonexistent-homa-perf-dir/x.json"), std::string::npos) << err;
 }
 
+// The --json check before the run leaves what is there as it was: a dangling symbolic
+// link stays (the check once made its target and then removed the link), and an
+// existing file keeps its bytes when the run fails.
+TEST(PerfClient, TheJsonCheckLeavesExistingFilesAndLinksAlone) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("perf-json-" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    fs::create_symlink(dir / "target.json", dir / "link.json");
+    std::ofstream(dir / "old.json") << "keep";
+    for (const char* name : {"link.json", "old.json"}) {
+        PerfOptions o;
+        std::string e;
+        ASSERT_TRUE(parse({"client", "--servers", "127.0.0.1:9", "--duration", "1", "--json", (dir / name).string()}, &o,
+                          &e))
+            << e;
+        testing::internal::CaptureStderr();
+        EXPECT_EQ(runClient(o), 1) << "nobody answers at port 9";
+        testing::internal::GetCapturedStderr();
+    }
+    EXPECT_TRUE(fs::is_symlink(dir / "link.json"));
+    EXPECT_FALSE(fs::exists(dir / "target.json"));
+    std::ifstream old(dir / "old.json");
+    std::string content;
+    old >> content;
+    EXPECT_EQ(content, "keep");
+    fs::remove_all(dir);
+}
+
 // An interrupt ends the wait for calls in flight too (it waited --drain seconds for
 // them, ignoring Ctrl-C): the call still in the server's hands is unfinished, and the
 // JSON says the run was interrupted.
@@ -687,6 +716,7 @@ TEST(PerfPlot, JsonOfTheWrongShapeIsAOneLineError) {
         R"({"tool":"homa-perf","buckets":[{"count":3,"max_size":64,"slowdown_p99":null}],"options":{}})",
         R"({"tool":"homa-perf","buckets":[7],"options":{}})",
         R"({"tool":"homa-perf","buckets":[],"options":[1]})",
+        R"({"tool":1,"buckets":[],"options":{}})",
     };
     for (size_t i = 0; i < shapes.size(); ++i) {
         const std::string in = (dir / "s").string() + std::to_string(i) + ".json";

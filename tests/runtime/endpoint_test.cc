@@ -17,6 +17,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -767,9 +768,10 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     // every tick).
     double ticks = 0;
     MetricsSnapshot d;
-    // (On a contended machine, waits for a CPU over 10 % of the window, the bound is the
+    // (On a contended machine, waits for a CPU over a quarter of the window, summed over
+    // this process's threads (3 % on an idle machine, 80-140 % beside two busy loops), the bound is the
     // sanitizers' one.)
-    auto bound = [&] { return contendedFraction > 0.10 ? 1.0 : kWakeupsPerTick; };
+    auto bound = [&] { return contendedFraction > 0.25 ? 1.0 : kWakeupsPerTick; };
     for (int attempt = 0; attempt < 3; ++attempt) {
         d = measure(&ticks);
         if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * bound()) break;
@@ -1615,7 +1617,6 @@ TEST(Endpoint, MessagesBuiltInPlaceAreSentAsFilled) {
                             ASSERT_EQ(out.size(), in.size());
                             std::reverse_copy(in.begin(), in.end(), out.data());
                             EXPECT_TRUE(req.respond(std::move(out)).isOk());
-                            EXPECT_TRUE(out.empty());
                         },
                         1)
                     .isOk());
@@ -1628,7 +1629,6 @@ TEST(Endpoint, MessagesBuiltInPlaceAreSentAsFilled) {
         for (size_t i = 0; i < size; ++i) m.data()[i] = static_cast<uint8_t>(i * 7 + size);
         std::vector<uint8_t> want(m.bytes().rbegin(), m.bytes().rend());
         Response r = client->call(server->address(), std::move(m), {.timeout = 10s});
-        EXPECT_TRUE(m.empty());
         ASSERT_TRUE(r.status.isOk()) << size << ": " << r.status.toString();
         EXPECT_TRUE(std::equal(want.begin(), want.end(), r.message.bytes().begin(), r.message.bytes().end())) << size;
 
@@ -1684,12 +1684,16 @@ TEST(Endpoint, BuiltInPlaceMessagesOfTheWrongKindFailClearly) {
     EXPECT_TRUE(m.empty());
     EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
 
+    const uint64_t failedBefore = client->metrics().get("calls_failed_invalid_argument");
     OutgoingMessage empty;
-    Response r = client->call(server->address(), std::move(empty));
+    Response r = client->call(server->address(), std::move(empty), {.context = 7});
     EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+    EXPECT_EQ(r.context, 7u);
     OutgoingMessage foreign = other->allocate(100);
     r = client->call(server->address(), std::move(foreign));
     EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument);
+    EXPECT_EQ(client->metrics().get("calls_failed_invalid_argument"), failedBefore + 2)
+        << "calls that could not start are counted as any others";
     EXPECT_NE(r.status.message().find("another endpoint"), std::string::npos) << r.status.toString();
     std::promise<Response> p;
     OutgoingMessage foreign2 = other->allocate(100);
@@ -1706,6 +1710,34 @@ TEST(Endpoint, BuiltInPlaceMessagesOfTheWrongKindFailClearly) {
     EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
     EXPECT_TRUE(client->allocate(10, &err).empty());
     EXPECT_EQ(err.code(), StatusCode::Shutdown);
+}
+
+// respond() with a message built in place: refused, and its memory returned, when the
+// request was answered already or the message is another endpoint's.
+TEST(Endpoint, ARefusedResponseBuiltInPlaceReturnsItsMemory) {
+    auto server = Endpoint::open(loopback());
+    auto other = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && other && client);
+    std::promise<Response> done;
+    client->callAsync(server->address(), bytesOf(100, 1), [&](Response r) { done.set_value(std::move(r)); });
+    std::optional<ServerRequest> req = server->receive(5s);
+    ASSERT_TRUE(req);
+    EXPECT_EQ(req->respond(other->allocate(50)).code(), StatusCode::InvalidArgument);
+    EXPECT_EQ(other->metrics().get("send_bytes_in_use"), 0u);
+    OutgoingMessage first = server->allocate(20);
+    std::fill(first.data(), first.data() + first.size(), 0x42);
+    EXPECT_TRUE(req->respond(std::move(first)).isOk());
+    EXPECT_EQ(req->respond(server->allocate(30)).code(), StatusCode::InvalidArgument);
+    auto f = done.get_future();
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    Response r = f.get();
+    ASSERT_TRUE(r.status.isOk()) << r.status.toString();
+    ASSERT_EQ(r.message.size(), 20u);
+    EXPECT_EQ(r.message.data()[19], 0x42);
+    req.reset();
+    for (int i = 0; i < 200 && server->metrics().get("send_bytes_in_use") != 0; ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(server->metrics().get("send_bytes_in_use"), 0u);
 }
 
 // A message built in place may outlive its endpoint: the endpoint's memory stays until

@@ -11,6 +11,9 @@ namespace homa::perf {
 
 namespace {
 
+/// Messages from this size up are built in the endpoint's memory (Endpoint::allocate()).
+constexpr size_t kBuildInPlaceBytes = 16 * 1024;
+
 CallResult resultOf(const Response& r) {
     CallResult c;
     c.ok = r.status.isOk();
@@ -35,10 +38,13 @@ class HomaClient : public ClientTransport {
         CallOptions options;
         options.context = token;
         auto done = [this](Response r) { complete(r.context, resultOf(r)); };
-        // Built in place in the endpoint's send memory, sent without a copy: only the
-        // header is written, the rest is filler (see transport.h). (If there is no room,
-        // the copying call is refused in the usual way.)
-        OutgoingMessage m = ep_->allocate(request.size());
+        // A large request is built in place in the endpoint's send memory and sent without
+        // a copy: only the header is written, the rest is filler (see transport.h). (A
+        // small one is copied: allocate() would cost a second lock of the endpoint for a
+        // copy of a few cache lines. If there is no room, the copying call is refused in
+        // the usual way.)
+        OutgoingMessage m;
+        if (request.size() >= kBuildInPlaceBytes) m = ep_->allocate(request.size());
         if (m.empty()) {
             ep_->callAsync(servers_[server], request, std::move(done), options);
             return;
@@ -141,8 +147,9 @@ std::unique_ptr<ServerTransport> makeHomaServer(const Address& bind, int ports, 
                 if (workUs > 0) busyFor(static_cast<uint32_t>(workUs));
                 uint32_t len = responseLengthOf(req.message().bytes());
                 if (len > srv->filler_.size()) len = static_cast<uint32_t>(srv->filler_.size());
-                // All filler: built in place and sent without a copy, if there is room.
-                OutgoingMessage response = endpoint->allocate(len);
+                // All filler: a large one is built in place, sent without a copy (as requests).
+                OutgoingMessage response;
+                if (len >= kBuildInPlaceBytes) response = endpoint->allocate(len);
                 if (response.empty())
                     req.respond(std::span<const uint8_t>(srv->filler_.data(), len));
                 else

@@ -59,7 +59,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--workload", o->workload, "w1..w5, a workload file, or a fixed size in bytes");
         c->add_option("--max-length", o->maxLength, "cap on message sizes")->check(CLI::Range(4u, 64'000'000u));
         c->add_option("--client-max", o->clientMax,
-                      "outstanding RPCs (closed loop, default 16; open loop: a cap, default 100000)")
+                      "outstanding RPCs (closed loop, default 16; open loop: a cap, default 1000)")
             ->check(CLI::Range(1, 100'000));
         c->add_option("--gbps", o->gbps, "open loop: Poisson arrivals offering this many Gbps of requests")
             ->check(CLI::Range(0.0, 1000.0));
@@ -136,7 +136,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             return false;
         }
     }
-    if ((o->role == "server" || o->role == "local") && o->port != 0 && o->port + o->serverPorts - 1 > 65535) {
+    if (o->role == "server" && o->port != 0 && o->port + o->serverPorts - 1 > 65535) {  // (local picks free ports)
         *error = "--port " + std::to_string(o->port) + " with --server-ports " + std::to_string(o->serverPorts) +
                  " goes past port 65535";
         return false;

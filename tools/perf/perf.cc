@@ -1,6 +1,7 @@
 // homa-perf's roles: server, client (closed or open loop), local, plot.
 #include "perf/perf.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
@@ -42,7 +43,9 @@ constexpr int kRetryPauseMs = 10;
 /// answering (and a TCP server to accept the connection).
 constexpr int kProbeTimeoutMs = 2000;
 
-volatile std::sig_atomic_t interrupted = 0;
+// Set by requestStop(), from a signal handler or any thread (lock-free: async-signal-safe).
+std::atomic<int> interrupted{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 int64_t nowNs() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
@@ -191,6 +194,11 @@ class LoadGenerator {
                 std::lock_guard lk(mu_);
                 again = record(f.call, r, rtt);
                 if (again && !r.ok) {
+                    // (Its memory is free again: a parked slot may start too.)
+                    if (parked_ > 0) {
+                        --parked_;
+                        ++failedSlots_;
+                    }
                     // A failed call's slot is started again by the run loop (within
                     // kRetryPauseMs), not from here: a transport that fails calls at
                     // once (a dead connection) would otherwise fail the next one inside
@@ -644,18 +652,23 @@ std::optional<workload::Distribution> workloadSizes(const PerfOptions& o) {
     return sizes;
 }
 
-/// Whether --json's file can be written: checked before the run, not after it.
+/// Whether --json's file can be written: checked before the run, not after it. A file
+/// made for the check is removed; one that was there is left as it is.
 bool jsonWritable(const std::string& path) {
     if (path.empty()) return true;
-    const bool existed = ::access(path.c_str(), F_OK) == 0;
-    bool ok;
-    {
-        std::ofstream f(path, std::ios::app);
-        ok = static_cast<bool>(f);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        ::close(fd);
+        ::unlink(path.c_str());
+        return true;
     }
-    if (ok && !existed) std::remove(path.c_str());
-    if (!ok) std::fprintf(stderr, "homa-perf: --json: cannot write %s: %s\n", path.c_str(), std::strerror(errno));
-    return ok;
+    if (errno == EEXIST) fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd >= 0) {
+        ::close(fd);
+        return true;
+    }
+    std::fprintf(stderr, "homa-perf: --json: cannot write %s: %s\n", path.c_str(), std::strerror(errno));
+    return false;
 }
 
 /// One 100-byte call to each server, each given `timeoutMs` to answer: a server that is
@@ -710,7 +723,10 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
     bool measured = o.baseRttUs <= 0;
     bool baseSynchronous = false;
     model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous, &error) : o.baseRttUs;
-    if (interrupted) return 1;
+    if (interrupted) {
+        std::fprintf(stderr, "homa-perf: interrupted while measuring the base RTT\n");
+        return 1;
+    }
     if (model.baseRttUs <= 0) {
         std::fprintf(stderr, "homa-perf: cannot measure the base RTT: %s (or give --base-rtt-us)\n", error.c_str());
         return 1;
@@ -968,11 +984,12 @@ bool plotLineOf(const std::string& input, tools::PlotLine* line, std::string* wh
         *why = e.what();
         return false;
     }
-    if (!j.is_object() || j.value("tool", "") != "homa-perf" || !j.contains("buckets") || !j.contains("options")) {
-        *why = "no buckets";
-        return false;
-    }
     try {
+        if (!j.is_object() || !j.contains("tool") || j["tool"] != "homa-perf" || !j.contains("buckets") ||
+            !j.contains("options")) {
+            *why = "no buckets";
+            return false;
+        }
         const json& options = j.at("options");
         if (!j.at("buckets").is_array() || !options.is_object()) {
             *why = "buckets or options of the wrong type";

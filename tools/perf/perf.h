@@ -71,7 +71,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* options, std::string* erro
 /// first ": " ("timeout: no response ..." -> "timeout"), or the whole text if it has none.
 std::string errorKind(const std::string& error);
 /// The open loop's cap on calls in flight when --client-max is not given.
-inline constexpr int kOpenLoopMaxInFlight = 100'000;
+inline constexpr int kOpenLoopMaxInFlight = 1'000;
 /// Most error kinds a run keeps apart; the rest count as "other".
 inline constexpr size_t kMaxErrorKinds = 16;
 

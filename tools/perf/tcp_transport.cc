@@ -522,6 +522,13 @@ class TcpServer final : public ServerTransport {
             // The body is whatever the buffer held before: filler content is arbitrary.
             storeBe32(c->out.appendRaw(4 + size_t{responseLength}), responseLength);
             ++answered;
+            // With work per request, each response leaves when its work is done, as a
+            // Homa handler's does (not after the work of every request in the read).
+            if (options_.serverWorkUs > 0 && !flush(c)) {
+                ok = false;
+                socketError = true;
+                break;
+            }
         }
         if (answered != 0) served_.fetch_add(answered, std::memory_order_relaxed);
         if (!ok) {
