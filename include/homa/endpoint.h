@@ -187,6 +187,8 @@ class Endpoint {
     /// Asynchronous call returning a future (needs the poll thread or poll()).
     std::future<Response> callFuture(const Address& server, std::span<const uint8_t> request,
                                      CallOptions options = {});
+    /// The same, sending a message from allocate() (see callAsync()).
+    std::future<Response> callFuture(const Address& server, OutgoingMessage request, CallOptions options = {});
     /// Gives up on a call; its callback/future/caller gets StatusCode::Aborted.
     Status abort(RpcId id);
     /// While it exists, the packets of the asynchronous calls this thread starts on the

@@ -115,6 +115,13 @@ std::future<Response> Endpoint::callFuture(const Address& server, std::span<cons
     return future;
 }
 
+std::future<Response> Endpoint::callFuture(const Address& server, OutgoingMessage request, CallOptions options) {
+    auto promise = std::make_shared<std::promise<Response>>();
+    auto future = promise->get_future();
+    callAsync(server, std::move(request), [promise](Response r) { promise->set_value(std::move(r)); }, options);
+    return future;
+}
+
 Status Endpoint::abort(RpcId id) {
     Status s = core_->abort(id);
     runtime::Core::afterApplicationCall();

@@ -1643,6 +1643,16 @@ TEST(Endpoint, MessagesBuiltInPlaceAreSentAsFilled) {
         EXPECT_TRUE(std::equal(wantAsync.begin(), wantAsync.end(), ra.message.bytes().begin(),
                                ra.message.bytes().end()))
             << size;
+
+        OutgoingMessage fm = client->allocate(size);
+        std::fill(fm.data(), fm.data() + fm.size(), static_cast<uint8_t>(0x60 + size % 7));
+        auto future = client->callFuture(server->address(), std::move(fm), {.timeout = 10s});
+        ASSERT_EQ(future.wait_for(10s), std::future_status::ready);
+        Response rf = future.get();
+        ASSERT_TRUE(rf.status.isOk()) << size << ": " << rf.status.toString();
+        ASSERT_EQ(rf.message.size(), size);
+        EXPECT_EQ(rf.message.data()[0], static_cast<uint8_t>(0x60 + size % 7));
+        EXPECT_EQ(rf.message.data()[size - 1], static_cast<uint8_t>(0x60 + size % 7));
     }
     for (int i = 0; i < 200 && (client->metrics().get("send_bytes_in_use") != 0 ||
                                 server->metrics().get("send_bytes_in_use") != 0);
