@@ -562,6 +562,30 @@ class LoadGenerator {
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
 };
 
+/// One call through the transport's callback, waited for up to `timeoutMs`: its result,
+/// or a failure saying that none came in time. (A late result goes to the call's own
+/// state, shared with its callback, after this has returned.)
+CallResult callAndWait(ClientTransport& t, size_t server, std::span<const uint8_t> request, int timeoutMs) {
+    struct Wait {
+        std::mutex mu;
+        std::condition_variable cv;
+        bool done = false;
+        CallResult result;
+    };
+    auto w = std::make_shared<Wait>();
+    t.call(server, request, [w](CallResult r) {
+        std::lock_guard lk(w->mu);
+        w->result = std::move(r);
+        w->done = true;
+        w->cv.notify_all();
+    });
+    std::unique_lock lk(w->mu);
+    if (w->cv.wait_for(lk, std::chrono::milliseconds(timeoutMs), [&] { return w->done; })) return w->result;
+    CallResult late;
+    late.error = "no response within " + std::to_string(timeoutMs) + " ms";
+    return late;
+}
+
 // Median RTT of sequential 100-byte RPCs: the "unloaded small message" for slowdown,
 // with synchronous calls on this thread where the transport can make them (Homa's, and a
 // blocking connection of TCP's own): a hand-over to a transport thread and back would add
@@ -584,27 +608,11 @@ double measureBaseRtt(ClientTransport& t, bool* synchronous, std::string* error)
             continue;
         }
         *synchronous = false;
-        // Shared with the callback, which may run after this wait has given up on it.
-        struct Wait {
-            std::mutex mu;
-            std::condition_variable cv;
-            bool done = false, ok = false;
-            std::string error;
-        };
-        auto w = std::make_shared<Wait>();
-        int64_t start = nowNs();
-        t.call(0, req, [w](CallResult r) {
-            std::lock_guard lk(w->mu);
-            w->ok = r.ok;
-            w->error = std::move(r.error);
-            w->done = true;
-            w->cv.notify_all();
-        });
-        std::unique_lock lk(w->mu);
-        w->cv.wait_for(lk, std::chrono::seconds(5), [&] { return w->done; });
-        if (w->ok) rtts.push_back(static_cast<double>(nowNs() - start) / 1e3);
-        failedInARow = w->ok ? 0 : failedInARow + 1;
-        if (!w->ok) *error = w->done ? w->error : "no response within 5 s";
+        const int64_t start = nowNs();
+        const CallResult r = callAndWait(t, 0, req, 5000);
+        if (r.ok) rtts.push_back(static_cast<double>(nowNs() - start) / 1e3);
+        failedInARow = r.ok ? 0 : failedInARow + 1;
+        if (!r.ok) *error = r.error;
     }
     if (rtts.empty() && error->empty()) *error = "interrupted";
     // (A server that stops answering: three failures in a row end the measurement, with
@@ -679,24 +687,9 @@ bool probeServers(ClientTransport& t, const std::vector<Address>& servers, int t
     std::vector<uint8_t> req(100, 1);
     putResponseLength(req.data(), 8);
     for (size_t i = 0; i < servers.size(); ++i) {
-        struct Wait {
-            std::mutex mu;
-            std::condition_variable cv;
-            bool done = false;
-            CallResult result;
-        };
-        auto w = std::make_shared<Wait>();  // (shared with a callback that may come after the wait)
-        t.call(i, req, [w](CallResult r) {
-            std::lock_guard lk(w->mu);
-            w->result = std::move(r);
-            w->done = true;
-            w->cv.notify_all();
-        });
-        std::unique_lock lk(w->mu);
-        w->cv.wait_for(lk, std::chrono::milliseconds(timeoutMs), [&] { return w->done; });
-        if (!w->done || !w->result.ok) {
-            *error = "server " + servers[i].toString() + " is not answering: " +
-                     (w->done ? w->result.error : "no response within " + std::to_string(timeoutMs) + " ms");
+        const CallResult r = callAndWait(t, i, req, timeoutMs);
+        if (!r.ok) {
+            *error = "server " + servers[i].toString() + " is not answering: " + r.error;
             return false;
         }
     }
