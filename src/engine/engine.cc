@@ -221,7 +221,7 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.gaps.reset();
     rpc->in.buffer = {};
     rpc->in.birth = now;
-    rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = 0;
+    rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = rpc->busyReplies = 0;
     rpc->timerPacketTick = UINT64_MAX;
     rpc->restartTick = UINT64_MAX;
     joinTimerList(rpc, now);

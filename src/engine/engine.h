@@ -261,6 +261,7 @@ class Engine {
     void addGrantable(Rpc* rpc);
     void removeGrantable(Rpc* rpc);
     void updateGrantable(Rpc* rpc);
+    bool grantSetsInOrder() const;
     void recountIncoming(Rpc* rpc);
     void decideGrants(Time now);
     void sendGrant(Rpc* rpc, uint32_t newGranted, uint8_t priority);

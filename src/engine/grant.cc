@@ -5,6 +5,9 @@
 // oldest), and peers are kept ordered by their best message, so a decision walks only
 // the peers it grants to: O(max_overcommit · log n), never all RPCs. Decisions are made
 // once per batch of packets (finishBatch), not per packet.
+#include <algorithm>
+#include <cassert>
+
 #include "engine/engine.h"
 
 namespace homa::engine {
@@ -68,10 +71,21 @@ void Engine::sendGrant(Rpc* rpc, uint32_t newGranted, uint8_t priority) {
     sink_.transmit(rpc->peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
+// Whether the grant sets are sorted by their keys as they stand (a key changed while its
+// RPC was filed leaves a set out of order: SRPT then picks the wrong messages). For
+// asserts: linear in the grantable messages.
+bool Engine::grantSetsInOrder() const {
+    if (!std::is_sorted(grantPeers_.begin(), grantPeers_.end(), GrantPeerOrder{})) return false;
+    for (const Peer& peer : grantPeers_)
+        if (!std::is_sorted(peer.grantable.begin(), peer.grantable.end(), GrantOrder{})) return false;
+    return true;
+}
+
 void Engine::decideGrants(Time now) {
     (void)now;
     if (!grantsDirty_) return;
     grantsDirty_ = false;
+    assert(grantSetsInOrder());
     activeScratch_.clear();
     // The active set: the best messages, at most maxRpcsPerPeer from any one peer.
     for (Peer& peer : grantPeers_) {

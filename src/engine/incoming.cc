@@ -95,7 +95,12 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
         return;
     }
     in.received += added;
-    if (in.received > in.granted) in.granted = in.received;
+    if (in.received > in.granted) {
+        // The sender rounds a grant up to a whole packet. The SRPT key (length - granted)
+        // changes: re-file the message (changed in place, its grant sets fell out of order).
+        in.granted = in.received;
+        updateGrantable(rpc);
+    }
     recountIncoming(rpc);
     grantsDirty_ = true;
     if (in.received == in.length) {

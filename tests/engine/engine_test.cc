@@ -706,6 +706,34 @@ TEST(Engine, BusyKeepsALongRunningRpcAlive) {
     p.a.releaseMessage(d[0].message, p.now);
 }
 
+// An RPC's state is reused for the next one: a call told BUSY many times, then aborted,
+// must not pass its backoff on. The next call, whose request is lost, asks after
+// resendTicks (it waited resendTicks << busyReplies, 12 ticks instead of 5).
+TEST(Engine, ANewRpcDoesNotInheritAnAbortedOnesBusyBackoff) {
+    Pair p;
+    const uint64_t slow = p.call(100);
+    p.pump();
+    for (int i = 0; i < p.cfgA.timeoutTicks; ++i) {
+        p.tick();
+        p.pump();  // RESENDs answered with BUSY: the backoff grows
+    }
+    ASSERT_GE(p.b.metrics().busySent, 3u);
+    for (auto& d : p.deliveries(p.b))
+        if (d.message.data) p.b.releaseMessage(d.message, p.now);
+    p.a.abortClientRpc(slow, p.now);
+    p.deliveries(p.a);
+    const uint64_t next = p.call(100);
+    p.sinkA.take();  // its request is lost
+    int firstResend = -1;
+    for (int i = 1; i <= 4 * p.cfgA.resendTicks && firstResend < 0; ++i) {
+        p.tick();
+        for (auto& s : p.sinkA.take())
+            if (s.type() == wire::PacketType::Resend && s.packet().common.senderId == next) firstResend = i;
+    }
+    EXPECT_EQ(firstResend, p.cfgA.resendTicks);
+    p.a.abortClientRpc(next, p.now);
+}
+
 TEST(Engine, ReceiverAsksForEveryGapAndTheUngrantedTail) {
     Pair p;
     p.call(20'000);
