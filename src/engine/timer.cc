@@ -5,8 +5,11 @@
 // incomplete message counts (and asks for what is missing, or probes with an empty
 // RESEND when it has received everything it granted); a client always counts until its
 // response is complete; a server counts while its response is incomplete at the client,
-// the client's RESENDs and GRANTs keeping it alive. A server executing a request does not
+// the client's RESENDs and GRANTs keeping it alive (and asks a silent client with
+// NEED_ACK while the response waits for grants). A server executing a request does not
 // count: the client's RESENDs are answered with BUSY.
+#include <algorithm>
+
 #include "engine/engine.h"
 
 namespace homa::engine {
@@ -97,7 +100,8 @@ bool Engine::timerPacketStillDue(const Rpc* rpc) const {
         case RpcState::ServerInService:
             return false;
         case RpcState::ServerOutgoing:
-            return o.nextOffset >= o.length && rpc->ackWaitTicks != 0;
+            if (o.nextOffset >= o.length) return rpc->ackWaitTicks != 0;
+            return o.nextOffset >= o.sendable() && rpc->silentTicks != 0;  // waiting for grants
         case RpcState::ServerIncoming:
             return rpc->silentTicks != 0;
         case RpcState::Client:
@@ -180,12 +184,28 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                     timerPacketDue(rpc);
                 return;
             }
-            if (++rpc->silentTicks >= cfg_.timeoutTicks) {
+            // Waiting for the client's grants: only its GRANTs and RESENDs show that it
+            // still wants the rest, and a client with many such responses from us sends
+            // its RESENDs through its per-peer budget, each one many ticks apart. So a
+            // silent client is asked (NEED_ACK: a client still receiving answers with a
+            // RESEND, one that has let the RPC go with an ACK), and the silence stops
+            // counting while our question waits for our own budget and the client is
+            // heard from. Without that, a server with more waiting responses than the
+            // client's budget covers in a timeout timed them out, and the client's next
+            // RESEND was told "id used": healthy calls ended as aborted.
+            if (!holdSilence(rpc, now)) ++rpc->silentTicks;
+            if (rpc->silentTicks >= cfg_.timeoutTicks) {
                 ++m_.serverRpcsTimedOut;
                 HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
                            rpc->silentTicks);
                 discardServerRpc(rpc);
+                return;
             }
+            // (From half the timeout: a client that is not short of budget keeps the
+            // silence far below it with RESENDs every resendInterval.)
+            if (const int askFrom = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
+                rpc->silentTicks >= askFrom && (rpc->silentTicks - askFrom) % cfg_.resendInterval == 0)
+                timerPacketDue(rpc);
             return;
         case RpcState::ServerIncoming:
             if (!holdSilence(rpc, now)) ++rpc->silentTicks;

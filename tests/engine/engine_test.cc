@@ -1940,6 +1940,61 @@ TEST(Engine, BusyForAResponseWaitingForOurGrantsDoesNotSlowOurResends) {
     p.a.abortClientRpc(second, p.now);
 }
 
+// A client with more responses waiting for its grants than its per-peer budget of
+// RESENDs reaches within the server's timeout: each waiting response hears from the
+// client only every (waiting / budget) ticks. The server asks the client (NEED_ACK,
+// answered with a RESEND) instead of timing them out; it timed them out, and the
+// client's next RESEND was told "id used": healthy calls failed as aborted.
+TEST(Engine, ResponsesWaitingForGrantsOutliveTheClientsResendBudget) {
+    Config ca = baseConfig();
+    ca.maxOvercommit = 1;        // A grants to one response at a time
+    ca.timerPacketsPerPeer = 1;  // and asks about one RPC per tick
+    Config cb = baseConfig();
+    cb.unschedBytes = 1'000;
+    Pair p(ca, cb);
+    constexpr int kCalls = 300;
+    for (int i = 0; i < kCalls; ++i) p.call(100, static_cast<uint64_t>(i));
+    p.pump();
+    ASSERT_EQ(p.serveAll(30'000), kCalls);
+    // Every response's scheduled data is lost: the one A grants to never completes, and
+    // the rest wait for grants throughout.
+    auto pumpLosingScheduledData = [&] {
+        for (int round = 0; round < 1000 && (!p.sinkA.out.empty() || !p.sinkB.out.empty()); ++round) {
+            for (auto& s : p.sinkA.take()) p.b.receive(kA, s.bytes, p.now);
+            for (auto& s : p.sinkB.take()) {
+                const wire::Packet pk = s.packet();
+                if (pk.common.type == wire::PacketType::Data && pk.data.offset >= cb.unschedBytes) continue;
+                p.a.receive(kB, s.bytes, p.now);
+            }
+        }
+    };
+    pumpLosingScheduledData();
+    int timeouts = 0, aborted = 0;
+    std::string firstAborted;
+    const int ticks = 3 * cb.timeoutTicks;
+    for (int t = 0; t < ticks; ++t) {
+        p.tick();
+        pumpLosingScheduledData();
+        for (auto& d : p.deliveries(p.a)) {
+            ASSERT_EQ(d.kind, Delivery::Kind::Failure);
+            if (d.status.code() == StatusCode::Timeout) {
+                ++timeouts;
+            } else if (aborted++ == 0) {
+                firstAborted = d.status.message();
+            }
+        }
+    }
+    std::printf("%d ticks: %d calls timed out (starved of data), %d others failed; B sent %llu NEED_ACKs\n", ticks,
+                timeouts, aborted, static_cast<unsigned long long>(p.b.metrics().needAcksSent));
+    EXPECT_EQ(aborted, 0) << "first: " << firstAborted;
+    EXPECT_LE(timeouts, ticks / ca.timeoutTicks);
+    EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 0u);
+    // A's calls still waiting: all of the rest.
+    std::vector<RpcInfo> rpcs;
+    p.a.listRpcs(rpcs);
+    EXPECT_EQ(rpcs.size(), static_cast<size_t>(kCalls - timeouts));
+}
+
 // A refused request's client is told BUSY: it neither times out while the server is
 // alive nor floods it with RESENDs; each BUSY doubles its wait (up to an eighth of the
 // timeout).
