@@ -1995,6 +1995,30 @@ TEST(Engine, ResponsesWaitingForGrantsOutliveTheClientsResendBudget) {
     EXPECT_EQ(rpcs.size(), static_cast<size_t>(kCalls - timeouts));
 }
 
+// The other side of that question: a response that waits for grants from a call the
+// client has let go (aborted) is freed when the client answers the NEED_ACK with an ACK,
+// within the timeout.
+TEST(Engine, AResponseWaitingForGrantsOfAnAbortedCallIsFreedByTheClientsAck) {
+    Config cb = baseConfig();
+    cb.unschedBytes = 1'000;
+    Pair p(baseConfig(), cb);
+    const uint64_t id = p.call(100);
+    p.pump();
+    ASSERT_EQ(p.serveAll(30'000), 1);
+    // The unscheduled packet arrives; A's grants are lost.
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    p.sinkA.take();
+    p.a.abortClientRpc(id, p.now);
+    p.deliveries(p.a);
+    ASSERT_EQ(p.b.rpcCount(), 1u);
+    const int ticks = p.tickUntil(p.cfgB.timeoutTicks, [&] { return p.b.rpcCount() == 0; });
+    EXPECT_LT(ticks, p.cfgB.timeoutTicks);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+    EXPECT_GE(p.b.metrics().needAcksSent, 1u);
+    EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 0u);
+    EXPECT_EQ(p.b.rpcCount(), 0u);
+}
+
 // A refused request's client is told BUSY: it neither times out while the server is
 // alive nor floods it with RESENDs; each BUSY doubles its wait (up to an eighth of the
 // timeout).
