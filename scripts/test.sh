@@ -3,9 +3,9 @@
 #   1. release build (-O2, asserts off, as users build it), every test
 #   2. AddressSanitizer + UndefinedBehaviorSanitizer build, every test
 #   3. ThreadSanitizer build, the multithreaded tests (ctest label "threads")
+#   4. libFuzzer targets (clang), each for HOMA_FUZZ_SECONDS (default 60)
 # The sanitizer builds compile at -O1 with line tables only (-g1), which is enough for the
 # sanitizers' stack traces and builds in half the time of -O2 -g, and with asserts on.
-#   4. libFuzzer targets (clang), each for HOMA_FUZZ_SECONDS (default 60)
 # Environment: HOMA_SKIP_FUZZ=1 skips step 4; HOMA_SOAK_SEEDS sets the soak's seed count.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -46,7 +46,9 @@ struct ProtocolOptions {
     int resendInterval = 5;
     int timeoutTicks = 100;
     int requestAckTicks = 2;
-    /// NEED_ACKs a server sends for a finished RPC before it gives up and frees it.
+    /// NEED_ACKs a server sends for a fully sent response before it gives up and frees
+    /// the RPC. (Those asking about a response that waits for grants do not count: that
+    /// wait ends with the timeout.)
     int needAckLimit = 50;
     /// RPCs of one peer that one tick may send a RESEND or NEED_ACK for, oldest RPCs
     /// first; the others wait for later ticks. Many silent RPCs at one peer mean that the

@@ -112,7 +112,10 @@ bool Engine::timerPacketStillDue(const Rpc* rpc) const {
 
 // Sends the RPC's RESEND(s), or its NEED_ACK (or gives up on the ack). May free `rpc`.
 void Engine::sendTimerPacket(Rpc* rpc) {
-    if (rpc->state == RpcState::ServerOutgoing && rpc->needAcksSent >= cfg_.needAckLimit) {
+    // Only the NEED_ACKs for a fully sent response count towards giving up: those asking
+    // about a response that waits for grants end with the timeout instead.
+    const bool askingForAck = rpc->state == RpcState::ServerOutgoing && rpc->out.nextOffset >= rpc->out.length;
+    if (askingForAck && rpc->needAcksSent >= cfg_.needAckLimit) {
         ++m_.serverRpcsAbandoned;
         HOMA_TRACE("server rpc abandoned id %u need_acks %u", rpc->id, rpc->needAcksSent);
         discardServerRpc(rpc);
@@ -121,7 +124,7 @@ void Engine::sendTimerPacket(Rpc* rpc) {
     ++rpc->peer->timerPackets;  // (timerBudgetLeft() was asked this tick)
     rpc->timerPacketTick = tickCount_;
     if (rpc->state == RpcState::ServerOutgoing) {
-        ++rpc->needAcksSent;
+        if (askingForAck) ++rpc->needAcksSent;
         sendControl(rpc->peer, rpc->id, wire::PacketType::NeedAck);
         return;
     }

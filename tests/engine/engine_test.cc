@@ -1951,6 +1951,7 @@ TEST(Engine, ResponsesWaitingForGrantsOutliveTheClientsResendBudget) {
     ca.timerPacketsPerPeer = 1;  // and asks about one RPC per tick
     Config cb = baseConfig();
     cb.unschedBytes = 1'000;
+    cb.timerPacketsPerPeer = 1;  // and so does B: its questions wait their turn too
     Pair p(ca, cb);
     constexpr int kCalls = 300;
     for (int i = 0; i < kCalls; ++i) p.call(100, static_cast<uint64_t>(i));
@@ -1988,7 +1989,12 @@ TEST(Engine, ResponsesWaitingForGrantsOutliveTheClientsResendBudget) {
                 timeouts, aborted, static_cast<unsigned long long>(p.b.metrics().needAcksSent));
     EXPECT_EQ(aborted, 0) << "first: " << firstAborted;
     EXPECT_LE(timeouts, ticks / ca.timeoutTicks);
+    // B let none of the responses go: not by timeout, by giving up on NEED_ACKs, or by an
+    // ACK for a call that A still has.
     EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 0u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 0u);
+    EXPECT_LE(p.b.metrics().serverRpcsAcked, static_cast<uint64_t>(timeouts));
+    EXPECT_GE(p.b.rpcCount(), static_cast<size_t>(kCalls - timeouts));
     // A's calls still waiting: all of the rest.
     std::vector<RpcInfo> rpcs;
     p.a.listRpcs(rpcs);
@@ -2017,6 +2023,30 @@ TEST(Engine, AResponseWaitingForGrantsOfAnAbortedCallIsFreedByTheClientsAck) {
     EXPECT_GE(p.b.metrics().needAcksSent, 1u);
     EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 0u);
     EXPECT_EQ(p.b.rpcCount(), 0u);
+}
+
+// The questions about a response that waits for grants are not the ones that give up
+// on an ack (needAckLimit): with a small limit, a client silent for a while (its answers
+// lost) had its response given up long before the timeout.
+TEST(Engine, QuestionsAboutAResponseWaitingForGrantsDoNotCountTowardsTheAckLimit) {
+    Config cb = baseConfig();
+    cb.unschedBytes = 1'000;
+    cb.needAckLimit = 1;
+    Pair p(baseConfig(), cb);
+    const uint64_t id = p.call(100);
+    p.pump();
+    ASSERT_EQ(p.serveAll(30'000), 1);
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    // For most of a timeout, everything A sends is lost (B's NEED_ACKs reach A).
+    for (int i = 0; i < p.cfgB.timeoutTicks - 10; ++i) {
+        p.tick();
+        p.sinkA.take();
+        for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    }
+    EXPECT_GE(p.b.metrics().needAcksSent, 2u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAbandoned, 0u);
+    EXPECT_EQ(p.b.rpcCount(), 1u);
+    p.a.abortClientRpc(id, p.now);
 }
 
 // A refused request's client is told BUSY: it neither times out while the server is
