@@ -734,6 +734,54 @@ TEST(Engine, ANewRpcDoesNotInheritAnAbortedOnesBusyBackoff) {
     p.a.abortClientRpc(next, p.now);
 }
 
+// SRPT by ungranted bytes when data goes past a grant: the sender sends whole packets,
+// so the last packet of a grant of 10,664 bytes ends at 11,328. The message's key in the
+// grant sets (ungranted bytes) changes with it: it must be re-filed. X (100,000 bytes)
+// is granted to 10,664 (89,336 ungranted); Y (94,700) then arrives with 89,036 and takes
+// the grants (one message per peer). X's granted packets arrive, the last one leaving X
+// 88,672 ungranted: X must get the next grant. Left where it was filed, X stayed behind
+// Y, and nobody was granted.
+TEST(Engine, DataPastAGrantReordersTheMessagesForSrpt) {
+    Config ca = baseConfig();
+    ca.unschedBytes = 5'000;  // sent as four packets: 5,664 bytes
+    Config cb = baseConfig();
+    cb.window = 5'000;  // not a whole number of packets
+    Pair p(ca, cb);
+    const uint64_t x = p.call(100'000);
+    const uint64_t y = p.call(94'700);
+    auto dataOf = [](const std::vector<Sent>& sent, uint64_t id) {
+        std::vector<Sent> d;
+        for (auto& s : sent)
+            if (s.type() == wire::PacketType::Data && s.packet().common.senderId == id) d.push_back(s);
+        return d;
+    };
+    auto grantsFor = [&](uint64_t id) {
+        std::vector<wire::GrantHeader> g;
+        for (auto& s : p.sinkB.out)
+            if (s.type() == wire::PacketType::Grant && (s.packet().common.senderId & ~uint64_t{1}) == id)
+                g.push_back(s.packet().grant);
+        return g;
+    };
+    const auto unscheduled = p.sinkA.take();
+    for (auto& s : dataOf(unscheduled, x)) p.b.receive(kA, s.bytes, p.now);
+    ASSERT_FALSE(grantsFor(x).empty());
+    ASSERT_EQ(grantsFor(x).back().offset, 10'664u);
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    const auto granted = dataOf(p.sinkA.take(), x);
+    ASSERT_FALSE(granted.empty());
+    const wire::Packet last = granted.back().packet();
+    ASSERT_EQ(last.data.offset + granted.back().bytes.size() - wire::kDataHeaderSize, 11'328u)
+        << "the last packet goes past the grant";
+    p.b.receive(kA, dataOf(unscheduled, y).front().bytes, p.now);  // Y's first packet
+    for (auto& s : granted) p.b.receive(kA, s.bytes, p.now);
+    const auto g = grantsFor(x);
+    ASSERT_EQ(g.size(), 1u) << "X is granted next";
+    EXPECT_EQ(g[0].offset, 11'328u + 5'000u);
+    EXPECT_TRUE(grantsFor(y).empty());
+    p.a.abortClientRpc(x, p.now);
+    p.a.abortClientRpc(y, p.now);
+}
+
 TEST(Engine, ReceiverAsksForEveryGapAndTheUngrantedTail) {
     Pair p;
     p.call(20'000);
