@@ -301,6 +301,7 @@ class Engine {
     void timerPacketDue(Rpc* rpc);
     void undeferTimerPacket(Rpc* rpc);
     bool timerPacketStillDue(const Rpc* rpc) const;
+    bool serverSilenceTimesOut(Rpc* rpc, Time now);
     void sendDeferredTimerPackets();
     bool holdSilence(Rpc* rpc, Time now);
     void requestMissing(Rpc* rpc);

@@ -168,6 +168,19 @@ bool Engine::holdSilence(Rpc* rpc, Time now) {
     return rpc->peer->lastHeard > now - static_cast<Time>(cfg_.resendInterval) * cfg_.tickNs;
 }
 
+// A server RPC's silent tick (unless held): at the timeout the RPC is discarded (a
+// request still arriving was never run; a response's id is remembered as run) and this
+// returns true.
+bool Engine::serverSilenceTimesOut(Rpc* rpc, Time now) {
+    if (!holdSilence(rpc, now)) ++rpc->silentTicks;
+    if (rpc->silentTicks < cfg_.timeoutTicks) return false;
+    ++m_.serverRpcsTimedOut;
+    HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
+               rpc->silentTicks);
+    discardServerRpc(rpc);
+    return true;
+}
+
 void Engine::checkRpc(Rpc* rpc, Time now) {
     const OutMessage& o = rpc->out;
     switch (rpc->state) {
@@ -196,14 +209,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
             // heard from. Without that, a server with more waiting responses than the
             // client's budget covers in a timeout timed them out, and the client's next
             // RESEND was told "id used": healthy calls ended as aborted.
-            if (!holdSilence(rpc, now)) ++rpc->silentTicks;
-            if (rpc->silentTicks >= cfg_.timeoutTicks) {
-                ++m_.serverRpcsTimedOut;
-                HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
-                           rpc->silentTicks);
-                discardServerRpc(rpc);
-                return;
-            }
+            if (serverSilenceTimesOut(rpc, now)) return;
             // (From half the timeout: a client that is not short of budget keeps the
             // silence far below it with RESENDs every resendInterval.)
             if (const int askFrom = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 2);
@@ -211,14 +217,7 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
                 timerPacketDue(rpc);
             return;
         case RpcState::ServerIncoming:
-            if (!holdSilence(rpc, now)) ++rpc->silentTicks;
-            if (rpc->silentTicks >= cfg_.timeoutTicks) {
-                ++m_.serverRpcsTimedOut;
-                HOMA_TRACE("timeout server id %u state %u silent %u", rpc->id, static_cast<unsigned>(rpc->state),
-                           rpc->silentTicks);
-                freeRpc(rpc);
-                return;
-            }
+            if (serverSilenceTimesOut(rpc, now)) return;
             break;
         case RpcState::Client:
             if (o.nextOffset < o.sendable()) {

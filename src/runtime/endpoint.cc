@@ -107,19 +107,26 @@ RpcId Endpoint::callAsync(const Address& server, OutgoingMessage request, Callba
     return id;
 }
 
-std::future<Response> Endpoint::callFuture(const Address& server, std::span<const uint8_t> request,
-                                           CallOptions options) {
+namespace {
+// A future and the callback that fulfils it: callFuture() is callAsync() with these.
+std::pair<std::future<Response>, Endpoint::Callback> futureAndCallback() {
     auto promise = std::make_shared<std::promise<Response>>();
     auto future = promise->get_future();
-    core_->callAsync(server, request, [promise](Response r) { promise->set_value(std::move(r)); }, options);
-    return future;
+    return {std::move(future), [promise](Response r) { promise->set_value(std::move(r)); }};
+}
+}  // namespace
+
+std::future<Response> Endpoint::callFuture(const Address& server, std::span<const uint8_t> request,
+                                           CallOptions options) {
+    auto [future, done] = futureAndCallback();
+    core_->callAsync(server, request, std::move(done), options);
+    return std::move(future);
 }
 
 std::future<Response> Endpoint::callFuture(const Address& server, OutgoingMessage request, CallOptions options) {
-    auto promise = std::make_shared<std::promise<Response>>();
-    auto future = promise->get_future();
-    callAsync(server, std::move(request), [promise](Response r) { promise->set_value(std::move(r)); }, options);
-    return future;
+    auto [future, done] = futureAndCallback();
+    callAsync(server, std::move(request), std::move(done), options);
+    return std::move(future);
 }
 
 Status Endpoint::abort(RpcId id) {

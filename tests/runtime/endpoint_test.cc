@@ -1712,6 +1712,16 @@ TEST(Endpoint, BuiltInPlaceMessagesOfTheWrongKindFailClearly) {
     auto f = p.get_future();
     ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
     EXPECT_EQ(f.get().status.code(), StatusCode::InvalidArgument);
+    // The same through callFuture: an empty (moved-from) message and another endpoint's.
+    OutgoingMessage foreign3 = other->allocate(100);
+    OutgoingMessage moved = client->allocate(100);
+    OutgoingMessage taken = std::move(moved);
+    for (OutgoingMessage* bad : {&foreign3, &moved}) {
+        auto bf = client->callFuture(server->address(), std::move(*bad));
+        ASSERT_EQ(bf.wait_for(5s), std::future_status::ready);
+        EXPECT_EQ(bf.get().status.code(), StatusCode::InvalidArgument);
+    }
+    taken.reset();
     EXPECT_EQ(other->metrics().get("send_bytes_in_use"), 0u) << "the refused messages were returned";
     // After shutdown, a call fails and still returns its message's memory.
     OutgoingMessage shut = client->allocate(1000);
