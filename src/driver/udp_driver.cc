@@ -86,6 +86,7 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
     len = sizeof(ss);
     getsockname(d->fd_, reinterpret_cast<sockaddr*>(&ss), &len);
     d->local_ = fromSockaddr(ss);
+    if (d->ipv6_) d->reachesIpv4_ = std::all_of(bind.ip.begin(), bind.ip.end(), [](uint8_t b) { return b == 0; });
     d->maxPacket_ = options.mtu - (d->ipv6_ ? kIpv6Header : kIpv4Header) - kUdpHeader;
     d->batch_ = options.batch;
     if (options.gro) {
@@ -125,11 +126,28 @@ UdpDriver::~UdpDriver() {
     }
 }
 
+Status UdpDriver::canSendTo(const Address& dest) const {
+    if (dest.port == 0) return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + ": port 0"};
+    if (dest.isIpv4() ? !reachesIpv4_ : !ipv6_)
+        return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + " from " + local_.toString() + ": " +
+                                                 (ipv6_ ? "an endpoint bound to an IPv6 address reaches IPv6 only"
+                                                        : "an endpoint bound to an IPv4 address reaches IPv4 only")};
+    return {};
+}
+
 void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
                       std::span<const uint8_t> payload) {
     size_t length = header.size() + payload.size();
     if (length > maxPacket_) {
         ++stats_.sendErrors;  // the engine was configured for a larger MTU: a bug, not data
+        return;
+    }
+    if (dest.port == 0 || (dest.isIpv4() ? !reachesIpv4_ : !ipv6_)) {
+        // (An IPv6 address on an IPv4 socket would be sent to its last four bytes taken
+        // as an IPv4 address; port 0 the kernel refuses, and its EINVAL on a run would
+        // read as "no GSO here".)
+        ++stats_.sendErrors;
+        ++stats_.badDestinations;
         return;
     }
     if (txCount_ == tx_.size() || txBytes_ + length > txArena_.size()) flush();
@@ -212,8 +230,11 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         h.msg_controllen = kCmsgSpace;
         std::memset(controls[m].data(), 0, kCmsgSpace);
         cmsghdr* c = CMSG_FIRSTHDR(&h);
-        c->cmsg_level = ipv6_ ? IPPROTO_IPV6 : IPPROTO_IP;
-        c->cmsg_type = ipv6_ ? IPV6_TCLASS : IP_TOS;
+        // An IPv6 socket sends to an IPv4-mapped address as IPv4, and then reads only
+        // IPv4 cmsgs: its priority goes as the TOS byte, as from an IPv4 socket.
+        const bool tclass = ipv6_ && !first.address.isIpv4();
+        c->cmsg_level = tclass ? IPPROTO_IPV6 : IPPROTO_IP;
+        c->cmsg_type = tclass ? IPV6_TCLASS : IP_TOS;
         c->cmsg_len = CMSG_LEN(sizeof(int));
         int tos = first.priority << 5;
         std::memcpy(CMSG_DATA(c), &tos, sizeof(tos));

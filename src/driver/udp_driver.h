@@ -40,6 +40,9 @@ struct RxPacket {
 
 struct UdpDriverStats {
     uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
+    /// Packets refused at queue() for a destination this socket cannot send to (see
+    /// canSendTo); counted in sendErrors too.
+    uint64_t badDestinations = 0;
     int lastSendErrno = 0;
     uint64_t packetsReceived = 0, bytesReceived = 0, recvCalls = 0, groBuffers = 0, truncated = 0, emptyDatagrams = 0;
     uint64_t waitCalls = 0;  ///< ppoll calls made by wait()
@@ -64,7 +67,14 @@ class UdpDriver {
     bool gsoEnabled() const { return gso_; }
     bool groEnabled() const { return gro_; }
 
-    /// Queues a packet (copied); sent at flush() or when the batch is full.
+    /// Whether this socket can send to `dest`: a port other than 0, and an address of a
+    /// family it reaches (an IPv4 socket reaches IPv4 only; an IPv6 socket bound to the
+    /// wildcard reaches both, one bound to an IPv6 address IPv6 only). InvalidArgument,
+    /// naming the address, when not.
+    Status canSendTo(const Address& dest) const;
+
+    /// Queues a packet (copied); sent at flush() or when the batch is full. A packet for
+    /// a destination canSendTo() refuses is dropped and counted.
     void queue(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
                std::span<const uint8_t> payload);
     void flush();
@@ -130,6 +140,7 @@ class UdpDriver {
 
     int fd_ = -1;
     bool ipv6_ = false;
+    bool reachesIpv4_ = true;  // false for an IPv6 socket bound to an IPv6 address
     bool gso_ = false;
     bool gro_ = false;
     bool drained_ = false;

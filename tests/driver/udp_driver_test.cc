@@ -269,6 +269,69 @@ TEST(UdpDriver, Ipv6WorksWhereAvailable) {
     EXPECT_EQ(b->stats().packetsReceivedByPriority[3], 1u);  // read from the traffic class
 }
 
+// A socket bound to the IPv6 wildcard also talks to IPv4 peers (through IPv4-mapped
+// addresses). The kernel sends those as IPv4, where a traffic-class cmsg is not read:
+// the priority must go as the IPv4 TOS byte, or every packet to an IPv4 peer (grants,
+// unscheduled data) would leave at priority 0.
+TEST(UdpDriver, ADualStackSocketCarriesThePriorityToIpv4Peers) {
+    Status e;
+    auto a = UdpDriver::open(*Address::parse("[::]:0"), {}, &e);
+    if (!a) GTEST_SKIP() << "no IPv6: " << e.toString();
+    auto b = open();
+    const Address to = Address::ipv4(0x7f000001, b->localAddress().port);
+    uint8_t x[20] = {};
+    a->queue(to, 5, x, {});
+    a->flush();
+    for (int i = 0; i < 3; ++i) a->queue(to, 6, x, {});  // one GSO send
+    a->flush();
+    ASSERT_EQ(drain(*b, 4).size(), 4u);
+    const auto byPriority = b->stats().packetsReceivedByPriority;
+    EXPECT_EQ(byPriority[5], 1u);
+    EXPECT_EQ(byPriority[6], 3u);
+    EXPECT_EQ(byPriority[0], 0u);
+    EXPECT_EQ(a->stats().sendErrors, 0u);
+}
+
+// A destination the socket cannot send to (an IPv6 address from an IPv4 socket, whose
+// last four bytes would have been taken for an IPv4 address; port 0) is refused and
+// counted at queue time. It must not reach the kernel: its EINVAL on a run of packets
+// was taken for "no GSO here" and turned GSO off for the endpoint's life.
+TEST(UdpDriver, DestinationsTheSocketCannotReachAreRefusedAndCounted) {
+    auto a = open(), b = open();
+    EXPECT_TRUE(a->canSendTo(b->localAddress()).isOk());
+    const Address v6 = *Address::parse("[::1]:4000");
+    const Address port0 = Address::ipv4(0x7f000001, 0);
+    for (const Address& bad : {v6, port0}) {
+        const Status s = a->canSendTo(bad);
+        EXPECT_EQ(s.code(), StatusCode::InvalidArgument) << bad.toString();
+        EXPECT_NE(s.message().find(bad.toString()), std::string::npos) << s.message();
+    }
+    uint8_t x[20] = {};
+    for (int i = 0; i < 3; ++i) a->queue(port0, 0, x, {});
+    for (int i = 0; i < 3; ++i) a->queue(v6, 0, x, {});
+    a->flush();
+    EXPECT_EQ(a->stats().sendErrors, 6u);
+    EXPECT_EQ(a->stats().badDestinations, 6u);
+    EXPECT_EQ(a->stats().packetsSent, 0u);
+    EXPECT_TRUE(a->gsoEnabled());
+    for (int i = 0; i < 3; ++i) a->queue(b->localAddress(), 0, x, {});
+    a->flush();
+    EXPECT_EQ(drain(*b, 3).size(), 3u);
+    EXPECT_EQ(a->stats().gsoBatches, 1u);
+    Status e;
+    auto six = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
+    if (!six) return;  // no IPv6 loopback
+    EXPECT_TRUE(six->canSendTo(v6).isOk());
+    EXPECT_FALSE(six->canSendTo(*Address::parse("[::1]:0")).isOk());
+    // Bound to an IPv6 address, it cannot reach IPv4 (the kernel says ENETUNREACH); bound
+    // to the wildcard, it can, through mapped addresses.
+    EXPECT_FALSE(six->canSendTo(b->localAddress()).isOk());
+    auto any = UdpDriver::open(*Address::parse("[::]:0"), {}, &e);
+    ASSERT_TRUE(any) << e.toString();
+    EXPECT_TRUE(any->canSendTo(b->localAddress()).isOk());
+    EXPECT_TRUE(any->canSendTo(v6).isOk());
+}
+
 TEST(UdpDriver, OversizedPacketIsRefusedNotSent) {
     auto a = open(), b = open();
     std::vector<uint8_t> big(a->maxPacketBytes() + 1);
