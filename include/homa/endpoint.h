@@ -88,7 +88,8 @@ struct EndpointOptions {
 
 struct CallOptions {
     /// Fail the call with StatusCode::Timeout after this long (0: only the protocol's own
-    /// timeout, which fires when the server stops answering).
+    /// timeout, which fires when the server stops answering; nanoseconds::max(): the same,
+    /// in effect).
     std::chrono::nanoseconds timeout{0};
     /// Comes back unchanged in the Response.
     uint64_t context = 0;
@@ -156,6 +157,9 @@ class Endpoint {
 
     // ---- Client
     /// Synchronous call: runs the event loop in this thread until the response arrives.
+    /// Fails at once with InvalidArgument for an empty request or a server address this
+    /// endpoint cannot send to (see callAsync()), with MessageTooLarge for one over
+    /// ProtocolOptions::maxMessageLength.
     Response call(const Address& server, std::span<const uint8_t> request, CallOptions options = {});
     /// Asynchronous call: `done` runs exactly once, on the thread that runs the event loop
     /// (on the poll thread if a timer ends the call while an application thread waits in
@@ -169,7 +173,12 @@ class Endpoint {
     /// ends). Any number of calls may be in flight: beyond
     /// ProtocolOptions::maxClientRpcsPerServer with one server, they wait their turn in
     /// the endpoint (a timeout counts from here). Returns the RPC's id (0 if it did not
-    /// start).
+    /// start). An empty `done` is refused: 0, nothing runs, and the call is counted as
+    /// failed with InvalidArgument. An exception thrown by `done` is caught and counted
+    /// (metric `callback_exceptions`); the endpoint's other callbacks still run. A server
+    /// address the endpoint's socket cannot send to (port 0; an IPv6 address from an
+    /// endpoint bound to IPv4, or an IPv4 one from an endpoint bound to an IPv6 address)
+    /// fails the call with InvalidArgument, as call() does.
     RpcId callAsync(const Address& server, std::span<const uint8_t> request, Callback done,
                     CallOptions options = {});
     /// Memory for an outgoing message of `length` bytes, from the endpoint's memory for
@@ -212,7 +221,11 @@ class Endpoint {
     // ---- Server
     /// Handler-based server: `threads` workers receive requests and run `handler`. A
     /// worker that is waiting runs the event loop, so a request is normally handled on
-    /// the thread that received it. Call once.
+    /// the thread that received it. Call once. A response given inside a handler leaves
+    /// with those of the requests queued behind it, as one batch, or at once when none
+    /// are queued (a handler may go on working after it has answered). A handler that
+    /// throws drops its request (the client's call fails); the exception is counted
+    /// (metric `handler_exceptions`) and the worker goes on.
     Status serve(Handler handler, int threads = 1);
     /// Pull-style receive for applications with their own loop: the next request, or
     /// nothing when `timeout` passes (negative: wait forever) or the endpoint shuts down.

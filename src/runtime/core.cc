@@ -25,6 +25,11 @@ uint64_t clockSeededFirstId() {
     uint64_t ns = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
     return ns & ~uint64_t{1};
 }
+// now + timeout, held at the largest time: a timeout of nanoseconds::max() ("forever")
+// must not wrap into the past.
+int64_t deadlineAfter(int64_t now, int64_t timeoutNs) {
+    return timeoutNs > INT64_MAX - now ? INT64_MAX : now + timeoutNs;
+}
 constexpr int64_t kMaxPollWaitNs = 100'000'000;  // bounds a timed wait
 constexpr int64_t kShortestSleepNs = 20'000;     // see iterate()
 constexpr int64_t kMaxResponseHoldNs = 20'000;   // see serve()
@@ -55,6 +60,10 @@ thread_local std::vector<const Core*> tLoopsRunning;
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
 // The core whose poll thread or worker this thread is (null for application threads).
 thread_local const Core* tThreadOf = nullptr;
+// The core whose poll thread this thread is.
+thread_local const Core* tPollThreadOf = nullptr;
+// The core whose handler worker this thread is.
+thread_local const Core* tWorkerOf = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
 thread_local AdaptivePoll tPoll;
 // Whether this thread may run on more than one CPU, looked up at its first wait. A thread
@@ -287,6 +296,13 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
         lk.release();  // the caller keeps holding mu_
         return;
     }
+    // The poll thread waits here in a callback it runs from the engine's timers (a call
+    // ended by a deadline or a protocol timeout while another thread owns the loop,
+    // perhaps blocked in the socket's receive). It is the thread that runs those timers
+    // meanwhile: it goes on running them, waking each tick, or nobody would (no RESEND,
+    // no timeout: its own call, and every other, could wait for good).
+    const bool runsTimers = tPollThreadOf == this;
+    const int64_t tick = options_.protocol.tickNs;
     bool haveLoop = false;
     while (!w.done && !shutdown_) {
         int64_t now = nowNs();
@@ -305,8 +321,10 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
         }
         w.sleeping = true;
         sleepers_.push_back(&w);
-        if (deadline != 0) {
-            w.cv.wait_for(lk, std::chrono::nanoseconds(deadline - now));
+        int64_t sleepNs = deadline != 0 ? deadline - now : -1;
+        if (runsTimers) sleepNs = sleepNs < 0 ? tick : std::min(sleepNs, tick);
+        if (sleepNs >= 0) {
+            w.cv.wait_for(lk, std::chrono::nanoseconds(sleepNs));
         } else {
             w.cv.wait(lk);
         }
@@ -314,6 +332,8 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
         sleepers_.erase(std::find(sleepers_.begin(), sleepers_.end(), &w));
         if (loopOwner_ == &w) {
             haveLoop = true;  // passed to us
+        } else if (runsTimers) {
+            if (!w.done && !shutdown_ && nowNs() - timersRunAt_.load(std::memory_order_relaxed) >= tick) runTimers(lk);
         } else if (!w.done && !shutdown_ && (deadline == 0 || nowNs() < deadline)) {
             ++emptyWakeups_;  // woken with nothing to do: must not happen
         }
@@ -328,6 +348,7 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
 // that starts waiting takes the loop at once instead of waiting for a hand-over.
 void Core::pollThreadMain() {
     tThreadOf = this;
+    tPollThreadOf = this;
     std::unique_lock lk(mu_);
     uint64_t handlersSeen = 0;  // handlersDone_ when this thread last stood aside for the workers
     bool safetyNetExpired = false;  // its last wait ended by kPollThreadSafetyNetNs
@@ -616,7 +637,14 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
     size_t ran = 0;
     for (auto& [callback, response] : ready) {
         HOMA_TRACE("callback id %u", response.id);
-        callback(std::move(response));
+        try {
+            callback(std::move(response));
+        } catch (...) {
+            // The application's exception, not ours to handle: counted, and the other
+            // callbacks of the batch still run (one thrown through here would have lost
+            // them, and left the loop marked as running for good).
+            callbackExceptions_.fetch_add(1, std::memory_order_relaxed);
+        }
         if (flushEvery != 0 && ++ran % flushEvery == 0 && ran < ready.size()) {
             // (Acks wait for the end: the requests the other callbacks start carry them.)
             std::lock_guard lk(mu_);
@@ -769,6 +797,13 @@ void Core::dispatch(std::vector<std::pair<Endpoint::Callback, Response>>& ready,
         engine::Delivery& d = *dp;
         switch (d.kind) {
             case engine::Delivery::Kind::Request:
+                if (shutdown_) {
+                    // Read before the shutdown, handled after it: nobody will take it
+                    // (shutdown() dropped the queue), and a request left queued would
+                    // keep the core, its socket and its memory alive for good.
+                    engine_->releaseMessage(d.message, now);
+                    break;
+                }
                 ++messagesDelivered_;
                 deliverRequest(d);
                 break;
@@ -901,6 +936,14 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         return r;
     }
+    if (Status bad = driver_->canSendTo(server); !bad.isOk()) {
+        dropOutgoing(owned);
+        ++callsFailed_[static_cast<size_t>(bad.code()) % callsFailed_.size()];
+        mu_.unlock();
+        r.status = std::move(bad);
+        r.context = options.context;
+        return r;
+    }
     uint64_t engineStart;
     const int64_t now = nowAndEngineClock(&engineStart);
     RpcId id = 0;
@@ -920,7 +963,7 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     c.waiter = &w;
     c.context = options.context;
     if (options.timeout.count() > 0) {
-        c.deadline = now + options.timeout.count();
+        c.deadline = deadlineAfter(now, options.timeout.count());
         deadlines_.insert({c.deadline, id});
     }
     waitFor(w, 0);
@@ -938,6 +981,13 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
 
 RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, Endpoint::Callback done,
                       const CallOptions& options, engine::OutgoingBuffer owned, const Status* cannotStart) {
+    if (!done) {
+        // Nothing to tell the outcome to: refused, and nothing runs.
+        std::lock_guard lk(mu_);
+        dropOutgoing(owned);
+        ++callsFailed_[static_cast<size_t>(StatusCode::InvalidArgument) % callsFailed_.size()];
+        return 0;
+    }
     Response r;
     r.context = options.context;
     {
@@ -947,6 +997,9 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         } else if (cannotStart) {
             r.status = *cannotStart;
+        } else if (Status bad = driver_->canSendTo(server); !bad.isOk()) {
+            dropOutgoing(owned);
+            r.status = std::move(bad);
         } else {
             uint64_t engineStart;
             const int64_t now = nowAndEngineClock(&engineStart);
@@ -960,7 +1013,7 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
                 c.callback = std::move(done);
                 c.context = options.context;
                 if (options.timeout.count() > 0) {
-                    c.deadline = now + options.timeout.count();
+                    c.deadline = deadlineAfter(now, options.timeout.count());
                     deadlines_.insert({c.deadline, id});
                 }
                 afterEngineWork(now);
@@ -1031,7 +1084,7 @@ std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
     w.wantsRequest = true;
     w.worker = worker;
     requestWaiters_.push_back(&w);
-    waitFor(w, timeoutNs < 0 ? 0 : nowNs() + timeoutNs);
+    waitFor(w, timeoutNs < 0 ? 0 : deadlineAfter(nowNs(), timeoutNs));
     if (!w.done) {
         auto it = std::find(requestWaiters_.begin(), requestWaiters_.end(), &w);
         if (it != requestWaiters_.end()) requestWaiters_.erase(it);
@@ -1052,6 +1105,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     for (int i = 0; i < threads; ++i) {
         workers_.emplace_back([this, handler] {
             tThreadOf = this;
+            tWorkerOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1, true);
@@ -1067,6 +1121,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 } catch (...) {
                     // A throwing handler drops its request (the client sees a failure);
                     // the worker goes on serving.
+                    handlerExceptions_.fetch_add(1, std::memory_order_relaxed);
                 }
                 request.reset();
                 const uint64_t end = trace::readClock();
@@ -1114,6 +1169,10 @@ Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> r
     Status s;
     if (owned) --liveMessages_;  // (the engine takes it, whatever the outcome)
     outsideLoop([&](int64_t now) { s = engine_->sendResponse({client, id}, response, now, owned); });
+    // A handler's response waits to leave with those of the requests queued behind it
+    // (see serve()). With none queued nothing would join it: it leaves now, since the
+    // handler may go on working after it has answered, for as long as it likes.
+    if (tWorkerOf == this && tBatchFor == this && requests_.empty()) driver_->flush();
     return s;
 }
 
@@ -1353,6 +1412,8 @@ MetricsSnapshot Core::metrics() {
     add("handler_ns", ns(threadCounters_.sum(kHandlerCycles)));
     add("callbacks_run", threadCounters_.sum(kCallbacksRun));
     add("callback_ns", ns(threadCounters_.sum(kCallbackCycles)));
+    add("callback_exceptions", callbackExceptions_.load(std::memory_order_relaxed));
+    add("handler_exceptions", handlerExceptions_.load(std::memory_order_relaxed));
     add("trace_enabled", trace::enabled() ? 1 : 0);
     const driver::UdpDriverStats& ds = driver_->stats();
     add("udp_send_calls", ds.sendCalls);
@@ -1360,6 +1421,7 @@ MetricsSnapshot Core::metrics() {
     add("udp_gso_batches", ds.gsoBatches);
     add("udp_gro_buffers", ds.groBuffers);
     add("udp_send_errors", ds.sendErrors);
+    add("udp_bad_destinations", ds.badDestinations);
     add("udp_empty_datagrams", ds.emptyDatagrams);
     add("udp_wait_calls", ds.waitCalls);
     add("adaptive_poll_hits", spinHits_.load(std::memory_order_relaxed));
@@ -1406,6 +1468,8 @@ void Core::shutdown() {
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     std::deque<ServerRequest> orphans;
     std::unique_ptr<Publisher> publisher;
+    std::thread pollThread;
+    std::vector<std::thread> workers;
     {
         std::lock_guard lk(mu_);
         if (!shutdown_) {
@@ -1436,21 +1500,29 @@ void Core::shutdown() {
             orphans.swap(requests_);
             publisher = std::move(publisher_);
         }
+        // Whoever comes first takes the threads to join: shutdown() may be called from
+        // two threads at once (one of them perhaps a worker), and a thread is joined once.
+        pollThread = std::move(pollThread_);
+        workers.swap(workers_);
     }
     publisher.reset();  // joins its thread, which may be waiting for mu_
     runCallbacks(ready);
     orphans.clear();
-    auto join = [](std::thread& t) {
+    auto join = [this](std::thread& t) {
         if (!t.joinable()) return;
         if (t.get_id() == std::this_thread::get_id()) {
-            t.detach();  // shutdown() from a handler: that thread ends by itself
+            // shutdown() from a handler or callback: that thread ends by itself, after it
+            // has returned into the core. It keeps the core until then: the application,
+            // told of the shutdown, may destroy the endpoint meanwhile. (Nothing to keep
+            // when this runs in the core's destructor.)
+            t.detach();
+            if (std::shared_ptr<Core> self = weak_from_this().lock()) tCoresToDrop.push_back(std::move(self));
         } else {
             t.join();
         }
     };
-    join(pollThread_);
-    for (auto& t : workers_) join(t);
-    workers_.clear();
+    join(pollThread);
+    for (auto& t : workers) join(t);
 }
 
 }  // namespace homa::runtime

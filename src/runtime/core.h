@@ -27,6 +27,8 @@
 
 #include "driver/udp_driver.h"
 #include "engine/engine.h"
+#include <memory>
+
 #include "homa/endpoint.h"
 #include "runtime/adaptive_poll.h"
 #include "runtime/clock.h"
@@ -35,7 +37,7 @@
 
 namespace homa::runtime {
 
-class Core : public engine::PacketSink {
+class Core : public engine::PacketSink, public std::enable_shared_from_this<Core> {
   public:
     static std::shared_ptr<Core> create(const EndpointOptions& options, Status* error);
     ~Core() override;
@@ -283,6 +285,7 @@ class Core : public engine::PacketSink {
     // and that ran out (counted by the waiting threads, outside mu_).
     int64_t adaptiveSpinNs_ = 0;
     std::atomic<uint64_t> spinHits_{0}, spinMisses_{0};
+    std::atomic<uint64_t> callbackExceptions_{0}, handlerExceptions_{0};  // thrown by the application
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
 
     mutable std::mutex mu_;

@@ -1500,6 +1500,234 @@ TEST(Endpoint, BadArgumentsGetClearErrors) {
     EXPECT_EQ(client->serve(nullptr, 1).code(), StatusCode::InvalidArgument);
 }
 
+// A server address the endpoint's socket cannot send to fails the call at once with
+// InvalidArgument, naming the address: an IPv6 address from an IPv4 endpoint (whose last
+// four bytes were taken for an IPv4 host: [2001:db8::c0a8:105] went to 192.168.1.5), and
+// port 0. Both used to end in a Timeout, and the kernel's EINVAL for port 0 turned the
+// endpoint's GSO off.
+TEST(Endpoint, AServerAddressTheEndpointCannotReachFailsAtOnce) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    const Address v6 = *Address::parse("[2001:db8::c0a8:105]:4000");
+    const Address port0 = Address::ipv4(0x7f000001, 0);
+    for (const Address& bad : {v6, port0}) {
+        Response r = client->call(bad, bytesOf(10, 1), {.timeout = 10s, .context = 7});
+        EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument) << bad.toString() << ": " << r.status.toString();
+        EXPECT_NE(r.status.message().find(bad.toString()), std::string::npos) << r.status.message();
+        EXPECT_EQ(r.context, 7u);
+        std::promise<Response> p;
+        EXPECT_EQ(client->callAsync(bad, bytesOf(10, 1), [&](Response x) { p.set_value(std::move(x)); }), 0u);
+        EXPECT_EQ(p.get_future().get().status.code(), StatusCode::InvalidArgument);
+        // A message from allocate() goes back to the endpoint's memory.
+        Response m = client->call(bad, client->allocate(100));
+        EXPECT_EQ(m.status.code(), StatusCode::InvalidArgument);
+    }
+    const MetricsSnapshot mm = client->metrics();
+    EXPECT_EQ(mm.get("calls_failed_invalid_argument"), 6u);
+    EXPECT_EQ(mm.get("udp_send_errors"), 0u) << "nothing reached the driver";
+    EXPECT_EQ(mm.get("peers"), 0u);
+    EXPECT_EQ(mm.get("send_bytes_in_use"), 0u) << "the allocated messages went back";
+    Response ok = client->call(server->address(), bytesOf(3000, 2));
+    EXPECT_TRUE(ok.status.isOk()) << ok.status.toString();
+}
+
+// callAsync with an empty callback is refused (0, nothing runs, counted): the loop
+// would have called it and thrown std::bad_function_call there.
+TEST(Endpoint, AnAsyncCallWithoutACallbackIsRefused) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    EXPECT_EQ(client->callAsync(server->address(), bytesOf(10, 1), Endpoint::Callback{}), 0u);
+    EXPECT_EQ(client->callAsync(server->address(), client->allocate(10), Endpoint::Callback{}), 0u);
+    EXPECT_EQ(client->metrics().get("calls_failed_invalid_argument"), 2u);
+    EXPECT_EQ(client->metrics().get("calls_in_flight"), 0u);
+    Response ok = client->call(server->address(), bytesOf(10, 2));
+    EXPECT_TRUE(ok.status.isOk()) << ok.status.toString();
+}
+
+// A callback that throws does not take the others of its batch with it, nor the loop:
+// the exception is counted and the endpoint goes on.
+TEST(Endpoint, ACallbackThatThrowsLosesNothingElse) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    constexpr int kCalls = 20;
+    std::atomic<int> ran{0};
+    std::promise<void> all;
+    {
+        Endpoint::CallBatch batch(*client);  // (their responses tend to come back together)
+        for (int i = 0; i < kCalls; ++i)
+            client->callAsync(server->address(), bytesOf(10, static_cast<uint8_t>(i)), [&, i](Response r) {
+                EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+                if (++ran == kCalls) all.set_value();
+                if (i % 2 == 0) throw std::runtime_error("the application's");
+            });
+    }
+    ASSERT_EQ(all.get_future().wait_for(10s), std::future_status::ready) << ran << " of " << kCalls << " ran";
+    for (int i = 0; i < 100 && client->metrics().get("callback_exceptions") < kCalls / 2; ++i)
+        std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(client->metrics().get("callback_exceptions"), static_cast<uint64_t>(kCalls / 2));
+    Response ok = client->call(server->address(), bytesOf(10, 2));
+    EXPECT_TRUE(ok.status.isOk()) << ok.status.toString();
+}
+
+// A timeout of nanoseconds::max() means "wait that long", not "fail now": now + timeout
+// wrapped into the past.
+TEST(Endpoint, TheLongestTimeoutsWaitInsteadOfFailingAtOnce) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    const auto forever = std::chrono::nanoseconds::max();
+    Response r = client->call(server->address(), bytesOf(10, 1), {.timeout = forever});
+    EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+    std::promise<Response> p;
+    client->callAsync(server->address(), bytesOf(10, 1), [&](Response x) { p.set_value(std::move(x)); },
+                      {.timeout = forever});
+    EXPECT_TRUE(p.get_future().get().status.isOk());
+    auto pull = Endpoint::open(loopback());
+    ASSERT_TRUE(pull);
+    std::thread caller([&] { client->call(pull->address(), bytesOf(10, 3), {.timeout = 5s}); });
+    std::optional<ServerRequest> req = pull->receive(forever);
+    EXPECT_TRUE(req) << "receive(nanoseconds::max()) returned at once";
+    if (req) {
+        EXPECT_TRUE(req->respond(req->message().bytes()).isOk());
+    } else {
+        pull->shutdown();
+    }
+    caller.join();
+}
+
+// shutdown() from two threads at once (the API allows any thread): each of the
+// endpoint's threads is joined once. Both returned into joins of the same threads.
+TEST(Endpoint, ShutdownFromTwoThreadsAtOnce) {
+    for (int round = 0; round < 20; ++round) {
+        auto server = echoServer(4);
+        ASSERT_TRUE(server);
+        std::atomic<int> ready{0};
+        auto stop = [&] {
+            ++ready;
+            while (ready < 2) std::this_thread::yield();
+            server->shutdown();
+        };
+        std::thread a(stop), b(stop);
+        a.join();
+        b.join();
+    }
+}
+
+// A callback that shuts its endpoint down, after which the application destroys the
+// endpoint at once: the poll thread, still returning from that callback, keeps the
+// endpoint's core until it is out (under ASan this was a use after free).
+TEST(Endpoint, AnEndpointShutDownByItsCallbackCanBeDestroyedAtOnce) {
+    BlackHole hole;
+    for (int round = 0; round < 20; ++round) {
+        auto client = Endpoint::open(loopback());
+        ASSERT_TRUE(client);
+        std::atomic<bool> shut{false};
+        Endpoint* ep = client.get();
+        client->callAsync(hole.address(), bytesOf(10, 1),
+                          [&, ep](Response) {
+                              ep->shutdown();
+                              shut = true;
+                              std::this_thread::sleep_for(10ms);  // (destroyed meanwhile)
+                          },
+                          {.timeout = 1ms});
+        while (!shut) std::this_thread::yield();
+        client.reset();
+    }
+}
+
+// A callback that the poll thread runs from its timers (a call's deadline passed while
+// an application thread owns the loop, blocked in the socket's receive) makes a
+// synchronous call: the poll thread, sleeping in that call, must still run the engine's
+// timers, or nobody does, and the call (this one, and any other) never ends.
+TEST(Endpoint, ASynchronousCallFromATimersCallbackStillTimesOut) {
+    BlackHole hole;
+    auto ep = Endpoint::open(loopback());
+    ASSERT_TRUE(ep);
+    std::thread owner([&] { ep->receive(-1ns); });  // owns the loop, blocked in the socket
+    std::this_thread::sleep_for(20ms);
+    std::promise<Response> inner;
+    ep->callAsync(hole.address(), bytesOf(10, 1),
+                  [&](Response outer) {
+                      EXPECT_EQ(outer.status.code(), StatusCode::Timeout);
+                      inner.set_value(ep->call(hole.address(), bytesOf(10, 2), {.timeout = 20ms}));
+                  },
+                  {.timeout = 5ms});
+    auto f = inner.get_future();
+    const bool ended = f.wait_for(5s) == std::future_status::ready;
+    EXPECT_TRUE(ended) << "the nested call never ended";
+    ep->shutdown();  // (ends the receive, and the nested call if it hung)
+    owner.join();
+    if (ended) {
+        EXPECT_EQ(f.get().status.code(), StatusCode::Timeout);
+    }
+}
+
+// A handler that answers and then goes on working: its response leaves when it is
+// given, not when the handler ends (here the handler waits for the client to have it;
+// without a poll thread, nothing else would have sent it).
+TEST(Endpoint, AResponseLeavesWhileItsHandlerGoesOnWorking) {
+    EndpointOptions so = loopback();
+    so.pollThread = false;
+    auto server = Endpoint::open(so);
+    ASSERT_TRUE(server);
+    std::promise<void> clientHasIt;
+    std::atomic<bool> sawIt{false};
+    ASSERT_TRUE(server
+                    ->serve(
+                        [&](ServerRequest r) {
+                            r.respond(r.message().bytes());
+                            sawIt = clientHasIt.get_future().wait_for(5s) == std::future_status::ready;
+                        },
+                        1)
+                    .isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    Response r = client->call(server->address(), bytesOf(100, 1), {.timeout = 10s});
+    EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+    clientHasIt.set_value();
+    server->shutdown();  // (joins the worker)
+    EXPECT_TRUE(sawIt) << "the response waited for the handler to end";
+}
+
+// An endpoint destroyed while requests pour in (no handler: they queue for receive())
+// is freed, its port with it. A request read before the shutdown and handled after it
+// was queued where nobody would take it, and kept the endpoint's core alive for good.
+TEST(Endpoint, AnEndpointDestroyedUnderAFloodOfRequestsLetsItsPortGo) {
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    int leaked = 0;
+    for (int round = 0; round < 600; ++round) {
+        auto server = Endpoint::open(loopback());
+        ASSERT_TRUE(server);
+        const Address to = server->address();
+        std::atomic<bool> stop{false};
+        std::thread flood([&] {
+            while (!stop) {
+                Endpoint::CallBatch batch(*client);
+                for (int i = 0; i < 64; ++i)
+                    client->callAsync(to, bytesOf(20, static_cast<uint8_t>(i)), [](Response) {}, {.timeout = 50ms});
+                std::this_thread::sleep_for(200us);
+            }
+        });
+        std::this_thread::sleep_for(5ms);
+        server.reset();
+        stop = true;
+        flood.join();
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        sockaddr_in at{};
+        at.sin_family = AF_INET;
+        at.sin_addr.s_addr = htonl(0x7f000001);
+        at.sin_port = htons(to.port);
+        if (bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof(at)) != 0) ++leaked;
+        close(fd);
+    }
+    // (The window is narrow: before the fix about 1 round in 100 leaked.)
+    EXPECT_EQ(leaked, 0) << "endpoints whose port stayed bound after they were destroyed";
+}
+
 // Garbage datagrams are counted and dropped; RPCs in flight are unaffected.
 TEST(Endpoint, GarbageDatagramsAreCountedAndIgnored) {
     auto server = echoServer();
