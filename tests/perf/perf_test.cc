@@ -103,6 +103,7 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--nic-queue-us", "short"},
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
+        {"local", "--calls", "sync", "--client-max", "1025"},  // a thread per call: at most 1,024
         {"client", "--servers", "127.0.0.1:4000,[::1]:4000"},  // one socket: one address family
         {"client", "--servers", "[::1]:4000,127.0.0.1:4000"},
         {"server", "--port", "65535", "--server-ports", "3"},  // ports past 65535
@@ -691,6 +692,26 @@ TEST(PerfLocal, AnInterruptEndsTheWaitForCallsInFlight) {
     EXPECT_TRUE(j["totals"]["interrupted"].get<bool>());
     EXPECT_EQ(j["totals"]["unfinished"], 1);
     EXPECT_EQ(j["totals"]["completed_after_end"], 0);
+}
+
+// An offered load so small that the first arrival lies beyond the run sends nothing. Its
+// gap, longer than an int64_t of nanoseconds, once wrapped into a huge negative step
+// (undefined behaviour) and the generator sent calls back to back.
+TEST(PerfLocal, ATinyOfferedLoadSendsNothing) {
+    const std::string path = tempPath("tiny-load");
+    PerfOptions o;
+    std::string e;
+    ASSERT_TRUE(parse({"local", "--workload", "64", "--gbps", "1e-18", "--duration", "0.3", "--drain", "0",
+                       "--base-rtt-us", "10", "--json", path, "--quiet"},
+                      &o, &e))
+        << e;
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(runLocal(o), 1);  // no call completed
+    testing::internal::GetCapturedStderr();
+    const nlohmann::json j = readJson(path);
+    ASSERT_TRUE(j.is_object());
+    EXPECT_EQ(j["totals"]["rpcs"], 0);
+    EXPECT_EQ(j["totals"]["skipped_arrivals"], 0);
 }
 
 // The largest message the endpoints take follows the workload, not --max-length: a cap

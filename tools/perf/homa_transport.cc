@@ -53,7 +53,12 @@ class HomaClient : public ClientTransport {
         ep_->callAsync(servers_[server], std::move(m), std::move(done), options);
     }
     bool callSync(size_t server, std::span<const uint8_t> request, CallResult* c) override {
-        *c = resultOf(ep_->call(servers_.at(server), request));
+        if (server >= servers_.size()) {
+            *c = CallResult{};
+            c->error = "no server " + std::to_string(server) + " (have " + std::to_string(servers_.size()) + ")";
+            return true;
+        }
+        *c = resultOf(ep_->call(servers_[server], request));
         return true;
     }
     bool hasSyncCalls() const override { return true; }

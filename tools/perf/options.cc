@@ -153,6 +153,11 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         *error = "--calls sync: only for the closed loop (no --gbps)";
         return false;
     }
+    if (o->callMode == "sync" && o->clientMax > kMaxSyncCallers) {
+        *error = "--calls sync runs a thread per outstanding call: --client-max " + std::to_string(o->clientMax) +
+                 " is more than " + std::to_string(kMaxSyncCallers) + " (use --calls async)";
+        return false;
+    }
     return true;
 }
 

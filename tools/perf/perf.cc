@@ -169,7 +169,9 @@ class LoadGenerator {
   public:
     LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
         : o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed), cyclesPerNs_(trace::cyclesPerNs()) {
-        scratch_.assign(std::max<uint32_t>(o.maxLength, 8), 0x33);
+        // As large as the largest request (the distribution is capped at --max-length
+        // already): each synchronous caller keeps a copy.
+        scratch_.assign(std::max<uint32_t>(std::min(o.maxLength, d.maxSize()), 8), 0x33);
         // Calls in flight never exceed clientMax (the closed loop starts that many; the
         // open loop skips arrivals beyond it).
         inFlight_.resize(static_cast<size_t>(o.clientMax));
@@ -479,8 +481,10 @@ class LoadGenerator {
         int64_t next = nowNs();
         transport_.holdSends();
         while (!stopping_ && !interrupted) {
-            next += static_cast<int64_t>(gap(arrivals));
-            if (next >= end) break;
+            // (Compared as a double first: a tiny load's gap may not fit in an int64_t.)
+            const double g = gap(arrivals);
+            if (g >= static_cast<double>(end - next)) break;
+            next += static_cast<int64_t>(g);
             // Sleep, never spin: a spinning generator takes a whole core from the client
             // and server it measures (on a 2-core machine they then share the other one
             // and stall each other for scheduler time slices, milliseconds). Arrivals due

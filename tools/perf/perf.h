@@ -72,6 +72,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* options, std::string* erro
 std::string errorKind(const std::string& error);
 /// The open loop's cap on calls in flight when --client-max is not given.
 inline constexpr int kOpenLoopMaxInFlight = 1'000;
+/// At most this many threads for --calls sync (one per outstanding call).
+inline constexpr int kMaxSyncCallers = 1'024;
 /// Most error kinds a run keeps apart; the rest count as "other".
 inline constexpr size_t kMaxErrorKinds = 16;
 

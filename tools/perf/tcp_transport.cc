@@ -9,6 +9,7 @@
 #include "perf/transport.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -245,6 +246,7 @@ class TcpServer final : public ServerTransport {
             if (t->epoll >= 0) ::close(t->epoll);
             if (t->wake >= 0) ::close(t->wake);
         }
+        if (spareFd_ >= 0) ::close(spareFd_);
     }
 
     bool start(const Address& bind, int ports, std::string* error) {
@@ -284,6 +286,8 @@ class TcpServer final : public ServerTransport {
     uint64_t served() const override { return served_.load(std::memory_order_relaxed); }
     /// Connections closed because of a malformed or oversized frame.
     uint64_t rejected() const { return rejected_.load(std::memory_order_relaxed); }
+    /// Connections closed at once because the process was out of descriptors.
+    uint64_t shed() const { return shed_.load(std::memory_order_relaxed); }
 
     void stop() override {
         std::lock_guard<std::mutex> lock(stopMu_);
@@ -374,7 +378,8 @@ class TcpServer final : public ServerTransport {
             int fd = accept4(listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0) {
                 if (errno == EINTR || errno == ECONNABORTED) continue;
-                return;  // EAGAIN, or out of descriptors: retry on the next readiness event
+                if ((errno == EMFILE || errno == ENFILE) && shedConnection(listenFd)) continue;
+                return;  // EAGAIN: retry on the next readiness event
             }
             setNoDelay(fd);
             ServerThread& target = *threads_[nextThread_++ % threads_.size()];
@@ -392,6 +397,22 @@ class TcpServer final : public ServerTransport {
             }
             signalEventFd(target.wake);
         }
+    }
+
+    // Out of descriptors, a connection waiting in the backlog would stay there, and its
+    // listener, level-triggered, would wake the thread again at once, for good: a busy
+    // loop, and a client whose calls hang. It is taken with the descriptor kept spare
+    // for this and closed at once (the client sees the connection closed). Returns
+    // whether one was shed.
+    bool shedConnection(int listenFd) {
+        std::lock_guard<std::mutex> lock(spareMu_);
+        if (spareFd_ < 0) return false;
+        ::close(spareFd_);
+        const int fd = accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) ::close(fd);
+        spareFd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) shed_.fetch_add(1, std::memory_order_relaxed);
+        return fd >= 0;
     }
 
     void adopt(ServerThread& t, int fd) {
@@ -532,7 +553,13 @@ class TcpServer final : public ServerTransport {
         }
         if (answered != 0) served_.fetch_add(answered, std::memory_order_relaxed);
         if (!ok) {
-            if (!socketError) rejected_.fetch_add(1, std::memory_order_relaxed);
+            if (!socketError) {
+                rejected_.fetch_add(1, std::memory_order_relaxed);
+                // The responses to the requests before the bad frame are served: they
+                // leave before the connection closes (as far as the socket takes them
+                // now; the rest of the stream is garbage to us).
+                flush(c);
+            }
             return false;
         }
         *consumed = i;
@@ -557,6 +584,9 @@ class TcpServer final : public ServerTransport {
     std::vector<Address> addresses_;
     std::atomic<uint64_t> served_{0};
     std::atomic<uint64_t> rejected_{0};
+    std::atomic<uint64_t> shed_{0};
+    std::mutex spareMu_;
+    int spareFd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // see shedConnection()
     std::atomic<size_t> nextThread_{0};
     std::mutex stopMu_;
 };

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -345,6 +346,72 @@ TEST(TcpTransport, MalformedFramesCloseOnlyTheirConnection) {
         EXPECT_TRUE(r.ok) << r.error;
         EXPECT_EQ(r.responseLength, 64u);
     }
+    client->stop();
+    server->stop();
+}
+
+// A valid request followed, in the same read, by a frame the server refuses: the valid
+// one's response (counted as served) still reaches the client before the connection
+// closes. It was queued and then dropped with the connection.
+TEST(TcpTransport, ResponsesBeforeAMalformedFrameStillLeave) {
+    TcpOptions options;
+    auto server = startServer(kLoopback, 1, options);
+    ASSERT_NE(server, nullptr);
+    int fd = rawConnect(server->addresses()[0]);
+    ASSERT_GE(fd, 0);
+    // Frame 1: 8 bytes, asking for a 16-byte response; frame 2: an absurd length.
+    const std::vector<uint8_t> bytes = {0, 0, 0, 8, 0, 0, 0, 16, 9, 9, 9, 9, 0xff, 0xff, 0xff, 0xff};
+    ASSERT_EQ(send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+    size_t got = 0;
+    uint8_t buf[256];
+    for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, 2000) <= 0) break;
+        ssize_t r = recv(fd, buf + std::min<size_t>(got, 128), 128, 0);
+        if (r <= 0) break;
+        got += static_cast<size_t>(r);
+    }
+    close(fd);
+    EXPECT_EQ(got, 20u) << "the first request's response (4-byte length and 16 bytes)";
+    EXPECT_EQ(buf[3], 16);
+    server->stop();
+}
+
+// Out of file descriptors, the server closes the connections it cannot take at once.
+// They were left in the backlog, where the level-triggered listener woke the server's
+// thread again at once, for good (a busy loop), and their clients' calls hung.
+TEST(TcpTransport, ConnectionsBeyondTheDescriptorLimitAreClosedNotLeftHanging) {
+    auto server = startServer(kLoopback, 1, TcpOptions{});
+    ASSERT_NE(server, nullptr);
+    const Address at = server->addresses()[0];
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(at.port);
+    sa.sin_addr.s_addr = htonl(at.ipv4Host());
+    // The clients' sockets are made first: once the limit is lowered, no new descriptor
+    // can be opened in this process, the server's included.
+    std::vector<int> fds;
+    for (int i = 0; i < 3; ++i) fds.push_back(socket(AF_INET, SOCK_STREAM, 0));
+    const int lowestFree = dup(0);
+    close(lowestFree);
+    rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(lowestFree);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    int closed = 0;
+    for (int fd : fds) {
+        if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) continue;
+        if (waitForClose(fd, 2s)) ++closed;
+    }
+    setrlimit(RLIMIT_NOFILE, &old);
+    for (int fd : fds) close(fd);
+    EXPECT_EQ(closed, 3) << "connections the server could not take were left hanging";
+    // With descriptors again, it serves as before.
+    auto client = startClient(server->addresses(), TcpOptions{});
+    ASSERT_NE(client, nullptr);
+    CallResult r = callAndWait(*client, 0, makeRequest(64, 64));
+    EXPECT_TRUE(r.ok) << r.error;
     client->stop();
     server->stop();
 }
@@ -711,6 +778,11 @@ TEST(HomaTransport, AnUnknownServerIsAClearError) {
     CallResult r = callAndWait(*p.client, 1, makeRequest(8, 8));
     EXPECT_FALSE(r.ok);
     EXPECT_NE(r.error.find("no server 1 (have 1)"), std::string::npos) << r.error;
+    // The same for a synchronous call (it threw std::out_of_range).
+    CallResult s;
+    EXPECT_TRUE(p.client->callSync(1, makeRequest(8, 8), &s));
+    EXPECT_FALSE(s.ok);
+    EXPECT_NE(s.error.find("no server 1 (have 1)"), std::string::npos) << s.error;
     EXPECT_TRUE(callAndWait(*p.client, 0, makeRequest(8, 8)).ok);
 }
 
