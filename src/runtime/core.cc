@@ -137,13 +137,14 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         return nullptr;
     }
     core->engine_ = std::make_unique<engine::Engine>(cfg, *core);
-    Status published = core->startPublisher();
-    if (!published.isOk()) {
-        if (error) *error = published;
+    // (Without them, pokes would be lost: a loop owner or the poll thread would sleep
+    // through work meant for it.)
+    core->wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (core->wakeFd_ >= 0) core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (core->wakeFd_ < 0 || core->pollThreadFd_ < 0) {
+        if (error) *error = Status(StatusCode::InvalidArgument, std::string("eventfd: ") + strerror(errno));
         return nullptr;
     }
-    core->wakeFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    core->pollThreadFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     // Without a timer (it cannot fail in practice) every wait carries a timeout instead.
     core->tickFd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (options.pollThread && options.busyPollUs == 0 && core->tickFd_ >= 0) {
@@ -161,6 +162,13 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
             core->driver_->flush();
         }
         core->blockingReceive_ = core->driver_->stats().emptyDatagrams > before;
+    }
+    // After the probe above, which feeds the engine without the lock that the
+    // publisher's thread takes to read it.
+    Status published = core->startPublisher();
+    if (!published.isOk()) {
+        if (error) *error = published;
+        return nullptr;
     }
     if (options.pollThread) {
         core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -1726,6 +1727,24 @@ TEST(Endpoint, AnEndpointDestroyedUnderAFloodOfRequestsLetsItsPortGo) {
     }
     // (The window is narrow: before the fix about 1 round in 100 leaked.)
     EXPECT_EQ(leaked, 0) << "endpoints whose port stayed bound after they were destroyed";
+}
+
+// Out of file descriptors after its socket, an endpoint is not opened half-made: its
+// wake-up eventfd failed unnoticed, and every poke of a sleeping loop owner was lost.
+TEST(Endpoint, OutOfDescriptorsOpenFailsWithTheReason) {
+    const int lowestFree = dup(0);
+    close(lowestFree);
+    rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(lowestFree) + 1;  // room for the socket alone
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    Status err;
+    auto ep = Endpoint::open(loopback(), &err);
+    setrlimit(RLIMIT_NOFILE, &old);
+    EXPECT_FALSE(ep) << "opened without its eventfds";
+    EXPECT_NE(err.message().find("eventfd"), std::string::npos) << err.toString();
+    EXPECT_TRUE(Endpoint::open(loopback())) << "with descriptors again";
 }
 
 // Garbage datagrams are counted and dropped; RPCs in flight are unaffected.
