@@ -170,7 +170,11 @@ class Endpoint {
     /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
-    /// ends). Any number of calls may be in flight: beyond
+    /// ends). On another endpoint, the thread keeps this endpoint's loop while it waits:
+    /// this endpoint's timers still run (on its poll thread), but its socket is not read
+    /// until that call ends, so its other calls wait for it too (if it lasts longer than
+    /// their timeout, they time out). Prefer callAsync() there, or keep such calls short.
+    /// Any number of calls may be in flight: beyond
     /// ProtocolOptions::maxClientRpcsPerServer with one server, they wait their turn in
     /// the endpoint (a timeout counts from here). Returns the RPC's id (0 if it did not
     /// start). An empty `done` is refused: 0, nothing runs, and the call is counted as

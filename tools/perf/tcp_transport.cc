@@ -991,6 +991,11 @@ class TcpClient final : public ClientTransport {
     void handle(ClientThread& t, ClientConn* c, uint32_t events) {
         if (c->fd < 0) return;
         if (events & EPOLLERR) {
+            // What arrived before the error is still readable: its responses complete
+            // their calls first (a reset does not take back data already received). The
+            // read then meets the error and fails the rest.
+            if ((events & EPOLLIN) && !onReadable(t, c)) return;
+            if (c->fd < 0) return;
             int err = 0;
             socklen_t len = sizeof(err);
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -551,6 +552,46 @@ TEST(TcpTransport, ServerClosingTheConnectionFailsPendingCalls) {
     CallResult r = callAndWait(*client, 0, makeRequest(8, 8));
     EXPECT_FALSE(r.ok);
     EXPECT_FALSE(r.error.empty());
+    client->stop();
+}
+
+// A response that arrived before the server reset the connection completes its call.
+// The client handled the error first and failed calls whose responses it had already
+// received. Here the client's thread is held in the first call's completion while the
+// second response and the reset arrive.
+TEST(TcpTransport, ResponsesReceivedBeforeAResetStillComplete) {
+    SilentServer silent;
+    ASSERT_TRUE(silent.ready());
+    ClientTransport* client = silent.client.get();
+    Completions completions;
+    std::atomic<bool> inFirst{false};
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    client->call(0, makeRequest(8, 8), [&](CallResult r) {
+        completions.add(r);
+        inFirst = true;
+        released.wait_for(5s);
+    });
+    client->call(0, makeRequest(8, 8), [&](CallResult r) { completions.add(r); });
+    uint8_t requests[24];
+    size_t have = 0;
+    while (have < sizeof(requests)) {
+        ssize_t n = recv(silent.accepted, requests + have, sizeof(requests) - have, 0);
+        ASSERT_GT(n, 0);
+        have += static_cast<size_t>(n);
+    }
+    const uint8_t response[12] = {0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8};
+    ASSERT_EQ(send(silent.accepted, response, sizeof(response), MSG_NOSIGNAL), 12);
+    for (int i = 0; i < 5000 && !inFirst; ++i) std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(inFirst);
+    ASSERT_EQ(send(silent.accepted, response, sizeof(response), MSG_NOSIGNAL), 12);
+    linger reset{1, 0};  // close with a reset
+    setsockopt(silent.accepted, SOL_SOCKET, SO_LINGER, &reset, sizeof(reset));
+    silent.hangUp();
+    std::this_thread::sleep_for(50ms);  // (both have arrived: loopback)
+    release.set_value();
+    ASSERT_TRUE(completions.waitFor(2));
+    EXPECT_EQ(completions.failed(), 0u) << completions.lastError();
     client->stop();
 }
 
