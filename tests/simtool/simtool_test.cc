@@ -282,13 +282,67 @@ int runTool(const std::string& args, std::string* out) {
 TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
     for (const char* args : {"--load 0", "--load abc", "--topology ring", "--workload nonesuch",
                              "--warmup-ms 50 --duration-ms 10", "--no-such-option", "--racks 0",
-                             "--timer-packets-per-peer 0", "--timer-packets-per-peer many"}) {
+                             "--timer-packets-per-peer 0", "--timer-packets-per-peer many",
+                             // sizes near 4 GB wrapped 32-bit arithmetic (a read past a buffer)
+                             "--size 4294967295 --solo-sender 0 -n 1",
+                             // route tables of tens of GB (an uncaught bad_alloc)
+                             "--racks 100000 --hosts-per-rack 1", "--agg-switches 1000000000",
+                             // times past int64_t nanoseconds, or NaN, which passes every check
+                             "--drain-ms 1e300", "--warmup-ms nan", "-d 1e13", "--drain-ms nan"}) {
         std::string out;
         int rc = runTool(args, &out);
         EXPECT_NE(rc, 0) << args;
         EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << args << ": " << out;
         EXPECT_EQ(out.rfind("homa-sim: ", 0), 0u) << args << ": " << out;
     }
+}
+
+// JSON that is not homa-sim's (another shape, a missing field, a field of another type)
+// is a one-line error of `plot`; it aborted (uncaught type_error) or read past the end
+// of an object (a missing key through the const operator[]).
+TEST(SimTool, PlotOfJsonOfTheWrongShapeIsAOneLineError) {
+    const std::string dir = ::testing::TempDir();
+    const std::vector<std::string> shapes = {
+        "[1]",
+        R"({"tool":5,"buckets":[],"options":{}})",
+        R"({"tool":"homa-sim","options":{},"buckets":[{"count":1}]})",
+        R"({"tool":"homa-sim","options":{},"buckets":[{"count":"x","max_size":10,"slowdown_p99":1}]})",
+        R"({"tool":"homa-sim","options":{},"buckets":[{"count":1,"max_size":10,"slowdown_p99":null}]})",
+        R"({"tool":"homa-sim","options":[],"buckets":[]})",
+    };
+    for (size_t i = 0; i < shapes.size(); ++i) {
+        const std::string in = dir + "/sim-shape-" + std::to_string(i) + ".json";
+        FILE* f = fopen(in.c_str(), "w");
+        ASSERT_NE(f, nullptr);
+        fputs(shapes[i].c_str(), f);
+        fclose(f);
+        std::string out;
+        EXPECT_EQ(runTool("plot " + in + " -o " + dir + "/sim-shape.png", &out), 1) << shapes[i] << ": " << out;
+        EXPECT_EQ(out.rfind("homa-sim plot: ", 0), 0u) << out;
+        EXPECT_NE(out.find("is not homa-sim JSON"), std::string::npos) << out;
+        EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+        std::remove(in.c_str());
+    }
+}
+
+// A file that cannot be written is an error (exit 1), not a silent success: a small CSV
+// was written only when the stream closed, after the check.
+TEST(SimTool, AnOutputThatCannotBeWrittenIsAnError) {
+    std::string out;
+    EXPECT_EQ(runTool("--size 3000 --solo-sender 0 -n 3 -q --csv /dev/full", &out), 1) << out;
+    EXPECT_NE(out.find("cannot write"), std::string::npos) << out;
+}
+
+// Nearest rank, exactly: the 999th of 1,000 values is their P99.9 (the maximum came out).
+TEST(SimTool, PercentilesAreNearestRanks) {
+    for (size_t n : {size_t{1000}, size_t{2000}, size_t{20000}, size_t{100}, size_t{7}}) {
+        std::vector<double> v(n);
+        for (size_t i = 0; i < n; ++i) v[i] = static_cast<double>(i + 1);
+        EXPECT_EQ(nearestRank(v, 99.9), std::ceil(0.999 * static_cast<double>(n) - 1e-9)) << n;
+        EXPECT_EQ(nearestRank(v, 50), std::ceil(static_cast<double>(n) / 2)) << n;
+    }
+    EXPECT_EQ(nearestRank({1000, 2000}, 99.9), 2000);
+    EXPECT_EQ(nearestRank({}, 50), 0);
 }
 
 std::string readAll(const std::string& path) {

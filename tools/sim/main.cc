@@ -17,7 +17,8 @@ namespace {
 bool writeFile(const std::string& path, const std::string& text) {
     std::ofstream f(path, std::ios::binary);
     f << text;
-    return static_cast<bool>(f);
+    f.close();  // (a small file is written only here: a full disk shows up now)
+    return !f.fail();
 }
 
 }  // namespace

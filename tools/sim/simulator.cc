@@ -42,17 +42,12 @@ uint64_t bounded(std::mt19937_64& rng, uint64_t n) {
     return static_cast<uint64_t>((static_cast<unsigned __int128>(rng()) * n) >> 64);
 }
 
-uint32_t packetsOf(uint32_t bytes, uint32_t payload) { return std::max<uint32_t>(1, (bytes + payload - 1) / payload); }
+uint32_t packetsOf(uint32_t bytes, uint32_t payload) {
+    return static_cast<uint32_t>(std::max<uint64_t>(1, (uint64_t{bytes} + payload - 1) / payload));
+}
 
 Time msToNs(double ms) { return static_cast<Time>(std::llround(ms * 1e6)); }
 
-// Nearest-rank percentile of sorted values.
-double pct(const std::vector<double>& v, double p) {
-    if (v.empty()) return 0;
-    size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-    if (rank < 1) rank = 1;
-    return v[std::min(rank, v.size()) - 1];
-}
 
 BucketStats summarize(uint32_t maxSize, std::vector<double>& v) {
     BucketStats b;
@@ -63,9 +58,9 @@ BucketStats summarize(uint32_t maxSize, std::vector<double>& v) {
     double sum = 0;
     for (double x : v) sum += x;
     b.mean = sum / static_cast<double>(v.size());
-    b.p50 = pct(v, 50);
-    b.p99 = pct(v, 99);
-    b.p999 = pct(v, 99.9);
+    b.p50 = nearestRank(v, 50);
+    b.p99 = nearestRank(v, 99);
+    b.p999 = nearestRank(v, 99.9);
     b.min = v.front();
     b.max = v.back();
     return b;
@@ -145,6 +140,16 @@ int64_t idealOneWay(const sim::Topology& t, const engine::Config& c, uint32_t sr
     return last;
 }
 
+double nearestRank(const std::vector<double>& sorted, double p) {
+    if (sorted.empty()) return 0;
+    // p x n first, then / 100: 99.9 / 100 x 1,000 came to 999.0000000000001 and took
+    // the maximum (the small guard covers what rounding is left).
+    const double x = p * static_cast<double>(sorted.size()) / 100.0;
+    size_t rank = static_cast<size_t>(std::ceil(x - 1e-9 * std::max(1.0, x)));
+    if (rank < 1) rank = 1;
+    return sorted[std::min(rank, sorted.size()) - 1];
+}
+
 std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     auto fail = [&](const std::string& why) -> std::optional<Derived> {
         *error = why;
@@ -159,9 +164,17 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
         if (!dist) return fail(why);
         d.dist = *dist;
     }
+    // Messages are at most 1 GB here: offsets and buffer sizes of 32 bits wrapped near 4 GB.
+    if (d.dist.maxSize() > kMaxSimMessageBytes)
+        return fail("messages must be at most " + std::to_string(kMaxSimMessageBytes) + " bytes, not " +
+                    std::to_string(d.dist.maxSize()));
     if (!(o.load > 0 && o.load <= 1.5)) return fail("--load must be in (0, 1.5]");
-    if (!(o.durationMs > 0) || !std::isfinite(o.durationMs)) return fail("--duration-ms must be positive");
-    if (o.warmupMs >= o.durationMs) return fail("--warmup-ms must be shorter than --duration-ms");
+    // (At most a million simulated milliseconds each: times are int64_t nanoseconds, and
+    // NaN passes every comparison.)
+    constexpr double kMaxMs = 1e6;
+    if (!(o.durationMs > 0 && o.durationMs <= kMaxMs)) return fail("--duration-ms must be in (0, 1000000]");
+    if (std::isnan(o.warmupMs) || o.warmupMs >= o.durationMs) return fail("--warmup-ms must be shorter than --duration-ms");
+    if (std::isnan(o.drainMs) || o.drainMs > kMaxMs) return fail("--drain-ms must be at most 1000000");
     if (o.buckets < 1 || o.buckets > 1000) return fail("--buckets must be in 1..1000");
     if (!(o.hostGbps >= 0.001 && o.hostGbps <= 10000) || !(o.aggGbps >= 0.001 && o.aggGbps <= 10000))
         return fail("link rates must be in [0.001, 10000] Gbps");
@@ -184,6 +197,11 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     const uint64_t numHosts = t.kind == sim::TopologyKind::Star ? uint64_t{o.hosts} : uint64_t{o.racks} * o.hostsPerRack;
     if (numHosts < 2) return fail("the network needs at least 2 hosts");
     if (numHosts > 100'000) return fail("at most 100000 hosts");
+    // Each switch keeps a route to every host.
+    const uint64_t switches = t.kind == sim::TopologyKind::Star ? 1 : uint64_t{o.racks} + o.aggSwitches;
+    if (switches * numHosts > kMaxRouteEntries)
+        return fail("the network is too large: " + std::to_string(switches) + " switches x " + std::to_string(numHosts) +
+                    " hosts routes (at most " + std::to_string(kMaxRouteEntries) + ")");
     t.hostGbps = o.hostGbps;
     t.aggGbps = o.aggGbps;
     t.hostLatency = t.aggLatency = o.linkLatencyNs;
@@ -301,7 +319,7 @@ class Runner {
   public:
     Runner(const SimOptions& o, const Derived& d, const std::function<void()>& hook)
         : o_(o), d_(d), hook_(hook), net_(o.seed, sim::Topology::build(d.topo)),
-          payload_(std::max<uint32_t>(d.dist.maxSize(), 1) + 8192) {
+          payload_(size_t{std::max<uint32_t>(d.dist.maxSize(), 1)} + 8192) {
         // Message contents (zeros) start half-way into a page: copies into page-aligned
         // buffers from a page-aligned source run several times slower on x86 (loads and
         // stores 4 KB apart look dependent).
@@ -775,15 +793,23 @@ int plot(const std::vector<std::string>& inputs, const std::string& output, cons
             *error = input + " is not JSON (" + e.what() + ")";
             return 1;
         }
-        if (j.value("tool", "") != "homa-sim" || !j.contains("buckets") || !j.contains("options")) {
+        // Every field read with a type check (at(), get<>): JSON of another shape, or of
+        // an older homa-sim without a field, is an error, not an abort or a read past the
+        // end of an object.
+        tools::PlotLine line;
+        try {
+            if (!j.is_object() || j.value("tool", "") != "homa-sim" || !j.contains("buckets") ||
+                !j.at("buckets").is_array() || !j.contains("options") || !j.at("options").is_object())
+                throw std::invalid_argument("shape");
+            for (const auto& b : j.at("buckets"))
+                if (b.at("count").get<uint64_t>() > 0)
+                    line.points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
+            const json& op = j.at("options");
+            line.label = fmt::format("{} load {:.2f}", op.value("workload", "?"), op.value("load", 0.0));
+        } catch (const std::exception&) {
             *error = input + " is not homa-sim JSON";
             return 1;
         }
-        tools::PlotLine line;
-        for (const auto& b : j["buckets"])
-            if (b.value("count", 0) > 0) line.points.emplace_back(b["max_size"], b["slowdown_p99"]);
-        line.label =
-            fmt::format("{} load {:.2f}", j["options"].value("workload", "?"), j["options"].value("load", 0.0));
         lines.push_back(std::move(line));
     }
     *error = tools::plotSlowdown(lines, output, title);

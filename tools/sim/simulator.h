@@ -87,6 +87,13 @@ struct Derived {
 /// One-line reason in *error when the options are inconsistent.
 std::optional<Derived> derive(const SimOptions& o, std::string* error);
 
+/// Largest message homa-sim simulates (sizes near 4 GB wrapped 32-bit arithmetic).
+inline constexpr uint32_t kMaxSimMessageBytes = 1'000'000'000;
+/// Most (switch, host) routes a network may need (8 bytes each).
+inline constexpr uint64_t kMaxRouteEntries = 200'000'000;
+/// Nearest-rank percentile `p` (0-100] of sorted values (0 for none).
+double nearestRank(const std::vector<double>& sorted, double p);
+
 /// Cutoffs (engine layout, index = priority) giving each of `levels` unscheduled levels an
 /// equal share of the unscheduled bytes; smaller messages get higher levels.
 std::array<uint32_t, 8> deriveCutoffs(const workload::Distribution& d, uint32_t unschedBytes, int levels);
