@@ -25,7 +25,8 @@ struct MetricsSnapshot {
 
     /// The counter's value, 0 if there is no such counter.
     uint64_t get(std::string_view name) const;
-    /// This snapshot minus an earlier one (counters missing from `earlier` count as 0);
+    /// This snapshot minus an earlier one (counters missing from `earlier` count as 0;
+    /// a counter lower than in `earlier` started again from zero, and keeps its value);
     /// gauges keep this snapshot's value. timeNs becomes the interval.
     MetricsSnapshot operator-(const MetricsSnapshot& earlier) const;
     /// "name value" lines.

@@ -53,7 +53,9 @@ MetricsSnapshot MetricsSnapshot::operator-(const MetricsSnapshot& earlier) const
         // Snapshots of one endpoint list counters in the same order: try that first.
         uint64_t before = i < earlier.counters.size() && earlier.counters[i].first == n ? earlier.counters[i].second
                                                                                         : earlier.get(n);
-        d.counters.emplace_back(n, v - before);
+        // A counter that went down started again from zero (a restarted process, or
+        // another endpoint's snapshot): what it counted since is its value.
+        d.counters.emplace_back(n, v >= before ? v - before : v);
     }
     return d;
 }
@@ -137,6 +139,13 @@ std::string MetricsSnapshot::ratesTable(const MetricsSnapshot& earlier, bool all
         }
         uint64_t before = i < earlier.counters.size() && earlier.counters[i].first == n ? earlier.counters[i].second
                                                                                         : earlier.get(n);
+        if (v < before) {
+            // Started again from zero since the earlier snapshot: no change or rate to
+            // speak of (the difference wrapped to 18446744073709551521).
+            std::snprintf(line, sizeof(line), "%-32s %16" PRIu64 " %14s %14s\n", n.c_str(), v, "(reset)", "");
+            s += line;
+            continue;
+        }
         uint64_t delta = v - before;
         if (!all && delta == 0) continue;
         char rate[32] = "";

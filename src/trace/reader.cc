@@ -15,6 +15,12 @@
 namespace homa::trace {
 
 namespace {
+// Largest base and event time taken (about 73 years in nanoseconds): a base plus an event
+// time, and differences of two of them, stay well inside an int64_t.
+constexpr int64_t kMaxTraceNs = int64_t{1} << 61;
+}  // namespace
+
+namespace {
 
 bool parseInt(std::string_view s, int64_t& out) {
     if (s.empty()) return false;
@@ -69,7 +75,9 @@ bool parseTrace(std::istream& in, TraceFile& out, std::string* error) {
             } else if (key == "process") {
                 out.label = std::string(rest);
             } else if (key == "base_ns") {
-                if (!parseInt(rest, out.baseNs)) return fail(lineNo, "bad base_ns");
+                // (Bounded, as event times are: their sums must fit in an int64_t.)
+                if (!parseInt(rest, out.baseNs) || out.baseNs > kMaxTraceNs || out.baseNs < -kMaxTraceNs)
+                    return fail(lineNo, "bad base_ns");
                 sawBase = true;
             }
             continue;
@@ -79,7 +87,8 @@ bool parseTrace(std::istream& in, TraceFile& out, std::string* error) {
         const char* s = line.c_str();
         char* end = nullptr;
         double us = std::strtod(s, &end);
-        if (end == s || !std::isfinite(us)) return fail(lineNo, "expected a time");
+        if (end == s || !std::isfinite(us) || std::fabs(us) * 1000.0 > static_cast<double>(kMaxTraceNs))
+            return fail(lineNo, "expected a time");
         std::string_view rest(end);
         size_t bracket = rest.find("[t");
         size_t close = bracket == std::string_view::npos ? bracket : rest.find(']', bracket);

@@ -105,6 +105,18 @@ TEST(Metrics, RatesTable) {
     EXPECT_NE(b.ratesTable(a, true).find("idle"), std::string::npos);
 }
 
+// A counter lower than in the earlier snapshot started again from zero (a restarted
+// process): the table says so, and the difference counts from zero. Both wrapped to
+// about 1.8e19.
+TEST(Metrics, ACounterThatWentDownIsAReset) {
+    MetricsSnapshot a = snap(1'000'000'000, {{"packets_sent_data", 100}});
+    MetricsSnapshot b = snap(2'000'000'000, {{"packets_sent_data", 5}});
+    const std::string t = b.ratesTable(a);
+    EXPECT_NE(t.find("(reset)"), std::string::npos) << t;
+    EXPECT_EQ(t.find("18446744073709"), std::string::npos) << t;
+    EXPECT_EQ((b - a).get("packets_sent_data"), 5u);
+}
+
 TEST(Metrics, RpcTable) {
     RpcSnapshot r;
     r.peer = "127.0.0.1:4000";

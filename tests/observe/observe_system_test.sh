@@ -52,6 +52,8 @@ echo "garbage here" > "$dir/garbage.txt"
 if "$bin/homa-metrics" "$dir/garbage.txt" 2> "$dir/err.txt"; then fail "a garbage snapshot was accepted"; fi
 grep -q "line 1" "$dir/err.txt" || fail "no clear error for a garbage snapshot"
 if "$bin/homa-metrics" "$sock" --trace sideways 2> /dev/null; then fail "a bad --trace was accepted"; fi
+# NaN passes a plain range check (every comparison with it is false).
+if "$bin/homa-metrics" "$sock" --interval nan > /dev/null 2>&1; then fail "homa-metrics took --interval nan"; fi
 
 echo "== trace control over the socket"
 "$bin/homa-metrics" "$sock" --trace "dump:$dir/ondemand.tt" > "$dir/dump.txt"
@@ -78,4 +80,6 @@ grep -q "deliver request id $id" "$dir/rpc.txt" || fail "the RPC's timeline lack
 grep -q "handoff response id $id" "$dir/rpc.txt" || fail "the RPC's timeline lacks the client side"
 if "$bin/homa-trace" merge "$dir/garbage.txt" 2> "$dir/err.txt"; then fail "homa-trace accepted garbage"; fi
 grep -q "line 1" "$dir/err.txt" || fail "no clear error from homa-trace"
+# NaN passes a plain range check (every comparison with it is false).
+if "$bin/homa-trace" slow --fraction nan "$dir/client.tt" 2> /dev/null; then fail "homa-trace took --fraction nan"; fi
 echo "PASS"

@@ -156,6 +156,11 @@ TEST_F(Trace, ParserRejectsOtherFiles) {
     EXPECT_FALSE(parseTrace(version, t, &error));
     std::istringstream noBase("# homa-trace 1\n     1.000 us (+    1.000 us) [t00] x\n");
     EXPECT_FALSE(parseTrace(noBase, t, &error));
+    // Times whose sums overflow an int64_t (base plus event time wrapped negative).
+    std::istringstream hugeBase("# homa-trace 1\n# base_ns 9223372036854775807\n 1.000 us (+ 1.000 us) [t00] x\n");
+    EXPECT_FALSE(parseTrace(hugeBase, t, &error));
+    std::istringstream hugeTime("# homa-trace 1\n# base_ns 5\n 9e15 us (+ 1.000 us) [t00] x\n");
+    EXPECT_FALSE(parseTrace(hugeTime, t, &error));
 }
 
 TEST_F(Trace, PacketEventsAndRpcIdsAreRecognised) {

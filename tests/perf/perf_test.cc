@@ -104,6 +104,15 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"local", "--calls", "sync", "--protocol", "tcp"},  // the TCP baseline is event driven
         {"local", "--calls", "sync", "--gbps", "1"},        // synchronous calls are a closed loop
         {"local", "--calls", "sync", "--client-max", "1025"},  // a thread per call: at most 1,024
+        // NaN passes a plain range check (every comparison with it is false): a NaN
+        // duration aborted (std::length_error), a NaN rate made undefined conversions.
+        {"local", "--duration", "nan"},
+        {"local", "--gbps", "nan"},
+        {"local", "--drain", "nan"},
+        {"local", "--link-gbps", "nan"},
+        {"local", "--nic-queue-us", "nan"},
+        {"local", "--base-rtt-us", "nan"},
+        {"local", "--duration", "inf"},
         {"client", "--servers", "127.0.0.1:4000,[::1]:4000"},  // one socket: one address family
         {"client", "--servers", "[::1]:4000,127.0.0.1:4000"},
         {"server", "--port", "65535", "--server-ports", "3"},  // ports past 65535

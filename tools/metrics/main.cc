@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "client.h"
+#include "common/finite_range.h"
 
 using namespace homa;
 
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
     bool all = false, rpcs = false, prometheus = false;
     app.add_option("source", source, "the endpoint's metrics socket, or a saved snapshot file")->required();
     app.add_option("--interval", interval, "read twice this many seconds apart and show rates")
-        ->check(CLI::Range(0.0, 86400.0));
+        ->check(homa::tools::FiniteRange(0.0, 86400.0));
     app.add_option("--count", count, "with --interval: how many intervals to show")->check(CLI::Range(1, 1'000'000));
     app.add_option("--since", since, "show the change since this saved snapshot");
     app.add_option("--save", save, "save the (last) snapshot read to this file, for --since");

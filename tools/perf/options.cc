@@ -3,6 +3,7 @@
 
 #include "homa/address.h"
 #include "perf/perf.h"
+#include "common/finite_range.h"
 
 namespace homa::perf {
 
@@ -37,11 +38,11 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_option("--link-gbps", o->linkGbps,
                       "the link's bandwidth: Homa's pacer sends at this rate, and slowdowns are computed with it "
                       "(default 25)")
-            ->check(CLI::Range(0.001, 10000.0));
+            ->check(homa::tools::FiniteRange(0.001, 10000.0));
         c->add_option("--nic-queue-us", o->nicQueueUs,
                       "Homa: estimated NIC backlog the pacer lets build up, microseconds (default 5; up to twice "
                       "that for a sender that comes back late)")
-            ->check(CLI::Range(0.001, 1e6));
+            ->check(homa::tools::FiniteRange(0.001, 1e6));
     };
     auto addServer = [o](CLI::App* c) {
         c->add_option("--bind", o->bind, "address to listen on");
@@ -62,21 +63,21 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
                       "outstanding RPCs (closed loop, default 16; open loop: a cap, default 1000)")
             ->check(CLI::Range(1, 100'000));
         c->add_option("--gbps", o->gbps, "open loop: Poisson arrivals offering this many Gbps of requests")
-            ->check(CLI::Range(0.0, 1000.0));
+            ->check(homa::tools::FiniteRange(0.0, 1000.0));
         c->add_option("--calls", o->callMode,
                       "closed loop: sync (--client-max threads making synchronous calls), async "
                       "(completion callbacks), auto (sync for --client-max 1 with Homa)")
             ->check(CLI::IsMember({"auto", "sync", "async"}));
         c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
-        c->add_option("--duration", o->duration, "seconds of load")->check(CLI::Range(0.1, 86400.0));
+        c->add_option("--duration", o->duration, "seconds of load")->check(homa::tools::FiniteRange(0.1, 86400.0));
         c->add_option("--drain", o->drainS,
                       "seconds to wait after the load for calls in flight (they count in the round trips, not "
                       "the rate); the rest end unfinished")
-            ->check(CLI::Range(0.0, 3600.0));
+            ->check(homa::tools::FiniteRange(0.0, 3600.0));
         c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
         c->add_option("--tcp-threads", o->tcpThreads, "TCP client epoll threads")->check(CLI::Range(1, 64));
         c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")
-            ->check(CLI::Range(0.0, 1e6));
+            ->check(homa::tools::FiniteRange(0.0, 1e6));
         c->add_option("--seed", o->seed, "random seed for sizes and arrivals");
         c->add_option("--json", o->json, "write every figure to this JSON file");
         c->add_flag("--quiet", o->quiet, "no per-second lines");

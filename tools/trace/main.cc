@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "trace/reader.h"
+#include "common/finite_range.h"
 
 namespace {
 
@@ -63,7 +64,7 @@ int main(int argc, char** argv) {
     rpc->add_option("id", rpcId, "the RPC's id (the client's or the server's)")->required();
     addFiles(rpc);
     CLI::App* slow = app.add_subcommand("slow", "where the time of the slowest RPCs went");
-    slow->add_option("--fraction", fraction, "the slowest fraction of RPCs to explain")->check(CLI::Range(0.0, 1.0));
+    slow->add_option("--fraction", fraction, "the slowest fraction of RPCs to explain")->check(homa::tools::FiniteRange(0.0, 1.0));
     slow->add_option("--top", top, "list this many slowest RPCs")->check(CLI::Range(0, 1'000'000));
     addFiles(slow);
     try {
