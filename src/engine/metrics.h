@@ -31,7 +31,8 @@ struct EngineMetrics {
     std::array<uint64_t, static_cast<size_t>(wire::DecodeError::Count_)> decodeErrors{};
 
     uint64_t clientRpcsStarted = 0, clientRpcsCompleted = 0, clientRpcsTimedOut = 0,
-             clientRpcsAborted = 0, clientRestarts = 0, clientRpcsRefusedStale = 0;
+             clientRpcsAborted = 0, clientRestarts = 0, clientRpcsRefusedStale = 0,
+             clientIdSkips = 0;
     /// Client RPCs that waited for their turn (ProtocolOptions::maxClientRpcsPerServer).
     uint64_t clientRpcsWaited = 0;
     uint64_t serverRequestsReceived = 0, serverResponsesSent = 0, serverRpcsAcked = 0,

@@ -1352,6 +1352,7 @@ MetricsSnapshot Core::metrics() {
     add("client_rpcs_aborted", m.clientRpcsAborted);
     add("client_restarts", m.clientRestarts);
     add("client_rpcs_refused_stale", m.clientRpcsRefusedStale);
+    add("client_id_skips", m.clientIdSkips);
     add("client_rpcs_waited", m.clientRpcsWaited);
     add("request_permits", m.requestPermits);
     add("requests_readmitted", m.requestsReadmitted);

@@ -1494,6 +1494,67 @@ TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
     EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 1u);
 }
 
+// A client restarted at the same address whose first id comes from a clock that now
+// reads 4 s earlier: its ids are below those the server remembers of that address. The
+// call in flight is refused ("id used": the server cannot tell it from a stale copy),
+// and its ids then jump ahead: the next call is served. Every call was refused, for
+// good, and calls whose requests the server answered (heard) make no jump.
+TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
+    Config ca = baseConfig();
+    ca.firstClientId = 1'000'000'000'000;
+    Pair p(ca, baseConfig());
+    p.roundTrips(3, 100);
+    p.releaseAll(p.a);
+    p.tick(2);
+    p.pump();
+    // The restarted client, at A's address.
+    Config ca2 = baseConfig();
+    ca2.firstClientId = ca.firstClientId - 4'000'000'000;
+    CaptureSink sinkA2;
+    Engine a2(ca2, sinkA2);
+    auto pump2 = [&] {
+        for (int n = 0; n < 100 && (!sinkA2.out.empty() || !p.sinkB.out.empty()); ++n) {
+            for (auto& x : sinkA2.take())
+                if (x.dest == kB) p.b.receive(kA, x.bytes, p.now);
+            for (auto& x : p.sinkB.take())
+                if (x.dest == kA) a2.receive(kB, x.bytes, p.now);
+        }
+    };
+    auto callUntilEnded = [&](uint64_t* id) {
+        std::vector<uint8_t> req(100, 0xab);
+        EXPECT_TRUE(a2.startRequest(kB, req, 0, p.now, id).isOk());
+        pump2();
+        std::vector<Delivery> ended;
+        for (int t = 0; t < ca2.timeoutTicks + 5 && ended.empty(); ++t) {
+            for (auto& d : p.deliveries(p.b)) {  // B answers whatever reaches it
+                p.b.releaseMessage(d.message, p.now);
+                std::vector<uint8_t> resp(50, 0xcd);
+                EXPECT_TRUE(p.b.sendResponse(d.server, resp, p.now).isOk());
+            }
+            pump2();
+            ended = p.deliveries(a2);
+            if (!ended.empty()) break;
+            p.now += ca2.tickNs;
+            a2.advance(p.now);
+            p.b.advance(p.now);
+            a2.sendDueAcks();
+            p.b.sendDueAcks();
+            pump2();
+            ended = p.deliveries(a2);
+        }
+        EXPECT_EQ(ended.size(), 1u);
+        return ended.empty() ? Status(StatusCode::Timeout, "nothing") : ended[0].status;
+    };
+    uint64_t first = 0, second = 0, third = 0;
+    EXPECT_EQ(callUntilEnded(&first).code(), StatusCode::Aborted) << "refused: the server cannot tell";
+    EXPECT_EQ(a2.metrics().clientIdSkips, 1u);
+    EXPECT_TRUE(callUntilEnded(&second).isOk()) << "the next call was refused too";
+    EXPECT_GT(second, ca.firstClientId + 6);
+    EXPECT_TRUE(callUntilEnded(&third).isOk());
+    EXPECT_EQ(third, second + 2);
+    EXPECT_EQ(a2.metrics().clientIdSkips, 1u);
+}
+
 // The other side of the same rule: a request the server gave up on while it was still
 // arriving was never executed, and stays servable when its peer is evicted meanwhile.
 TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
