@@ -171,9 +171,12 @@ class Endpoint {
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
     /// ends). On another endpoint, the thread keeps this endpoint's loop while it waits:
-    /// this endpoint's timers still run (on its poll thread), but its socket is not read
-    /// until that call ends, so its other calls wait for it too (if it lasts longer than
-    /// their timeout, they time out). Prefer callAsync() there, or keep such calls short.
+    /// this endpoint's socket is not read until that call ends (and when the callback
+    /// runs on this endpoint's poll thread, its timers do not run either), so its other
+    /// calls wait for it too. Prefer callAsync() there, or keep such calls short. A
+    /// callback the poll thread runs from the engine's timers (a call's deadline or
+    /// timeout) while another thread owns the loop may see further such callbacks run
+    /// nested inside its own synchronous call.
     /// Any number of calls may be in flight: beyond
     /// ProtocolOptions::maxClientRpcsPerServer with one server, they wait their turn in
     /// the endpoint (a timeout counts from here). Returns the RPC's id (0 if it did not
@@ -248,7 +251,10 @@ class Endpoint {
     /// Sends a FREEZE packet to `peer` (see EndpointOptions::freezeTraceFile).
     Status sendFreeze(const Address& peer);
     /// Fails every call in flight with StatusCode::Shutdown, wakes every waiting thread,
-    /// stops the threads and closes the socket. Idempotent.
+    /// stops the threads and closes the socket. Idempotent, and callable from any thread
+    /// at once (each returns once the threads have stopped; from a callback or handler,
+    /// its own thread stops by itself when it returns, and keeps the endpoint's insides
+    /// until then, the socket included, so the endpoint may be destroyed at once).
     void shutdown();
 
   private:

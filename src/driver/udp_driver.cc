@@ -86,7 +86,14 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
     len = sizeof(ss);
     getsockname(d->fd_, reinterpret_cast<sockaddr*>(&ss), &len);
     d->local_ = fromSockaddr(ss);
-    if (d->ipv6_) d->reachesIpv4_ = std::all_of(bind.ip.begin(), bind.ip.end(), [](uint8_t b) { return b == 0; });
+    if (d->ipv6_) {
+        // Only a socket bound to the wildcard and not IPv6-only (net.ipv6.bindv6only)
+        // reaches IPv4 peers, through mapped addresses.
+        int v6only = 0;
+        socklen_t optLen = sizeof(v6only);
+        getsockopt(d->fd_, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optLen);
+        d->reachesIpv4_ = v6only == 0 && std::all_of(bind.ip.begin(), bind.ip.end(), [](uint8_t b) { return b == 0; });
+    }
     d->maxPacket_ = options.mtu - (d->ipv6_ ? kIpv6Header : kIpv4Header) - kUdpHeader;
     d->batch_ = options.batch;
     if (options.gro) {

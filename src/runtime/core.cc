@@ -62,8 +62,8 @@ thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
 thread_local const Core* tThreadOf = nullptr;
 // The core whose poll thread this thread is.
 thread_local const Core* tPollThreadOf = nullptr;
-// The core whose handler worker this thread is.
-thread_local const Core* tWorkerOf = nullptr;
+// The core whose handler this thread is running (serve()'s workers, in the handler).
+thread_local const Core* tInHandlerOf = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
 thread_local AdaptivePoll tPoll;
 // Whether this thread may run on more than one CPU, looked up at its first wait. A thread
@@ -171,6 +171,7 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         return nullptr;
     }
     if (options.pollThread) {
+        core->threadsStarted_ = true;  // (no thread runs yet: no lock needed)
         core->pollThread_ = std::thread([c = core.get()] { c->pollThreadMain(); });
         nameThread(core->pollThread_, "homa-poll", core->driver_->localAddress().port);
     }
@@ -322,8 +323,12 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
             if (pollThreadWaiting_) pokePollThread();  // it would wake for our packets otherwise
         }
         if (haveLoop) {
+            // (The poll thread, holding the loop here, never blocks in the socket for
+            // longer than a tick: the tick timer it would otherwise serve is not read.)
+            int64_t wait = deadline != 0 ? deadline - now : -1;
+            if (runsTimers) wait = wait < 0 ? tick : std::min(wait, tick);
             lk.unlock();
-            iterate(deadline != 0 ? deadline - now : -1);
+            iterate(wait);
             lk.lock();
             continue;
         }
@@ -331,8 +336,13 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
         sleepers_.push_back(&w);
         int64_t sleepNs = deadline != 0 ? deadline - now : -1;
         if (runsTimers) sleepNs = sleepNs < 0 ? tick : std::min(sleepNs, tick);
+        bool timedOut = false;
         if (sleepNs >= 0) {
-            w.cv.wait_for(lk, std::chrono::nanoseconds(sleepNs));
+            // (At most kMaxPollWaitNs at a time: the library's wait_for overflows for a
+            // deadline near the end of time, as nanoseconds::max() gives, and returns at
+            // once, for good.)
+            timedOut = w.cv.wait_for(lk, std::chrono::nanoseconds(std::min(sleepNs, kMaxPollWaitNs))) ==
+                       std::cv_status::timeout;
         } else {
             w.cv.wait(lk);
         }
@@ -342,7 +352,7 @@ void Core::waitFor(Waiter& w, int64_t deadline) {
             haveLoop = true;  // passed to us
         } else if (runsTimers) {
             if (!w.done && !shutdown_ && nowNs() - timersRunAt_.load(std::memory_order_relaxed) >= tick) runTimers(lk);
-        } else if (!w.done && !shutdown_ && (deadline == 0 || nowNs() < deadline)) {
+        } else if (!timedOut && !w.done && !shutdown_ && (deadline == 0 || nowNs() < deadline)) {
             ++emptyWakeups_;  // woken with nothing to do: must not happen
         }
     }
@@ -1110,10 +1120,10 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
     if (serving_) return Status(StatusCode::InvalidArgument, "serve() was already called");
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
     serving_ = true;
+    threadsStarted_ = true;
     for (int i = 0; i < threads; ++i) {
         workers_.emplace_back([this, handler] {
             tThreadOf = this;
-            tWorkerOf = this;
             const auto maxHoldCycles = static_cast<uint64_t>(static_cast<double>(kMaxResponseHoldNs) * trace::cyclesPerNs());
             uint64_t holdingSince = 0;  // when the oldest unsent response's handler started
             std::optional<ServerRequest> request = receive(-1, true);
@@ -1124,6 +1134,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 threadCounters_.add(kHandlerCalls, 1);
                 const uint64_t start = trace::readClock();
                 if (holdingSince == 0) holdingSince = start;
+                tInHandlerOf = this;
                 try {
                     handler(std::move(*request));
                 } catch (...) {
@@ -1131,6 +1142,7 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                     // the worker goes on serving.
                     handlerExceptions_.fetch_add(1, std::memory_order_relaxed);
                 }
+                tInHandlerOf = nullptr;
                 request.reset();
                 const uint64_t end = trace::readClock();
                 threadCounters_.add(kHandlerCycles, end - start);
@@ -1180,7 +1192,7 @@ Status Core::respond(const Address& client, RpcId id, std::span<const uint8_t> r
     // A handler's response waits to leave with those of the requests queued behind it
     // (see serve()). With none queued nothing would join it: it leaves now, since the
     // handler may go on working after it has answered, for as long as it likes.
-    if (tWorkerOf == this && tBatchFor == this && requests_.empty()) driver_->flush();
+    if (tInHandlerOf == this && tBatchFor == this && requests_.empty()) driver_->flush();
     return s;
 }
 
@@ -1474,6 +1486,13 @@ Status Core::sendFreeze(const Address& peer) {
 }
 
 void Core::shutdown() {
+    // One of the core's own threads (from a callback or handler) keeps the core from here
+    // until it has returned out of it: the application, told of the shutdown (woken from
+    // a call with Shutdown, say), may destroy the endpoint while this thread still runs
+    // the rest of this function and the loop it returns to. (Nothing to keep when this
+    // runs in the core's destructor.)
+    if (tThreadOf == this)
+        if (std::shared_ptr<Core> self = weak_from_this().lock()) tCoresToDrop.push_back(std::move(self));
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     std::deque<ServerRequest> orphans;
     std::unique_ptr<Publisher> publisher;
@@ -1514,24 +1533,29 @@ void Core::shutdown() {
         pollThread = std::move(pollThread_);
         workers.swap(workers_);
     }
+    const bool joins = pollThread.joinable() || !workers.empty();
     publisher.reset();  // joins its thread, which may be waiting for mu_
     runCallbacks(ready);
     orphans.clear();
-    auto join = [this](std::thread& t) {
+    auto join = [](std::thread& t) {
         if (!t.joinable()) return;
         if (t.get_id() == std::this_thread::get_id()) {
-            // shutdown() from a handler or callback: that thread ends by itself, after it
-            // has returned into the core. It keeps the core until then: the application,
-            // told of the shutdown, may destroy the endpoint meanwhile. (Nothing to keep
-            // when this runs in the core's destructor.)
-            t.detach();
-            if (std::shared_ptr<Core> self = weak_from_this().lock()) tCoresToDrop.push_back(std::move(self));
+            t.detach();  // shutdown() from a handler or callback: it ends by itself (above)
         } else {
             t.join();
         }
     };
     join(pollThread);
     for (auto& t : workers) join(t);
+    std::unique_lock lk(mu_);
+    if (joins) {
+        threadsJoined_ = true;
+        threadsJoinedCv_.notify_all();
+    } else if (tThreadOf != this) {
+        // Another caller is joining the threads: "stopped" means stopped when this returns
+        // too. (A thread of the core's own does not wait: it may be one of those joined.)
+        threadsJoinedCv_.wait(lk, [&] { return threadsJoined_ || !threadsStarted_; });
+    }
 }
 
 }  // namespace homa::runtime

@@ -15,9 +15,10 @@
 namespace homa::trace {
 
 namespace {
-// Largest base and event time taken (about 73 years in nanoseconds): a base plus an event
-// time, and differences of two of them, stay well inside an int64_t.
-constexpr int64_t kMaxTraceNs = int64_t{1} << 61;
+// Largest base and event time taken (about 36 years in nanoseconds): a base plus an event
+// time (at most 2^61), and the difference of two such sums (at most 2^62), stay inside an
+// int64_t.
+constexpr int64_t kMaxTraceNs = int64_t{1} << 60;
 }  // namespace
 
 namespace {

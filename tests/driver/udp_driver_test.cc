@@ -317,7 +317,9 @@ TEST(UdpDriver, DestinationsTheSocketCannotReachAreRefusedAndCounted) {
     for (int i = 0; i < 3; ++i) a->queue(b->localAddress(), 0, x, {});
     a->flush();
     EXPECT_EQ(drain(*b, 3).size(), 3u);
-    EXPECT_EQ(a->stats().gsoBatches, 1u);
+    if (a->gsoEnabled()) {  // (a kernel without GSO turns it off here)
+        EXPECT_EQ(a->stats().gsoBatches, 1u);
+    }
     Status e;
     auto six = UdpDriver::open(*Address::parse("[::1]:0"), {}, &e);
     if (!six) return;  // no IPv6 loopback

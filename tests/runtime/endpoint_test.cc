@@ -2,6 +2,7 @@
 #include "homa/endpoint.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1666,6 +1667,85 @@ TEST(Endpoint, ASynchronousCallFromATimersCallbackStillTimesOut) {
     }
 }
 
+// The same, when the loop comes to the poll thread while it waits in that call: the
+// thread that owned the loop finishes its own call and hands the loop to the sleeping
+// poll thread. Holding the loop, it must not block in the socket beyond a tick (its call
+// has no deadline of its own: only the protocol's timeout, which the timers run).
+TEST(Endpoint, ASynchronousCallFromATimersCallbackTimesOutWithTheLoopHandedToIt) {
+    BlackHole hole;
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server
+                    ->serve(
+                        [](ServerRequest r) {
+                            std::this_thread::sleep_for(100ms);
+                            r.respond(r.message().bytes());
+                        },
+                        1)
+                    .isOk());
+    auto ep = Endpoint::open(loopback());
+    ASSERT_TRUE(ep);
+    std::thread owner([&] { EXPECT_TRUE(ep->call(server->address(), bytesOf(10, 9)).status.isOk()); });
+    std::this_thread::sleep_for(20ms);  // (the owner blocks in the socket for 100 ms)
+    std::promise<Response> inner;
+    ep->callAsync(hole.address(), bytesOf(10, 1),
+                  [&](Response) { inner.set_value(ep->call(hole.address(), bytesOf(10, 2))); }, {.timeout = 5ms});
+    auto f = inner.get_future();
+    const bool ended = f.wait_for(10s) == std::future_status::ready;
+    EXPECT_TRUE(ended) << "the nested call never ended";
+    ep->shutdown();
+    owner.join();
+    if (ended) {
+        EXPECT_EQ(f.get().status.code(), StatusCode::Timeout);
+    }
+}
+
+// shutdown() from a callback, while another thread is woken by it and destroys the
+// endpoint at once: the poll thread keeps the core from its shutdown() on (the other
+// thread's call ended with Shutdown inside it, before it returned).
+TEST(Endpoint, AnEndpointShutDownByACallbackWhileAnotherThreadWaitsCanBeDestroyedAtOnce) {
+    BlackHole hole;
+    for (int round = 0; round < 20; ++round) {
+        auto client = Endpoint::open(loopback());
+        ASSERT_TRUE(client);
+        Endpoint* ep = client.get();
+        std::atomic<bool> waiting{false};
+        std::thread waiter([&] {
+            waiting = true;
+            Response r = ep->call(hole.address(), bytesOf(10, 2), {.timeout = 10s});
+            EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+            client.reset();  // at once, while the poll thread may still be in shutdown()
+        });
+        while (!waiting) std::this_thread::yield();
+        std::this_thread::sleep_for(2ms);
+        // Two calls ended together: the second's callback runs inside the first's
+        // shutdown() (with Shutdown), and sleeps there.
+        ep->callAsync(hole.address(), bytesOf(10, 1), [ep](Response) { ep->shutdown(); }, {.timeout = 1ms});
+        ep->callAsync(hole.address(), bytesOf(10, 3), [](Response) { std::this_thread::sleep_for(10ms); },
+                      {.timeout = 50ms});
+        waiter.join();
+    }
+}
+
+// receive() with the longest timeout on a thread that does not own the loop sleeps; it
+// returned at once, again and again (the library's wait_for overflowed): a busy loop.
+TEST(Endpoint, TheLongestReceiveWaitSleeps) {
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    std::thread a([&] { server->receive(std::chrono::nanoseconds::max()); });
+    std::thread b([&] { server->receive(std::chrono::nanoseconds::max()); });
+    std::this_thread::sleep_for(300ms);
+    // One of them owns the loop, blocked in the socket; the other sleeps.
+    const uint64_t empty = server->metrics().get("empty_wakeups");
+    server->shutdown();
+    a.join();
+    b.join();
+    EXPECT_EQ(empty, 0u) << "a waiter woke with nothing to do";
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);  // (printed only: timing does not gate tests)
+    std::cout << "process CPU " << ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 << " s user\n";
+}
+
 // A handler that answers and then goes on working: its response leaves when it is
 // given, not when the handler ends (here the handler waits for the client to have it;
 // without a poll thread, nothing else would have sent it).
@@ -1732,7 +1812,8 @@ TEST(Endpoint, AnEndpointDestroyedUnderAFloodOfRequestsLetsItsPortGo) {
 // Out of file descriptors after its socket, an endpoint is not opened half-made: its
 // wake-up eventfd failed unnoticed, and every poke of a sleeping loop owner was lost.
 TEST(Endpoint, OutOfDescriptorsOpenFailsWithTheReason) {
-    const int lowestFree = dup(0);
+    const int lowestFree = open("/dev/null", O_RDONLY);
+    ASSERT_GE(lowestFree, 0);
     close(lowestFree);
     rlimit old{};
     ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);

@@ -1,6 +1,7 @@
 // Tests for the TCP baseline transport: framing, pipelining, multiple ports and threads,
 // connection failures, rejection of malformed frames, and shutdown with calls in flight.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -393,7 +394,8 @@ TEST(TcpTransport, ConnectionsBeyondTheDescriptorLimitAreClosedNotLeftHanging) {
     // can be opened in this process, the server's included.
     std::vector<int> fds;
     for (int i = 0; i < 3; ++i) fds.push_back(socket(AF_INET, SOCK_STREAM, 0));
-    const int lowestFree = dup(0);
+    const int lowestFree = open("/dev/null", O_RDONLY);
+    ASSERT_GE(lowestFree, 0);
     close(lowestFree);
     rlimit old{};
     ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
