@@ -23,6 +23,7 @@
 #include <random>
 #include <thread>
 
+#include "common/descriptor_limit.h"
 #include "common/loopback.h"
 
 namespace homa {
@@ -1812,17 +1813,11 @@ TEST(Endpoint, AnEndpointDestroyedUnderAFloodOfRequestsLetsItsPortGo) {
 // Out of file descriptors after its socket, an endpoint is not opened half-made: its
 // wake-up eventfd failed unnoticed, and every poke of a sleeping loop owner was lost.
 TEST(Endpoint, OutOfDescriptorsOpenFailsWithTheReason) {
-    const int lowestFree = open("/dev/null", O_RDONLY);
-    ASSERT_GE(lowestFree, 0);
-    close(lowestFree);
-    rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-    rlimit low = old;
-    low.rlim_cur = static_cast<rlim_t>(lowestFree) + 1;  // room for the socket alone
-    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    test::DescriptorLimit limit(1);  // room for the socket alone
+    ASSERT_TRUE(limit.ok());
     Status err;
     auto ep = Endpoint::open(loopback(), &err);
-    setrlimit(RLIMIT_NOFILE, &old);
+    limit.restore();
     EXPECT_FALSE(ep) << "opened without its eventfds";
     EXPECT_NE(err.message().find("eventfd"), std::string::npos) << err.toString();
     EXPECT_TRUE(Endpoint::open(loopback())) << "with descriptors again";

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/descriptor_limit.h"
 #include "perf/homa_transport.h"
 #include "perf/perf.h"
 #include "perf/transport.h"
@@ -394,20 +395,14 @@ TEST(TcpTransport, ConnectionsBeyondTheDescriptorLimitAreClosedNotLeftHanging) {
     // can be opened in this process, the server's included.
     std::vector<int> fds;
     for (int i = 0; i < 3; ++i) fds.push_back(socket(AF_INET, SOCK_STREAM, 0));
-    const int lowestFree = open("/dev/null", O_RDONLY);
-    ASSERT_GE(lowestFree, 0);
-    close(lowestFree);
-    rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-    rlimit low = old;
-    low.rlim_cur = static_cast<rlim_t>(lowestFree);
-    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    test::DescriptorLimit limit(0);
+    ASSERT_TRUE(limit.ok());
     int closed = 0;
     for (int fd : fds) {
         if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) continue;
         if (waitForClose(fd, 2s)) ++closed;
     }
-    setrlimit(RLIMIT_NOFILE, &old);
+    limit.restore();
     for (int fd : fds) close(fd);
     EXPECT_EQ(closed, 3) << "connections the server could not take were left hanging";
     // With descriptors again, it serves as before.
