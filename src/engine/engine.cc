@@ -222,7 +222,6 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
     rpc->in.buffer = {};
     rpc->in.birth = now;
     rpc->silentTicks = rpc->ackWaitTicks = rpc->needAcksSent = rpc->busyReplies = 0;
-    rpc->heard = false;
     rpc->timerPacketTick = UINT64_MAX;
     rpc->restartTick = UINT64_MAX;
     joinTimerList(rpc, now);
@@ -589,10 +588,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
         if (rpc && rpc->peer != peer) rpc = nullptr;  // a client id is ours, but not with this peer
         // The peer is working with us (see holdSilence); packets about RPCs we do not
         // know prove nothing.
-        if (rpc) {
-            peer->lastHeard = now;
-            if (p.common.type != wire::PacketType::RpcUnknown) rpc->heard = true;
-        }
+        if (rpc) peer->lastHeard = now;
     }
 
     switch (p.common.type) {
@@ -626,7 +622,9 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                     to->seen->permit(clientId, tickCount_, tickCount_ + permitTicks());
                     ++m_.requestPermits;
                 }
-                sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, toUsed ? wire::kFlagIdUsed : 0);
+                uint8_t flags = toUsed ? wire::kFlagIdUsed : 0;
+                if (toUsed && to->seen && to->seen->farBelowFloor(clientId)) flags |= wire::kFlagIdsBehind;
+                sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, flags);
                 return;
             }
             handleResend(rpc, p.resend);
@@ -680,18 +678,17 @@ void Engine::handleGrant(Rpc* rpc, const wire::Packet& p) {
     if (!rpc->sendHook.is_linked()) updateSendable(rpc);
 }
 
-// Told "id used" about a request the server never said a word about: most likely the
-// server remembers this endpoint's address with higher ids than ours, from an earlier
-// process at the same address whose clock read later (the first id comes from the
-// clock: see Config::firstClientId). Every call would be refused the same way, for good.
-// Later ids jump ahead instead, further at each such refusal (at most once a tick), until
-// they clear what the server remembers. Ids need only be unique and growing; a jump
-// costs nothing else. (A server that ran the request and lost every packet it sent
-// about it gets a jump it did not need, which is harmless.)
-void Engine::skipClientIdsAhead() {
-    if (idSkipTick_ == tickCount_ || nextClientId_ >= kMaxIdBeforeSkips) return;
-    idSkipTick_ = tickCount_;
+// Told "id used" with "ids behind": the server remembers this endpoint's address with
+// ids far above ours, from an earlier process at the same address whose clock read
+// later (the first id comes from the clock: see Config::firstClientId). Every call would
+// be refused the same way, for good. Later ids jump ahead instead, further at each
+// refusal of an id given out since the last jump (the calls already under way are
+// refused one by one, and would otherwise each jump again), until they clear what the
+// server remembers. Ids need only be unique and growing; a jump costs nothing else.
+void Engine::skipClientIdsAhead(uint64_t refusedId) {
+    if (refusedId < idsSkippedFrom_ || nextClientId_ >= kMaxIdBeforeSkips) return;
     nextClientId_ += idSkip_;
+    idsSkippedFrom_ = nextClientId_;
     idSkip_ = std::min(idSkip_ * 2, kMaxIdSkip);
     ++m_.clientIdSkips;
     HOMA_TRACE("client ids skip ahead to %u", nextClientId_);
@@ -709,7 +706,7 @@ void Engine::handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now) {
         // request is unknown (it did if it answered and lost the response's state; it did
         // not if it refused the request until newer ones pushed the id below its window).
         ++m_.clientRpcsRefusedStale;
-        if (!rpc->heard) skipClientIdsAhead();
+        if (flags & wire::kFlagIdsBehind) skipClientIdsAhead(rpc->id);
         failRpc(rpc, Status(StatusCode::Aborted,
                             "the server will not serve this request: it has used its id already (it may or may not have "
                             "executed it; under overload, newer calls to it moved past the id)"));

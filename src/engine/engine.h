@@ -234,7 +234,7 @@ class Engine {
     void failRpc(Rpc* rpc, Status status);
     void handleGrant(Rpc* rpc, const wire::Packet& p);
     void handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now);
-    void skipClientIdsAhead();
+    void skipClientIdsAhead(uint64_t refusedId);
     void sendControl(Peer* peer, uint64_t senderId, wire::PacketType type, uint8_t flags = 0);
     void sendControl(const Address& to, uint64_t senderId, wire::PacketType type, uint8_t flags = 0);
     /// New requests are being refused (maxPendingRequests are pending).
@@ -367,12 +367,12 @@ class Engine {
 
     uint32_t pendingRequests_ = 0;
     uint64_t nextClientId_;
-    // See skipClientIdsAhead(): the next jump, and the tick of the last one.
+    // See skipClientIdsAhead(): the next jump, and the first id given out after the last.
     static constexpr uint64_t kFirstIdSkip = uint64_t{1} << 36;  // ids from a clock: about 69 s
     static constexpr uint64_t kMaxIdSkip = uint64_t{1} << 52;
     static constexpr uint64_t kMaxIdBeforeSkips = uint64_t{1} << 62;
     uint64_t idSkip_ = kFirstIdSkip;
-    uint64_t idSkipTick_ = UINT64_MAX;
+    uint64_t idsSkippedFrom_ = 0;
     uint64_t nextSerial_ = 1;
     Time lastNow_ = INT64_MIN;
     Time nextTick_ = 0;

@@ -81,11 +81,6 @@ struct Rpc {
     /// doublings): a server that says it is busy, or that refused the request for
     /// overload, is asked again less and less often.
     int busyReplies = 0;
-    /// Client: whether any packet about this RPC came from the server (data, a grant, a
-    /// BUSY, a RESEND): a server that has said nothing at all about a request it calls
-    /// used most likely remembers this endpoint's address with higher ids (see
-    /// Engine::skipClientIdsAhead).
-    bool heard = false;
     /// Client: where the RPC stands against its server's maxClientRpcsPerServer.
     /// Waiting: in the peer's waitingToStart list (through allHook), nothing sent yet,
     /// not timed. UnderWay: counted in Peer::clientRpcsUnderWay. None: neither (a server

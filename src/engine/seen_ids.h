@@ -61,6 +61,12 @@ class SeenIds {
         return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
     }
 
+    /// Whether `id` lies more than a window below the floor, i.e. far before anything
+    /// this set knows of its client: a client whose ids are behind an earlier process's
+    /// at the same address (a paused client asking about an RPC it had, even one whose
+    /// peer was evicted, is near the floor, not far below it).
+    bool farBelowFloor(uint64_t id) const { return initialised_ && (id >> 1) + capacity() < floor_; }
+
     /// Whether `id` is below the window (so a new copy of its request is dropped unless
     /// it holds a permit).
     bool belowWindow(uint64_t id) const { return initialised_ && (id >> 1) < base_; }

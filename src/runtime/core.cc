@@ -62,6 +62,8 @@ thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
 thread_local const Core* tThreadOf = nullptr;
 // The core whose poll thread this thread is.
 thread_local const Core* tPollThreadOf = nullptr;
+// How many shutdown() calls (of any core) this thread is inside.
+thread_local int tShutdownDepth = 0;
 // The core whose handler this thread is running (serve()'s workers, in the handler).
 thread_local const Core* tInHandlerOf = nullptr;
 // This thread's waits for packets, for adaptive polling (of whichever endpoint it waits on).
@@ -1491,8 +1493,15 @@ void Core::shutdown() {
     // a call with Shutdown, say), may destroy the endpoint while this thread still runs
     // the rest of this function and the loop it returns to. (Nothing to keep when this
     // runs in the core's destructor.)
-    if (tThreadOf == this)
+    // The same for an application thread running this core's loop or callbacks (dropped
+    // when its call on the endpoint returns, see afterApplicationCall).
+    const bool inside = tThreadOf == this || tBatchFor == this || runsOurLoop();
+    if (inside)
         if (std::shared_ptr<Core> self = weak_from_this().lock()) tCoresToDrop.push_back(std::move(self));
+    struct Depth {
+        Depth() { ++tShutdownDepth; }
+        ~Depth() { --tShutdownDepth; }
+    } depth;
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     std::deque<ServerRequest> orphans;
     std::unique_ptr<Publisher> publisher;
@@ -1551,9 +1560,12 @@ void Core::shutdown() {
     if (joins) {
         threadsJoined_ = true;
         threadsJoinedCv_.notify_all();
-    } else if (tThreadOf != this) {
+    } else if (!inside && tShutdownDepth == 1) {
         // Another caller is joining the threads: "stopped" means stopped when this returns
-        // too. (A thread of the core's own does not wait: it may be one of those joined.)
+        // too. Not from inside the core (a thread of its own may be one of those joined;
+        // a callback may run inside the first caller's shutdown(), on its thread), nor
+        // from inside another endpoint's shutdown() (two endpoints' callbacks shutting
+        // each other down would wait for each other).
         threadsJoinedCv_.wait(lk, [&] { return threadsJoined_ || !threadsStarted_; });
     }
 }

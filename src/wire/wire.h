@@ -51,6 +51,11 @@ inline constexpr uint8_t kFlagIdUsed = 0x01;
 // moment before, that it never ran it (see engine/seen_ids.h); a late copy of an original
 // transmission never is.
 inline constexpr uint8_t kFlagRestarted = 0x02;
+// CommonHeader::flags of an RPC_UNKNOWN flagged kFlagIdUsed, as well: the id lies far
+// below the oldest id the server knows of from this client address. The client's ids
+// are behind those an earlier process at its address used (a restart with a clock that
+// now reads earlier): it makes its next ids jump ahead (Engine::skipClientIdsAhead).
+inline constexpr uint8_t kFlagIdsBehind = 0x04;
 
 struct CommonHeader {
   uint16_t sport = 0;
@@ -59,7 +64,7 @@ struct CommonHeader {
   // copies of the offset cannot disagree.
   uint32_t sequence = 0;
   PacketType type = PacketType::Data;
-  uint8_t flags = 0;  // kFlagIdUsed (RPC_UNKNOWN), kFlagRestarted (DATA); 0 otherwise
+  uint8_t flags = 0;  // kFlagIdUsed, kFlagIdsBehind (RPC_UNKNOWN), kFlagRestarted (DATA); 0 otherwise
   // The sender's id for the RPC; the receiver looks up senderId ^ 1.
   uint64_t senderId = 0;
 

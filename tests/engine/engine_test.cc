@@ -1492,13 +1492,14 @@ TEST(Engine, ARequestServedBeforeItsPeerWasEvictedDoesNotRunAgain) {
     EXPECT_EQ(ended[0].clientId, id);
     EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted);
     EXPECT_EQ(p.a.metrics().clientRpcsRefusedStale, 1u);
+    EXPECT_EQ(p.a.metrics().clientIdSkips, 0u) << "near what the server knows: not a client behind";
 }
 
 // A client restarted at the same address whose first id comes from a clock that now
-// reads 4 s earlier: its ids are below those the server remembers of that address. The
-// call in flight is refused ("id used": the server cannot tell it from a stale copy),
-// and its ids then jump ahead: the next call is served. Every call was refused, for
-// good, and calls whose requests the server answered (heard) make no jump.
+// reads 4 s earlier: its ids are far below those the server remembers of that address.
+// The calls in flight are refused ("id used": the server cannot tell them from stale
+// copies; "ids behind": far below what it knows), and the ids then jump ahead, once for
+// all of them: the next call is served. Every call was refused, for good.
 TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
     Config ca = baseConfig();
     ca.firstClientId = 1'000'000'000'000;
@@ -1520,37 +1521,40 @@ TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
                 if (x.dest == kA) a2.receive(kB, x.bytes, p.now);
         }
     };
-    auto callUntilEnded = [&](uint64_t* id) {
+    auto callsUntilEnded = [&](int calls, uint64_t* id) {
         std::vector<uint8_t> req(100, 0xab);
-        EXPECT_TRUE(a2.startRequest(kB, req, 0, p.now, id).isOk());
+        for (int i = 0; i < calls; ++i) EXPECT_TRUE(a2.startRequest(kB, req, 0, p.now, id).isOk());
         pump2();
         std::vector<Delivery> ended;
-        for (int t = 0; t < ca2.timeoutTicks + 5 && ended.empty(); ++t) {
+        for (int t = 0; t < ca2.timeoutTicks + 5 && static_cast<int>(ended.size()) < calls; ++t) {
             for (auto& d : p.deliveries(p.b)) {  // B answers whatever reaches it
                 p.b.releaseMessage(d.message, p.now);
                 std::vector<uint8_t> resp(50, 0xcd);
                 EXPECT_TRUE(p.b.sendResponse(d.server, resp, p.now).isOk());
             }
             pump2();
-            ended = p.deliveries(a2);
-            if (!ended.empty()) break;
+            for (auto& d : p.deliveries(a2)) ended.push_back(d);
+            if (static_cast<int>(ended.size()) >= calls) break;
             p.now += ca2.tickNs;
             a2.advance(p.now);
             p.b.advance(p.now);
             a2.sendDueAcks();
             p.b.sendDueAcks();
             pump2();
-            ended = p.deliveries(a2);
+            for (auto& d : p.deliveries(a2)) ended.push_back(d);
         }
-        EXPECT_EQ(ended.size(), 1u);
-        return ended.empty() ? Status(StatusCode::Timeout, "nothing") : ended[0].status;
+        EXPECT_EQ(static_cast<int>(ended.size()), calls);
+        std::vector<StatusCode> codes;
+        for (auto& d : ended) codes.push_back(d.status.code());
+        return codes;
     };
     uint64_t first = 0, second = 0, third = 0;
-    EXPECT_EQ(callUntilEnded(&first).code(), StatusCode::Aborted) << "refused: the server cannot tell";
-    EXPECT_EQ(a2.metrics().clientIdSkips, 1u);
-    EXPECT_TRUE(callUntilEnded(&second).isOk()) << "the next call was refused too";
+    for (StatusCode c : callsUntilEnded(5, &first)) EXPECT_EQ(c, StatusCode::Aborted) << "refused: the server cannot tell";
+    EXPECT_EQ(a2.metrics().clientRpcsRefusedStale, 5u);
+    EXPECT_EQ(a2.metrics().clientIdSkips, 1u) << "one jump for the calls under way at the restart";
+    for (StatusCode c : callsUntilEnded(1, &second)) EXPECT_EQ(c, StatusCode::Ok) << "the next call was refused too";
     EXPECT_GT(second, ca.firstClientId + 6);
-    EXPECT_TRUE(callUntilEnded(&third).isOk());
+    for (StatusCode c : callsUntilEnded(1, &third)) EXPECT_EQ(c, StatusCode::Ok);
     EXPECT_EQ(third, second + 2);
     EXPECT_EQ(a2.metrics().clientIdSkips, 1u);
 }

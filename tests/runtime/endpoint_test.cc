@@ -1728,6 +1728,60 @@ TEST(Endpoint, AnEndpointShutDownByACallbackWhileAnotherThreadWaitsCanBeDestroye
     }
 }
 
+// shutdown() whose own callbacks (the calls it fails) shut the endpoint down again: the
+// inner call returns. It waited for the outer one to join the threads, on the same
+// thread, for good.
+TEST(Endpoint, AShutdownWhoseCallbackShutsTheEndpointDownReturns) {
+    BlackHole hole;
+    auto ep = Endpoint::open(loopback());
+    ASSERT_TRUE(ep);
+    std::atomic<int> ran{0};
+    ep->callAsync(hole.address(), bytesOf(10, 1),
+                  [&](Response r) {
+                      EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+                      ep->shutdown();
+                      ++ran;
+                  },
+                  {.timeout = 10s});
+    ep->shutdown();  // (hung here)
+    EXPECT_EQ(ran, 1);
+}
+
+// An application thread that owns the loop runs a callback that shuts the endpoint
+// down, while another thread, woken with Shutdown, destroys the endpoint at once: the
+// first keeps the core until its own call returns (a use after free under ASan).
+TEST(Endpoint, AnEndpointShutDownByACallbackOnAnApplicationThreadCanBeDestroyedAtOnce) {
+    BlackHole hole;
+    for (int round = 0; round < 20; ++round) {
+        EndpointOptions o = loopback();
+        o.pollThread = false;  // (the application's threads run every callback)
+        std::unique_ptr<Endpoint> client = Endpoint::open(o);
+        ASSERT_TRUE(client);
+        Endpoint* ep = client.get();
+        std::atomic<bool> started{false};
+        std::thread owner([&, ep] {
+            started = true;
+            ep->call(hole.address(), bytesOf(10, 1), {.timeout = 10s});  // owns the loop
+        });
+        while (!started) std::this_thread::yield();
+        std::this_thread::sleep_for(2ms);
+        std::thread destroyer([&] {
+            Response r = ep->call(hole.address(), bytesOf(10, 2), {.timeout = 10s});
+            EXPECT_EQ(r.status.code(), StatusCode::Shutdown);
+            client.reset();
+        });
+        std::this_thread::sleep_for(2ms);
+        ep->callAsync(hole.address(), bytesOf(10, 3),
+                      [ep](Response) {
+                          ep->shutdown();
+                          std::this_thread::sleep_for(5ms);  // (destroyed meanwhile)
+                      },
+                      {.timeout = 1ms});
+        owner.join();
+        destroyer.join();
+    }
+}
+
 // receive() with the longest timeout on a thread that does not own the loop sleeps; it
 // returned at once, again and again (the library's wait_for overflowed): a busy loop.
 TEST(Endpoint, TheLongestReceiveWaitSleeps) {
