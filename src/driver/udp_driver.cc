@@ -134,12 +134,12 @@ UdpDriver::~UdpDriver() {
 }
 
 Status UdpDriver::canSendTo(const Address& dest) const {
+    if (reaches(dest)) return {};
     if (dest.port == 0) return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + ": port 0"};
-    if (dest.isIpv4() ? !reachesIpv4_ : !ipv6_)
-        return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + " from " + local_.toString() + ": " +
-                                                 (ipv6_ ? "an endpoint bound to an IPv6 address reaches IPv6 only"
-                                                        : "an endpoint bound to an IPv4 address reaches IPv4 only")};
-    return {};
+    return {StatusCode::InvalidArgument,
+            "cannot send to " + dest.toString() + " from " + local_.toString() + ": " +
+                (ipv6_ ? "this endpoint's IPv6 socket (bound to an IPv6 address, or IPv6-only) reaches IPv6 only"
+                       : "an endpoint bound to an IPv4 address reaches IPv4 only")};
 }
 
 void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uint8_t> header,
@@ -149,7 +149,7 @@ void UdpDriver::queue(const Address& dest, uint8_t priority, std::span<const uin
         ++stats_.sendErrors;  // the engine was configured for a larger MTU: a bug, not data
         return;
     }
-    if (dest.port == 0 || (dest.isIpv4() ? !reachesIpv4_ : !ipv6_)) {
+    if (!reaches(dest)) {
         // (An IPv6 address on an IPv4 socket would be sent to its last four bytes taken
         // as an IPv4 address; port 0 the kernel refuses, and its EINVAL on a run would
         // read as "no GSO here".)

@@ -140,7 +140,9 @@ class UdpDriver {
 
     int fd_ = -1;
     bool ipv6_ = false;
-    bool reachesIpv4_ = true;  // false for an IPv6 socket bound to an IPv6 address
+    bool reachesIpv4_ = true;  // false for an IPv6 socket bound to an IPv6 address, or IPv6-only
+    /// What canSendTo() says, without the message.
+    bool reaches(const Address& dest) const { return dest.port != 0 && (dest.isIpv4() ? reachesIpv4_ : ipv6_); }
     bool gso_ = false;
     bool gro_ = false;
     bool drained_ = false;

@@ -498,6 +498,8 @@ bool Core::runsOurLoop() const {
     return std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
 }
 
+bool Core::threadIsInside() const { return tThreadOf == this || tBatchFor == this || runsOurLoop(); }
+
 int64_t Core::nextTimerExpiry(int64_t now) const {
     const int64_t period = options_.protocol.tickNs;
     return tickArmedAt_ + ((now - tickArmedAt_) / period + 1) * period;
@@ -940,10 +942,13 @@ void Core::deliverRequest(engine::Delivery& d) {
 
 Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
                     engine::OutgoingBuffer owned, const Status* cannotStart) {
+    Status unreachable;  // (read-only driver state: no lock needed)
+    if (!cannotStart && !(unreachable = driver_->canSendTo(server)).isOk()) cannotStart = &unreachable;
     Waiter w;
     mu_.lock();
     Response r;
     if (cannotStart && !shutdown_) {
+        dropOutgoing(owned);
         ++callsFailed_[static_cast<size_t>(cannotStart->code()) % callsFailed_.size()];
         mu_.unlock();
         r.status = *cannotStart;
@@ -954,14 +959,6 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         dropOutgoing(owned);
         mu_.unlock();
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
-        return r;
-    }
-    if (Status bad = driver_->canSendTo(server); !bad.isOk()) {
-        dropOutgoing(owned);
-        ++callsFailed_[static_cast<size_t>(bad.code()) % callsFailed_.size()];
-        mu_.unlock();
-        r.status = std::move(bad);
-        r.context = options.context;
         return r;
     }
     uint64_t engineStart;
@@ -1008,6 +1005,8 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
         ++callsFailed_[static_cast<size_t>(StatusCode::InvalidArgument) % callsFailed_.size()];
         return 0;
     }
+    Status unreachable;  // (as in call())
+    if (!cannotStart && !(unreachable = driver_->canSendTo(server)).isOk()) cannotStart = &unreachable;
     Response r;
     r.context = options.context;
     {
@@ -1016,10 +1015,8 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             dropOutgoing(owned);
             r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
         } else if (cannotStart) {
-            r.status = *cannotStart;
-        } else if (Status bad = driver_->canSendTo(server); !bad.isOk()) {
             dropOutgoing(owned);
-            r.status = std::move(bad);
+            r.status = *cannotStart;
         } else {
             uint64_t engineStart;
             const int64_t now = nowAndEngineClock(&engineStart);
@@ -1273,9 +1270,7 @@ void Core::outliveEndpoint(std::shared_ptr<Core> self) {
     // core when that returns: it keeps the core until it has left it (the core's own
     // threads when they end, an application thread when its call on the endpoint returns,
     // see afterApplicationCall).
-    const bool inside = tThreadOf == this || tBatchFor == this ||
-                        std::find(tLoopsRunning.begin(), tLoopsRunning.end(), this) != tLoopsRunning.end();
-    if (inside) tCoresToDrop.push_back(self);
+    if (threadIsInside()) tCoresToDrop.push_back(self);
     std::lock_guard lk(mu_);
     if (liveMessages_ > 0) keepAlive_ = std::move(self);
 }
@@ -1495,7 +1490,7 @@ void Core::shutdown() {
     // runs in the core's destructor.)
     // The same for an application thread running this core's loop or callbacks (dropped
     // when its call on the endpoint returns, see afterApplicationCall).
-    const bool inside = tThreadOf == this || tBatchFor == this || runsOurLoop();
+    const bool inside = threadIsInside();
     if (inside)
         if (std::shared_ptr<Core> self = weak_from_this().lock()) tCoresToDrop.push_back(std::move(self));
     struct Depth {

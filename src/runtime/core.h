@@ -163,6 +163,9 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     void wakeOwner(int64_t now);
     /// Whether this thread runs this endpoint's loop further up its stack.
     bool runsOurLoop() const;
+    /// Whether this thread is one of the core's own, or runs its loop, callbacks or a
+    /// batch: it returns into the core later, which must outlive it till then.
+    bool threadIsInside() const;
     /// Waits up to waitNs for the socket or `fd` to be readable (true: the socket is);
     /// with busy polling, looks without sleeping first.
     bool waitForPackets(int64_t waitNs, int fd, bool* poked);

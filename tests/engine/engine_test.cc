@@ -1561,6 +1561,40 @@ TEST(Engine, AClientRestartedWithIdsBelowWhatTheServerRemembersIsServedAgain) {
     EXPECT_EQ(a2.metrics().clientIdSkips, 1u);
 }
 
+// Bad input: RPC_UNKNOWN with flag bits a server would not send so. "Ids behind" alone
+// (without "id used") changes nothing: the client sends its request again, as for any
+// RPC_UNKNOWN. Every bit set: the call ends as refused and the ids jump once; the next
+// call is served all the same (a jump only ever moves ids up).
+TEST(Engine, FlagBitsOnAnRpcUnknownOnlyEverMoveIdsUp) {
+    Pair p;
+    const uint64_t id = p.call(100);
+    p.sinkA.take();  // (the request is lost)
+    wire::CommonHeader c = from(id | 1);
+    c.flags = wire::kFlagIdsBehind;
+    p.a.receive(kB, encode(c, wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.a.metrics().clientIdSkips, 0u);
+    EXPECT_EQ(p.a.metrics().clientRestarts, 1u);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1);
+    p.pump();
+    p.expectResponsesAtA(1);
+    const uint64_t id2 = p.call(100);
+    p.sinkA.take();
+    c = from(id2 | 1);
+    c.flags = 0xff;
+    p.a.receive(kB, encode(c, wire::PacketType::RpcUnknown), p.now);
+    const auto ended = p.deliveries(p.a);
+    ASSERT_EQ(ended.size(), 1u);
+    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted);
+    EXPECT_EQ(p.a.metrics().clientIdSkips, 1u);
+    const uint64_t id3 = p.call(100);
+    EXPECT_GT(id3, id2 + 2);
+    p.pump();
+    EXPECT_EQ(p.serveAll(10), 1);
+    p.pump();
+    p.expectResponsesAtA(1);
+}
+
 // The other side of the same rule: a request the server gave up on while it was still
 // arriving was never executed, and stays servable when its peer is evicted meanwhile.
 TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {

@@ -309,6 +309,7 @@ TEST(SimTool, PlotOfJsonOfTheWrongShapeIsAOneLineError) {
         R"({"tool":"homa-sim","options":{},"buckets":[{"count":"x","max_size":10,"slowdown_p99":1}]})",
         R"({"tool":"homa-sim","options":{},"buckets":[{"count":1,"max_size":10,"slowdown_p99":null}]})",
         R"({"tool":"homa-sim","options":[],"buckets":[]})",
+        R"({"tool":"homa-sim","options":{"workload":5},"buckets":[]})",
     };
     for (size_t i = 0; i < shapes.size(); ++i) {
         const std::string in = dir + "/sim-shape-" + std::to_string(i) + ".json";

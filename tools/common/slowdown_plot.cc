@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -9,6 +11,26 @@
 #include <sstream>
 
 namespace homa::tools {
+
+std::string readSlowdownJson(const std::string& path, const std::string& tool, PlotLine* line,
+                             nlohmann::json* options) {
+    using nlohmann::json;
+    std::ifstream f(path);
+    try {
+        const json j = json::parse(f);
+        if (!j.is_object() || j.value("tool", "") != tool || !j.contains("buckets") || !j.contains("options"))
+            return "no buckets";
+        if (!j.at("buckets").is_array() || !j.at("options").is_object()) return "buckets or options of the wrong type";
+        line->points.clear();
+        for (const json& b : j.at("buckets"))
+            if (b.at("count").get<uint64_t>() > 0)
+                line->points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
+        *options = j.at("options");
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "";
+}
 
 std::string gnuplotQuoted(const std::string& s) {
     std::string q = "'";

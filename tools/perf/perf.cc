@@ -973,28 +973,10 @@ namespace {
 /// One run's line on the plot, from its JSON; false with the reason if it is not
 /// homa-perf's JSON (of any shape: a value of the wrong type is an error, not a crash).
 bool plotLineOf(const std::string& input, tools::PlotLine* line, std::string* why) {
-    std::ifstream f(input);
-    json j;
+    json options;
+    *why = tools::readSlowdownJson(input, "homa-perf", line, &options);
+    if (!why->empty()) return false;
     try {
-        j = json::parse(f);
-    } catch (const std::exception& e) {
-        *why = e.what();
-        return false;
-    }
-    try {
-        if (!j.is_object() || !j.contains("tool") || j["tool"] != "homa-perf" || !j.contains("buckets") ||
-            !j.contains("options")) {
-            *why = "no buckets";
-            return false;
-        }
-        const json& options = j.at("options");
-        if (!j.at("buckets").is_array() || !options.is_object()) {
-            *why = "buckets or options of the wrong type";
-            return false;
-        }
-        for (const auto& b : j["buckets"])
-            if (b.value("count", 0) > 0)
-                line->points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
         line->label = options.value("protocol", "?") + " " + options.value("workload", "?");
         char load[64];
         if (options.value("gbps", 0.0) > 0)

@@ -785,29 +785,16 @@ int plot(const std::vector<std::string>& inputs, const std::string& output, cons
          std::string* error) {
     std::vector<tools::PlotLine> lines;
     for (const std::string& input : inputs) {
-        std::ifstream f(input);
-        json j;
-        try {
-            j = json::parse(f);
-        } catch (const std::exception& e) {
-            *error = input + " is not JSON (" + e.what() + ")";
+        tools::PlotLine line;
+        nlohmann::json options;
+        if (const std::string why = tools::readSlowdownJson(input, "homa-sim", &line, &options); !why.empty()) {
+            *error = input + " is not homa-sim JSON (" + why + ")";
             return 1;
         }
-        // Every field read with a type check (at(), get<>): JSON of another shape, or of
-        // an older homa-sim without a field, is an error, not an abort or a read past the
-        // end of an object.
-        tools::PlotLine line;
         try {
-            if (!j.is_object() || j.value("tool", "") != "homa-sim" || !j.contains("buckets") ||
-                !j.at("buckets").is_array() || !j.contains("options") || !j.at("options").is_object())
-                throw std::invalid_argument("shape");
-            for (const auto& b : j.at("buckets"))
-                if (b.at("count").get<uint64_t>() > 0)
-                    line.points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
-            const json& op = j.at("options");
-            line.label = fmt::format("{} load {:.2f}", op.value("workload", "?"), op.value("load", 0.0));
-        } catch (const std::exception&) {
-            *error = input + " is not homa-sim JSON";
+            line.label = fmt::format("{} load {:.2f}", options.value("workload", "?"), options.value("load", 0.0));
+        } catch (const std::exception& e) {
+            *error = input + " is not homa-sim JSON (" + e.what() + ")";
             return 1;
         }
         lines.push_back(std::move(line));
