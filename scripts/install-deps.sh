@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build clang libclang-rt-14-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libabsl-dev libboost-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  libabsl-dev libboost-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   iproute2 nftables sockperf iperf3 gnuplot-nox jq
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler pkgconf
 )

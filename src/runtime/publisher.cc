@@ -1,20 +1,20 @@
 #include "runtime/publisher.h"
 
 #include <fcntl.h>
-#include <httplib.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <mutex>
+#include <vector>
 
 #include "homa/trace.h"
 
@@ -22,38 +22,11 @@ namespace homa::runtime {
 
 namespace {
 
-constexpr size_t kMaxRequest = 8192;
-constexpr int kIoTimeoutMs = 1000;
-constexpr size_t kHttpWorkers = 2;
 constexpr char kPrometheusContentType[] = "text/plain; version=0.0.4; charset=utf-8";
 
-void setTimeouts(int fd) {
-    timeval tv{kIoTimeoutMs / 1000, (kIoTimeoutMs % 1000) * 1000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
-void writeAll(int fd, const std::string& s) {
-    size_t done = 0;
-    while (done < s.size()) {
-        ssize_t n = ::send(fd, s.data() + done, s.size() - done, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return;  // the reader went away or stalled: give up on it
-        done += static_cast<size_t>(n);
-    }
-}
-
-// Reads until `terminator` is seen, the peer closes, kMaxRequest bytes, or the timeout.
-std::string readRequest(int fd, std::string_view terminator) {
-    std::string s;
-    char buf[1024];
-    while (s.size() < kMaxRequest && s.find(terminator) == std::string::npos) {
-        ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        s.append(buf, static_cast<size_t>(n));
-    }
-    return s;
+int64_t steadyMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 std::string errnoText(const std::string& what) { return what + ": " + std::strerror(errno); }
@@ -114,140 +87,109 @@ std::unique_ptr<Publisher> Publisher::start(const std::string& socketPath, bool 
         p->socketPath_ = socketPath;
         if (::listen(fd, 16) != 0) return fail(errnoText("listen on " + socketPath));
     }
-    if (p->unixFd_ >= 0) {
-        p->stopFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (p->stopFd_ < 0) return fail(errnoText("eventfd"));
-    }
     if (httpEnabled) {
         std::string why = p->bindHttp(httpPort);
         if (!why.empty()) return fail(why);
     }
-    if (p->unixFd_ >= 0) {
+    if (p->unixFd_ >= 0 || p->httpFd_ >= 0) {
+        p->stopFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->stopFd_ < 0) return fail(errnoText("eventfd"));
         p->thread_ = std::thread([raw = p.get()] { raw->run(); });
         pthread_setname_np(p->thread_.native_handle(), "homa-metrics");
-    }
-    if (p->http_) {
-        p->httpThread_ = std::thread([raw = p.get()] {
-            // The library writes with plain send(): a scraper that goes away mid-answer
-            // would raise SIGPIPE. It is blocked in this thread, which starts the worker
-            // pool, so the workers inherit the mask and such a write just fails (EPIPE).
-            sigset_t pipe;
-            sigemptyset(&pipe);
-            sigaddset(&pipe, SIGPIPE);
-            pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
-            raw->http_->listen_after_bind();
-            raw->httpDone_ = true;
-        });
-        pthread_setname_np(p->httpThread_.native_handle(), "homa-http");
     }
     return p;
 }
 
 Publisher::~Publisher() {
-    stopHttp();
     if (thread_.joinable()) {
         uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(stopFd_, &one, sizeof(one));
         thread_.join();
     }
     if (unixFd_ >= 0) ::close(unixFd_);
+    if (httpFd_ >= 0) ::close(httpFd_);
     if (stopFd_ >= 0) ::close(stopFd_);
     if (!socketPath_.empty()) ::unlink(socketPath_.c_str());
 }
 
 std::string Publisher::bindHttp(uint16_t port) {
-    // httplib::Server's constructor sets SIGPIPE to SIG_IGN for the whole process. The
-    // endpoint must not change how its program handles signals, so the disposition is put
-    // back (the server's own threads block SIGPIPE instead, see start()). The lock keeps
-    // endpoints opened at once on several threads from saving one another's SIG_IGN.
-    {
-        static std::mutex sigpipeMu;
-        std::lock_guard lk(sigpipeMu);
-        struct sigaction saved {};
-        ::sigaction(SIGPIPE, nullptr, &saved);
-        http_ = std::make_unique<httplib::Server>();
-        ::sigaction(SIGPIPE, &saved, nullptr);
-    }
-    httplib::Server& s = *http_;
-    s.new_task_queue = [] { return new httplib::ThreadPool(kHttpWorkers); };
-    // One request per connection and short timeouts: a stalled client holds a worker, and
-    // delays shutdown, for a second or two at most.
-    s.set_keep_alive_max_count(1);
-    s.set_keep_alive_timeout(1);
-    s.set_read_timeout(std::chrono::milliseconds(kIoTimeoutMs));
-    s.set_write_timeout(std::chrono::milliseconds(kIoTimeoutMs));
-    s.set_payload_max_length(kMaxRequest);
-    // The library's default sets SO_REUSEPORT, with which a second endpoint could bind the
-    // same port and take a share of its scrapes. SO_REUSEADDR only, as for any server.
-    // (This applies to the listening socket only; the library accepts connections with
-    // plain accept(), so those are not close-on-exec.)
-    s.set_socket_options([](int fd) {
-        int one = 1;
-        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-    });
-    // Methods are checked before paths, and before any request body is read.
-    s.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
-        if (req.method == "GET" || req.method == "HEAD") return httplib::Server::HandlerResponse::Unhandled;
-        res.status = 405;
-        res.set_header("Allow", "GET, HEAD");
-        res.set_content("only GET\n", "text/plain");
-        return httplib::Server::HandlerResponse::Handled;
-    });
-    s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-        res.set_content(sources_.prometheusText(), kPrometheusContentType);
-    });
-    s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-        if (!res.body.empty()) return;
-        if (res.status == 404) res.set_content("try /metrics\n", "text/plain");
-        if (res.status == 400) res.set_content("bad request\n", "text/plain");
-    });
-    errno = 0;
-    bool bound;
-    if (port == 0) {
-        int any = s.bind_to_any_port("127.0.0.1");
-        bound = any > 0;
-        if (bound) port = static_cast<uint16_t>(any);
-    } else {
-        bound = s.bind_to_port("127.0.0.1", port);
-    }
-    if (!bound) {
-        std::string why = "cannot bind 127.0.0.1:" + std::to_string(port) + " for prometheus";
-        if (errno != 0) why += std::string(": ") + std::strerror(errno);
-        http_.reset();
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return errnoText("prometheus socket");
+    // SO_REUSEADDR (a port just freed can be bound again) but not SO_REUSEPORT, with
+    // which a second endpoint could bind the same port and take a share of the scrapes.
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(fd, 64) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        std::string why = errnoText("cannot bind 127.0.0.1:" + std::to_string(port) + " for prometheus");
+        ::close(fd);
         return why;
     }
-    httpPort_ = port;
+    httpFd_ = fd;
+    httpPort_ = ntohs(a.sin_port);
     return {};
 }
 
-void Publisher::stopHttp() {
-    if (!httpThread_.joinable()) return;
-    // stop() only acts once the listening loop is running: wait for that (or for the loop
-    // to have ended by itself). Requests in progress finish (within the timeouts), then
-    // the workers are joined.
-    while (!http_->is_running() && !httpDone_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (!httpDone_) http_->stop();
-    httpThread_.join();
-}
+// A client connection: the request read so far, then the answer being written, then
+// (HTTP) what the client still sends until it closes, read and dropped, so that closing
+// with unread bytes does not reset the connection under the answer.
+struct Publisher::Connection {
+    int fd = -1;
+    bool http = false;
+    enum class State { Reading, Writing, Draining } state = State::Reading;
+    std::string in;
+    std::string out;
+    size_t written = 0;
+    size_t drained = 0;
+    int64_t deadlineMs = 0;
+};
 
 void Publisher::run() {
+    std::vector<Connection> conns;
+    conns.reserve(kMaxConnections);
+    std::vector<pollfd> fds;
     while (true) {
-        pollfd fds[2] = {{stopFd_, POLLIN, 0}, {unixFd_, POLLIN, 0}};
-        int n = ::poll(fds, 2, -1);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return;
+        fds.clear();
+        fds.push_back({stopFd_, POLLIN, 0});
+        // Beyond kMaxConnections, new connections wait in the kernel's backlog.
+        const bool accepting = conns.size() < kMaxConnections;
+        fds.push_back({accepting ? unixFd_ : -1, POLLIN, 0});
+        fds.push_back({accepting ? httpFd_ : -1, POLLIN, 0});
+        int64_t now = steadyMs();
+        int64_t wait = -1;
+        for (const Connection& c : conns) {
+            fds.push_back({c.fd, static_cast<short>(c.state == Connection::State::Writing ? POLLOUT : POLLIN), 0});
+            const int64_t left = std::max<int64_t>(0, c.deadlineMs - now);
+            if (wait < 0 || left < wait) wait = left;
         }
-        if (fds[0].revents) return;
-        if (fds[1].revents & POLLIN) {
-            int c = ::accept4(unixFd_, nullptr, nullptr, SOCK_CLOEXEC);
-            if (c >= 0) {
-                serveUnix(c);
-                ::close(c);
+        int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait));
+        if (n < 0 && errno != EINTR) return;
+        if (n > 0 && fds[0].revents != 0) break;
+        now = steadyMs();
+        // Connections first: those accepted below have no poll entry yet.
+        size_t kept = 0;
+        for (size_t i = 0; i < conns.size(); ++i) {
+            Connection& c = conns[i];
+            const short ev = n > 0 ? fds[3 + i].revents : 0;
+            bool open = now < c.deadlineMs;
+            if (open && ev != 0) open = c.state == Connection::State::Writing ? writeTo(c) : readFrom(c);
+            if (open) {
+                if (kept != i) conns[kept] = std::move(c);
+                ++kept;
+            } else {
+                ::close(c.fd);
             }
         }
+        conns.resize(kept);
+        if (n > 0 && (fds[1].revents & POLLIN)) accept(unixFd_, false, conns);
+        if (n > 0 && (fds[2].revents & POLLIN)) accept(httpFd_, true, conns);
     }
+    for (Connection& c : conns) ::close(c.fd);
 }
 
 std::string Publisher::answer(const std::string& command) {
@@ -278,15 +220,107 @@ std::string Publisher::answer(const std::string& command) {
            "' (metrics, rpcs, prometheus, trace on, trace off, trace dump PATH)\n";
 }
 
-void Publisher::serveUnix(int fd) {
-    setTimeouts(fd);
-    std::string req = readRequest(fd, "\n");
-    size_t eol = req.find('\n');
-    if (eol == std::string::npos && req.size() >= kMaxRequest) {
-        writeAll(fd, "error: command too long\n");
-        return;
+std::string Publisher::httpAnswer(std::string_view request, bool tooLong) {
+    auto reply = [](int status, std::string_view reason, std::string_view type, const std::string& body,
+                    bool withBody, std::string_view extra = {}) {
+        std::string r = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason) + "\r\n";
+        r += "Content-Type: " + std::string(type) + "\r\n";
+        r += extra;
+        r += "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+        if (withBody) r += body;
+        return r;
+    };
+    auto bad = [&] { return reply(400, "Bad Request", "text/plain", "bad request\n", true); };
+    if (tooLong) return reply(431, "Request Header Fields Too Large", "text/plain", "request too long\n", true);
+    // The request line: METHOD SP TARGET SP HTTP/1.x, ended by CRLF (or a bare LF).
+    std::string_view line = request.substr(0, request.find('\n'));
+    if (line.ends_with('\r')) line.remove_suffix(1);
+    const size_t sp1 = line.find(' ');
+    const size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+    if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) return bad();
+    const std::string_view method = line.substr(0, sp1);
+    const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    const std::string_view version = line.substr(sp2 + 1);
+    if (version != "HTTP/1.1" && version != "HTTP/1.0") return bad();
+    if (target.empty() || target.front() != '/') return bad();
+    const bool head = method == "HEAD";
+    if (method != "GET" && !head) {
+        static constexpr std::string_view kOthers[] = {"POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"};
+        if (std::find(std::begin(kOthers), std::end(kOthers), method) == std::end(kOthers)) return bad();
+        return reply(405, "Method Not Allowed", "text/plain", "only GET\n", true, "Allow: GET, HEAD\r\n");
     }
-    writeAll(fd, answer(req.substr(0, eol)));
+    if (target.substr(0, target.find('?')) != "/metrics")
+        return reply(404, "Not Found", "text/plain", "try /metrics\n", !head);
+    return reply(200, "OK", kPrometheusContentType, sources_.prometheusText(), !head);
+}
+
+void Publisher::accept(int listenFd, bool http, std::vector<Connection>& conns) {
+    int fd = ::accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;  // (gone already, or out of descriptors: tried again at the next poll)
+    Connection c;
+    c.fd = fd;
+    c.http = http;
+    c.deadlineMs = steadyMs() + kConnectionMs;
+    conns.push_back(std::move(c));
+}
+
+bool Publisher::readFrom(Connection& c) {
+    char buf[4096];
+    while (true) {
+        ssize_t n = ::recv(c.fd, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK;
+        if (c.state == Connection::State::Draining) {
+            // Closed by the client once it has the answer; or it goes on sending more
+            // than a request's worth, and is cut off.
+            c.drained += static_cast<size_t>(n);
+            if (n == 0 || c.drained > kMaxRequest) return false;
+            continue;
+        }
+        const bool ended = n == 0;
+        const size_t room = kMaxRequest - c.in.size();
+        c.in.append(buf, std::min(static_cast<size_t>(n), room));
+        bool complete, tooLong = false;
+        if (c.http) {
+            complete = c.in.find("\r\n\r\n") != std::string::npos || c.in.find("\n\n") != std::string::npos;
+            tooLong = !complete && c.in.size() >= kMaxRequest;
+            if (ended && !complete && !tooLong) return false;  // closed mid-request: nobody to answer
+        } else {
+            complete = ended || c.in.find('\n') != std::string::npos;
+            tooLong = !complete && c.in.size() >= kMaxRequest;
+        }
+        if (!complete && !tooLong) continue;
+        if (c.http) {
+            c.out = httpAnswer(c.in, tooLong);
+        } else if (tooLong) {
+            c.out = "error: command too long\n";
+        } else {
+            c.out = answer(c.in.substr(0, c.in.find('\n')));
+        }
+        c.in.clear();
+        c.in.shrink_to_fit();
+        c.state = Connection::State::Writing;
+        if (ended) ::shutdown(c.fd, SHUT_RD);
+        return writeTo(c);
+    }
+}
+
+bool Publisher::writeTo(Connection& c) {
+    while (c.written < c.out.size()) {
+        ssize_t n = ::send(c.fd, c.out.data() + c.written, c.out.size() - c.written, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK;
+        c.written += static_cast<size_t>(n);
+    }
+    // All written: the end of the answer is the end of the stream. What the client may
+    // still send (an HTTP body, the rest of an overlong request) is read and dropped
+    // until it closes, up to another kMaxRequest bytes and until the connection's time is
+    // up.
+    ::shutdown(c.fd, SHUT_WR);
+    c.out.clear();
+    c.out.shrink_to_fit();
+    c.state = Connection::State::Draining;
+    return readFrom(c);
 }
 
 }  // namespace homa::runtime

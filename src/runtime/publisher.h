@@ -1,8 +1,7 @@
 // Publishes an endpoint's state to other processes: a unix-domain socket that answers
 // one-line commands (what homa-metrics reads), and a Prometheus scrape endpoint over
-// HTTP on 127.0.0.1. One background thread serves the socket, one short connection at a
-// time; the HTTP side is a cpp-httplib server with its own listening thread and a pool of
-// two workers.
+// HTTP on 127.0.0.1. One background thread serves both, every connection at once, each
+// without blocking: a client that is slow, stalls, or sends without end holds up nobody.
 //
 // Socket protocol: the client sends one command line, the publisher answers with text
 // and closes the connection.
@@ -13,25 +12,29 @@
 //   trace dump PATH    writes the time trace to PATH
 // Anything else gets a line starting "error: ".
 //
-// HTTP: GET (or HEAD) /metrics answers the Prometheus text; another path gets 404, another
-// method 405, a malformed request 400 (cpp-httplib's parser). One request per connection.
+// HTTP/1.0 and 1.1: GET (or HEAD) /metrics answers the Prometheus text; another path gets
+// 404, another method 405, a malformed request 400, a request whose headers pass
+// kMaxRequest bytes 431. One request per connection (Connection: close).
+//
+// Limits: a request (command line, or HTTP request line and headers) is at most
+// kMaxRequest bytes; a connection lasts at most kConnectionMs from its accept, reading,
+// answering and all; at most kMaxConnections are open at once, the rest wait in the
+// kernel's backlog. So the publisher's memory and descriptors stay bounded, and its end
+// (destruction) waits at most for one answer being computed.
 //
 // Thread safety: construction and destruction from one thread; the callbacks run on the
-// publisher's threads, prometheusText possibly on two at once and alongside the others.
+// publisher's thread.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <vector>
 
 #include "homa/status.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace homa::runtime {
 
@@ -54,23 +57,32 @@ class Publisher {
 
     /// The answer to one command line (exposed for tests).
     std::string answer(const std::string& command);
+    /// The whole HTTP response to a request whose headers are complete, or that passed
+    /// kMaxRequest bytes without being so (`tooLong`) (exposed for tests).
+    std::string httpAnswer(std::string_view request, bool tooLong);
+
+    static constexpr size_t kMaxRequest = 8192;
+    static constexpr int kConnectionMs = 2000;
+    static constexpr size_t kMaxConnections = 32;
 
   private:
+    struct Connection;
     Publisher() = default;
     void run();
-    void serveUnix(int fd);
-    /// Makes http_, binds it to 127.0.0.1:port. An empty string, or why it failed.
+    /// Accepts one connection from `listenFd` (the HTTP socket if `http`) into `conns`.
+    void accept(int listenFd, bool http, std::vector<Connection>& conns);
+    /// Reads what the client sent; false once the connection is to be closed.
+    bool readFrom(Connection& c);
+    /// Writes what is left of the answer; false once the connection is to be closed.
+    bool writeTo(Connection& c);
+    /// Binds the HTTP socket to 127.0.0.1:port. An empty string, or why it failed.
     std::string bindHttp(uint16_t port);
-    void stopHttp();
 
     Sources sources_;
     std::string socketPath_;
     uint16_t httpPort_ = 0;
-    int unixFd_ = -1, stopFd_ = -1;
-    std::thread thread_;  // serves the unix socket
-    std::unique_ptr<httplib::Server> http_;
-    std::thread httpThread_;  // http_'s listening loop; it starts the worker pool
-    std::atomic<bool> httpDone_{false};  // the listening loop has returned
+    int unixFd_ = -1, httpFd_ = -1, stopFd_ = -1;
+    std::thread thread_;
 };
 
 /// Expands "%p" (process id) and "%e" (the endpoint's port) in a path.

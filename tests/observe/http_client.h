@@ -1,6 +1,8 @@
 // A raw HTTP exchange with a server on 127.0.0.1 for the observability tests: sends
 // `request` as given (well-formed or not) and returns everything the server wrote back
-// before closing, or "connect failed".
+// before closing, or "connect failed". A server that says nothing for 10 s ends the
+// exchange (what arrived so far is returned), so a test of a stuck server fails instead
+// of hanging.
 #pragma once
 
 #include <arpa/inet.h>
@@ -23,6 +25,8 @@ inline std::string httpExchange(uint16_t port, const std::string& request) {
         ::close(fd);
         return "connect failed";
     }
+    timeval limit{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
     ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
     std::string out;
     char buf[8192];
