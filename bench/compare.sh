@@ -19,6 +19,8 @@
 # --quick shortens every run (the README's first command uses it). JSON files and plots
 # go to --out (default bench-results/).
 set -euo pipefail
+# A failure inside $(...) stops the script too (bash turns errexit off there otherwise).
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 secs=5
@@ -27,8 +29,8 @@ out=bench-results
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) secs=2 ;;
-    --build) build=$2; shift ;;
-    --out) out=$2; shift ;;
+    --build|--out) [ $# -ge 2 ] || { echo "compare.sh: $1 needs a directory" >&2; exit 2; }
+                   if [ "$1" = --build ]; then build=$2; else out=$2; fi; shift ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -47,6 +49,10 @@ trap cleanup EXIT
 # shellcheck source=bench/ratios.sh
 source bench/ratios.sh
 note() { printf '%s\n' "$*" >&2; }
+# Every figure is checked to be a number as it is measured: a run that failed stops the
+# script (after cleanup) rather than leaving a blank or wrong cell in the table.
+die() { note "compare.sh: $*"; exit 1; }
+isnum() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
 port() { echo $((20000 + RANDOM % 30000)); }
 
 # homa-perf local run; prints the JSON file name.
@@ -57,20 +63,36 @@ hp() {
     { note "homa-perf $name failed:"; cat "$out/$name.txt" >&2; exit 1; }
   echo "$out/$name.json"
 }
-j() { jq -r "$2" "$1"; }
+# fig VAR FILE EXPR: sets VAR to the number at EXPR in a homa-perf JSON file, or stops.
+fig() {
+  local _v; _v=$(jq -r "$3" "$2" 2>/dev/null) || _v=
+  isnum "$_v" || die "${2:-(no file)}: no figure at $3 (got '$_v')"
+  printf -v "$1" %s "$_v"
+}
 
-sockperf_pp() {  # proto(udp|tcp) [cpus] -> "p50 p99"; cpus pins both ends (taskset)
+# sockperf_pp proto(udp|tcp) [cpus]: sets pp50 and pp99 (us); cpus pins both ends (taskset).
+# Called in this shell, not in $(...), so that its server is in pids for cleanup.
+sockperf_pp() {
   # (With spin=1 both ends busy-poll: non-blocking sockets, epoll with a zero timeout.)
   local p; p=$(port)
   local flag=""; [ "$1" = tcp ] && flag="--tcp"
   [ "${spin:-0}" = 1 ] && flag="$flag --nonblocked --timeout 0"
   local pin=(); [ -n "${2:-}" ] && pin=(taskset -c "$2")
   "${pin[@]}" sockperf server $flag -i 127.0.0.1 -p "$p" > /dev/null 2>&1 &
-  pids+=($!)
+  local server=$!
+  pids+=("$server")
   sleep 0.5
-  local o; o=$("${pin[@]}" sockperf ping-pong $flag -i 127.0.0.1 -p "$p" -m 64 -t "$secs" --full-rtt 2>&1)
-  kill "${pids[-1]}" 2>/dev/null || true
-  echo "$(echo "$o" | awk '/percentile 50.000/ {print $NF}') $(echo "$o" | awk '/percentile 99.000/ {print $NF}')"
+  local o rc=0
+  o=$("${pin[@]}" sockperf ping-pong $flag -i 127.0.0.1 -p "$p" -m 64 -t "$secs" --full-rtt 2>&1) || rc=$?
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  unset 'pids[-1]'
+  pp50=$(awk '/percentile 50.000/ {print $NF}' <<< "$o")
+  pp99=$(awk '/percentile 99.000/ {print $NF}' <<< "$o")
+  if [ "$rc" -ne 0 ] || ! isnum "$pp50" || ! isnum "$pp99"; then
+    note "$o"
+    die "sockperf ping-pong ($1${2:+, CPU $2}${spin:+, busy-polling}) failed (status $rc)"
+  fi
 }
 
 note "== 64 B round trip"
@@ -86,63 +108,63 @@ reps=3
 declare -a hd50 hd99 sd50 sd99 hp50 sp50 hn50 ss50
 for r in $(seq "$reps"); do
   f=$(hp "lat-homa-$r" --workload 64 --client-max 1)
-  hd50+=("$(j "$f" .totals.rtt_p50_us)"); hd99+=("$(j "$f" .totals.rtt_p99_us)")
-  read -r a b <<< "$(sockperf_pp udp)"; sd50+=("$a"); sd99+=("$b")
+  fig v "$f" .totals.rtt_p50_us; hd50+=("$v"); fig v "$f" .totals.rtt_p99_us; hd99+=("$v")
+  sockperf_pp udp; sd50+=("$pp50"); sd99+=("$pp99")
   f=$(cpus=0 hp "lat-homa-cpu0-$r" --workload 64 --client-max 1)
-  hp50+=("$(j "$f" .totals.rtt_p50_us)")
-  read -r a b <<< "$(sockperf_pp udp 0)"; sp50+=("$a")
+  fig v "$f" .totals.rtt_p50_us; hp50+=("$v")
+  sockperf_pp udp 0; sp50+=("$pp50")
   f=$(hp "lat-homa-nopoll-$r" --workload 64 --client-max 1 --adaptive-poll-us 0)
-  hn50+=("$(j "$f" .totals.rtt_p50_us)")
-  read -r a b <<< "$(spin=1 sockperf_pp udp)"; ss50+=("$a")
+  fig v "$f" .totals.rtt_p50_us; hn50+=("$v")
+  spin=1 sockperf_pp udp; ss50+=("$pp50")
 done
 hl50=$(median "${hd50[@]}"); hl99=$(median "${hd99[@]}"); su50=$(median "${sd50[@]}"); su99=$(median "${sd99[@]}")
 hpin50=$(median "${hp50[@]}"); spin50=$(median "${sp50[@]}"); hnp50=$(median "${hn50[@]}"); sspin50=$(median "${ss50[@]}")
 tl=$(hp lat-tcp --protocol tcp --workload 64 --client-max 1)
-read -r st50 st99 <<< "$(sockperf_pp tcp)"
+fig tl50 "$tl" .totals.rtt_p50_us; fig tl99 "$tl" .totals.rtt_p99_us
+sockperf_pp tcp; st50=$pp50
 g50=n/a; g99=n/a; gk=n/a
 if [ -x "$grpc" ]; then
   # gRPC's latency moves with where the scheduler puts its threads: the median of $reps
   # runs, as for Homa and sockperf.
   declare -a gd50 gd99
   for r in $(seq "$reps"); do
-    gl=$("$grpc" local --mode latency --size 64 --duration "$secs")
-    gd50+=("$(echo "$gl" | sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p')"); gd99+=("$(echo "$gl" | sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p')")
+    gl=$("$grpc" local --mode latency --size 64 --duration "$secs") || die "grpc-echo --mode latency failed"
+    a=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<< "$gl"); b=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<< "$gl")
+    { isnum "$a" && isnum "$b"; } || die "grpc-echo gave no latency figures: $gl"
+    gd50+=("$a"); gd99+=("$b")
   done
   g50=$(median "${gd50[@]}"); g99=$(median "${gd99[@]}")
-  gt=$("$grpc" local --mode throughput --size 64 --outstanding 64 --duration "$secs")
-  gk=$(echo "$gt" | sed -n 's/.*kops=\([0-9.]*\).*/\1/p')
+  gt=$("$grpc" local --mode throughput --size 64 --outstanding 64 --duration "$secs") || die "grpc-echo --mode throughput failed"
+  gk=$(sed -n 's/.*kops=\([0-9.]*\).*/\1/p' <<< "$gt")
+  isnum "$gk" || die "grpc-echo gave no throughput figure: $gt"
 else
   note "grpc-echo not built: gRPC columns are n/a"
 fi
 
 note "== small-RPC throughput"
 # kops_at N: medians of $treps runs with N outstanding, in rounds of one Homa and one TCP
-# run back to back (which goes first alternates); prints "homa_kops tcp_kops ratios
-# summary", where ratios lists each round's Homa/TCP, comma-separated, and summary is
-# their geometric mean with its 95 % interval (as bench/ab_pairs.sh): this machine's
+# run back to back (which goes first alternates); sets kh and kt (Homa's and TCP's
+# medians), krounds (each round's Homa/TCP, comma-separated) and ksummary (their
+# geometric mean with its 95 % interval, as bench/ab_pairs.sh): this machine's
 # speed drifts between minutes by more than the difference being measured, and a ratio
 # within a round, where both runs see the same machine, is the steadier figure.
 treps=5  # (one run of each gave anything from 0.7x to 1.3x the median on this machine)
 kops_at() {
-  local hk=() tk=() rs=() h t
+  local hk=() tk=() rs=() h t f r
+  homa_run() { f=$(hp "tput$1-homa-$r" --workload 64 --client-max "$1"); fig h "$f" .totals.kops; }
+  tcp_run() { f=$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1"); fig t "$f" .totals.kops; }
   for r in $(seq "$treps"); do
-    if [ $((r % 2)) -eq 1 ]; then
-      h=$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)
-      t=$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)
-    else
-      t=$(j "$(hp "tput$1-tcp-$r" --protocol tcp --workload 64 --client-max "$1")" .totals.kops)
-      h=$(j "$(hp "tput$1-homa-$r" --workload 64 --client-max "$1")" .totals.kops)
-    fi
+    if [ $((r % 2)) -eq 1 ]; then homa_run "$1"; tcp_run "$1"; else tcp_run "$1"; homa_run "$1"; fi
     hk+=("$h") tk+=("$t")
     rs+=("$(awk -v a="$h" -v b="$t" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }')")
   done
-  echo "$(median "${hk[@]}") $(median "${tk[@]}") $(IFS=,; echo "${rs[*]}") $(geomean "${rs[@]}")"
+  kh=$(median "${hk[@]}") kt=$(median "${tk[@]}") krounds=$(IFS=,; echo "${rs[*]}") ksummary=$(geomean "${rs[@]}")
 }
-read -r hkops tkops rounds summary <<< "$(kops_at 64)"
+kops_at 64; hkops=$kh tkops=$kt rounds=$krounds summary=$ksummary
 # 64 outstanding is where Homa's and TCP's figures are usually quoted; with 1,024 both
 # batch more per system call and per wake-up, so this row shows each nearer its own
 # ceiling on this machine.
-read -r hkops1k tkops1k rounds1k summary1k <<< "$(kops_at 1024)"
+kops_at 1024; hkops1k=$kh tkops1k=$kt rounds1k=$krounds summary1k=$ksummary
 # The same closed loop over bare UDP sockets, with no protocol at all (bench/udp_ceiling.cc,
 # batched with GSO and GRO as Homa's driver is): what any transport built on UDP sockets
 # could reach here. It splits the distance between Homa and TCP into what UDP costs on
@@ -159,13 +181,15 @@ note "== 1 MB one-way"
 # moves with the machine's speed, which drifts by more than 10 % between minutes here.
 declare -a hbs tbs ips
 for r in $(seq "$reps"); do
-  hbs+=("$(j "$(hp "big-homa-$r" --workload 1000000 --one-way --client-max 4)" .totals.gbps_out)")
-  tbs+=("$(j "$(hp "big-tcp-$r" --protocol tcp --workload 1000000 --one-way --client-max 4)" .totals.gbps_out)")
+  f=$(hp "big-homa-$r" --workload 1000000 --one-way --client-max 4); fig v "$f" .totals.gbps_out; hbs+=("$v")
+  f=$(hp "big-tcp-$r" --protocol tcp --workload 1000000 --one-way --client-max 4); fig v "$f" .totals.gbps_out; tbs+=("$v")
   ip=$(port)
   iperf3 -s -1 -p "$ip" > /dev/null 2>&1 &
   pids+=($!)
   sleep 0.5
-  ips+=("$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9')")
+  v=$(iperf3 -c 127.0.0.1 -p "$ip" -t "$secs" -J | jq '.end.sum_received.bits_per_second / 1e9' 2>/dev/null) || v=
+  isnum "$v" || die "iperf3 run $r gave no throughput"
+  ips+=("$v")
 done
 hbig=$(median "${hbs[@]}"); tbig=$(median "${tbs[@]}"); iperf=$(median "${ips[@]}")
 
@@ -183,7 +207,12 @@ t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conn
 "$perf" plot "$h3" "$t3" -o "$out/w3.png" --title "W3, 1 Gbps offered, loopback" > /dev/null 2>&1 || true
 "$perf" plot "$h4" "$t4" -o "$out/w4.png" --title "W4, 2 Gbps offered, loopback" > /dev/null 2>&1 || true
 
-small() { j "$1" '[.buckets[] | select(.count > 0)][0].slowdown_p99'; }
+smallest='[.buckets[] | select(.count > 0)][0].slowdown_p99'
+fig s3h "$h3" "$smallest"; fig s3t "$t3" "$smallest"; fig s4h "$h4" "$smallest"; fig s4t "$t4" "$smallest"
+# An arrival finding 200 calls in flight is skipped: the load was then more than the pair
+# carried, and the tails are those of an overload, not of the offered load.
+skips() { local s n; fig s "$1" .totals.skipped_arrivals; fig n "$1" .totals.rpcs; echo "$s/$n"; }
+k3h=$(skips "$h3"); k3t=$(skips "$t3"); k4h=$(skips "$h4"); k4t=$(skips "$t4")
 
 echo
 echo "Homa vs baselines on loopback ($(date -u +%F), $(nproc) cpus, ${secs}s per run)"
@@ -195,8 +224,8 @@ row "  both ends on CPU 0: P50 vs sockperf UDP" "$(printf %.1f "$hpin50")" "$spi
 row "  no adaptive polling: P50 vs sockperf UDP" "$(printf %.1f "$hnp50")" "$su50"
 row "  P50 vs sockperf UDP, busy-polling" "$(printf %.1f "$hl50")" "$sspin50"
 row "64 B RTT P50 us vs sockperf TCP" "$(printf %.1f "$hl50")" "$st50"
-row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "$(j "$tl" .totals.rtt_p50_us)")"
-row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$(j "$tl" .totals.rtt_p99_us)")"
+row "64 B RTT P50 us vs homa-perf TCP" "$(printf %.1f "$hl50")" "$(printf %.1f "$tl50")"
+row "64 B RTT P99 us vs homa-perf TCP" "$(printf %.1f "$hl99")" "$(printf %.1f "$tl99")"
 row "64 B RTT P50 us vs gRPC" "$(printf %.1f "$hl50")" "$g50"
 row "64 B RTT P99 us vs gRPC" "$(printf %.1f "$hl99")" "$g99"
 row "64 B kops (64 outstanding) vs homa-perf TCP" "$(printf %.1f "$hkops")" "$(printf %.1f "$tkops")"
@@ -208,12 +237,9 @@ row "64 B kops (64 outstanding) vs bare UDP" "$(printf %.1f "$hkops")" "$uk"
 row "64 B kops (1,024 outstanding) vs bare UDP" "$(printf %.1f "$hkops1k")" "$uk1k"
 row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$tbig")"
 row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$iperf")"
-row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h3")")" "$(printf %.2f "$(small "$t3")")"
-row "W4 2 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$(small "$h4")")" "$(printf %.2f "$(small "$t4")")"
-# An arrival finding 200 calls in flight is skipped: the load was then more than the pair
-# carried, and the tails are those of an overload, not of the offered load.
-skips() { echo "$(j "$1" .totals.skipped_arrivals)/$(j "$1" .totals.rpcs)"; }
+row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$s3h")" "$(printf %.2f "$s3t")"
+row "W4 2 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$s4h")" "$(printf %.2f "$s4t")"
 printf '  (arrivals skipped at 200 in flight / calls: W3 Homa %s, TCP %s; W4 Homa %s, TCP %s)\n' \
-  "$(skips "$h3")" "$(skips "$t3")" "$(skips "$h4")" "$(skips "$t4")"
+  "$k3h" "$k3t" "$k4h" "$k4t"
 echo
 echo "JSON, text and plots: $out/ (w3.png, w4.png)"

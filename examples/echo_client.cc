@@ -1,5 +1,6 @@
 // Echo client: sends COUNT requests of SIZE bytes and checks each echo.
 //   echo_client SERVER:PORT [SIZE] [COUNT]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>

@@ -27,7 +27,18 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "echo_server: %s\n", error.toString().c_str());
         return 1;
     }
-    endpoint->serve([](homa::ServerRequest request) { request.respond(request.message().bytes()); }, threads);
+    homa::Status served = endpoint->serve(
+        [](homa::ServerRequest request) {
+            // A response that cannot be sent (send memory full, the client gone) leaves the
+            // request unanswered: it is dropped and the client's call fails.
+            homa::Status s = request.respond(request.message().bytes());
+            if (!s.isOk()) std::fprintf(stderr, "echo_server: respond: %s\n", s.toString().c_str());
+        },
+        threads);
+    if (!served.isOk()) {
+        std::fprintf(stderr, "echo_server: %s\n", served.toString().c_str());
+        return 1;
+    }
     std::printf("echo_server: serving on %s\n", endpoint->address().toString().c_str());
     std::fflush(stdout);
     std::signal(SIGINT, [](int) { stop = 1; });

@@ -1,7 +1,8 @@
 // Key-value client.
 //   kv_client SERVER:PORT get KEY
-//   kv_client SERVER:PORT put KEY VALUE      (VALUE "@N" = N bytes of filler, up to 1 MB)
+//   kv_client SERVER:PORT put KEY VALUE      (VALUE "@N" = N bytes of filler, 1 <= N <= 1 MB)
 //   kv_client SERVER:PORT del KEY
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -11,7 +12,8 @@
 
 int main(int argc, char** argv) {
     auto usage = [] {
-        std::fprintf(stderr, "usage: kv_client SERVER:PORT get|put|del KEY [VALUE|@BYTES]\n");
+        std::fprintf(stderr, "usage: kv_client SERVER:PORT get|put|del KEY [VALUE|@BYTES] (values up to %u bytes)\n",
+                     kv::kMaxValue);
         return 2;
     };
     if (argc < 4) return usage();
@@ -25,7 +27,14 @@ int main(int argc, char** argv) {
         request = kv::request('D', key);
     } else if (cmd == "put" && argc >= 5) {
         std::string value = argv[4];
-        if (value.size() > 1 && value[0] == '@') value = std::string(std::strtoul(value.c_str() + 1, nullptr, 10), 'v');
+        if (value.size() > 1 && value[0] == '@') {
+            uint32_t n = 0;
+            const char* end = value.data() + value.size();
+            auto [rest, ec] = std::from_chars(value.data() + 1, end, n);
+            if (ec != std::errc() || rest != end || n == 0 || n > kv::kMaxValue) return usage();
+            value.assign(n, 'v');
+        }
+        if (value.size() > kv::kMaxValue) return usage();
         request = kv::request('P', key, value);
     } else {
         return usage();

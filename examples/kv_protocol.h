@@ -10,8 +10,10 @@
 
 namespace kv {
 
+/// The largest value a put carries (kv_client refuses larger ones).
+inline constexpr uint32_t kMaxValue = 1u << 20;
 /// Values up to 1 MB plus the key and header: both ends raise the message limit to this.
-inline constexpr uint32_t kMaxMessage = (1u << 20) + 70'000;
+inline constexpr uint32_t kMaxMessage = kMaxValue + 70'000;
 
 inline std::vector<uint8_t> request(char op, std::string_view key, std::string_view value = {}) {
     std::vector<uint8_t> m;

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     }
     std::map<std::string, std::string, std::less<>> store;
     std::shared_mutex lock;
-    endpoint->serve(
+    homa::Status served = endpoint->serve(
         [&](homa::ServerRequest req) {
             kv::Parsed p = kv::parse(req.message().view());
             std::string reply;
@@ -52,9 +52,16 @@ int main(int argc, char** argv) {
                 std::unique_lock g(lock);
                 reply.assign(1, store.erase(std::string(p.key)) ? 'K' : 'N');
             }
-            req.respond(std::span(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+            // A response that cannot be sent (send memory full, the client gone) leaves the
+            // request unanswered: it is dropped and the client's call fails.
+            homa::Status s = req.respond(std::span(reinterpret_cast<const uint8_t*>(reply.data()), reply.size()));
+            if (!s.isOk()) std::fprintf(stderr, "kv_server: respond: %s\n", s.toString().c_str());
         },
         threads);
+    if (!served.isOk()) {
+        std::fprintf(stderr, "kv_server: %s\n", served.toString().c_str());
+        return 1;
+    }
     std::printf("kv_server: serving on %s\n", endpoint->address().toString().c_str());
     std::fflush(stdout);
     std::signal(SIGINT, [](int) { stop = 1; });

@@ -18,10 +18,22 @@ prefix=${net%.0}
 cleanup() {
   [ -n "${server:-}" ] && kill "$server" 2>/dev/null || true
   [ -n "${server2:-}" ] && kill "$server2" 2>/dev/null || true
+  # The veth pair starts in this namespace: deleted here if it never left (deleting one
+  # end deletes both; once moved, it goes with the namespaces).
+  ip link del "va$$" 2>/dev/null || true
+  ip link del "vb$$" 2>/dev/null || true
   ip netns del "$a" 2>/dev/null || true
   ip netns del "$b" 2>/dev/null || true
 }
 trap cleanup EXIT
+# A run killed outright (ctest's timeout sends SIGKILL) never reaches its cleanup: delete
+# the namespaces of earlier runs whose process is gone, and end what still runs in them.
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+  [[ "$ns" =~ ^homa-[ab]-([0-9]+)$ ]] || continue
+  kill -0 "${BASH_REMATCH[1]}" 2>/dev/null && continue
+  for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$ns" 2>/dev/null || true
+done
 if ! ip netns add "$a" 2>/dev/null; then
   echo "skipped: cannot create network namespaces here"
   exit 77
@@ -45,11 +57,13 @@ ip netns exec "$a" "$bin/loadgen" server "$prefix.1:$port2" --seen-id-window 64 
 server2=$!
 sleep 0.3
 status=0
+# Five client runs of at most 120 s each stay well inside the test's TIMEOUT (900 s),
+# which, when reached, kills this script before its cleanup can run.
 run() {
-  timeout 300 ip netns exec "$b" "$bin/loadgen" client "$prefix.1:$port" "$@" || status=1
+  timeout 120 ip netns exec "$b" "$bin/loadgen" client "$prefix.1:$port" "$@" || status=1
 }
 run2() {
-  timeout 300 ip netns exec "$b" "$bin/loadgen" client "$prefix.1:$port2" "$@" || status=1
+  timeout 120 ip netns exec "$b" "$bin/loadgen" client "$prefix.1:$port2" "$@" || status=1
 }
 echo "== across namespaces"
 run --workload w3 --count 2000 --concurrency 32 --seed 1

@@ -7,9 +7,15 @@ bin=$1
 port=$((20000 + RANDOM % 20000))
 "$bin/loadgen" server 127.0.0.1:$port --threads 1 --service-us 200 --max-pending 16 > server.out &
 server=$!
-trap 'kill -9 $server 2>/dev/null || true' EXIT
-sleep 0.3
 pids=()
+# The clients run under timeout(1), which passes SIGTERM on to its child (it cannot pass
+# SIGKILL on).
+cleanup() {
+  kill -9 "$server" 2>/dev/null || true
+  for p in "${pids[@]:-}"; do kill -TERM "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+sleep 0.3
 for i in 1 2 3; do
   timeout 120 "$bin/loadgen" client 127.0.0.1:$port --workload 200 --count 3000 --concurrency 200 \
     --timeout-ms 300 --seed $((100 + i)) > client$i.out 2>&1 &
@@ -20,10 +26,12 @@ sleep 2
 timeout 60 "$bin/loadgen" client 127.0.0.1:$port --workload 100 --count 20 --concurrency 1 --seed 200 \
   > probe.out 2>&1 || true
 for p in "${pids[@]}"; do wait "$p" || true; done
+pids=()  # (reaped: their ids may be reused)
 cat client*.out probe.out
 start=$(date +%s%N)
 kill -TERM $server
 wait $server
+server=
 stopped_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 cat server.out
 echo "server stopped in ${stopped_ms} ms"
