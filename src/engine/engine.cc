@@ -71,9 +71,12 @@ std::string Config::validate() const {
     if (maxIncoming < maxPayload) return "maxIncoming must be at least one packet";
     if (linkMbps == 0) return "linkMbps must be positive";
     if (maxNicQueueNs < 0 || maxNicQueueNs > 1'000'000'000) return "maxNicQueueNs must be in [0, 1 s]";
-    if (tickNs <= 0) return "tickNs must be positive";
+    if (tickNs <= 0 || tickNs > 60'000'000'000) return "tickNs must be in (0, 60 s]";
+    if (unschedBytes == 0) return "unschedBytes must be at least 1 (rounded up to a packet)";
     if (resendTicks < 1 || resendInterval < 1 || timeoutTicks <= resendTicks)
         return "need 1 <= resendTicks < timeoutTicks and resendInterval >= 1";
+    if (static_cast<double>(timeoutTicks) * static_cast<double>(tickNs) > 1e18)
+        return "the timeout (timeoutTicks x tickNs) must be at most 1e18 ns";
     if (requestAckTicks < 1 || needAckLimit < 1) return "requestAckTicks and needAckLimit must be >= 1";
     if (timerPacketsPerPeer < 1) return "timerPacketsPerPeer must be at least 1";
     if (grantFifoFraction < 0 || grantFifoFraction >= 1 || pacerFifoFraction < 0 ||
@@ -668,9 +671,11 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
 }
 
 void Engine::handleGrant(Rpc* rpc, const wire::Packet& p) {
-    rpc->silentTicks = 0;
     OutMessage& o = rpc->out;
-    if (!o.buffer) return;  // a server that has not started its response
+    // A server that has not started its response has nothing to grant: such a GRANT is
+    // no sign that the client is working on this RPC either.
+    if (!o.buffer) return;
+    rpc->silentTicks = 0;
     uint32_t offset = std::min(p.grant.offset, o.length);
     if (offset > o.granted) o.granted = offset;
     o.schedPriority = p.grant.priority;

@@ -105,6 +105,7 @@ void Engine::decideGrants(Time now) {
     if (n == 0) return;
 
     const uint32_t window = cfg_.window ? cfg_.window : cfg_.maxIncoming / static_cast<uint32_t>(n + 1);
+    const uint64_t minGrant = std::min(cfg_.maxPayload, window);
     const int levels = maxSchedPriority_ + 1;
     uint64_t grantedNow = 0;
     for (int k = 0; k < n; ++k) {
@@ -118,8 +119,10 @@ void Engine::decideGrants(Time now) {
         if (target <= in.granted) continue;
         uint64_t room = cfg_.maxIncoming > incomingOutstanding_ ? cfg_.maxIncoming - incomingOutstanding_ : 0;
         uint64_t increment = std::min<uint64_t>(target - in.granted, room);
-        // Avoid dribbles of sub-packet grants unless they finish the message.
-        if (increment == 0 || (increment < cfg_.maxPayload && in.granted + increment < in.length)) continue;
+        // Avoid dribbles of sub-packet grants unless they finish the message, or the
+        // window itself is less than a packet (then a grant of the whole window, which
+        // the sender rounds up to a packet, is the most there will ever be room for).
+        if (increment == 0 || (increment < minGrant && in.granted + increment < in.length)) continue;
         grantedNow += increment;
         sendGrant(rpc, static_cast<uint32_t>(in.granted + increment), static_cast<uint8_t>(priority));
     }

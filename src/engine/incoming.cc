@@ -67,10 +67,11 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
                    static_cast<unsigned>(DropReason::Inconsistent));
         return;
     }
-    rpc->silentTicks = 0;
-    rpc->busyReplies = 0;
-    // The sender promises to send this much without further grants.
-    uint32_t promised = std::min(d.incoming, in.length);
+    // The sender promises to send this much without further grants: what we granted,
+    // or its unscheduled bytes. More than ours is believed only as it arrives (a promise
+    // of the whole message would take the room of every other message's grants).
+    const uint32_t promised = static_cast<uint32_t>(
+        std::min<uint64_t>({d.incoming, in.length, std::max<uint64_t>(in.granted, unschedPackets_)}));
     if (promised > in.granted) {
         in.granted = promised;
         updateGrantable(rpc);
@@ -94,6 +95,10 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
                    static_cast<unsigned>(DropReason::Duplicate));
         return;
     }
+    // Only new bytes show progress: a packet repeated over and over (a retransmission
+    // we had already, or a peer's keep-alive) does not keep the RPC from timing out.
+    rpc->silentTicks = 0;
+    rpc->busyReplies = 0;
     in.received += added;
     if (in.received > in.granted) {
         // The sender rounds a grant up to a whole packet. The SRPT key (length - granted)
@@ -137,7 +142,8 @@ void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time n
     InMessage& in = rpc->in;
     in.started = true;
     in.length = length;
-    in.granted = std::min(incoming, length);
+    // (The sender's promise of unscheduled bytes, believed up to ours: see handleData.)
+    in.granted = static_cast<uint32_t>(std::min<uint64_t>({incoming, length, unschedPackets_}));
     in.birth = now;
     in.priority = static_cast<uint8_t>(maxSchedPriority_);
     // A large message does not pass older large ones waiting for space, even where it

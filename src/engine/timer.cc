@@ -242,8 +242,10 @@ void Engine::checkRpc(Rpc* rpc, Time now) {
     // server is alive (at half the timeout it was asked once, and one loss timed it out).
     const int backoff = std::min(rpc->busyReplies, kMaxBusyBackoff);
     const int cap = std::max(cfg_.resendTicks, cfg_.timeoutTicks / 8);
-    const int first = std::min(cfg_.resendTicks << backoff, cap);
-    const int every = std::min(cfg_.resendInterval << backoff, std::max(cfg_.resendInterval, cap));
+    // (Shifted in 64 bits: an interval near an int's range must not wrap to 0 or below.)
+    const int first = static_cast<int>(std::min<int64_t>(int64_t{cfg_.resendTicks} << backoff, cap));
+    const int every = static_cast<int>(
+        std::min<int64_t>(int64_t{cfg_.resendInterval} << backoff, std::max(cfg_.resendInterval, cap)));
     if (rpc->silentTicks >= first && (rpc->silentTicks - first) % every == 0) timerPacketDue(rpc);
 }
 

@@ -298,6 +298,33 @@ TEST(Engine, GrantsReleaseScheduledBytesAtTheGrantedPriority) {
     EXPECT_GE(p.sinkA.out[0].packet().data.offset, 41'000u);
 }
 
+// A grant window smaller than one packet (a small maxIncoming shared by the messages, or
+// a small fixed window) still grants: a packet at a time, not never. (Grants of less than
+// a packet were held back as dribbles, so the message stopped after its unscheduled
+// bytes for good, each side's probes keeping the other from timing out.)
+TEST(Engine, AGrantWindowSmallerThanAPacketStillGrants) {
+    for (int fixed = 0; fixed < 2; ++fixed) {
+        Config cb = baseConfig();
+        if (fixed) {
+            cb.window = 500;
+        } else {
+            cb.maxIncoming = 2'000;  // one active message: a window of 1,000 bytes
+        }
+        ASSERT_EQ(cb.validate(), "");
+        Pair p(baseConfig(), cb);
+        p.call(100'000);
+        bool delivered = false;
+        const int ticks = p.tickUntil(p.cfgA.timeoutTicks, [&] {
+            auto d = p.deliveries(p.b);
+            for (auto& x : d) p.b.releaseMessage(x.message, p.now);
+            return delivered = !d.empty();
+        });
+        EXPECT_TRUE(delivered) << "fixed window " << fixed << ", after " << ticks << " ticks";
+        EXPECT_GT(p.b.metrics().grantsSent, 0u) << fixed;
+        EXPECT_LE(p.b.incomingOutstanding(), std::max(cb.maxIncoming, p.cfgB.maxPayload)) << fixed;
+    }
+}
+
 TEST(Engine, WholeExchangeCompletesAndFreesBothSides) {
     Pair p;
     p.call(250'000, 77);
@@ -1116,7 +1143,42 @@ TEST(Engine, ConfigErrorsAreReported) {
         c.maxNicQueueNs = bad;  // (twice it bounds the pacer's allowance: it must not overflow)
         EXPECT_NE(c.validate().find("maxNicQueueNs"), std::string::npos) << bad;
     }
+    c = baseConfig();
+    c.unschedBytes = 0;  // (nothing would ever be sent: the receiver learns of no message)
+    EXPECT_NE(c.validate().find("unschedBytes"), std::string::npos);
+    for (int64_t bad : {int64_t{-1}, int64_t{0}, int64_t{60'000'000'001}}) {
+        c = baseConfig();
+        c.tickNs = bad;
+        EXPECT_NE(c.validate().find("tickNs"), std::string::npos) << bad;
+    }
+    c = baseConfig();
+    c.tickNs = 60'000'000'000;
+    c.timeoutTicks = 1 << 30;  // the timeout's length overflows
+    EXPECT_NE(c.validate().find("timeout"), std::string::npos);
     EXPECT_EQ(baseConfig().validate(), "");
+}
+
+// Resend intervals and ticks that shifted by the BUSY backoff pass an int's range do not
+// wrap (to 0: a division by zero; or negative). A long interval is a way to ask for few
+// RESENDs.
+TEST(Engine, LongResendIntervalsSurviveTheBusyBackoff) {
+    Config ca = baseConfig();
+    ca.resendInterval = 1 << 30;
+    ca.resendTicks = 1 << 29;
+    ca.timeoutTicks = (1 << 30) + 1;
+    ASSERT_EQ(ca.validate(), "");
+    ca.resendTicks = 2;  // (the first RESEND soon; the next ones a long way apart)
+    ca.timeoutTicks = 40;
+    ASSERT_EQ(ca.validate(), "");
+    Pair p(ca, baseConfig());
+    uint64_t id = p.call(100);
+    p.sinkA.take();  // the request is lost
+    for (int i = 0; i < 8; ++i) p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Busy), p.now);
+    for (int i = 0; i < 30; ++i) {
+        p.tick();
+        p.sinkA.take();
+    }
+    EXPECT_EQ(p.a.rpcCount(), 1u);
 }
 
 // ---------------------------------------------------------------- cutoffs
@@ -2287,17 +2349,46 @@ TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
 
 // ---------------------------------------------------------------- liveness (found by engine_fuzz)
 
-std::vector<uint8_t> forgedData(uint64_t senderId, uint32_t messageLength, uint32_t offset, uint32_t bytes) {
+std::vector<uint8_t> forgedData(uint64_t senderId, uint32_t messageLength, uint32_t offset, uint32_t bytes,
+                                uint32_t incoming = 40'000) {
     wire::CommonHeader c = from(senderId);
     wire::DataHeader d;
     d.messageLength = messageLength;
-    d.incoming = std::min<uint32_t>(messageLength, 40'000);
+    d.incoming = std::min<uint32_t>(messageLength, incoming);
     d.offset = offset;
     d.cutoffVersion = 1;
     std::vector<uint8_t> pkt(wire::kDataHeaderSize);
     wire::encodeData(pkt, c, d);
     pkt.insert(pkt.end(), bytes, 0x77);
     return pkt;
+}
+
+// A first DATA packet that promises far more unscheduled bytes than the receiver allows
+// ("incoming" = the whole megabyte), repeated as a keep-alive and followed by GRANTs to
+// the server RPC it started, neither takes the receiver's room for grants nor keeps the
+// bogus RPC alive: other clients' messages are granted, and the bogus RPC times out.
+TEST(Engine, AnInflatedPromiseRepeatedAsAKeepAliveBlocksNoGrants) {
+    Pair p;
+    const Address h = Address::ipv4(0x0b000001, kPort);
+    const std::vector<uint8_t> bogus = forgedData(2, 1'000'000, 0, 1'000, 1'000'000);
+    p.b.receive(h, bogus, p.now);
+    p.b.finishBatch(p.now);
+    EXPECT_LE(p.b.incomingOutstanding(), p.cfgB.maxIncoming) << "the promise is capped";
+    p.sinkB.take();
+    p.call(200'000);
+    bool delivered = false;
+    p.tickUntil(p.cfgB.timeoutTicks + 10, [&] {
+        p.b.receive(h, bogus, p.now);  // the same packet again: a duplicate
+        p.b.receive(h, encode(from(2), wire::PacketType::Grant, 100'000), p.now);
+        for (auto& d : p.deliveries(p.b)) {
+            p.b.releaseMessage(d.message, p.now);
+            delivered = true;
+        }
+        return false;  // (to the end: the bogus RPC must have timed out by then, once)
+    });
+    EXPECT_TRUE(delivered);
+    // (Its next copy starts the same request afresh: it was never run.)
+    EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 1u) << "the bogus RPC timed out";
 }
 
 // DATA that contradicts the known message length is no sign of life: the RPC still
@@ -2404,16 +2495,22 @@ TEST(Engine, ResendForBytesStillQueuedAtTheSenderGetsBusy) {
     EXPECT_EQ(p.sinkA.out[0].type(), wire::PacketType::Busy);
 }
 
-// A duplicate DATA packet announcing more `incoming` raises what we count as granted:
-// the incoming budget must count it too, or grants could exceed maxIncoming.
+// A duplicate DATA packet announcing more `incoming` raises what we count as granted,
+// up to our own unscheduled bytes (whole packets): the incoming budget must count the
+// raise too, or grants could exceed maxIncoming.
 TEST(Engine, DuplicateDataWithLargerIncomingIsCountedInTheBudget) {
-    Pair p;
+    Config cb = baseConfig();
+    cb.unschedBytes = 60'000;  // 43 packets: 60,888 bytes
+    Pair p(baseConfig(), cb);
     p.b.handlePacket(kA, forgedData(2, 100'000, 0, 1416), p.now);  // incoming 40,000
     EXPECT_EQ(p.b.incomingOutstanding(), 40'000u - 1416);
     auto again = forgedData(2, 100'000, 0, 1416);
+    again[32] = 0x00; again[33] = 0x00; again[34] = 0xc3; again[35] = 0x50;  // incoming 50,000
+    p.b.handlePacket(kA, again, p.now);
+    EXPECT_EQ(p.b.incomingOutstanding(), 50'000u - 1416);
     again[32] = 0x00; again[33] = 0x01; again[34] = 0x80; again[35] = 0x00;  // incoming 98,304
     p.b.handlePacket(kA, again, p.now);
-    EXPECT_EQ(p.b.incomingOutstanding(), 98'304u - 1416);
+    EXPECT_EQ(p.b.incomingOutstanding(), 60'888u - 1416) << "believed up to our unscheduled bytes";
 }
 
 
