@@ -211,6 +211,7 @@ Status Core::startPublisher() {
         publisher_ = Publisher::start("", true, options_.prometheusPort, sources, &error);
     }
     if (!publisher_) return error;
+    threadsStarted_ = true;  // (its thread, stopped by shutdown() as the others are)
     publishedPath_ = publisher_->socketPath();
     publishedPort_ = publisher_->httpPort();
     return {};
@@ -1537,7 +1538,7 @@ void Core::shutdown() {
         pollThread = std::move(pollThread_);
         workers.swap(workers_);
     }
-    const bool joins = pollThread.joinable() || !workers.empty();
+    const bool joins = pollThread.joinable() || !workers.empty() || publisher != nullptr;
     publisher.reset();  // joins its thread, which may be waiting for mu_
     runCallbacks(ready);
     orphans.clear();

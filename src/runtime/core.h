@@ -315,7 +315,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::thread pollThread_;
     std::vector<std::thread> workers_;
     bool serving_ = false;
-    bool threadsStarted_ = false;  // a poll thread or workers were started (mu_)
+    bool threadsStarted_ = false;  // a poll thread, workers or the publisher were started (mu_)
     bool threadsJoined_ = false;   // the first shutdown() has joined them (mu_)
     std::condition_variable threadsJoinedCv_;
     size_t busyWorkers_ = 0;     // workers running a handler (see pollThreadMain)

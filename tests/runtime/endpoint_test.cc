@@ -6,11 +6,14 @@
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <deque>
 #include <filesystem>
@@ -1617,6 +1620,56 @@ TEST(Endpoint, ShutdownFromTwoThreadsAtOnce) {
         a.join();
         b.join();
     }
+}
+
+// shutdown() from two threads of an endpoint without a poll thread or workers, whose
+// metrics publisher is busy (here writing a trace to a FIFO nobody reads yet): the second
+// caller returns once the publisher's thread has stopped too, not at once. (It returned
+// while the first caller still waited for that thread, which reads the core: destroying
+// the endpoint then freed the core under it.)
+TEST(Endpoint, AConcurrentShutdownWaitsForThePublisher) {
+    const std::string base = "/tmp/homa-shutdown-" + std::to_string(::getpid());
+    // (A dump is written under PATH.partial, then renamed.)
+    const std::string dumpPath = base + ".tt", fifo = dumpPath + ".partial", sock = base + ".sock";
+    ::unlink(fifo.c_str());
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    EndpointOptions o = loopback();
+    o.pollThread = false;
+    o.metricsSocket = sock;
+    Status err;
+    auto ep = Endpoint::open(o, &err);
+    ASSERT_TRUE(ep) << err.toString();
+    int q = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strcpy(a.sun_path, sock.c_str());
+    ASSERT_EQ(::connect(q, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    const std::string cmd = "trace dump " + dumpPath + "\n";
+    ASSERT_EQ(::send(q, cmd.data(), cmd.size(), MSG_NOSIGNAL), static_cast<ssize_t>(cmd.size()));
+    std::this_thread::sleep_for(100ms);  // (the publisher blocks opening the FIFO)
+    std::atomic<bool> released{false}, secondReturned{false}, releasedBeforeSecond{false};
+    std::thread first([&] { ep->shutdown(); });
+    std::this_thread::sleep_for(50ms);
+    std::thread second([&] {
+        ep->shutdown();
+        releasedBeforeSecond = released.load();
+        secondReturned = true;
+    });
+    std::this_thread::sleep_for(200ms);
+    released = true;
+    int r = ::open(fifo.c_str(), O_RDONLY);  // lets the publisher write, and end
+    ASSERT_GE(r, 0);
+    char buf[65536];
+    while (::read(r, buf, sizeof(buf)) > 0) {
+    }
+    ::close(r);
+    first.join();
+    second.join();
+    ::close(q);
+    ::unlink(fifo.c_str());
+    ::unlink(dumpPath.c_str());
+    EXPECT_TRUE(secondReturned);
+    EXPECT_TRUE(releasedBeforeSecond) << "the second shutdown() returned while the publisher still ran";
 }
 
 // A callback that shuts its endpoint down, after which the application destroys the
