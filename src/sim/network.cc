@@ -84,7 +84,7 @@ Network::Network(uint64_t seed, Topology topology)
         ps.to = spec.to;
         const NodeSpec& next = topo_.node(spec.to);
         ps.hopDelay = spec.latency + (next.kind == NodeKind::Host ? 0 : next.switchDelay);
-        ps.mbps = static_cast<uint64_t>(std::llround(spec.gbps * 1000.0));
+        ps.mbps = linkMbps(spec.gbps);
         ps.limit = spec.queueLimitBytes;
         ps.fifo = topo_.config().fifoNics && topo_.node(spec.from).kind == NodeKind::Host;
     }
@@ -289,7 +289,7 @@ void Network::restart(HostId h, Host* newHost) {
 PortStats Network::portStats(PortId p) const {
     const PortState& ps = ports_.at(p);
     return PortStats{ps.txPackets, ps.txBytes, ps.queuedBytes, ps.maxQueueBytes, ps.dropped,
-                     now_ < ps.busyUntil};
+                     now_ < ps.clock.until};
 }
 
 double Network::uniform01() {
@@ -340,8 +340,8 @@ bool Network::dispatch(const Event& e) {
 
 void Network::enqueue(PortId p, uint32_t pkt) {
     PortState& ps = ports_[p];
-    if (ps.nonEmpty == 0 && now_ >= ps.busyUntil) {
-        startTx(ps, pkt);
+    if (ps.nonEmpty == 0 && now_ >= ps.clock.until) {
+        startTx(ps, pkt, false);
         return;
     }
     Slot& s = slot(pkt);
@@ -365,24 +365,26 @@ void Network::enqueue(PortId p, uint32_t pkt) {
     if (ps.queuedBytes > ps.maxQueueBytes) ps.maxQueueBytes = ps.queuedBytes;
     if (!ps.txEventPending) {
         ps.txEventPending = true;
-        events_.push(ps.busyUntil, kTxDone, p, 0);
+        events_.push(ps.clock.until, kTxDone, p, 0);
     }
 }
 
-void Network::startTx(PortState& ps, uint32_t pkt) {
+void Network::startTx(PortState& ps, uint32_t pkt, bool queued) {
     const uint64_t wire = wireBytes(slot(pkt).pkt);
-    const Time tx = static_cast<Time>((wire * 8000 + ps.mbps - 1) / ps.mbps);
-    ps.busyUntil = now_ + tx;
+    // Serialisation ends on a fraction of a ns; the next hop sees the packet on the ns
+    // after, and a packet waiting behind this one starts at the exact end.
+    const Time done = queued && now_ == ps.clock.until ? ps.clock.sendNext(wire, ps.mbps)
+                                                       : ps.clock.send(now_, wire, ps.mbps);
     ++ps.txPackets;
     ps.txBytes += wire;
-    events_.push(ps.busyUntil + ps.hopDelay, kArrive, ps.to, pkt);
+    events_.push(done + ps.hopDelay, kArrive, ps.to, pkt);
 }
 
 void Network::onTxDone(PortId p) {
     PortState& ps = ports_[p];
     ps.txEventPending = false;
     if (ps.nonEmpty == 0) return;  // flushed by a crash
-    if (now_ >= ps.busyUntil) {
+    if (now_ >= ps.clock.until) {
         const int prio = std::bit_width(static_cast<unsigned>(ps.nonEmpty)) - 1;
         const uint32_t pkt = ps.head[prio];
         Slot& s = slot(pkt);
@@ -393,12 +395,12 @@ void Network::onTxDone(PortId p) {
         }
         s.next = kNone;
         ps.queuedBytes -= wireBytes(s.pkt);
-        startTx(ps, pkt);
+        startTx(ps, pkt, true);
     }
     // Still busy (a crash flush let a new packet start early) or more waiting.
     if (ps.nonEmpty != 0) {
         ps.txEventPending = true;
-        events_.push(ps.busyUntil, kTxDone, p, 0);
+        events_.push(ps.clock.until, kTxDone, p, 0);
     }
 }
 

@@ -137,7 +137,7 @@ private:
         // the far end is scheduled when transmission starts. kTxDone is only
         // scheduled while packets wait, which roughly halves events per hop.
         bool txEventPending = false;
-        Time busyUntil = 0;
+        LinkClock clock;  // seen busy until clock.until
         NodeId to = 0;
         Time hopDelay = 0;  // propagation + switch delay at `to`
         uint64_t mbps = 0;
@@ -171,7 +171,8 @@ private:
 
     bool dispatch(const Event& e);
     void enqueue(PortId p, uint32_t pkt);
-    void startTx(PortState& ps, uint32_t pkt);
+    // `queued`: the packet waited for the one before it and starts exactly at its end.
+    void startTx(PortState& ps, uint32_t pkt, bool queued);
     void onTxDone(PortId p);
     void flushQueues(PortState& ps);
     void onArrive(NodeId n, uint32_t pkt);

@@ -20,6 +20,8 @@ uint64_t toMbps(double gbps) {
 
 }  // namespace
 
+uint64_t linkMbps(double gbps) { return toMbps(gbps); }
+
 Time serializationTime(uint64_t wireBytes, double gbps) {
     const uint64_t mbps = toMbps(gbps);
     // ns = bits / (Gbit/s) = bits * 1000 / (Mbit/s)

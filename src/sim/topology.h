@@ -67,9 +67,47 @@ struct NodeSpec {
     std::vector<PortId> ports;   // egress ports owned by this node
 };
 
-// Serialisation time of `wireBytes` at `gbps`, rounded up to a whole ns.
+// Serialisation time of `wireBytes` at `gbps`, rounded up to a whole ns: the time one
+// packet alone holds a link (see LinkClock for trains of packets).
 // Integer arithmetic on Mbit/s so results are exact and platform independent.
 Time serializationTime(uint64_t wireBytes, double gbps);
+
+// A link's transmitter, exact to fractions of a nanosecond. Events happen on whole ns,
+// so the link is seen free at `until`; it really ends its last packet `early` / mbps ns
+// before that (0 <= early < mbps). A packet that waited for the one before it starts
+// exactly when that one ends, so a train of packets keeps the nominal rate however its
+// serialisation times round. Integer arithmetic: the same everywhere.
+struct LinkClock {
+    Time until = 0;
+    uint64_t early = 0;
+
+    // Sends a packet that is ready at `ready` (a whole ns): it starts then, or when the
+    // packet before it ends if that is later. Returns the whole ns it is done by.
+    Time send(Time ready, uint64_t wireBytes, uint64_t mbps) {
+        if (ready >= until) {
+            until = ready;
+            early = 0;
+        }
+        return sendNext(wireBytes, mbps);
+    }
+    // Sends a packet straight after the one before it (it was waiting).
+    Time sendNext(uint64_t wireBytes, uint64_t mbps) {
+        // Units of 1/mbps ns: bits * 1000 / (Mbit/s) is ns.
+        const uint64_t units = wireBytes * 8000;
+        if (units <= early) {
+            early -= units;
+        } else {
+            const uint64_t rest = units - early;
+            const uint64_t ns = (rest + mbps - 1) / mbps;
+            until += static_cast<Time>(ns);
+            early = ns * mbps - rest;
+        }
+        return until;
+    }
+};
+
+// The Mbit/s of a link of `gbps` (what LinkClock counts in); throws below 0.001 Gbps.
+uint64_t linkMbps(double gbps);
 
 // Immutable after build except for the explicit tuning setters, which must be
 // used before handing the topology to a Network.

@@ -4,9 +4,11 @@
 
 #include <array>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <sys/wait.h>
 
+#include "engine/buffer_pool.h"
 #include "sim/topology.h"
 #include "simulator.h"
 #include "wire/wire.h"
@@ -96,6 +98,34 @@ TEST(SimAlone, WorkloadSizesOnOtherNetworks) {
     expectAlone(slow, 40, "w4 small two-tier");
 }
 
+// Aggregation links slower than the host links: alone, a message crossing racks moves
+// at the rate of its slowest link, and that is its ideal (the ideal once let every
+// packet cross the fabric without waiting: a 1 MB message came out 10 times slower than
+// "ideal" with nothing else on the network).
+TEST(SimAlone, SlowAggregationLinksAreTheIdealsBottleneck) {
+    SimOptions o;
+    o.racks = 2;
+    o.hostsPerRack = 2;
+    o.aggSwitches = 1;
+    o.aggGbps = 1;
+    o.soloSender = 0;
+    o.messages = 2;
+    for (uint32_t size : {1'000'000u, 30'000u, 1'000u}) {
+        for (int receiver : {2, 1}) {  // another rack, the same rack
+            o.fixedSize = size;
+            o.soloReceiver = receiver;
+            expectAlone(o, 2, "1 Gbps fabric, size " + std::to_string(size) + " to host " + std::to_string(receiver));
+        }
+    }
+    // The ideal of a long message is at least its packets one after another on the slow link.
+    const Derived d = mustDerive(o);
+    const sim::Topology t = sim::Topology::build(d.topo);
+    const uint32_t p = d.engine.maxPayload, n = 1'000'000 / p;
+    const double slowest = double(n) * double(wire::kDataHeaderSize + p + o.wireOverheadBytes) * 8 / o.aggGbps;
+    EXPECT_GE(double(idealOneWay(t, d.engine, 0, 2, n * p)), slowest);
+    EXPECT_LE(double(idealOneWay(t, d.engine, 0, 2, n * p)), slowest * 1.01);
+}
+
 TEST(SimIdeal, OnePacketMatchesTopologyMinimum) {
     const Derived d = mustDerive(SimOptions{});
     const sim::Topology t = sim::Topology::build(d.topo);
@@ -106,10 +136,10 @@ TEST(SimIdeal, OnePacketMatchesTopologyMinimum) {
         }
     }
     // Two full packets across racks: the second follows the first by one host-link
-    // serialisation time.
+    // serialisation time (to the ns it is rounded up to).
     const uint32_t p = d.engine.maxPayload;
-    EXPECT_EQ(idealOneWay(t, d.engine, 0, 143, 2 * p) - idealOneWay(t, d.engine, 0, 143, p),
-              t.serializationTime(t.nicPort(0), wire::kDataHeaderSize + p));
+    EXPECT_NEAR(double(idealOneWay(t, d.engine, 0, 143, 2 * p) - idealOneWay(t, d.engine, 0, 143, p)),
+                double(t.serializationTime(t.nicPort(0), wire::kDataHeaderSize + p)), 1.0);
 }
 
 TEST(SimRun, SameSeedSameOutputDifferentSeedDifferent) {
@@ -191,6 +221,29 @@ TEST(SimRun, DropsAtFullSwitchQueuesAreCountedAndRecovered) {
     EXPECT_GT(r.completed, 0u);
 }
 
+// A message the sender's engine refuses (here: outgoing memory for one request per host)
+// is measured and failed: measured = completed + failed + incomplete still holds (it
+// was counted as failed only).
+TEST(SimRun, RefusedMessagesAreMeasuredAndFailed) {
+    SimOptions o;
+    o.topology = "star";
+    o.hosts = 4;
+    o.fixedSize = 100'000;
+    o.load = 0.9;
+    o.durationMs = 2;
+    o.seed = 4;
+    std::printf("seed %lu\n", static_cast<unsigned long>(o.seed));
+    Derived d = mustDerive(o);
+    // One request at a time, and room for the 1-byte responses.
+    d.engine.maxOutgoingBytes = engine::BufferPool::classSize(o.fixedSize) + 64 * engine::BufferPool::classSize(1);
+    Simulation s(o, d);
+    Results r = s.run();
+    EXPECT_GT(r.refused, 0u);
+    EXPECT_GT(r.failed, 0u);
+    EXPECT_GT(r.completed, 0u);
+    expectAccounted(r, "one outgoing message per host");
+}
+
 TEST(SimDerive, PaperLikeDefaults) {
     const Derived d = mustDerive(SimOptions{});
     EXPECT_EQ(d.topo.racks * d.topo.hostsPerRack, 144u);
@@ -264,6 +317,39 @@ TEST(SimDerive, BadOptionsAreRefused) {
     o = SimOptions{};
     o.timerPacketsPerPeer = 0;
     refused(o, "timerPacketsPerPeer");
+    // Loads so small that no message would arrive in the run (the mean gap between
+    // arrivals overflowed to 1 ns: a flood).
+    for (double load : {1e-15, 4.9e-324, 1e-9}) {
+        o = SimOptions{};
+        o.load = load;
+        refused(o, "--load");
+    }
+    // Delays that would overflow the clock.
+    o = SimOptions{};
+    o.linkLatencyNs = 2'000'000'000;
+    refused(o, "--link-latency-ns");
+    o = SimOptions{};
+    o.switchDelayNs = int64_t{1} << 62;
+    refused(o, "--switch-delay-ns");
+    o = SimOptions{};
+    o.hostDelayNs = std::numeric_limits<int64_t>::max();
+    refused(o, "--host-delay-ns");
+    o = SimOptions{};
+    o.tickUs = 2'000'000;
+    refused(o, "--tick-us");
+    o = SimOptions{};
+    o.tickUs = std::numeric_limits<int64_t>::min();
+    refused(o, "--tick-us");
+}
+
+TEST(SimDerive, SmallLoadsAndLongestDelaysAreAccepted) {
+    SimOptions o;
+    o.load = 0.001;
+    mustDerive(o);
+    o = SimOptions{};
+    o.linkLatencyNs = o.switchDelayNs = o.hostDelayNs = 1'000'000'000;
+    o.tickUs = 1'000'000;
+    mustDerive(o);
 }
 
 #ifdef HOMA_SIM_BIN
@@ -288,7 +374,13 @@ TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
                              // route tables of tens of GB (an uncaught bad_alloc)
                              "--racks 100000 --hosts-per-rack 1", "--agg-switches 1000000000",
                              // times past int64_t nanoseconds, or NaN, which passes every check
-                             "--drain-ms 1e300", "--warmup-ms nan", "-d 1e13", "--drain-ms nan"}) {
+                             "--drain-ms 1e300", "--warmup-ms nan", "-d 1e13", "--drain-ms nan",
+                             // loads whose mean gap between arrivals overflowed (a flood)
+                             "--load 1e-15", "--load 4.9e-324",
+                             // delays past a second (later, times past int64_t nanoseconds)
+                             "--link-latency-ns 2000000000", "--switch-delay-ns 4611686018427387904",
+                             "--host-delay-ns 9223372036854775807", "--tick-us 2000000",
+                             "--tick-us -9223372036854775807"}) {
         std::string out;
         int rc = runTool(args, &out);
         EXPECT_NE(rc, 0) << args;

@@ -98,46 +98,66 @@ std::array<uint32_t, 8> deriveCutoffs(const workload::Distribution& d, uint32_t 
 }
 
 int64_t idealOneWay(const sim::Topology& t, const engine::Config& c, uint32_t src, uint32_t dst, uint32_t bytes) {
-    // The path: the first route at each switch (every sprayed path has the same rates).
-    std::vector<sim::PortId> path{t.nicPort(src)};
-    sim::NodeId n = t.port(path.back()).to;
-    while (n >= t.numHosts()) {
-        path.push_back(t.routes(n, dst)[0]);
-        n = t.port(path.back()).to;
-    }
-    auto hopAfter = [&](size_t j) {
-        const sim::PortSpec& ps = t.port(path[j]);
+    const sim::PortId nic = t.nicPort(src), down = t.downlinkPort(dst);
+    auto hopAfter = [&](sim::PortId p) {
+        const sim::PortSpec& ps = t.port(p);
         const sim::NodeSpec& next = t.node(ps.to);
         return ps.latency + (next.kind == sim::NodeKind::Host ? 0 : next.switchDelay);
     };
+    auto mbps = [&](sim::PortId p) { return sim::linkMbps(t.port(p).gbps); };
+    const uint64_t overhead = t.wireOverheadBytes();
     // The sender's NIC sends the packets back to back. Between the first switch and the
-    // last one, packets are sprayed over parallel paths: at best no packet waits there
-    // (a short last packet may overtake a full one). The last link serves packets in
-    // the order they reach it.
+    // last one (the one feeding dst) there are several ways across racks, one per
+    // aggregation switch, and none on a star or within a rack. Packets take the ways in
+    // turn: the switches spray them, and as the ways are alike, taking them in turn is the
+    // best spraying can do. A packet waits there only when every way is busy, so the
+    // message moves at the rate of the slowest link on its path (or of all the ways
+    // together). More ways than are ever busy at once change nothing: only that many
+    // (enough for a full packet to clear the slowest link of a way before its turn comes
+    // again) are used, which also bounds the work per packet.
+    const uint64_t fullPacket = wire::kDataHeaderSize + c.maxPayload;
+    const Time nicFull = std::max<Time>(1, t.serializationTime(nic, fullPacket));
+    size_t maxWays = std::numeric_limits<size_t>::max();
+    std::vector<std::vector<sim::PortId>> ways;
+    {
+        std::vector<sim::PortId> way;
+        std::function<void(sim::NodeId)> walk = [&](sim::NodeId n) {
+            if (n == t.port(down).from) {
+                ways.push_back(way);
+                Time slowest = 0;
+                for (sim::PortId p : way) slowest = std::max(slowest, t.serializationTime(p, fullPacket));
+                maxWays = std::min(maxWays, static_cast<size_t>(slowest / nicFull + 2));
+                return;
+            }
+            for (sim::PortId p : t.routes(n, dst)) {
+                if (ways.size() >= maxWays) return;
+                if (t.node(t.port(p).to).kind == sim::NodeKind::Host) continue;
+                way.push_back(p);
+                walk(t.port(p).to);
+                way.pop_back();
+            }
+        };
+        walk(t.port(nic).to);
+    }
+    if (ways.empty()) return std::numeric_limits<int64_t>::max();  // unreachable: never with star or twoTier
+    absl::flat_hash_map<sim::PortId, sim::LinkClock> clocks;
+    sim::LinkClock nicClock;
+    // The last link serves packets in the order they reach it.
     const uint32_t npk = packetsOf(bytes, c.maxPayload);
-    std::vector<std::pair<Time, uint64_t>> atLast;  // (time at the last switch, packet bytes)
+    std::vector<std::pair<Time, uint64_t>> atLast;  // (time at the last switch, packet wire bytes)
     atLast.reserve(npk);
-    Time nicFree = 0;
     for (uint32_t k = 0; k < npk; ++k) {
         const uint32_t len = std::min(c.maxPayload, bytes - k * c.maxPayload);
-        const uint64_t pkt = wire::kDataHeaderSize + len;
-        nicFree += t.serializationTime(path[0], pkt);
-        Time ready = nicFree + hopAfter(0);
-        for (size_t j = 1; j + 1 < path.size(); ++j) ready += t.serializationTime(path[j], pkt) + hopAfter(j);
-        atLast.emplace_back(ready, pkt);
+        const uint64_t wireBytes = wire::kDataHeaderSize + len + overhead;
+        Time ready = nicClock.send(0, wireBytes, mbps(nic)) + hopAfter(nic);
+        for (sim::PortId p : ways[k % ways.size()]) ready = clocks[p].send(ready, wireBytes, mbps(p)) + hopAfter(p);
+        atLast.emplace_back(ready, wireBytes);
     }
-    if (path.size() == 1) {  // no switch at all: cannot happen with star or twoTier
-        return atLast.back().first;
-    }
-    std::stable_sort(atLast.begin(), atLast.end(),
-                     [](const auto& a, const auto& b) { return a.first < b.first; });
-    Time free = 0, last = 0;
-    const size_t j = path.size() - 1;
-    for (const auto& [ready, pkt] : atLast) {
-        free = std::max(free, ready) + t.serializationTime(path[j], pkt);
-        last = std::max(last, free + hopAfter(j));
-    }
-    return last;
+    std::stable_sort(atLast.begin(), atLast.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    sim::LinkClock last;
+    Time done = 0;
+    for (const auto& [ready, wireBytes] : atLast) done = std::max(done, last.send(ready, wireBytes, mbps(down)) + hopAfter(down));
+    return done;
 }
 
 double nearestRank(const std::vector<double>& sorted, double p) {
@@ -178,7 +198,13 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     if (o.buckets < 1 || o.buckets > 1000) return fail("--buckets must be in 1..1000");
     if (!(o.hostGbps >= 0.001 && o.hostGbps <= 10000) || !(o.aggGbps >= 0.001 && o.aggGbps <= 10000))
         return fail("link rates must be in [0.001, 10000] Gbps");
-    if (o.linkLatencyNs < 0 || o.switchDelayNs < 0 || o.hostDelayNs < 0) return fail("delays must be >= 0");
+    // Delays of at most a second (larger ones overflowed the clock, int64_t nanoseconds).
+    constexpr int64_t kMaxDelayNs = 1'000'000'000;
+    for (const auto& [value, name] : {std::pair{o.linkLatencyNs, "--link-latency-ns"},
+                                      std::pair{o.switchDelayNs, "--switch-delay-ns"},
+                                      std::pair{o.hostDelayNs, "--host-delay-ns"}})
+        if (value < 0 || value > kMaxDelayNs) return fail(std::string(name) + " must be in [0, 1000000000]");
+    if (o.tickUs < 1 || o.tickUs > kMaxDelayNs / 1000) return fail("--tick-us must be in [1, 1000000]");
 
     sim::TopologyConfig& t = d.topo;
     if (o.topology == "twotier") {
@@ -258,6 +284,12 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
         // way); with uniform traffic every host link carries both, so the load counts it.
         d.meanWireBytes += 1 + wire::kDataHeaderSize + o.wireOverheadBytes;
         d.arrivalsPerSecPerHost = o.load * o.hostGbps * 1e9 / 8 / d.meanWireBytes;
+        // At least one arrival expected in the whole network during the run: a smaller
+        // load means gaps between arrivals past the end of the run (and past what
+        // int64_t nanoseconds hold: they came out as 1 ns, a flood).
+        if (o.soloSender < 0 && !(d.arrivalsPerSecPerHost * double(numHosts) * o.durationMs / 1e3 >= 1))
+            return fail(fmt::format("--load {:g} is too small: not one message would arrive in {:g} ms", o.load,
+                                    o.durationMs));
         d.unschedLevels = o.unschedPriorities
                               ? o.unschedPriorities
                               : std::clamp(static_cast<int>(std::lround(8.0 * unsched / all)), 1, 7);
@@ -361,17 +393,18 @@ class Runner {
         const Time now = net_.now();
         Status s = hosts_[src]->call(dst, std::span<const uint8_t>(payloadStart_, size), 0, &id);
         ++r_.generated;
+        if (measured) {
+            ++r_.measured;
+            r_.measuredBytes += size;
+        }
         if (!s.isOk()) {
+            // A measured message the sender refuses is measured and failed.
             ++r_.refused;
             if (measured) ++r_.failed;
             return false;
         }
         pending_[key(src, id)] = Pending{now, size, dst, measured};
-        if (measured) {
-            ++r_.measured;
-            ++measuredOutstanding_;
-            r_.measuredBytes += size;
-        }
+        if (measured) ++measuredOutstanding_;
         return true;
     }
 
@@ -433,7 +466,10 @@ class Runner {
 
     Time nextGap(std::mt19937_64& rng) const {
         const double u = uniform01(rng);
-        return std::max<Time>(1, static_cast<Time>(std::llround(-std::log1p(-u) * meanGapNs_)));
+        const double gap = -std::log1p(-u) * meanGapNs_;
+        // Past the end of arrivals: none is scheduled (and no rounding of huge values).
+        if (!(gap < double(drainEnd_))) return drainEnd_ + 1;
+        return std::max<Time>(1, static_cast<Time>(std::llround(gap)));
     }
 
     void arrival(uint32_t h) {
@@ -455,7 +491,7 @@ class Runner {
     void runLoaded() {
         for (uint32_t h = 0; h < net_.numHosts(); ++h) {
             const Time first = nextGap(rngs_[h]);
-            net_.at(first, [this, h] { arrival(h); });
+            if (first < drainEnd_) net_.at(first, [this, h] { arrival(h); });
         }
         // The window ends at the duration or when the quota of measured messages started.
         const Time step = 100'000;

@@ -99,7 +99,9 @@ double nearestRank(const std::vector<double>& sorted, double p);
 std::array<uint32_t, 8> deriveCutoffs(const workload::Distribution& d, uint32_t unschedBytes, int levels);
 
 /// Completion time of a `bytes` message alone on an idle network (src -> dst): every
-/// DATA packet through store-and-forward hops, the sender's NIC never idle.
+/// DATA packet through store-and-forward hops, the sender's NIC never idle, the packets
+/// taking the parallel ways across the fabric in turn; the message moves at the rate of
+/// the slowest link on its path.
 int64_t idealOneWay(const sim::Topology& t, const engine::Config& c, uint32_t src, uint32_t dst,
                     uint32_t bytes);
 
@@ -120,9 +122,9 @@ struct PortClassStats {
 struct Results {
     // message accounting
     uint64_t generated = 0;     ///< messages started (measured or not)
-    uint64_t measured = 0;      ///< started inside the measurement window
+    uint64_t measured = 0;      ///< started inside the measurement window (refused ones too)
     uint64_t completed = 0;     ///< measured and delivered to the receiver
-    uint64_t failed = 0;        ///< measured and failed (engine reported an error)
+    uint64_t failed = 0;        ///< measured and failed (refused, or the engine reported an error)
     uint64_t incomplete = 0;    ///< measured, neither delivered nor failed at the end
     uint64_t refused = 0;       ///< startRequest refused (out of buffers...), all messages
     uint64_t unmeasuredFailed = 0;
