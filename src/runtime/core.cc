@@ -1424,13 +1424,19 @@ MetricsSnapshot Core::metrics() {
     add("tick_postponements", tickPostponements_);
     add("poll_thread_late_takeovers", pollThreadLateTakeovers_);
     add("tick_timer_armed", tickArmed_ ? 1 : 0);
+    // Cycles shown in ns at the counter's rate, measured afresh each time: its jitter
+    // could show a counter a few ns below its last reading (to a Prometheus server, a
+    // reset), so each is shown as at least what it was last.
     const double cyclesPerNs = trace::cyclesPerNs();
-    auto ns = [&](uint64_t cycles) { return static_cast<uint64_t>(static_cast<double>(cycles) / cyclesPerNs); };
-    add("engine_cpu_ns", ns(engineCycles_));
+    auto ns = [&](uint64_t cycles, uint64_t& shown) {
+        shown = std::max(shown, static_cast<uint64_t>(static_cast<double>(cycles) / cyclesPerNs));
+        return shown;
+    };
+    add("engine_cpu_ns", ns(engineCycles_, shownNs_[0]));
     add("handler_calls", threadCounters_.sum(kHandlerCalls));
-    add("handler_ns", ns(threadCounters_.sum(kHandlerCycles)));
+    add("handler_ns", ns(threadCounters_.sum(kHandlerCycles), shownNs_[1]));
     add("callbacks_run", threadCounters_.sum(kCallbacksRun));
-    add("callback_ns", ns(threadCounters_.sum(kCallbackCycles)));
+    add("callback_ns", ns(threadCounters_.sum(kCallbackCycles), shownNs_[2]));
     add("callback_exceptions", callbackExceptions_.load(std::memory_order_relaxed));
     add("handler_exceptions", handlerExceptions_.load(std::memory_order_relaxed));
     add("trace_enabled", trace::enabled() ? 1 : 0);

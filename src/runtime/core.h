@@ -327,6 +327,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
              pollThreadSocketWaits_ = 0, pollThreadStoodAside_ = 0, tickPostponements_ = 0,
              pollThreadLateTakeovers_ = 0;
     uint64_t engineCycles_ = 0;  ///< timestamp-counter cycles inside engine calls
+    uint64_t shownNs_[3] = {};   ///< engine, handler, callback ns last shown by metrics() (mu_)
     std::array<uint64_t, 16> callsFailed_{};  ///< by StatusCode
     // Counters of application code run outside mu_ (per thread).
     enum ThreadCounter : size_t { kHandlerCalls, kHandlerCycles, kCallbacksRun, kCallbackCycles, kThreadCounters };

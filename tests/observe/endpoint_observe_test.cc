@@ -105,6 +105,42 @@ TEST(ObserveEndpoint, HandlersAndCallbacksAreCountedBeforeTheyRun) {
     EXPECT_EQ(c.get(), 1u);
 }
 
+// The CPU-time counters are counters: read again and again on an idle endpoint, they
+// never go down. (They are kept in timestamp-counter cycles and shown in ns at a rate
+// measured afresh at each read, whose jitter made them go down by a few ns now and then,
+// which a Prometheus server takes for a reset of the whole value.)
+TEST(ObserveEndpoint, CpuTimeCountersNeverGoDown) {
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }, 1).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    for (int i = 0; i < 200; ++i) {
+        std::promise<void> done;
+        client->callAsync(server->address(), std::vector<uint8_t>(10, 1), [&](Response) { done.set_value(); });
+        ASSERT_EQ(done.get_future().wait_for(10s), std::future_status::ready);
+    }
+    for (const char* name : {"engine_cpu_ns", "callback_ns"}) {
+        uint64_t last = client->metrics().get(name);
+        EXPECT_GT(last, 0u) << name;
+        int downs = 0;
+        for (int i = 0; i < 20'000; ++i) {
+            const uint64_t now = client->metrics().get(name);
+            downs += now < last;
+            last = now;
+        }
+        EXPECT_EQ(downs, 0) << name;
+    }
+    uint64_t last = server->metrics().get("handler_ns");
+    int downs = 0;
+    for (int i = 0; i < 20'000; ++i) {
+        const uint64_t now = server->metrics().get("handler_ns");
+        downs += now < last;
+        last = now;
+    }
+    EXPECT_EQ(downs, 0) << "handler_ns";
+}
+
 TEST(ObserveEndpoint, BadObservabilityOptionsAreClearErrors) {
     EndpointOptions o = loopback();
     o.metricsSocket = "/nonexistent-dir/homa.sock";
