@@ -41,6 +41,7 @@ const char* toString(DropReason reason) {
         case DropReason::Inconsistent: return "inconsistent";
         case DropReason::Duplicate: return "duplicate";
         case DropReason::Overload: return "overload";
+        case DropReason::Scattered: return "scattered";
         case DropReason::Count_: break;
     }
     return "?";

@@ -85,6 +85,17 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
         return;
     }
     const auto payload = p.payload;
+    // A message's holes are bounded (one per KB, at least 256): a sender of full packets
+    // leaves fewer even when every other packet is lost, and packets of a few bytes at
+    // scattered offsets must not grow the list, and the work per packet, without end.
+    // Such a packet waits to be sent again once holes before it are filled.
+    if (in.gaps.gaps().size() >= std::max<size_t>(256, in.length / 1024) &&
+        in.gaps.wouldAddGap(d.offset, static_cast<uint32_t>(payload.size()))) {
+        ++m_.dropped[static_cast<size_t>(DropReason::Scattered)];
+        HOMA_TRACE("drop DATA id %u offset %u reason %u", p.common.senderId, d.offset,
+                   static_cast<unsigned>(DropReason::Scattered));
+        return;
+    }
     uint32_t added = in.gaps.add(d.offset, static_cast<uint32_t>(payload.size()),
                                  [&](uint32_t s, uint32_t e) {
                                      std::memcpy(in.buffer.data + s, payload.data() + (s - d.offset), e - s);

@@ -19,6 +19,7 @@ enum class DropReason : uint8_t {
     Inconsistent,    ///< contradicts what we already know (e.g. another message length)
     Duplicate,       ///< data we already had
     Overload,        ///< a new request while maxPendingRequests are pending
+    Scattered,       ///< would leave the message in more pieces than allowed (will be resent)
     Count_
 };
 const char* toString(DropReason reason);

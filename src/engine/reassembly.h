@@ -30,9 +30,10 @@ class GapList {
             added += end - from;
             highest_ = end;
         }
-        // The part below the old highest byte can only fill gaps.
+        // The part below the old highest byte can only fill gaps: from the first gap that
+        // ends above `offset` (found by bisection: a message may have many gaps).
         uint32_t lowEnd = std::min(end, highest_);
-        for (size_t i = 0; i < gaps_.size() && offset < lowEnd;) {
+        for (size_t i = firstGapEndingAbove(offset); i < gaps_.size() && offset < lowEnd;) {
             Range& g = gaps_[i];
             if (g.end <= offset) { ++i; continue; }
             if (g.start >= lowEnd) break;
@@ -59,6 +60,14 @@ class GapList {
         return added;
     }
 
+    /// Whether adding [offset, offset + length) would make one more gap: data past a
+    /// hole beyond the highest byte, or strictly inside a gap (splitting it).
+    bool wouldAddGap(uint32_t offset, uint32_t length) const {
+        if (offset > highest_) return true;
+        const size_t i = firstGapEndingAbove(offset);
+        return i < gaps_.size() && gaps_[i].start < offset && offset + length < gaps_[i].end;
+    }
+
     uint32_t highest() const { return highest_; }
     const absl::InlinedVector<Range, 4>& gaps() const { return gaps_; }
     void reset() {
@@ -67,6 +76,12 @@ class GapList {
     }
 
   private:
+    size_t firstGapEndingAbove(uint32_t offset) const {
+        return static_cast<size_t>(
+            std::partition_point(gaps_.begin(), gaps_.end(), [&](const Range& g) { return g.end <= offset; }) -
+            gaps_.begin());
+    }
+
     absl::InlinedVector<Range, 4> gaps_;  // sorted, disjoint, all below highest_
     uint32_t highest_ = 0;
 };

@@ -2391,6 +2391,27 @@ TEST(Engine, AnInflatedPromiseRepeatedAsAKeepAliveBlocksNoGrants) {
     EXPECT_EQ(p.b.metrics().serverRpcsTimedOut, 1u) << "the bogus RPC timed out";
 }
 
+// Packets of one byte at every other offset of a megabyte message would leave it in
+// hundreds of thousands of pieces, each packet costing work in proportion: beyond a
+// bound (one hole per KB), such packets are dropped and counted, and the message still
+// completes from full packets.
+TEST(Engine, ScatteredTinyPacketsCannotShredAMessage) {
+    Pair p;
+    constexpr uint32_t kLength = 1'000'000;
+    for (uint32_t i = 0; i < 5'000; ++i) p.b.receive(kA, forgedData(2, kLength, 2 * i, 1), p.now);
+    const uint64_t scattered = p.b.metrics().dropped[static_cast<size_t>(DropReason::Scattered)];
+    EXPECT_GE(scattered, 5'000u - 1 - kLength / 1024);  // (the first packet leaves no hole)
+    EXPECT_LE(scattered, 5'000u - 256);
+    for (uint32_t off = 0; off < kLength; off += 1'416)
+        p.b.receive(kA, forgedData(2, kLength, off, std::min<uint32_t>(1'416, kLength - off), kLength), p.now);
+    auto d = p.deliveries(p.b);
+    ASSERT_EQ(d.size(), 1u);
+    EXPECT_EQ(d[0].message.length, kLength);
+    EXPECT_EQ(d[0].message.data[0], 0x77);
+    EXPECT_EQ(d[0].message.data[kLength - 1], 0x77);
+    p.b.releaseMessage(d[0].message, p.now);
+}
+
 // DATA that contradicts the known message length is no sign of life: the RPC still
 // times out instead of living forever on rejected packets.
 TEST(Engine, InconsistentDataDoesNotKeepAnRpcAlive) {

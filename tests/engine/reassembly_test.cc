@@ -73,6 +73,41 @@ TEST(GapList, OverlappingPacketCopiesOnlyNewBytes) {
 }
 
 // Random arrival orders with duplicates always reassemble exactly the message.
+// Which packets would make one more gap: past a hole beyond the highest byte, or strictly
+// inside a gap; not those that extend the highest byte, touch a gap's edge, or repeat.
+TEST(GapList, KnowsWhichPacketsWouldAddAGap) {
+    GapList g;
+    Recorder r;
+    EXPECT_FALSE(g.wouldAddGap(0, 100));
+    EXPECT_TRUE(g.wouldAddGap(1, 100));
+    g.add(0, 100, r.fn());
+    g.add(500, 100, r.fn());  // gap [100, 500)
+    g.add(800, 100, r.fn());  // gap [600, 800)
+    EXPECT_FALSE(g.wouldAddGap(900, 10));
+    EXPECT_TRUE(g.wouldAddGap(901, 10));
+    EXPECT_FALSE(g.wouldAddGap(100, 50)) << "at a gap's start";
+    EXPECT_FALSE(g.wouldAddGap(450, 50)) << "at a gap's end";
+    EXPECT_FALSE(g.wouldAddGap(100, 400)) << "the whole gap";
+    EXPECT_TRUE(g.wouldAddGap(200, 50));
+    EXPECT_TRUE(g.wouldAddGap(700, 50));
+    EXPECT_FALSE(g.wouldAddGap(0, 100)) << "a duplicate";
+    EXPECT_FALSE(g.wouldAddGap(550, 300)) << "across a gap's end and beyond";
+    EXPECT_EQ(g.gaps().size(), 2u);
+}
+
+// Many gaps: each packet finds its place by bisection, and the bytes are right.
+TEST(GapList, ManyGapsFillInAnyOrder) {
+    GapList g;
+    Recorder r;
+    constexpr uint32_t kGaps = 20'000;
+    for (uint32_t i = 0; i < kGaps; ++i) g.add(2 * i + 1, 1, r.fn());
+    EXPECT_EQ(g.gaps().size(), static_cast<size_t>(kGaps));
+    uint32_t added = 0;
+    for (uint32_t i = kGaps; i-- > 0;) added += g.add(2 * i, 1, r.fn());
+    EXPECT_EQ(added, kGaps);
+    EXPECT_TRUE(g.gaps().empty());
+}
+
 TEST(GapList, RandomOrderWithDuplicatesReassemblesEverything) {
     const uint64_t seed = 12345;
     std::cout << "seed " << seed << "\n";
