@@ -125,10 +125,14 @@ class ServerRequest {
     bool valid() const { return message_.core_ != nullptr; }
 
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
-    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown.
+    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown, OutOfBuffers (the
+    /// endpoint's send memory, ProtocolOptions::maxOutgoingBytes, is full of messages in
+    /// flight). After an error the request stays unanswered: respond() may be called again
+    /// (say, once OutOfBuffers has passed), and destroying it drops it.
     Status respond(std::span<const uint8_t> response);
     /// The same, sending a message built in place (Endpoint::allocate() of this request's
-    /// endpoint) without copying it. The message is consumed whatever the outcome.
+    /// endpoint) without copying it. The message is consumed whatever the outcome. Never
+    /// OutOfBuffers: the message holds its send memory already.
     Status respond(OutgoingMessage response);
 
   private:
@@ -150,7 +154,10 @@ class Endpoint {
 
     /// Opens an endpoint; nullptr on error, with the reason in *error.
     static std::unique_ptr<Endpoint> open(const EndpointOptions& options, Status* error = nullptr);
-    /// Shuts down (see shutdown()).
+    /// Shuts down (see shutdown()). The UDP socket closes here, unless Messages or
+    /// OutgoingMessages of the endpoint are still held (then when the last is released),
+    /// or this runs inside one of the endpoint's own callbacks or handlers (then when
+    /// that returns).
     ~Endpoint();
 
     Address address() const;
@@ -159,12 +166,16 @@ class Endpoint {
     /// Synchronous call: runs the event loop in this thread until the response arrives.
     /// Fails at once with InvalidArgument for an empty request or a server address this
     /// endpoint cannot send to (see callAsync()), with MessageTooLarge for one over
-    /// ProtocolOptions::maxMessageLength.
+    /// ProtocolOptions::maxMessageLength, and with OutOfBuffers when the endpoint's send
+    /// memory (ProtocolOptions::maxOutgoingBytes) is full of messages in flight or its peer
+    /// table is full (maxPeers peers, none idle long enough to be evicted). A refused call
+    /// is not kept to start later: make it again later (say, once a call in flight ends).
     Response call(const Address& server, std::span<const uint8_t> request, CallOptions options = {});
     /// Asynchronous call: `done` runs exactly once, on the thread that runs the event loop
     /// (on the poll thread if a timer ends the call while an application thread waits in
     /// the socket; on the caller of abort()). Never inside callAsync: a call that cannot
-    /// start (bad arguments, send memory full: StatusCode::OutOfBuffers) gets its callback
+    /// start (bad arguments; StatusCode::OutOfBuffers when the send memory or the peer
+    /// table is full, as for call(); such a call is not kept to start later) gets its callback
     /// from the loop too, soon after, so a callback may start its call again without
     /// recursing (without the poll thread, at the next poll() or wait). Only once the
     /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
@@ -251,7 +262,12 @@ class Endpoint {
     /// Sends a FREEZE packet to `peer` (see EndpointOptions::freezeTraceFile).
     Status sendFreeze(const Address& peer);
     /// Fails every call in flight with StatusCode::Shutdown, wakes every waiting thread,
-    /// stops the threads and closes the socket. Idempotent, and callable from any thread
+    /// stops the threads (and closes the metrics socket and the Prometheus port). The UDP
+    /// socket's receive side is shut (shutdown(SHUT_RD), which wakes a blocked reader), but
+    /// the socket stays open and its port bound until the endpoint is destroyed and every
+    /// Message (of a Response or a ServerRequest included) and OutgoingMessage it handed
+    /// out has been released; the last of these closes it. Until then, open() on the same
+    /// port fails ("Address already in use"). Idempotent, and callable from any thread
     /// at once (each returns once the threads have stopped; from a callback or handler,
     /// its own thread stops by itself when it returns, and keeps the endpoint's insides
     /// until then, the socket included, so the endpoint may be destroyed at once).

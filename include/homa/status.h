@@ -11,11 +11,15 @@ namespace homa {
 
 enum class StatusCode {
     Ok = 0,
-    Timeout,          ///< the peer stopped answering for longer than the RPC timeout
-    PeerUnreachable,  ///< the peer could not be reached at all (e.g. no route, refused)
+    Timeout,          ///< the peer stopped answering for longer than the protocol's timeout
+                      ///< (timeoutTicks), or the call's CallOptions::timeout passed
+    PeerUnreachable,  ///< reserved: nothing returns it today. A failed send counts as packet
+                      ///< loss, so a server that cannot be reached ends its calls with
+                      ///< Timeout; an address the socket cannot send to gives InvalidArgument
     MessageTooLarge,  ///< a message longer than the configured maximum
     Shutdown,         ///< the endpoint is shutting down
-    OutOfBuffers,     ///< no buffer space for the message, try again later
+    OutOfBuffers,     ///< no room: the send memory (maxOutgoingBytes) is full of messages in
+                      ///< flight, or the peer table (maxPeers) is full; try again later
     InvalidArgument,  ///< an argument broke the API's contract
     NoSuchRpc,        ///< the RPC named does not exist (finished, aborted or never was)
     Aborted,          ///< the RPC was aborted by the application or by the peer (e.g. a
