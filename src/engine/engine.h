@@ -270,6 +270,9 @@ class Engine {
     // outgoing.cc
     void updateSendable(Rpc* rpc);
     void transmitData(Time now);
+    /// Sends every message shorter than deferMinBytes that waits in sendable_ (the pacer
+    /// never defers them, even behind a long message it does defer).
+    void sendSmallMessages();
     void startSending(Rpc* rpc, Time now);
     uint32_t sendNextPacket(Rpc* rpc);
     /// Whether the pacer holds the message back: the NIC queue is long, and the message
@@ -358,6 +361,7 @@ class Engine {
     double fifoGrantCredit_ = 0;
     int lastActiveCount_ = 0;
     std::vector<Rpc*> activeScratch_;
+    std::vector<Rpc*> smallScratch_;  // (sendSmallMessages)
 
     SendSet sendable_;
     SendFifoSet sendFifo_;

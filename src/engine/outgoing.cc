@@ -85,6 +85,7 @@ void Engine::transmitData(Time now) {
             pacerDeferred_ = true;
             ++m_.pacerDeferrals;
             HOMA_TRACE("pacer defer id %u backlog_ns %u sendable %u", rpc->id, nic_.backlog(now), sendable_.size());
+            sendSmallMessages();
             return;
         }
         uint32_t length = sendNextPacket(rpc);
@@ -105,6 +106,22 @@ void Engine::transmitData(Time now) {
         }
     }
     pacerFifoCredit_ = 0;  // no backlog: nothing to be fair about
+}
+
+// The message the pacer defers may come before small ones: a long message near its end
+// has fewer bytes left (shortest-remaining order), and the FIFO share picks the oldest.
+// Small messages are never deferred, so they go now. In shortest-remaining order they
+// are among the first, before any message with deferMinBytes or more left.
+void Engine::sendSmallMessages() {
+    smallScratch_.clear();
+    for (Rpc& r : sendable_) {
+        if (r.out.length - r.out.nextOffset >= cfg_.deferMinBytes) break;
+        if (r.out.length < cfg_.deferMinBytes) smallScratch_.push_back(&r);
+    }
+    for (Rpc* r : smallScratch_) {
+        while (r->out.nextOffset < r->out.sendable()) sendNextPacket(r);
+        updateSendable(r);
+    }
 }
 
 // A new outgoing message (request or response) joins the sender. When no other message

@@ -1226,6 +1226,34 @@ TEST(Engine, PacerKeepsTheNicQueueShortButNeverDefersSmallMessages) {
     EXPECT_GT(p.sinkA.out.size(), first + 1) << "the pacer resumes at its wake-up";
 }
 
+// A small message is not deferred behind a long one that is: here the long message's
+// last packet (100 bytes left) comes first in shortest-remaining order, the pacer holds
+// it, and the 800-byte message behind it goes out at once all the same.
+TEST(Engine, ASmallMessageIsNotHeldBehindADeferredLongOne) {
+    Config ca = baseConfig();
+    ca.linkMbps = 1000;
+    ca.maxNicQueueNs = 5'000;
+    ca.unschedBytes = 1'000'000;  // (no grants needed)
+    Pair p(ca);
+    constexpr uint32_t kLong = 70 * 1'416 + 100;
+    p.call(kLong);
+    bool lastButOneSent = false;
+    for (int i = 0; i < 1'000 && !lastButOneSent; ++i) {
+        for (const Sent& s : p.sinkA.out)
+            lastButOneSent |= s.type() == wire::PacketType::Data && s.packet().data.offset == 69u * 1'416;
+        if (lastButOneSent) break;
+        p.sinkA.take();
+        p.now = std::max(p.now, p.a.nextWakeup());
+        p.a.advance(p.now);
+    }
+    ASSERT_TRUE(lastButOneSent);
+    p.sinkA.take();
+    ASSERT_GT(p.a.nicQueue().backlog(p.now), ca.maxNicQueueNs) << "the long message's last packet waits";
+    p.call(800);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    EXPECT_EQ(p.sinkA.out[0].packet().data.messageLength, 800u);
+}
+
 // Sends one 1 MB message (all of it unscheduled: no grants needed) from A, whose loop
 // comes back to the pacer `gapNs` after its wake-up each time (0: exactly at it), for
 // `passes` passes. Returns the largest backlog any of the last ten passes left.
