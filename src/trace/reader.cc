@@ -19,6 +19,9 @@ namespace {
 // time (at most 2^61), and the difference of two such sums (at most 2^62), stay inside an
 // int64_t.
 constexpr int64_t kMaxTraceNs = int64_t{1} << 60;
+// Largest clock offset applied to a trace: its events (within 2^61 of zero) then stay
+// within 3 * 2^60 of zero, and the difference of any two within an int64_t.
+constexpr int64_t kMaxOffsetNs = int64_t{1} << 60;
 }  // namespace
 
 namespace {
@@ -201,7 +204,7 @@ Alignment alignClocks(const std::vector<TraceFile>& traces) {
         ++count[static_cast<size_t>(s.sendTrace)][static_cast<size_t>(s.recvTrace)];
     }
     // Breadth-first from trace 0 over pairs that exchanged packets.
-    std::vector<bool> done(n, false);
+    std::vector<bool> done(n, false), tooFar(n, false);
     done[0] = true;
     std::queue<size_t> todo;
     todo.push(0);
@@ -211,10 +214,12 @@ Alignment alignClocks(const std::vector<TraceFile>& traces) {
         for (size_t j = 0; j < n; ++j) {
             if (done[j] || (!minDelay[i][j] && !minDelay[j][i])) continue;
             // clock_j - clock_i = c.  i->j: min = dmin + c;  j->i: min = dmin - c.
-            int64_t c;
+            // (Worked in 128 bits: each delay may be near 2^62, and offsets add up along
+            // the chain of traces.)
+            __int128 c;
             char note[200];
             if (minDelay[i][j] && minDelay[j][i]) {
-                c = (*minDelay[i][j] - *minDelay[j][i]) / 2;
+                c = (static_cast<__int128>(*minDelay[i][j]) - *minDelay[j][i]) / 2;
                 std::snprintf(note, sizeof(note),
                               "from %zu+%zu packets exchanged with %s; fastest one-way %.3f us",
                               count[i][j], count[j][i], traces[i].label.c_str(),
@@ -228,14 +233,21 @@ Alignment alignClocks(const std::vector<TraceFile>& traces) {
                 std::snprintf(note, sizeof(note), "from %zu packets sent to %s only (assumes 0 delay)",
                               count[j][i], traces[i].label.c_str());
             }
-            a.offsetNs[j] = a.offsetNs[i] - c;
+            const __int128 offset = a.offsetNs[i] - c;
+            if (offset > kMaxOffsetNs || offset < -kMaxOffsetNs) {
+                tooFar[j] = true;  // (perhaps aligned through another trace)
+                continue;
+            }
+            a.offsetNs[j] = static_cast<int64_t>(offset);
             a.notes[j] = note;
             done[j] = true;
             todo.push(j);
         }
     }
     for (size_t j = 1; j < n; ++j)
-        if (!done[j]) a.notes[j] = "no packets in common: clock taken as is";
+        if (!done[j])
+            a.notes[j] = tooFar[j] ? "clock more than 2^60 ns from the reference's: taken as is"
+                                   : "no packets in common: clock taken as is";
     return a;
 }
 

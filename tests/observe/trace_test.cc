@@ -234,6 +234,33 @@ SyntheticPair syntheticPair() {
     return p;
 }
 
+// A chain of traces whose clocks each lie far from the last (packets sent at one end of
+// a trace's time range and received at the other): offsets that add up beyond what the
+// merged times can hold are not applied (they overflowed), and what is merged can be
+// printed.
+TEST_F(Trace, ClocksTooFarApartAreTakenAsTheyAre) {
+    constexpr int64_t kFar = int64_t{1} << 60;
+    std::vector<TraceFile> traces(10);
+    for (size_t k = 0; k < traces.size(); ++k) {
+        traces[k].label = "t" + std::to_string(k);
+        const std::string in = "recv DATA id " + std::to_string(2 * k) + " offset 0 len 1 retransmit 0";
+        const std::string out = "send DATA id " + std::to_string(2 * k + 2) + " offset 0 len 1 prio 7";
+        if (k > 0) traces[k].events.push_back(Event{.ns = 2 * kFar, .text = in});  // received late...
+        traces[k].events.push_back(Event{.ns = k == 0 ? -2 * kFar : 0, .text = out});  // ...sent early
+        std::sort(traces[k].events.begin(), traces[k].events.end(),
+                  [](const Event& a, const Event& b) { return a.ns < b.ns; });
+    }
+    Alignment a = alignClocks(traces);
+    for (size_t k = 0; k < traces.size(); ++k) {
+        EXPECT_LE(a.offsetNs[k], kFar) << k << ": " << a.notes[k];
+        EXPECT_GE(a.offsetNs[k], -kFar) << k << ": " << a.notes[k];
+    }
+    EXPECT_NE(a.notes.back().find("taken as is"), std::string::npos) << a.notes.back();
+    std::vector<Event> merged = mergeTraces(traces, a.offsetNs);
+    for (size_t i = 1; i < merged.size(); ++i) EXPECT_LE(merged[i - 1].ns, merged[i].ns);
+    EXPECT_FALSE(formatTimeline(merged, traces).empty());
+}
+
 TEST_F(Trace, TwoTracesWithAKnownOffsetMergeCorrectly) {
     SyntheticPair p = syntheticPair();
     std::vector<TraceFile> traces = {p.client, p.server};
