@@ -51,7 +51,10 @@ struct Ring {
     uint32_t index = 0;             ///< stable number of this ring, shown in dumps
     Record records[kRecordsPerThread];
 };
-inline std::atomic<bool> gEnabled{false};
+// Bit 0: switched on (enable()); bit 1: held off while a dump copies the rings. Records
+// are kept only when the value is exactly 1, so the hot path reads one byte.
+inline constexpr uint8_t kSwitchedOn = 1, kDumping = 2;
+inline std::atomic<uint8_t> gEnabled{0};
 inline thread_local Ring* tRing = nullptr;
 /// Gives the calling thread a ring (reusing one left by an exited thread).
 Ring* attachThread();
@@ -69,9 +72,11 @@ inline uint64_t readClock() {
 #endif
 }
 
-/// Whether records are being kept.
-inline bool enabled() { return detail::gEnabled.load(std::memory_order_relaxed); }
-/// Turns recording on or off, at any time.
+/// Whether records are being kept (switched on, and no dump copying the rings).
+inline bool enabled() { return detail::gEnabled.load(std::memory_order_relaxed) == detail::kSwitchedOn; }
+/// Whether tracing is switched on (it may be held off for the moment by a dump).
+inline bool switchedOn() { return (detail::gEnabled.load(std::memory_order_relaxed) & detail::kSwitchedOn) != 0; }
+/// Turns recording on or off, at any time (a dump in progress leaves the setting alone).
 void enable(bool on);
 
 /// Appends one record to this thread's ring, whether or not tracing is on. Use HOMA_TRACE.

@@ -686,7 +686,7 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
 }
 
 void Core::freezeTrace() {
-    if (options_.freezeTraceFile.empty() || !trace::enabled()) return;
+    if (options_.freezeTraceFile.empty() || !trace::switchedOn()) return;
     HOMA_TRACE("freeze: trace stopped");
     trace::enable(false);
     std::string path = expandPath(options_.freezeTraceFile, driver_->localAddress().port);
@@ -1439,7 +1439,7 @@ MetricsSnapshot Core::metrics() {
     add("callback_ns", ns(threadCounters_.sum(kCallbackCycles), shownNs_[2]));
     add("callback_exceptions", callbackExceptions_.load(std::memory_order_relaxed));
     add("handler_exceptions", handlerExceptions_.load(std::memory_order_relaxed));
-    add("trace_enabled", trace::enabled() ? 1 : 0);
+    add("trace_enabled", trace::switchedOn() ? 1 : 0);
     const driver::UdpDriverStats& ds = driver_->stats();
     add("udp_send_calls", ds.sendCalls);
     add("udp_receive_calls", ds.recvCalls);

@@ -119,7 +119,13 @@ detail::Ring* detail::attachThread() {
     return ring;
 }
 
-void enable(bool on) { detail::gEnabled.store(on, std::memory_order_relaxed); }
+void enable(bool on) {
+    if (on) {
+        detail::gEnabled.fetch_or(detail::kSwitchedOn, std::memory_order_relaxed);
+    } else {
+        detail::gEnabled.fetch_and(static_cast<uint8_t>(~detail::kSwitchedOn), std::memory_order_relaxed);
+    }
+}
 
 double cyclesPerNs() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -188,8 +194,12 @@ std::string dumpToString() {
         const char* format;
         uint64_t args[kMaxArgs];
     };
-    bool wasOn = enabled();
-    enable(false);
+    // Recording is held off while the rings are copied, apart from the on/off switch:
+    // a switch thrown meanwhile (by another thread, or a FREEZE) stands. One dump at a
+    // time holds it.
+    static std::mutex dumpMu;
+    std::unique_lock dumping(dumpMu);
+    detail::gEnabled.fetch_or(detail::kDumping, std::memory_order_relaxed);
     std::vector<Item> items;
     std::string processName;
     {
@@ -211,7 +221,8 @@ std::string dumpToString() {
             }
         }
     }
-    if (wasOn) enable(true);
+    detail::gEnabled.fetch_and(static_cast<uint8_t>(~detail::kDumping), std::memory_order_relaxed);
+    dumping.unlock();
     std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.tsc < b.tsc; });
 
     double perNs = cyclesPerNs();

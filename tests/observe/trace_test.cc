@@ -71,6 +71,32 @@ TEST_F(Trace, RecordsAreDumpedInOrderWithArguments) {
     EXPECT_LT(std::llabs(t.events[2].ns - monotonicRawNs()), 1'000'000'000);
 }
 
+// Switching tracing on or off while another thread dumps the rings stands: the dump
+// holds recording off only while it copies, apart from the switch. (It switched tracing
+// off and back on, undoing a "trace off" given meanwhile.)
+TEST_F(Trace, ASwitchThrownDuringADumpStands) {
+    enable(true);
+    for (int i = 0; i < 50'000; ++i) HOMA_TRACE("filler %u", i);  // (dumps take a while)
+    std::atomic<bool> stop{false};
+    std::thread dumper([&] {
+        while (!stop) (void)dumpToString();
+    });
+    int undone = 0;
+    for (int round = 0; round < 300; ++round) {
+        const bool on = round % 2 == 0;
+        enable(on);
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+        while (std::chrono::steady_clock::now() < until)
+            if (switchedOn() != on) {
+                ++undone;
+                break;
+            }
+    }
+    stop = true;
+    dumper.join();
+    EXPECT_EQ(undone, 0);
+}
+
 TEST_F(Trace, CalibrationMatchesTheRawClock) {
     double perNs = cyclesPerNs();
     EXPECT_GT(perNs, 0.01);
