@@ -150,25 +150,29 @@ struct Publisher::Connection {
 };
 
 void Publisher::run() {
+    int64_t acceptPausedUntil = 0;
     std::vector<Connection> conns;
     conns.reserve(kMaxConnections);
     std::vector<pollfd> fds;
     while (true) {
         fds.clear();
         fds.push_back({stopFd_, POLLIN, 0});
-        // Beyond kMaxConnections, new connections wait in the kernel's backlog.
-        const bool accepting = conns.size() < kMaxConnections;
+        // Beyond kMaxConnections, new connections wait in the kernel's backlog; so they do
+        // for a while after an accept failed for want of descriptors or memory (the
+        // listening socket stays readable: polling it again at once would spin).
+        int64_t now = steadyMs();
+        const bool accepting = conns.size() < kMaxConnections && now >= acceptPausedUntil;
         fds.push_back({accepting ? unixFd_ : -1, POLLIN, 0});
         fds.push_back({accepting ? httpFd_ : -1, POLLIN, 0});
-        int64_t now = steadyMs();
-        int64_t wait = -1;
+        int64_t wait = accepting ? -1 : std::max<int64_t>(0, acceptPausedUntil - now);
+        if (wait == 0) wait = -1;  // (paused for the connection limit only)
         for (const Connection& c : conns) {
             fds.push_back({c.fd, static_cast<short>(c.state == Connection::State::Writing ? POLLOUT : POLLIN), 0});
             const int64_t left = std::max<int64_t>(0, c.deadlineMs - now);
             if (wait < 0 || left < wait) wait = left;
         }
         int n = ::poll(fds.data(), fds.size(), static_cast<int>(wait));
-        if (n < 0 && errno != EINTR) return;
+        if (n < 0 && errno != EINTR) break;
         if (n > 0 && fds[0].revents != 0) break;
         now = steadyMs();
         // Connections first: those accepted below have no poll entry yet.
@@ -186,8 +190,10 @@ void Publisher::run() {
             }
         }
         conns.resize(kept);
-        if (n > 0 && (fds[1].revents & POLLIN)) accept(unixFd_, false, conns);
-        if (n > 0 && (fds[2].revents & POLLIN)) accept(httpFd_, true, conns);
+        for (int k : {1, 2}) {
+            if (n <= 0 || !(fds[k].revents & POLLIN) || conns.size() >= kMaxConnections) continue;
+            if (!accept(k == 1 ? unixFd_ : httpFd_, k == 2, conns)) acceptPausedUntil = now + kAcceptPauseMs;
+        }
     }
     for (Connection& c : conns) ::close(c.fd);
 }
@@ -254,14 +260,15 @@ std::string Publisher::httpAnswer(std::string_view request, bool tooLong) {
     return reply(200, "OK", kPrometheusContentType, sources_.prometheusText(), !head);
 }
 
-void Publisher::accept(int listenFd, bool http, std::vector<Connection>& conns) {
+bool Publisher::accept(int listenFd, bool http, std::vector<Connection>& conns) {
     int fd = ::accept4(listenFd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;  // (gone already, or out of descriptors: tried again at the next poll)
+    if (fd < 0) return errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM;
     Connection c;
     c.fd = fd;
     c.http = http;
     c.deadlineMs = steadyMs() + kConnectionMs;
     conns.push_back(std::move(c));
+    return true;
 }
 
 bool Publisher::readFrom(Connection& c) {
@@ -300,6 +307,10 @@ bool Publisher::readFrom(Connection& c) {
         c.in.clear();
         c.in.shrink_to_fit();
         c.state = Connection::State::Writing;
+        // The answer gets a whole connection's time of its own to be read in, however long
+        // the request and the answer's making took: a unix-socket answer has no length, and
+        // one cut short would be taken as whole.
+        c.deadlineMs = steadyMs() + kConnectionMs;
         if (ended) ::shutdown(c.fd, SHUT_RD);
         return writeTo(c);
     }

@@ -17,9 +17,9 @@
 // kMaxRequest bytes 431. One request per connection (Connection: close).
 //
 // Limits: a request (command line, or HTTP request line and headers) is at most
-// kMaxRequest bytes; a connection lasts at most kConnectionMs from its accept, reading,
-// answering and all; at most kMaxConnections are open at once, the rest wait in the
-// kernel's backlog. So the publisher's memory and descriptors stay bounded, and its end
+// kMaxRequest bytes and must arrive within kConnectionMs of the accept; the answer must
+// then be read within kConnectionMs of being ready; at most kMaxConnections are open at
+// once, the rest wait in the kernel's backlog. So the publisher's memory and descriptors stay bounded, and its end
 // (destruction) waits at most for one answer being computed.
 //
 // Thread safety: construction and destruction from one thread; the callbacks run on the
@@ -64,13 +64,15 @@ class Publisher {
     static constexpr size_t kMaxRequest = 8192;
     static constexpr int kConnectionMs = 2000;
     static constexpr size_t kMaxConnections = 32;
+    static constexpr int kAcceptPauseMs = 100;  ///< after an accept failed for want of descriptors
 
   private:
     struct Connection;
     Publisher() = default;
     void run();
     /// Accepts one connection from `listenFd` (the HTTP socket if `http`) into `conns`.
-    void accept(int listenFd, bool http, std::vector<Connection>& conns);
+    /// False if it failed for want of descriptors or memory.
+    bool accept(int listenFd, bool http, std::vector<Connection>& conns);
     /// Reads what the client sent; false once the connection is to be closed.
     bool readFrom(Connection& c);
     /// Writes what is left of the answer; false once the connection is to be closed.
