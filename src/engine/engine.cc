@@ -76,8 +76,8 @@ std::string Config::validate() const {
     if (unschedBytes == 0) return "unschedBytes must be at least 1 (rounded up to a packet)";
     if (resendTicks < 1 || resendInterval < 1 || timeoutTicks <= resendTicks)
         return "need 1 <= resendTicks < timeoutTicks and resendInterval >= 1";
-    if (static_cast<double>(timeoutTicks) * static_cast<double>(tickNs) > 1e18)
-        return "the timeout (timeoutTicks x tickNs) must be at most 1e18 ns";
+    if (static_cast<double>(std::max(timeoutTicks, resendInterval)) * static_cast<double>(tickNs) > 1e18)
+        return "the timeout and the resend interval (x tickNs) must be at most 1e18 ns";
     if (requestAckTicks < 1 || needAckLimit < 1) return "requestAckTicks and needAckLimit must be >= 1";
     if (timerPacketsPerPeer < 1) return "timerPacketsPerPeer must be at least 1";
     if (grantFifoFraction < 0 || grantFifoFraction >= 1 || pacerFifoFraction < 0 ||

@@ -1155,6 +1155,10 @@ TEST(Engine, ConfigErrorsAreReported) {
     c.tickNs = 60'000'000'000;
     c.timeoutTicks = 1 << 30;  // the timeout's length overflows
     EXPECT_NE(c.validate().find("timeout"), std::string::npos);
+    c = baseConfig();
+    c.tickNs = 60'000'000'000;
+    c.resendInterval = 1 << 30;  // (and so would the resend interval's)
+    EXPECT_NE(c.validate().find("resend interval"), std::string::npos);
     EXPECT_EQ(baseConfig().validate(), "");
 }
 

@@ -72,7 +72,6 @@ TEST(GapList, OverlappingPacketCopiesOnlyNewBytes) {
     EXPECT_TRUE(g.gaps().empty());
 }
 
-// Random arrival orders with duplicates always reassemble exactly the message.
 // Which packets would make one more gap: past a hole beyond the highest byte, or strictly
 // inside a gap; not those that extend the highest byte, touch a gap's edge, or repeat.
 TEST(GapList, KnowsWhichPacketsWouldAddAGap) {
@@ -108,6 +107,7 @@ TEST(GapList, ManyGapsFillInAnyOrder) {
     EXPECT_TRUE(g.gaps().empty());
 }
 
+// Random arrival orders with duplicates always reassemble exactly the message.
 TEST(GapList, RandomOrderWithDuplicatesReassemblesEverything) {
     const uint64_t seed = 12345;
     std::cout << "seed " << seed << "\n";
