@@ -15,16 +15,23 @@
 
 namespace homa::test_http {
 
-inline std::string httpExchange(uint16_t port, const std::string& request) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+/// A connected TCP socket to 127.0.0.1:port (-1 if the connection failed).
+inline int connectLoopback(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
         ::close(fd);
-        return "connect failed";
+        return -1;
     }
+    return fd;
+}
+
+inline std::string httpExchange(uint16_t port, const std::string& request) {
+    const int fd = connectLoopback(port);
+    if (fd < 0) return "connect failed";
     timeval limit{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof(limit));
     ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);

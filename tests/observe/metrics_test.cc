@@ -165,19 +165,7 @@ std::string httpGet(uint16_t port, const std::string& request) {
     return test_http::httpExchange(port, request);
 }
 
-// A connected TCP socket to 127.0.0.1:port (-1 if the connection failed).
-int connectLoopback(uint16_t port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
-}
+using test_http::connectLoopback;
 
 // A connected socket to the unix socket at `path` (-1 if the connection failed).
 int connectUnix(const std::string& path) {
