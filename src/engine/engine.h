@@ -19,6 +19,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -328,6 +329,14 @@ class Engine {
     NicQueue nic_;
     /// unschedBytes rounded up to whole packets: what a message may send without grants.
     uint64_t unschedPackets_ = 0;
+    /// What a message's sender is believed to send without further grants: its promise
+    /// (DATA's `incoming`), up to the message and to what we granted or our own
+    /// unscheduled bytes, whichever is more. A larger promise counts only as it arrives
+    /// (one of a whole message would take the room of every other message's grants).
+    uint32_t believedPromise(uint32_t incoming, uint32_t length, uint32_t granted) const {
+        return static_cast<uint32_t>(
+            std::min<uint64_t>({incoming, length, std::max<uint64_t>(granted, unschedPackets_)}));
+    }
 
     absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
     /// Evicted peers' highest served client ids, at most maxPeers of them, oldest

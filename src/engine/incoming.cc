@@ -67,11 +67,7 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
                    static_cast<unsigned>(DropReason::Inconsistent));
         return;
     }
-    // The sender promises to send this much without further grants: what we granted,
-    // or its unscheduled bytes. More than ours is believed only as it arrives (a promise
-    // of the whole message would take the room of every other message's grants).
-    const uint32_t promised = static_cast<uint32_t>(
-        std::min<uint64_t>({d.incoming, in.length, std::max<uint64_t>(in.granted, unschedPackets_)}));
+    const uint32_t promised = believedPromise(d.incoming, in.length, in.granted);
     if (promised > in.granted) {
         in.granted = promised;
         updateGrantable(rpc);
@@ -153,8 +149,7 @@ void Engine::startInMessage(Rpc* rpc, uint32_t length, uint32_t incoming, Time n
     InMessage& in = rpc->in;
     in.started = true;
     in.length = length;
-    // (The sender's promise of unscheduled bytes, believed up to ours: see handleData.)
-    in.granted = static_cast<uint32_t>(std::min<uint64_t>({incoming, length, unschedPackets_}));
+    in.granted = believedPromise(incoming, length, 0);
     in.birth = now;
     in.priority = static_cast<uint8_t>(maxSchedPriority_);
     // A large message does not pass older large ones waiting for space, even where it

@@ -164,8 +164,7 @@ void Publisher::run() {
         const bool accepting = conns.size() < kMaxConnections && now >= acceptPausedUntil;
         fds.push_back({accepting ? unixFd_ : -1, POLLIN, 0});
         fds.push_back({accepting ? httpFd_ : -1, POLLIN, 0});
-        int64_t wait = accepting ? -1 : std::max<int64_t>(0, acceptPausedUntil - now);
-        if (wait == 0) wait = -1;  // (paused for the connection limit only)
+        int64_t wait = now < acceptPausedUntil ? acceptPausedUntil - now : -1;
         for (const Connection& c : conns) {
             fds.push_back({c.fd, static_cast<short>(c.state == Connection::State::Writing ? POLLOUT : POLLIN), 0});
             const int64_t left = std::max<int64_t>(0, c.deadlineMs - now);
