@@ -1,6 +1,7 @@
 // The time-trace recorder: per-thread rings, calibration, dumps.
 #include "homa/trace.h"
 
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -253,14 +254,24 @@ bool dump(const std::string& path, std::string* error) {
     std::string text = dumpToString();
     // Written under a temporary name and renamed: whoever waits for the file (a test, a
     // script collecting traces) never reads half of it.
+    // Whatever was left under that name (a file, a symlink, a FIFO whose open would
+    // block for want of a reader) is replaced by a new regular file, created exclusively:
+    // the dump never blocks on it and never writes through a link.
     const std::string partial = path + ".partial";
-    std::FILE* f = std::fopen(partial.c_str(), "w");
-    if (!f) {
+    ::unlink(partial.c_str());
+    const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
         if (error) *error = "cannot write " + partial + ": " + std::strerror(errno);
         return false;
     }
-    bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    ok = (std::fclose(f) == 0) && ok;
+    bool ok = true;
+    for (size_t done = 0; ok && done < text.size();) {
+        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0;
+        if (ok) done += static_cast<size_t>(n);
+    }
+    ok = (::close(fd) == 0) && ok;
     if (ok && std::rename(partial.c_str(), path.c_str()) != 0) {
         if (error) *error = "cannot rename " + partial + " to " + path + ": " + std::strerror(errno);
         std::remove(partial.c_str());

@@ -2,10 +2,14 @@
 #include "homa/trace.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <future>
 #include <latch>
 #include <map>
 #include <set>
@@ -167,6 +171,35 @@ TEST_F(Trace, DumpWritesAFileAndReportsBadPaths) {
     EXPECT_FALSE(dump("/nonexistent-dir/x.tt", &error));
     EXPECT_NE(error.find("/nonexistent-dir/x.tt"), std::string::npos);
     EXPECT_FALSE(readTraceFile("/nonexistent-dir/x.tt", t, &error));
+}
+
+TEST_F(Trace, DumpReplacesWhatIsLeftUnderThePartialName) {
+    // A FIFO at the temporary name, with no reader: opening it to write would block
+    // forever (and the metrics publisher's thread with it).
+    enable(true);
+    HOMA_TRACE("past a fifo %u", 7);
+    const std::string path = ::testing::TempDir() + "trace_fifo_" + std::to_string(::getpid()) + ".tt";
+    const std::string partial = path + ".partial";
+    ::unlink(partial.c_str());
+    ASSERT_EQ(::mkfifo(partial.c_str(), 0600), 0) << std::strerror(errno);
+    std::string error;
+    auto done = std::async(std::launch::async, [&] { return dump(path, &error); });
+    if (done.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        int reader = ::open(partial.c_str(), O_RDONLY | O_NONBLOCK);  // lets the dump go on
+        done.wait();
+        if (reader >= 0) ::close(reader);
+        ::unlink(partial.c_str());
+        ::unlink(path.c_str());
+        FAIL() << "dump blocked on a FIFO at " << partial;
+    }
+    ASSERT_TRUE(done.get()) << error;
+    TraceFile t;
+    ASSERT_TRUE(readTraceFile(path, t, &error)) << error;
+    ASSERT_EQ(t.events.size(), 1u);
+    EXPECT_EQ(t.events[0].text, "past a fifo 7");
+    struct stat st;
+    EXPECT_NE(::lstat(partial.c_str(), &st), 0) << "the temporary name is gone";
+    std::remove(path.c_str());
 }
 
 TEST_F(Trace, ParserRejectsOtherFiles) {
