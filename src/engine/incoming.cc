@@ -55,7 +55,10 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
     }
     peer->lastHeard = now;  // data for an RPC of ours (see holdSilence)
     InMessage& in = rpc->in;
-    if (!in.started && d.offset == 0 && p.payload.size() == d.messageLength && receiveWhole(rpc, p.payload, now))
+    // (Whole in one packet, but longer than one of ours: a sender with a larger MTU. It
+    // takes the general path, which gives it no share of the small messages' reserve.)
+    if (!in.started && d.offset == 0 && p.payload.size() == d.messageLength && singlePacket(d.messageLength) &&
+        receiveWhole(rpc, p.payload, now))
         return;
     if (!in.started) {
         startInMessage(rpc, d.messageLength, d.incoming, now);
@@ -121,8 +124,8 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
     }
 }
 
-// The first packet of a message holds all of it (most requests and responses of small
-// RPCs): it is complete at once, so none of the grant and reassembly bookkeeping of
+// The first packet of a message holds all of it, and it is a single-packet message by
+// our MTU (most requests and responses of small RPCs): it is complete at once, so none of the grant and reassembly bookkeeping of
 // startInMessage() and handleData() applies. The end state is theirs: a message started,
 // granted and received in full, counted nowhere in incomingOutstanding_, then delivered
 // (its gap list stays empty: only an incomplete message's RESENDs read it). False, with

@@ -1437,6 +1437,31 @@ TEST(Engine, FullPoolStillTakesSmallMessages) {
     p.expectOneMessageAtB(50'000);
 }
 
+// A sender with a larger MTU (jumbo frames) sends an 8,000-byte message in one packet.
+// It is whole on arrival, but not a single-packet message by the receiver's MTU: the
+// reserve for small messages is not its to take.
+TEST(Engine, AWholeMessageLargerThanOurPacketDoesNotTakeTheSmallReserve) {
+    Config jumbo = baseConfig();
+    jumbo.maxPayload = 9'000 - 20 - 8 - 56;
+    Pair p(jumbo, smallPool(BufferPool::classSize(200'000) * 5 / 4 + 1'000, 0.2));
+    p.call(200'000, 1);
+    p.pump();
+    auto first = p.deliveries(p.b);
+    ASSERT_EQ(first.size(), 1u);  // held: the pool outside the reserve is full
+    p.call(8'000, 2);
+    p.pump();
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "the 8,000-byte message took the reserve";
+    EXPECT_EQ(p.b.metrics().bufferWaits, 1u);
+    p.call(1'000, 3);
+    p.pump();
+    auto small = p.deliveries(p.b);
+    ASSERT_EQ(small.size(), 1u) << "a single-packet message still finds room";
+    EXPECT_EQ(small[0].message.length, 1'000u);
+    p.b.releaseMessage(small[0].message, p.now);
+    p.b.releaseMessage(first[0].message, p.now);
+    p.expectOneMessageAtB(8'000);
+}
+
 // B's receive pool (20 % reserved) filled by messages its application holds: one of
 // 200 KB (`held`), then 56 single-packet ones of 1,000 bytes (`smallHeld`) that take the
 // rest, the reserve too.
