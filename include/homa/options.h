@@ -11,8 +11,8 @@
 namespace homa {
 
 struct ProtocolOptions {
-    /// Longest message accepted or sent. The wire format allows up to 4 GB; the pool
-    /// must be able to hold one message of this size.
+    /// Longest message accepted or sent: at most 3.5 GiB (3,758,096,384 bytes; the wire
+    /// format allows up to 4 GB). The pools must be able to hold one message of this size.
     uint32_t maxMessageLength = 1'000'000;
     // ---- Unscheduled bytes and priorities
     /// Bytes of each message sent before any grant (rounded up to whole packets).

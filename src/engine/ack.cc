@@ -39,19 +39,21 @@ void Engine::sendDueAcks() {
 }
 
 // Sends the peer's pending acks, plus `extraClientId` if non-zero.
-void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) {
+void Engine::sendAckPacket(Peer* peer, uint64_t extraClientId) { sendAckTo(peer->address, extraClientId, peer); }
+
+void Engine::sendAckTo(const Address& to, uint64_t extraClientId, Peer* peer) {
     wire::CommonHeader c;
     c.sport = cfg_.port;
-    c.dport = peer->address.port;
+    c.dport = to.port;
     wire::AckHeader h;
-    if (extraClientId != 0) h.acks[h.numAcks++] = {extraClientId, peer->address.port};
-    while (!peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket)
+    if (extraClientId != 0) h.acks[h.numAcks++] = {extraClientId, to.port};
+    while (peer && !peer->pendingAcks.empty() && h.numAcks < wire::kMaxAcksPerPacket)
         h.acks[h.numAcks++] = popPendingAck(peer);
     size_t n = wire::encodeAck(scratch_, c, h);
     ++m_.ackPacketsSent;
     countSent(wire::PacketType::Ack, cfg_.controlPriority, n);
     HOMA_TRACE(kTraceSend[EngineMetrics::typeIndex(wire::PacketType::Ack)], 0, h.numAcks, h.acks[0].clientId);
-    sink_.transmit(peer->address, cfg_.controlPriority, std::span(scratch_.data(), n), {});
+    sink_.transmit(to, cfg_.controlPriority, std::span(scratch_.data(), n), {});
 }
 
 void Engine::flushAcks() {
@@ -69,10 +71,8 @@ void Engine::handleAckEntry(Peer* peer, const wire::AckEntry& ack) {
     freeRpc(rpc);
 }
 
-void Engine::handleNeedAck(Peer* peer, uint64_t clientId, Time now) {
-    (void)now;
-    if (!peer) return;
-    Rpc* rpc = findClientRpcUnderWay(clientId);
+void Engine::handleNeedAck(Peer* peer, const Address& source, uint64_t clientId) {
+    Rpc* rpc = peer ? findClientRpcUnderWay(clientId) : nullptr;
     if (rpc && rpc->peer == peer) {
         // Our copy of the response is incomplete: ask for the rest. (Not a reset of our
         // silence count: only the bytes themselves, or BUSY, show progress; otherwise a
@@ -81,8 +81,13 @@ void Engine::handleNeedAck(Peer* peer, uint64_t clientId, Time now) {
         requestMissing(rpc);
         return;
     }
-    // Finished (or forgotten) here: the server may free it.
-    sendAckPacket(peer, clientId);
+    // Finished (or forgotten) here: the server may free it. (An unknown server has no
+    // acks of ours waiting to go with this one, and gets no peer made for asking.)
+    if (peer) {
+        sendAckPacket(peer, clientId);
+    } else {
+        sendAckTo(source, clientId);
+    }
 }
 
 }  // namespace homa::engine

@@ -11,6 +11,9 @@
 namespace homa::engine {
 
 struct Config : ProtocolOptions {
+    /// The longest maxMessageLength allowed: the largest buffer size class that fits in 32
+    /// bits (the wire format allows up to 4 GB).
+    static constexpr uint32_t kLongestMessage = 7u << 29;
     /// This endpoint's port: the source port of every packet it sends.
     uint16_t port = 0;
     /// Message bytes carried by one DATA packet (MTU minus IP, UDP and Homa headers).

@@ -61,7 +61,8 @@ namespace homa::engine {
 
 std::string Config::validate() const {
     if (maxPayload == 0) return "maxPayload must be positive";
-    if (maxMessageLength == 0) return "maxMessageLength must be positive";
+    if (maxMessageLength == 0 || maxMessageLength > kLongestMessage)
+        return "maxMessageLength must be in [1, 3,758,096,384] (3.5 GiB, the largest buffer the pools keep)";
     if (!(smallMessageReserve >= 0 && smallMessageReserve <= 0.5)) return "smallMessageReserve must be in [0, 0.5]";
     if (maxBufferBytes - smallBufferReserve() < BufferPool::classSize(maxMessageLength))
         return "maxBufferBytes (less smallMessageReserve) must hold at least one message of maxMessageLength";
@@ -80,8 +81,7 @@ std::string Config::validate() const {
         return "the timeout and the resend interval (x tickNs) must be at most 1e18 ns";
     if (requestAckTicks < 1 || needAckLimit < 1) return "requestAckTicks and needAckLimit must be >= 1";
     if (timerPacketsPerPeer < 1) return "timerPacketsPerPeer must be at least 1";
-    if (grantFifoFraction < 0 || grantFifoFraction >= 1 || pacerFifoFraction < 0 ||
-        pacerFifoFraction >= 1)
+    if (!(grantFifoFraction >= 0 && grantFifoFraction < 1) || !(pacerFifoFraction >= 0 && pacerFifoFraction < 1))
         return "FIFO fractions must be in [0, 1)";
     if (controlPriority > 7) return "controlPriority must be 0..7";
     bool anyUnsched = false;
@@ -615,10 +615,16 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                     return;
                 }
                 // We have no state: say so, so the peer can restart (client) or discard
-                // (server). (A peer made anew here may remember ids served before it was
-                // evicted: see rememberServedIds.)
-                Peer* to = peer ? peer : getPeer(source, now);
-                if (!to) return;
+                // (server). An unknown address gets no peer of its own for asking (a
+                // stream of such packets, spoofed, would fill the peer table), unless it
+                // is a client evicted with ids served: the peer made anew remembers them
+                // (see rememberServedIds).
+                Peer* to = peer;
+                if (!to && fromClient && forgottenPeers_.contains(source)) to = getPeer(source, now);
+                if (!to) {
+                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
+                    return;
+                }
                 const bool toUsed = used || (to != peer && usedId(to));
                 if (!toUsed && fromClient && to->seen && to->seen->belowWindow(clientId)) {
                     // Never run here (lost, or refused under overload) but below the
@@ -647,19 +653,22 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             if (!rpc) break;
             handleRpcUnknown(rpc, p.common.flags, now);
             return;
-        case wire::PacketType::Cutoffs: {
-            Peer* to = peer ? peer : getPeer(source, now);
-            if (!to) return;
-            to->cutoffs = p.cutoffs.cutoffs;
-            to->cutoffVersion = p.cutoffs.version;
+        case wire::PacketType::Cutoffs:
+            // Only a peer we send to needs its cutoffs; one made later starts from ours and
+            // is sent new ones with the next data that carries an old version.
+            if (!peer) break;
+            peer->cutoffs = p.cutoffs.cutoffs;
+            peer->cutoffVersion = p.cutoffs.version;
             return;
-        }
         case wire::PacketType::Freeze:
-            freezeReceived_ = true;  // counted above; the runtime may dump the time trace
+            // From a peer we know (the runtime may dump the time trace on it: not for
+            // anyone who can send us a packet).
+            if (!peer) break;
+            freezeReceived_ = true;
             return;
         case wire::PacketType::NeedAck:
             if (fromClient) break;  // only servers ask for acks
-            handleNeedAck(peer ? peer : getPeer(source, now), clientId, now);
+            handleNeedAck(peer, source, clientId);
             return;
         case wire::PacketType::Ack:
             if (!peer) break;

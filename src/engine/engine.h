@@ -318,8 +318,11 @@ class Engine {
     /// Takes the oldest of the peer's pending acks (there must be one).
     wire::AckEntry popPendingAck(Peer* peer);
     void sendAckPacket(Peer* peer, uint64_t extraClientId);
+    /// An ACK to `to` for `extraClientId` (0: none), with `peer`'s pending acks if given.
+    void sendAckTo(const Address& to, uint64_t extraClientId, Peer* peer = nullptr);
     void handleAckEntry(Peer* peer, const wire::AckEntry& ack);
-    void handleNeedAck(Peer* peer, uint64_t clientId, Time now);
+    /// A NEED_ACK from `source`, whose peer (if we know it) is `peer`.
+    void handleNeedAck(Peer* peer, const Address& source, uint64_t clientId);
 
     Config cfg_;
     PacketSink& sink_;

@@ -1138,6 +1138,24 @@ TEST(Engine, ConfigErrorsAreReported) {
     c = baseConfig();
     c.maxBufferBytes = BufferPool::classSize(c.maxMessageLength) + 1000;  // the reserve leaves too little
     EXPECT_NE(c.validate().find("maxMessageLength"), std::string::npos);
+    // Above 3.5 GiB a buffer's size class no longer fits in 32 bits (the pool's
+    // accounting went wrong by 2^32 - 1), however large the pools.
+    c = baseConfig();
+    c.maxBufferBytes = c.maxOutgoingBytes = 16ull << 30;
+    c.maxMessageLength = Config::kLongestMessage;
+    EXPECT_EQ(c.validate(), "");
+    for (uint32_t bad : {Config::kLongestMessage + 1, 4'000'000'000u, UINT32_MAX}) {
+        c.maxMessageLength = bad;
+        EXPECT_NE(c.validate().find("maxMessageLength"), std::string::npos) << bad;
+    }
+    for (double bad : {-0.1, 1.0, std::nan("")}) {
+        c = baseConfig();
+        c.grantFifoFraction = bad;
+        EXPECT_NE(c.validate().find("FIFO"), std::string::npos) << bad;
+        c = baseConfig();
+        c.pacerFifoFraction = bad;
+        EXPECT_NE(c.validate().find("FIFO"), std::string::npos) << bad;
+    }
     for (int64_t bad : {int64_t{-1}, int64_t{1'000'000'001}, INT64_MAX}) {
         c = baseConfig();
         c.maxNicQueueNs = bad;  // (twice it bounds the pacer's allowance: it must not overflow)
@@ -1567,14 +1585,79 @@ TEST(Engine, PeerTableIsBoundedAndEvictsIdlePeers) {
     cb.peerGcThreshold = 2;
     cb.peerIdleNs = 5'000'000;
     Pair p(baseConfig(), cb);
-    wire::CommonHeader c = from(2);
-    for (uint32_t i = 0; i < 10; ++i)
-        p.b.receive(Address::ipv4(0x0b000000 + i, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
-    EXPECT_LE(p.b.peerCount(), 4u);
+    // B calls ten servers in turn and gives up on each call: a peer each, left idle.
+    const std::vector<uint8_t> req(100, 1);
+    int refused = 0;
+    for (uint32_t i = 0; i < 10; ++i) {
+        uint64_t id = 0;
+        if (!p.b.startRequest(Address::ipv4(0x0b000000 + i, kPort), req, 0, p.now, &id).isOk()) {
+            ++refused;
+            continue;
+        }
+        ASSERT_TRUE(p.b.abortClientRpc(id, p.now).isOk());
+        p.sinkB.take();
+        p.deliveries(p.b);
+    }
+    EXPECT_EQ(refused, 6) << "beyond the cap, peers not yet idle for peerIdleNs stay";
+    EXPECT_EQ(p.b.peerCount(), 4u);
     p.tick(10);
     EXPECT_LE(p.b.peerCount(), 2u) << "idle peers beyond the threshold are collected";
     EXPECT_GT(p.b.metrics().peersEvicted, 0u);
 }
+
+// Packets that need no state of ours (CUTOFFS, NEED_ACK, RESEND for an RPC we do not
+// know, FREEZE) from addresses we do not know make no peers: spoofed, they once filled
+// the peer table, and then no new client was served and no new server could be called
+// for peerIdleNs. They are still answered where an answer is due.
+TEST(Engine, PacketsFromUnknownAddressesThatNeedNoStateMakeNoPeers) {
+    auto cutoffs = [] {
+        wire::CutoffsHeader h;
+        h.cutoffs = {0, 0, 0, 0, 1'000'000, 15'000, 2'800, 200};
+        h.version = 1;
+        std::vector<uint8_t> buf(wire::kMaxHeaderSize);
+        buf.resize(wire::encodeCutoffs(buf, from(0), h));
+        return buf;
+    };
+    const char* names[] = {"CUTOFFS", "NEED_ACK", "RESEND from a server", "RESEND from a client", "FREEZE"};
+    for (int kind = 0; kind < 5; ++kind) {
+        Config cb = baseConfig();
+        cb.maxPeers = 16;
+        Pair p(baseConfig(), cb);
+        for (uint32_t i = 0; i < 100; ++i) {
+            std::vector<uint8_t> pkt;
+            switch (kind) {
+                case 0: pkt = cutoffs(); break;
+                case 1: pkt = encode(from(3), wire::PacketType::NeedAck); break;
+                case 2: pkt = encode(from(3), wire::PacketType::Resend, 0, 100); break;
+                case 3: pkt = encode(from(2), wire::PacketType::Resend, 0, 0); break;
+                case 4: pkt = encode(from(2), wire::PacketType::Freeze); break;
+            }
+            p.b.receive(Address::ipv4(0x0c000000 + i, kPort), pkt, p.now);
+        }
+        EXPECT_EQ(p.b.peerCount(), 0u) << names[kind];
+        EXPECT_FALSE(p.b.takeFreeze()) << names[kind];
+        // Answers: an ACK for a NEED_ACK, RPC_UNKNOWN for a RESEND.
+        const size_t answers = kind == 1 ? p.sinkB.count(wire::PacketType::Ack)
+                               : (kind == 2 || kind == 3) ? p.sinkB.count(wire::PacketType::RpcUnknown)
+                                                          : 100;
+        EXPECT_EQ(answers, 100u) << names[kind];
+        if (kind == 1) {
+            const wire::Packet ack = p.sinkB.first(wire::PacketType::Ack).packet();
+            ASSERT_EQ(ack.ack.numAcks, 1u);
+            EXPECT_EQ(ack.ack.acks[0].clientId, 2u) << "acks the server's RPC (its client id)";
+        }
+        p.sinkB.take();
+        // A client and a server that are new to B are served as ever.
+        p.call(100);
+        p.pump();
+        EXPECT_EQ(p.deliveries(p.b).size(), 1u) << names[kind];
+        uint64_t id;
+        EXPECT_TRUE(p.b.startRequest(Address::ipv4(0x0d000001, kPort), std::vector<uint8_t>(100, 1), 0, p.now, &id)
+                        .isOk())
+            << names[kind];
+    }
+}
+
 
 // At-most-once outlives an evicted peer (found by engine_fuzz): a request served, then
 // dropped by the server's application, so the server holds nothing for its client. The
@@ -2390,14 +2473,25 @@ TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
     auto held = p.deliveries(p.b);
     ASSERT_EQ(held.size(), 1u);
     p.b.releaseMessage(held[0].message, p.now);  // the RPC stays in service
-    wire::CommonHeader c = from(2);
-    p.b.receive(Address::ipv4(0x0b000001, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
-    p.b.receive(Address::ipv4(0x0b000002, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    // B calls two servers and gives up on both calls: two idle peers.
+    const std::vector<uint8_t> req(100, 1);
+    auto callFrom = [&](uint32_t host) {
+        uint64_t id = 0;
+        Status s = p.b.startRequest(Address::ipv4(host, kPort), req, 0, p.now, &id);
+        if (s.isOk()) {
+            EXPECT_TRUE(p.b.abortClientRpc(id, p.now).isOk());
+        }
+        p.sinkB.take();
+        p.deliveries(p.b);
+        return s.isOk();
+    };
+    ASSERT_TRUE(callFrom(0x0b000001));
+    ASSERT_TRUE(callFrom(0x0b000002));
     ASSERT_EQ(p.b.peerCount(), 3u);
-    p.b.receive(Address::ipv4(0x0b000003, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_FALSE(callFrom(0x0b000003));
     EXPECT_EQ(p.b.metrics().peersEvicted, 0u) << "idle peers are kept for peerIdleNs (at-most-once)";
     p.now += cb.peerIdleNs;
-    p.b.receive(Address::ipv4(0x0b000003, kPort), encode(c, wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_TRUE(callFrom(0x0b000003));
     EXPECT_EQ(p.b.peerCount(), 3u);
     EXPECT_EQ(p.b.metrics().peersEvicted, 1u);
     EXPECT_EQ(p.b.rpcCount(), 1u) << "the busy peer's RPC is untouched";
