@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace homa::driver {
 
@@ -22,6 +23,9 @@ constexpr int kMaxGsoSegments = 64;
 // A GSO send is one UDP datagram before segmentation: its payload must fit in 16 bits.
 constexpr size_t kMaxGsoBytes = 65'000;
 constexpr size_t kGroBuffer = 65536;
+// How long one send may wait for room in a full socket buffer, in steps of kSendWaitStepMs.
+constexpr int kMaxSendWaitMs = 50;
+constexpr int kSendWaitStepMs = 10;
 
 Status sysError(const std::string& what) {
     return {StatusCode::InvalidArgument, what + ": " + strerror(errno)};
@@ -94,6 +98,7 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
         getsockopt(d->fd_, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optLen);
         d->reachesIpv4_ = v6only == 0 && std::all_of(bind.ip.begin(), bind.ip.end(), [](uint8_t b) { return b == 0; });
     }
+    d->boundToLoopback_ = isLoopback(d->local_);
     d->maxPacket_ = options.mtu - (d->ipv6_ ? kIpv6Header : kIpv4Header) - kUdpHeader;
     d->batch_ = options.batch;
     if (options.gro) {
@@ -108,7 +113,9 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
         if (d->ipv6_) setsockopt(d->fd_, IPPROTO_IPV6, IPV6_RECVTCLASS, &one, sizeof(one));
     }
     d->gso_ = options.gso;  // confirmed (or given up) by the first GSO send
-    d->rxBufferSize_ = d->gro_ ? kGroBuffer : d->maxPacket_ + 64;
+    // A whole datagram however it comes: a GRO buffer, or one packet of a peer with a
+    // larger MTU than ours (the engine takes those; a smaller buffer truncated them).
+    d->rxBufferSize_ = kGroBuffer;
     d->rxArena_.resize(d->rxBufferSize_ * static_cast<size_t>(d->batch_));
     d->rxPackets_.reserve(static_cast<size_t>(d->batch_) * 64);
     d->tx_.resize(static_cast<size_t>(d->batch_) * kMaxGsoSegments / 8 + 1);
@@ -133,9 +140,20 @@ UdpDriver::~UdpDriver() {
     }
 }
 
+bool UdpDriver::isLoopback(const Address& a) {
+    if (a.isIpv4()) return (a.ipv4Host() >> 24) == 127;
+    for (size_t i = 0; i + 1 < a.ip.size(); ++i)
+        if (a.ip[i] != 0) return false;
+    return a.ip[15] == 1;  // ::1
+}
+
 Status UdpDriver::canSendTo(const Address& dest) const {
     if (reaches(dest)) return {};
     if (dest.port == 0) return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + ": port 0"};
+    if (reachesFamily(dest))
+        return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + " from " + local_.toString() +
+                                                 ": an endpoint bound to a loopback address reaches loopback "
+                                                 "addresses only"};
     return {StatusCode::InvalidArgument,
             "cannot send to " + dest.toString() + " from " + local_.toString() + ": " +
                 (ipv6_ ? "this endpoint's IPv6 socket (bound to an IPv6 address, or IPv6-only) reaches IPv6 only"
@@ -254,32 +272,45 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
             uint16_t seg = static_cast<uint16_t>(msgs[m].segment);
             std::memcpy(CMSG_DATA(c), &seg, sizeof(seg));
             used += CMSG_SPACE(sizeof(uint16_t));
-            ++stats_.gsoBatches;
         }
         h.msg_controllen = used;
     }
     size_t done = 0;
+    int waitedMs = 0;
     while (done < msgs.size()) {
         ++stats_.sendCalls;
         HOMA_TRACE("udp sendmmsg %u datagrams", msgs.size() - done);
         int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == ENOBUFS) {
-                // The socket buffer is full: wait briefly for room rather than drop.
+            if ((errno == EAGAIN || errno == ENOBUFS) && waitedMs < kMaxSendWaitMs) {
+                // The socket buffer is full: wait briefly for room rather than drop. Not
+                // for long: the caller holds up everything else meanwhile, and a queue
+                // that stays full (a stalled NIC) turns this into loss, which Homa
+                // recovers from.
                 pollfd pfd{fd_, POLLOUT, 0};
-                ::poll(&pfd, 1, 10);
+                ::poll(&pfd, 1, kSendWaitStepMs);
+                waitedMs += kSendWaitStepMs;
                 continue;
             }
-            if (msgs[done].count > 1 && gso_ && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT)) {
-                // No GSO here: send this run's packets one by one from now on.
-                gso_ = false;
-                // (sendRange reuses the scratch vectors: resend the rest from scratch.)
-                size_t first = msgs[done].first;
-                sendRange(first, end);
+            if (msgs[done].count > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EMSGSIZE)) {
+                // This run could not go as one GSO send: no GSO here (old kernel, device
+                // without checksum offload: then GSO is off from now on), or not on this
+                // path (a path MTU below ours: EMSGSIZE, or EINVAL on older kernels).
+                // Its packets go one by one, which the kernel fragments where it must;
+                // GSO stays on for other runs once it has worked on this socket.
+                ++stats_.gsoFallbacks;
+                if (!gsoWorked_) gso_ = false;
+                const size_t first = msgs[done].first, rest = first + msgs[done].count;
+                // (sendRange reuses the scratch vectors: what is left is sent from scratch.)
+                const bool gso = std::exchange(gso_, false);
+                sendRange(first, rest);
+                gso_ = gso;
+                sendRange(rest, end);
                 return;
             }
-            ++stats_.sendErrors;  // e.g. unreachable destination: loss, which Homa recovers from
+            // E.g. an unreachable destination: loss, which Homa recovers from.
+            stats_.sendErrors += msgs[done].count;
             stats_.lastSendErrno = errno;
             ++done;
             continue;
@@ -287,6 +318,10 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         for (int k = 0; k < n; ++k) {
             const Msg& m = msgs[done + static_cast<size_t>(k)];
             stats_.packetsSent += m.count;
+            if (m.count > 1) {
+                ++stats_.gsoBatches;
+                gsoWorked_ = true;
+            }
             for (size_t q = 0; q < m.count; ++q) stats_.bytesSent += tx_[m.first + q].length;
         }
         done += static_cast<size_t>(n);
@@ -306,6 +341,11 @@ bool UdpDriver::wakeReceiver() {
     sockaddr_storage ss;
     socklen_t len;
     toSockaddr(to, ipv6_, &ss, &len);
+    if (::sendto(fd_, "", 0, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), len) == 0) return true;
+    // A dual-stack socket on a host whose loopback has no IPv6 (common in containers):
+    // through IPv4's loopback instead.
+    if (!wildcard || !reachesIpv4_) return false;
+    toSockaddr(Address::ipv4(0x7f000001, local_.port), ipv6_, &ss, &len);
     return ::sendto(fd_, "", 0, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&ss), len) == 0;
 }
 

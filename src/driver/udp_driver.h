@@ -39,7 +39,9 @@ struct RxPacket {
 };
 
 struct UdpDriverStats {
-    uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0;
+    /// sendErrors: packets lost to send errors. gsoBatches: GSO sends that went out.
+    /// gsoFallbacks: runs that could not go as one GSO send and went packet by packet.
+    uint64_t packetsSent = 0, bytesSent = 0, sendCalls = 0, gsoBatches = 0, sendErrors = 0, gsoFallbacks = 0;
     /// Packets refused at queue() for a destination this socket cannot send to (see
     /// canSendTo); counted in sendErrors too.
     uint64_t badDestinations = 0;
@@ -141,9 +143,16 @@ class UdpDriver {
     int fd_ = -1;
     bool ipv6_ = false;
     bool reachesIpv4_ = true;  // false for an IPv6 socket bound to an IPv6 address, or IPv6-only
+    bool boundToLoopback_ = false;  // then only loopback addresses are reachable
+    /// Whether the family of `dest` is one this socket sends to.
+    bool reachesFamily(const Address& dest) const { return dest.isIpv4() ? reachesIpv4_ : ipv6_; }
     /// What canSendTo() says, without the message.
-    bool reaches(const Address& dest) const { return dest.port != 0 && (dest.isIpv4() ? reachesIpv4_ : ipv6_); }
+    bool reaches(const Address& dest) const {
+        return dest.port != 0 && reachesFamily(dest) && (!boundToLoopback_ || isLoopback(dest));
+    }
+    static bool isLoopback(const Address& a);
     bool gso_ = false;
+    bool gsoWorked_ = false;  ///< a GSO send has gone out on this socket
     bool gro_ = false;
     bool drained_ = false;
     int held_ = 0;  // datagrams read by blockForPackets(), delivered by the next receive()

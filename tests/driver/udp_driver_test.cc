@@ -2,9 +2,16 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
 
 #include <algorithm>
 #include <map>
@@ -332,6 +339,102 @@ TEST(UdpDriver, DestinationsTheSocketCannotReachAreRefusedAndCounted) {
     ASSERT_TRUE(any) << e.toString();
     EXPECT_TRUE(any->canSendTo(b->localAddress()).isOk());
     EXPECT_TRUE(any->canSendTo(v6).isOk());
+}
+
+// An endpoint bound to a loopback address cannot reach any other (the kernel says
+// EINVAL, which on a run of packets read as "no GSO here").
+TEST(UdpDriver, ALoopbackBoundSocketReachesLoopbackOnly) {
+    auto a = open();
+    const Status s = a->canSendTo(Address::ipv4(0xc0000201, 4000));  // 192.0.2.1
+    EXPECT_EQ(s.code(), StatusCode::InvalidArgument);
+    EXPECT_NE(s.message().find("loopback"), std::string::npos) << s.message();
+    EXPECT_TRUE(a->canSendTo(Address::ipv4(0x7f000002, 4000)).isOk());
+}
+
+// Packets of a peer with a larger MTU arrive whole at a receiver without GRO (its
+// buffers were sized for its own MTU: every one was truncated and dropped, resends too).
+TEST(UdpDriver, PacketsLargerThanOurMtuArriveWholeWithoutGro) {
+    UdpDriverOptions jumbo, plain;
+    jumbo.mtu = 9000;
+    plain.gro = false;
+    auto a = open(jumbo), b = open(plain);
+    const int n = 10;
+    std::vector<uint8_t> payload(4000 - 8, 7);
+    for (int i = 0; i < n; ++i) {
+        uint8_t header[8] = {static_cast<uint8_t>(i)};
+        a->queue(b->localAddress(), 0, header, payload);
+    }
+    a->flush();
+    auto got = drain(*b, n);
+    ASSERT_EQ(got.size(), static_cast<size_t>(n));
+    for (auto& p : got) EXPECT_EQ(p.size(), 4000u);
+    EXPECT_EQ(b->stats().truncated, 0u);
+}
+
+// In a network namespace of its own whose loopback has a 1,280-byte MTU (a path MTU
+// below ours, as behind a tunnel): a run of full packets cannot go as one GSO send
+// (EMSGSIZE; EINVAL on older kernels). Its packets go one by one and all arrive, and GSO
+// stays on for runs that fit. Packets lost to send errors are counted one by one.
+// Runs in a child process (unshare); needs CAP_SYS_ADMIN.
+TEST(UdpDriver, ARunTooLargeForThePathGoesPacketByPacketAndGsoStaysOn) {
+    enum : int { kOk = 0, kNoNamespace = 77, kSetup = 10, kFirstRun, kFallback, kLost, kGsoOff, kSecondRun, kErrors, kWake };
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        if (::unshare(CLONE_NEWNET) != 0) ::_exit(kNoNamespace);
+        const int s = ::socket(AF_INET, SOCK_DGRAM, 0);
+        ifreq ifr{};
+        std::strcpy(ifr.ifr_name, "lo");
+        ifr.ifr_mtu = 1280;
+        if (s < 0 || ::ioctl(s, SIOCSIFMTU, &ifr) != 0) ::_exit(kSetup);
+        if (::ioctl(s, SIOCGIFFLAGS, &ifr) != 0) ::_exit(kSetup);
+        ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+        if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) ::_exit(kSetup);
+        Status e;
+        auto a = UdpDriver::open(Address::ipv4(0, 0), {}, &e);
+        auto b = UdpDriver::open(kLoopback, {}, &e);
+        if (!a || !b) ::_exit(kSetup);
+        const Address to = Address::ipv4(0x7f000001, b->localAddress().port);
+        auto run = [&](const Address& dest, size_t bytes, int count) {
+            std::vector<uint8_t> p(bytes, 1);
+            for (int i = 0; i < count; ++i) a->queue(dest, 0, std::span<const uint8_t>(p).first(8), std::span<const uint8_t>(p).subspan(8));
+            a->flush();
+        };
+        run(to, 500, 3);  // fits: one GSO send
+        if (drain(*b, 3).size() != 3 || a->stats().gsoBatches != 1) ::_exit(kFirstRun);
+        run(to, a->maxPacketBytes(), 3);  // 1,500-byte datagrams on a 1,280-byte path
+        if (a->stats().gsoFallbacks != 1) ::_exit(kFallback);
+        if (drain(*b, 3).size() != 3 || a->stats().sendErrors != 0) ::_exit(kLost);
+        if (!a->gsoEnabled()) ::_exit(kGsoOff);
+        run(to, 500, 3);
+        if (drain(*b, 3).size() != 3 || a->stats().gsoBatches != 2) ::_exit(kSecondRun);
+        run(Address::ipv4(0x0a010101, 9), 500, 4);  // 10.1.1.1: no route in this namespace
+        if (a->stats().sendErrors != 4) ::_exit(kErrors);
+        // With no IPv6 on loopback, a dual-stack socket still wakes its reader (by IPv4).
+        std::FILE* f = std::fopen("/proc/sys/net/ipv6/conf/lo/disable_ipv6", "w");
+        if (f) {
+            std::fputs("1", f);
+            std::fclose(f);
+            auto six = UdpDriver::open(*Address::parse("[::]:0"), {}, &e);
+            if (six && !six->wakeReceiver()) ::_exit(kWake);
+        }
+        ::_exit(kOk);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    const int code = WEXITSTATUS(status);
+    if (code == kNoNamespace) GTEST_SKIP() << "no network namespace of its own (needs CAP_SYS_ADMIN)";
+    const std::map<int, const char*> what = {
+        {kSetup, "setting up the namespace"},
+        {kFirstRun, "the first run of small packets"},
+        {kFallback, "the run too large for the path was not sent packet by packet"},
+        {kLost, "packets of the run too large for the path were lost"},
+        {kGsoOff, "GSO was turned off for good"},
+        {kSecondRun, "a later run of small packets did not go as one GSO send"},
+        {kErrors, "packets lost to a send error were not counted one by one"},
+        {kWake, "a dual-stack socket could not wake its reader without IPv6 on loopback"}};
+    EXPECT_EQ(code, kOk) << (what.count(code) ? what.at(code) : "exit code");
 }
 
 TEST(UdpDriver, OversizedPacketIsRefusedNotSent) {
