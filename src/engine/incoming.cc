@@ -125,8 +125,8 @@ void Engine::handleData(Peer* peer, const wire::Packet& p, Time now) {
 }
 
 // The first packet of a message holds all of it, and it is a single-packet message by
-// our MTU (most requests and responses of small RPCs): it is complete at once, so none of the grant and reassembly bookkeeping of
-// startInMessage() and handleData() applies. The end state is theirs: a message started,
+// our MTU (most requests and responses of small RPCs): it is complete at once, so none
+// of the grant and reassembly bookkeeping of startInMessage() and handleData() applies. The end state is theirs: a message started,
 // granted and received in full, counted nowhere in incomingOutstanding_, then delivered
 // (its gap list stays empty: only an incomplete message's RESENDs read it). False, with
 // nothing changed, when no buffer is free: the general path then makes the RPC wait for
