@@ -209,9 +209,11 @@ t4=$(hp w4-tcp --protocol tcp --workload w4 --gbps 2 --client-max 200 --tcp-conn
 
 smallest='[.buckets[] | select(.count > 0)][0].slowdown_p99'
 fig s3h "$h3" "$smallest"; fig s3t "$t3" "$smallest"; fig s4h "$h4" "$smallest"; fig s4t "$t4" "$smallest"
-# An arrival finding 200 calls in flight is skipped: the load was then more than the pair
-# carried, and the tails are those of an overload, not of the offered load.
-skips() { local s n; fig s "$1" .totals.skipped_arrivals; fig n "$1" .totals.rpcs; echo "$s/$n"; }
+# An arrival that started no call is dropped: skipped (it found 200 calls in flight),
+# refused (the client's send memory was full) or late (the generator fell behind and
+# never reached it). The load was then more than the pair carried, and the tails are
+# those of an overload, not of the offered load.
+skips() { local s n; fig s "$1" .totals.dropped_arrivals; fig n "$1" .totals.arrivals_due; echo "$s/$n"; }
 k3h=$(skips "$h3"); k3t=$(skips "$t3"); k4h=$(skips "$h4"); k4t=$(skips "$t4")
 
 echo
@@ -239,7 +241,7 @@ row "1 MB one-way Gbps vs homa-perf TCP" "$(printf %.2f "$hbig")" "$(printf %.2f
 row "1 MB one-way Gbps vs iperf3 TCP" "$(printf %.2f "$hbig")" "$(printf %.2f "$iperf")"
 row "W3 1 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$s3h")" "$(printf %.2f "$s3t")"
 row "W4 2 Gbps: P99 slowdown, smallest msgs vs TCP" "$(printf %.2f "$s4h")" "$(printf %.2f "$s4t")"
-printf '  (arrivals skipped at 200 in flight / calls: W3 Homa %s, TCP %s; W4 Homa %s, TCP %s)\n' \
+printf '  (arrivals dropped (skipped at 200 in flight, refused, late) / due: W3 Homa %s, TCP %s; W4 Homa %s, TCP %s)\n' \
   "$k3h" "$k3t" "$k4h" "$k4t"
 echo
 echo "JSON, text and plots: $out/ (w3.png, w4.png)"

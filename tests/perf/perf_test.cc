@@ -6,17 +6,22 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
 #include <thread>
 
 #include "perf/perf.h"
 #include "perf/stats.h"
 #include "perf/transport.h"
 #include "common/slowdown_plot.h"
+#include "workload/workload.h"
 
 namespace homa::perf {
 namespace {
@@ -161,6 +166,25 @@ TEST(PerfStats, PercentileIsNearestRank) {
     EXPECT_EQ(percentile(empty, 50), 0);
 }
 
+// Ranks are worked out in integers: 99.9 % of 1,000 values is the 999th (a double's
+// ceil(0.999 * 1000) is 1,000, since 99.9 / 100 is a hair above 0.999).
+TEST(PerfStats, PercentileRanksAreExactForMultiplesOfAThousand) {
+    for (uint64_t n : {1000u, 5000u, 100000u}) {
+        std::vector<double> v(n);
+        std::iota(v.begin(), v.end(), 1.0);  // the value is its rank
+        std::shuffle(v.begin(), v.end(), std::mt19937_64(n));
+        EXPECT_EQ(percentile(v, 99.9), static_cast<double>(n / 1000 * 999)) << n;
+        EXPECT_EQ(percentile(v, 99), static_cast<double>(n / 100 * 99)) << n;
+        EXPECT_EQ(percentile(v, 50), static_cast<double>(n / 2)) << n;
+        EXPECT_EQ(percentile(v, 100), static_cast<double>(n)) << n;
+        EXPECT_EQ(nearestRank(n, 99.9), n / 1000 * 999) << n;
+    }
+    EXPECT_EQ(nearestRank(1001, 99.9), 1000u);  // ceil(999.999)
+    EXPECT_EQ(nearestRank(10, 0), 1u);
+    EXPECT_EQ(nearestRank(0, 50), 0u);
+    EXPECT_EQ(nearestRank(3, 50), 2u);
+}
+
 TEST(PerfStats, BucketsAndSlowdownByHand) {
     // Base RTT 10 us, 8 Gbps link: 1,000 wire bytes take 1 us.
     SlowdownModel m{10, 8};
@@ -195,6 +219,78 @@ TEST(PerfStats, ErrorKindIsTheTextBeforeTheFirstColon) {
     EXPECT_EQ(errorKind(": nothing before"), "unknown");
 }
 
+// The open loop's schedule counts every arrival due before the end: those the generator
+// reached (started or skipped) and those it never reached, late (it once dropped those
+// without a word), and how late it was with the ones it reached.
+TEST(PerfStats, ArrivalScheduleCountsEveryArrivalDueBeforeTheEnd) {
+    constexpr int64_t kSecond = 1'000'000'000;
+    // A generator that keeps up: every arrival started when due, none late.
+    ArrivalSchedule onTime(1000, 7, 0, kSecond);
+    int64_t at;
+    uint64_t drawn = 0;
+    while (onTime.next(&at)) {
+        ++drawn;
+        onTime.handled(at, drawn % 4 != 0);
+    }
+    onTime.finish(kSecond);
+    EXPECT_EQ(onTime.offered(), drawn);
+    EXPECT_EQ(onTime.late(), 0u);
+    EXPECT_EQ(onTime.skipped(), drawn / 4);
+    EXPECT_EQ(onTime.lagMaxUs(), 0.0);
+    EXPECT_GT(drawn, 900u);
+    EXPECT_LT(drawn, 1100u);
+
+    // A generator that takes 2 us per call against a million arrivals a second: it
+    // reaches half of them by the end, and the other half are late.
+    ArrivalSchedule behind(1e6, 7, 0, kSecond);
+    int64_t now = 0;
+    while (now < kSecond && behind.next(&at)) {
+        now = std::max(now, at) + 2000;
+        behind.handled(now, true);
+    }
+    behind.finish(kSecond);
+    EXPECT_EQ(behind.offered(), behind.issued() + behind.skipped() + behind.late());
+    EXPECT_NEAR(static_cast<double>(behind.offered()), 1e6, 5e3);
+    EXPECT_NEAR(static_cast<double>(behind.issued()), 5e5, 1e3);
+    EXPECT_NEAR(static_cast<double>(behind.late()), 5e5, 5e3);
+    EXPECT_NEAR(behind.lagMaxUs(), 5e5, 5e3);   // the last one started: due at 0.5 s, started at 1 s
+    EXPECT_NEAR(behind.lagMeanUs(), 2.5e5, 5e3);
+
+    // Stopped early (an interrupt) with an arrival drawn but not handled: it is late if
+    // it was due before the stop; nothing after the stop counts.
+    ArrivalSchedule stopped(1e6, 9, 0, kSecond);
+    uint64_t handled = 0;
+    while (stopped.next(&at) && at < kSecond / 10) {
+        stopped.handled(at, true);
+        ++handled;
+    }
+    stopped.finish(kSecond / 10);
+    EXPECT_EQ(stopped.late(), 0u) << "the arrival drawn was due after the stop";
+    EXPECT_EQ(stopped.offered(), handled);
+    ArrivalSchedule pending(1e6, 9, 0, kSecond);
+    ASSERT_TRUE(pending.next(&at));
+    pending.finish(kSecond / 10);
+    EXPECT_NEAR(static_cast<double>(pending.late()), 1e5, 1.5e3);
+    EXPECT_EQ(pending.issued(), 0u);
+
+    // A load so small that no arrival falls within the run.
+    ArrivalSchedule none(1e-9, 1, 0, kSecond);
+    EXPECT_FALSE(none.next(&at));
+    none.finish(kSecond);
+    EXPECT_EQ(none.offered(), 0u);
+}
+
+// Any failed call fails the run, unless --max-error-rate allows that share of them.
+TEST(PerfStats, TooManyErrorsFollowsTheAllowedRate) {
+    EXPECT_FALSE(tooManyErrors(0, 0, 0));
+    EXPECT_FALSE(tooManyErrors(0, 100, 0));
+    EXPECT_TRUE(tooManyErrors(1, 100, 0));
+    EXPECT_TRUE(tooManyErrors(1, 1, 0.5));
+    EXPECT_FALSE(tooManyErrors(10, 100, 0.1));
+    EXPECT_TRUE(tooManyErrors(11, 100, 0.1));
+    EXPECT_FALSE(tooManyErrors(100, 100, 1));
+}
+
 TEST(PerfStats, DecileBoundsFollowTheCdf) {
     std::vector<uint32_t> sizes = {10, 20, 1000};
     std::vector<double> cum = {0.5, 0.95, 1.0};
@@ -210,6 +306,7 @@ std::string tempPath(const char* name) {
 void checkSchema(const nlohmann::json& j, const std::string& protocol) {
     EXPECT_EQ(j["tool"], "homa-perf");
     EXPECT_EQ(j["schema"], 1);
+    EXPECT_EQ(j["slowdown_bytes"], "request+response");
     EXPECT_EQ(j["options"]["protocol"], protocol);
     for (const char* k : {"machine", "base_rtt_us", "intervals", "totals", "buckets"}) EXPECT_TRUE(j.contains(k)) << k;
     EXPECT_GT(j["totals"]["rpcs"].get<uint64_t>(), 0u);
@@ -509,11 +606,16 @@ TEST(PerfClient, ATcpServerThatGoesAwayGivesErrorsByKindNotACrash) {
                       &o, &e))
         << e;
     int rc = -1;
+    testing::internal::CaptureStderr();
     std::thread client([&] { rc = runClient(o); });
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     server->stop();  // (its threads close their connections)
     client.join();
-    EXPECT_EQ(rc, 0) << "calls completed before the server went";
+    const std::string out = testing::internal::GetCapturedStderr();
+    // Calls completed before the server went, and then many failed: the run fails (it
+    // exited 0, and scripts took its figures for a good run's).
+    EXPECT_EQ(rc, 1);
+    EXPECT_NE(out.find("homa-perf: failed: "), std::string::npos) << out;
     const nlohmann::json j = readJson(path);
     ASSERT_TRUE(j.is_object());
     const auto& t = j["totals"];
@@ -732,6 +834,258 @@ TEST(PerfLocal, AHighLengthCapDoesNotMakeEndpointsAskForMemory) {
     checkSchema(j, "homa");
     EXPECT_FALSE(j["options"]["capped"].get<bool>());
     EXPECT_EQ(j["options"]["role"], "local");
+}
+
+// A client transport of the test's own: each call is answered at once, on the calling
+// thread, as `answer` says for the n-th call (from 0). It counts the calls, and the most
+// that were ever being started at once.
+class FakeTransport : public ClientTransport {
+  public:
+    using Answer = std::function<CallResult(uint64_t n, std::span<const uint8_t> request)>;
+    explicit FakeTransport(Answer answer) : answer_(std::move(answer)) {}
+    void issue(size_t, std::span<const uint8_t> request, uint64_t token) override {
+        const int now = ++inIssue_;
+        int most = maxConcurrent.load();
+        while (now > most && !maxConcurrent.compare_exchange_weak(most, now)) {
+        }
+        CallResult r = answer_(calls++, request);
+        if (r.refused) ++refusals;
+        if (!r.ok && !r.refused) ++failures;
+        complete(token, std::move(r));
+        --inIssue_;
+    }
+    void stop() override {}
+
+    std::atomic<uint64_t> calls{0}, refusals{0}, failures{0};
+    std::atomic<int> maxConcurrent{0};
+
+  private:
+    Answer answer_;
+    std::atomic<int> inIssue_{0};
+};
+
+CallResult answered(std::span<const uint8_t> request) {
+    CallResult r;
+    r.ok = true;
+    r.responseLength = responseLengthOf(request);
+    return r;
+}
+CallResult refusedCall() {
+    CallResult r;
+    r.refused = true;
+    r.error = "out of buffers: the send memory is full";
+    return r;
+}
+
+struct FakeRun {
+    int rc = -1;
+    nlohmann::json j;
+    std::string out, err;
+};
+// A client run of `args` (after "client --servers 127.0.0.1:1", with --json, --quiet
+// and --base-rtt-us 10) through `t`, with 64-byte messages.
+FakeRun runFake(FakeTransport& t, std::vector<std::string> args, const std::string& name) {
+    const std::string path = tempPath(name.c_str());
+    std::vector<std::string> all = {"client", "--servers", "127.0.0.1:1", "--workload", "64", "--base-rtt-us", "10",
+                                    "--json", path, "--quiet"};
+    all.insert(all.end(), args.begin(), args.end());
+    PerfOptions o;
+    std::string e;
+    EXPECT_TRUE(parse(all, &o, &e)) << e;
+    FakeRun r;
+    testing::internal::CaptureStdout();
+    testing::internal::CaptureStderr();
+    r.rc = runClientWith(o, t, {*Address::parse("127.0.0.1:1")}, workload::Distribution::fixed(64));
+    r.out = testing::internal::GetCapturedStdout();
+    r.err = testing::internal::GetCapturedStderr();
+    r.j = readJson(path);
+    return r;
+}
+
+// An open loop whose calls take longer to start than its arrivals' gaps falls behind
+// its schedule: the arrivals it never reached before the end are counted (as late), with
+// how late it was, and the run warns that the load offered was below the one asked. (They
+// were dropped without a word: "skipped arrivals 0" for a run that started a third of
+// them.) Each call here takes at least 200 us to start, against a million arrivals a
+// second (64 B at 0.512 Gbps) for 0.3 s: at most 1,500 of about 300,000 start, on any
+// machine.
+TEST(PerfOpenLoop, ArrivalsTheGeneratorNeverReachedAreCountedAsLate) {
+    FakeTransport t([](uint64_t, std::span<const uint8_t> request) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        return answered(request);
+    });
+    const FakeRun r = runFake(t, {"--gbps", "0.512", "--duration", "0.3"}, "late");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    const auto& tot = r.j["totals"];
+    const uint64_t due = tot["arrivals_due"].get<uint64_t>();
+    const uint64_t late = tot["late_arrivals"].get<uint64_t>();
+    const uint64_t skipped = tot["skipped_arrivals"].get<uint64_t>();
+    EXPECT_NEAR(static_cast<double>(due), 3e5, 6e3) << "a Poisson count of mean 300,000";
+    EXPECT_EQ(t.calls.load() + skipped + late, due) << "every arrival due is started, skipped or late";
+    EXPECT_LE(t.calls.load(), 1501u);
+    EXPECT_GT(late, due / 2);
+    EXPECT_EQ(tot["refused_arrivals"], 0);
+    EXPECT_EQ(tot["dropped_arrivals"].get<uint64_t>(), skipped + late);
+    EXPECT_GT(tot["generator_lag_max_us"].get<double>(), 1000.0) << "the tenth call starts 2 ms late";
+    EXPECT_GT(tot["generator_lag_mean_us"].get<double>(), 0.0);
+    EXPECT_NE(r.out.find("late (due before the end, never reached)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("warning: the load offered was well below 0.512 Gbps"), std::string::npos) << r.out;
+}
+
+// A call the transport refuses (its send memory full) in the open loop is an arrival
+// dropped: counted as such, not started again (the run loop restarted such calls now and
+// then, beside the schedule, while the summary said they all were and the skipped
+// arrivals stayed 0).
+TEST(PerfOpenLoop, RefusedCallsAreDroppedArrivalsNotStartedAgain) {
+    FakeTransport t([](uint64_t n, std::span<const uint8_t> request) {
+        return n % 2 == 1 ? refusedCall() : answered(request);
+    });
+    const FakeRun r = runFake(t, {"--gbps", "0.01024", "--duration", "0.5"}, "refused-open");  // 20,000 a second
+    EXPECT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    const auto& tot = r.j["totals"];
+    const uint64_t due = tot["arrivals_due"].get<uint64_t>();
+    const uint64_t skipped = tot["skipped_arrivals"].get<uint64_t>();
+    const uint64_t late = tot["late_arrivals"].get<uint64_t>();
+    const uint64_t refused = tot["refused_arrivals"].get<uint64_t>();
+    EXPECT_GT(t.refusals.load(), 0u);
+    EXPECT_EQ(refused, t.refusals.load());
+    EXPECT_EQ(tot["refused"].get<uint64_t>(), t.refusals.load());
+    EXPECT_EQ(t.calls.load(), due - skipped - late) << "a call was started that was no arrival's";
+    EXPECT_EQ(tot["dropped_arrivals"].get<uint64_t>(), skipped + late + refused);
+    EXPECT_EQ(tot["rpcs"].get<uint64_t>() + tot["completed_after_end"].get<uint64_t>(), t.calls.load() - refused);
+    EXPECT_NE(r.out.find("dropped, not started again"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("started again as calls finished"), std::string::npos) << r.out;
+}
+
+// With one call allowed in flight and calls refused, no second call is ever started
+// beside the first: the open loop takes a slot in the same locked step that finds it
+// free (the run loop could take the only slot between the two, and the generator then
+// took one from an empty list).
+TEST(PerfOpenLoop, NoMoreCallsThanTheCapAreEverStarted) {
+    FakeTransport t([](uint64_t n, std::span<const uint8_t> request) {
+        return n % 2 == 1 ? refusedCall() : answered(request);
+    });
+    const FakeRun r = runFake(t, {"--gbps", "0.512", "--duration", "0.5", "--client-max", "1"}, "cap-one");
+    EXPECT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    EXPECT_EQ(t.maxConcurrent.load(), 1);
+    const auto& tot = r.j["totals"];
+    EXPECT_EQ(t.calls.load(), tot["arrivals_due"].get<uint64_t>() - tot["skipped_arrivals"].get<uint64_t>() -
+                                  tot["late_arrivals"].get<uint64_t>());
+}
+
+// The JSON says which bytes the slowdown's ideal time counts: both messages'.
+TEST(PerfOpenLoop, TheJsonSaysTheSlowdownCountsRequestAndResponseBytes) {
+    FakeTransport t([](uint64_t, std::span<const uint8_t> request) { return answered(request); });
+    const FakeRun r = runFake(t, {"--gbps", "0.001", "--duration", "0.2"}, "slowdown-bytes");
+    ASSERT_TRUE(r.j.is_object()) << r.err;
+    EXPECT_EQ(r.j["slowdown_bytes"], "request+response");
+    EXPECT_NE(r.out.find("(request + response bytes) * 8"), std::string::npos) << r.out;
+}
+
+// A run with failed calls exits 1 and says so in its last line, unless --max-error-rate
+// allows their share (it exited 0 whatever failed, as long as one call completed).
+TEST(PerfOpenLoop, FailedCallsFailTheRunUnlessAllowed) {
+    auto everyTenthFails = [](uint64_t n, std::span<const uint8_t> request) {
+        if (n % 10 != 9) return answered(request);
+        CallResult f;
+        f.error = "timeout: no response";
+        return f;
+    };
+    struct Case {
+        const char* maxRate;
+        int rc;
+    };
+    for (const Case& k : {Case{nullptr, 1}, Case{"0.05", 1}, Case{"0.5", 0}}) {
+        FakeTransport t(everyTenthFails);
+        std::vector<std::string> args = {"--gbps", "0.01024", "--duration", "0.3"};
+        if (k.maxRate) args.insert(args.end(), {"--max-error-rate", k.maxRate});
+        const FakeRun r = runFake(t, args, "errors");
+        const std::string what = k.maxRate ? k.maxRate : "(none)";
+        ASSERT_GE(t.failures.load(), 1u) << what;
+        EXPECT_EQ(r.rc, k.rc) << what << ": " << r.err;
+        ASSERT_TRUE(r.j.is_object()) << "the JSON is written all the same";
+        EXPECT_EQ(r.j["totals"]["errors"].get<uint64_t>(), t.failures.load());
+        EXPECT_EQ(r.j["options"]["max_error_rate"].get<double>(), k.maxRate ? std::atof(k.maxRate) : 0.0);
+        if (k.rc != 0) {
+            EXPECT_NE(r.err.find("homa-perf: failed: " + std::to_string(t.failures.load()) + " of the "),
+                      std::string::npos)
+                << r.err;
+            EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << "one line: " << r.err;
+        } else {
+            EXPECT_TRUE(r.err.empty()) << r.err;
+        }
+    }
+    PerfOptions o;
+    std::string e;
+    for (const char* bad : {"-0.1", "1.5", "nan", "some"})
+        EXPECT_FALSE(parse({"local", "--max-error-rate", bad}, &o, &e)) << bad;
+}
+
+// `local --bind ::` puts its server on ::1, as 0.0.0.0 puts it on 127.0.0.1 (the client
+// was given [::]:port, which nothing answers).
+TEST(PerfLocal, AWildcardBindMeansTheLoopbackOfItsFamily) {
+    EXPECT_EQ(localServerBind("0.0.0.0"), "127.0.0.1");
+    EXPECT_EQ(localServerBind("::"), "::1");
+    EXPECT_EQ(localServerBind("0:0:0:0:0:0:0:0"), "::1");
+    EXPECT_EQ(localServerBind("127.0.0.1"), "127.0.0.1");
+    EXPECT_EQ(localServerBind("::1"), "::1");
+    EXPECT_EQ(localServerBind("10.1.2.3"), "10.1.2.3");
+    const int fd = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 sa{};
+    sa.sin6_family = AF_INET6;
+    sa.sin6_addr = in6addr_loopback;
+    const bool ipv6 = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+    if (fd >= 0) ::close(fd);
+    if (!ipv6) GTEST_SKIP() << "no IPv6 loopback here";
+    nlohmann::json j = runLocalJson({"--bind", "::", "--workload", "64", "--duration", "1.1", "--client-max", "2",
+                                     "--base-rtt-us", "10"},
+                                    "bind-any6");
+    ASSERT_FALSE(j.is_null());
+    checkSchema(j, "homa");
+    ASSERT_EQ(j["options"]["servers"].size(), 1u);
+    EXPECT_EQ(j["options"]["servers"][0].get<std::string>().rfind("[::1]:", 0), 0u) << j["options"]["servers"];
+}
+
+// Values a plot cannot show are refused with the file and the field named, in one line:
+// a slowdown of 0 or less (gnuplot failed on it with "gnuplot failed"), a size of 0 (the
+// point was dropped from the logarithmic axis without a word), a negative count (it
+// wrapped to a huge unsigned one).
+TEST(PerfPlot, OutOfRangeValuesAreOneLineErrorsNamingTheField) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("perf-plot-range-" + std::to_string(getpid()));
+    fs::create_directories(dir);
+    struct Case {
+        const char* bucket;
+        const char* field;
+    };
+    const std::vector<Case> cases = {
+        {R"({"count":3,"max_size":64,"slowdown_p99":0})", "buckets[1].slowdown_p99 is 0"},
+        {R"({"count":3,"max_size":64,"slowdown_p99":-2.5})", "buckets[1].slowdown_p99 is -2.5"},
+        {R"({"count":3,"max_size":0,"slowdown_p99":2})", "buckets[1].max_size is 0"},
+        {R"({"count":0,"max_size":-64,"slowdown_p99":null})", "buckets[1].max_size is -64"},
+        {R"({"count":-5,"max_size":64,"slowdown_p99":2})", "buckets[1].count is -5"},
+        {R"({"count":2.5,"max_size":64,"slowdown_p99":2})", "buckets[1].count is 2.5"},
+    };
+    for (size_t i = 0; i < cases.size(); ++i) {
+        const std::string in = (dir / "r").string() + std::to_string(i) + ".json";
+        std::ofstream(in) << R"({"tool":"homa-perf","options":{},"buckets":[{"count":1,"max_size":10,)"
+                          << R"("slowdown_p99":1.5},)" << cases[i].bucket << "]}";
+        PerfOptions o;
+        std::string e;
+        ASSERT_TRUE(parse({"plot", in, "-o", (dir / "p.png").string()}, &o, &e)) << e;
+        testing::internal::CaptureStderr();
+        const int rc = runPlot(o);
+        const std::string err = testing::internal::GetCapturedStderr();
+        EXPECT_EQ(rc, 1) << cases[i].bucket;
+        EXPECT_NE(err.find(in), std::string::npos) << err;
+        EXPECT_NE(err.find(cases[i].field), std::string::npos) << err;
+        EXPECT_EQ(err.find('\n'), err.size() - 1) << "not one line: " << err;
+    }
+    EXPECT_FALSE(fs::exists(dir / "p.png"));
+    fs::remove_all(dir);
 }
 
 // `plot` given JSON of another shape: a one-line error, not an abort.

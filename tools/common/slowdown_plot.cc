@@ -5,12 +5,22 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 namespace homa::tools {
+
+namespace {
+
+/// Whether `v` is a finite number above 0.
+bool isPositive(const nlohmann::json& v) {
+    return v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() > 0;
+}
+
+}  // namespace
 
 std::string readSlowdownJson(const std::string& path, const std::string& tool, PlotLine* line,
                              nlohmann::json* options) {
@@ -22,9 +32,24 @@ std::string readSlowdownJson(const std::string& path, const std::string& tool, P
             return "no buckets";
         if (!j.at("buckets").is_array() || !j.at("options").is_object()) return "buckets or options of the wrong type";
         line->points.clear();
-        for (const json& b : j.at("buckets"))
-            if (b.at("count").get<uint64_t>() > 0)
-                line->points.emplace_back(b.at("max_size").get<double>(), b.at("slowdown_p99").get<double>());
+        const json& buckets = j.at("buckets");
+        for (size_t i = 0; i < buckets.size(); ++i) {
+            // Each value is checked, not only its type: both axes are logarithmic, so a
+            // size or slowdown of 0 or less would be dropped by gnuplot (or fail it), and
+            // a negative count would wrap to a huge unsigned one.
+            const json& b = buckets[i];
+            const std::string field = "buckets[" + std::to_string(i) + "].";
+            const json& count = b.at("count");
+            if (!count.is_number_unsigned())
+                return field + "count is " + count.dump() + ", not a count (a whole number, 0 or more)";
+            const json& size = b.at("max_size");
+            if (!isPositive(size)) return field + "max_size is " + size.dump() + ", not a positive size";
+            if (count.get<uint64_t>() == 0) continue;
+            const json& slowdown = b.at("slowdown_p99");
+            if (!isPositive(slowdown))
+                return field + "slowdown_p99 is " + slowdown.dump() + ", not a positive number";
+            line->points.emplace_back(size.get<double>(), slowdown.get<double>());
+        }
         *options = j.at("options");
     } catch (const std::exception& e) {
         return e.what();

@@ -22,9 +22,11 @@ std::string plotSlowdown(const std::vector<PlotLine>& lines, const std::string& 
 
 /// Reads a JSON file that `tool` ("homa-perf", "homa-sim") wrote with --json: the P99
 /// slowdown of each bucket that holds messages into line->points, and the run's options
-/// into *options (for the line's label). Every field is read with a type check. Returns
-/// "" on success, else what is wrong (not JSON, another tool's, a field missing or of
-/// the wrong type).
+/// into *options (for the line's label). Every field is read with a type check, and
+/// each bucket's values with a range check: a count is a whole number, 0 or more; a
+/// max_size, and the slowdown_p99 of a bucket with messages, a number above 0. Returns
+/// "" on success, else what is wrong, in one line naming the field if it is one (not
+/// JSON, another tool's, a field missing, of the wrong type or out of range).
 std::string readSlowdownJson(const std::string& path, const std::string& tool, PlotLine* line,
                              nlohmann::json* options);
 

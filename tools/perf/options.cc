@@ -33,7 +33,7 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::Range(1u, 1'000'000u));
         c->add_option("--send-buffer-mb", o->sendBufferMb,
                       "Homa: memory for messages being sent per endpoint, MB (default 256); calls beyond it are "
-                      "refused and started again as others finish")
+                      "refused (closed loop: started again as others finish; open loop: dropped arrivals)")
             ->check(CLI::Range(1u, 1'000'000u));
         c->add_option("--link-gbps", o->linkGbps,
                       "the link's bandwidth: Homa's pacer sends at this rate, and slowdowns are computed with it "
@@ -45,7 +45,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(homa::tools::FiniteRange(0.001, 1e6));
     };
     auto addServer = [o](CLI::App* c) {
-        c->add_option("--bind", o->bind, "address to listen on");
+        c->add_option("--bind", o->bind,
+                      "address to listen on (local: a wildcard address, 0.0.0.0 or ::, means its family's loopback)");
         c->add_option("--port", o->port, "first server port (0: any)");
         c->add_option("--server-ports", o->serverPorts, "server ports (consecutive)")->check(CLI::Range(1, 64));
         c->add_option("--server-threads", o->serverThreads,
@@ -74,6 +75,10 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
                       "seconds to wait after the load for calls in flight (they count in the round trips, not "
                       "the rate); the rest end unfinished")
             ->check(homa::tools::FiniteRange(0.0, 3600.0));
+        c->add_option("--max-error-rate", o->maxErrorRate,
+                      "largest share (0..1) of the calls that ended that may fail with the run still exiting 0 "
+                      "(default 0: any failed call fails the run)")
+            ->check(homa::tools::FiniteRange(0.0, 1.0));
         c->add_option("--tcp-conns", o->tcpConnections, "TCP connections per server")->check(CLI::Range(1, 1024));
         c->add_option("--tcp-threads", o->tcpThreads, "TCP client epoll threads")->check(CLI::Range(1, 64));
         c->add_option("--base-rtt-us", o->baseRttUs, "unloaded small-message RTT for slowdown (default: measure)")

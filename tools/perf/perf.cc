@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -165,6 +166,12 @@ bool usesSyncCalls(const PerfOptions& o, const ClientTransport& t) {
     return o.callMode == "sync" || (o.callMode == "auto" && o.clientMax == 1);
 }
 
+/// The open loop's mean arrivals a second: requests of the workload's mean size (at
+/// least 4 bytes) that offer o.gbps.
+double arrivalsPerSecond(const PerfOptions& o, const workload::Distribution& d) {
+    return o.gbps * 1e9 / 8.0 / std::max(4.0, d.mean());
+}
+
 class LoadGenerator {
   public:
     LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
@@ -173,16 +180,17 @@ class LoadGenerator {
         // already): each synchronous caller keeps a copy.
         scratch_.assign(std::max<uint32_t>(std::min(o.maxLength, d.maxSize()), 8), 0x33);
         // Calls in flight never exceed clientMax (the closed loop starts that many; the
-        // open loop skips arrivals beyond it).
+        // open loop skips arrivals that find no free slot).
         inFlight_.resize(static_cast<size_t>(o.clientMax));
         for (int i = o.clientMax - 1; i >= 0; --i) freeSlots_.push_back(static_cast<uint32_t>(i));
         // A call's token is its slot.
         transport_.onCompletion([this](uint64_t slot, CallResult r) {
             const InFlight f = inFlight_[slot];
             if (r.refused) {
-                // The transport's memory is full of calls in flight: this slot waits for
-                // one of them to finish (or for the run loop, if none is in flight).
-                // Reissuing at once would only be refused again, as fast as the loop runs.
+                // The transport's memory is full of calls in flight. Closed loop: this
+                // slot waits for one of them to finish (or for the run loop, if none is
+                // in flight); reissuing at once would only be refused again, as fast as
+                // the loop runs. Open loop: the arrival is dropped (see park()).
                 park(static_cast<int64_t>(slot));
                 return;
             }
@@ -253,7 +261,8 @@ class LoadGenerator {
         std::thread open;
         std::vector<std::thread> callers;
         if (o_.gbps > 0) {
-            open = std::thread([this, end] { openLoop(end); });
+            schedule_.emplace(arrivalsPerSecond(o_, dist_), o_.seed ^ 0x9e3779b97f4a7c15ull, startNs_, end);
+            open = std::thread([this] { openLoop(); });
             pthread_setname_np(open.native_handle(), "perf-open-loop");
         } else if (syncCalls()) {
             for (int i = 0; i < o_.clientMax; ++i) {
@@ -270,6 +279,8 @@ class LoadGenerator {
             if (now >= end || interrupted) break;
             std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(kRetryPauseMs * 1'000'000, end - now)));
             if (nowNs() >= end) break;
+            // (Closed loop only: the open loop neither parks refused calls nor restarts
+            // failed ones, see park() and record().)
             if (unpark(true)) issue();  // nothing in flight to finish and make room
             for (int64_t n = takeFailedSlots(); n > 0; --n) issue();
             if (nowNs() >= nextReport) {
@@ -287,7 +298,11 @@ class LoadGenerator {
             elapsedNs_ = nowNs() - startNs_;
         }
         if (nextReport <= end && !interrupted) report(nextReport);  // the last whole second
-        if (open.joinable()) open.join();
+        if (open.joinable()) {
+            open.join();
+            // The arrivals due before the end that the generator never reached.
+            schedule_->finish(startNs_ + elapsedNs_);
+        }
         bool left;
         {
             std::unique_lock lk(mu_);
@@ -319,11 +334,15 @@ class LoadGenerator {
     /// Calls still in flight when the run stopped waiting for them (PerfOptions::drainS),
     /// however they ended after that.
     uint64_t unfinished = 0;
-    uint64_t errors = 0, skipped = 0;
+    uint64_t errors = 0;
     std::map<std::string, uint64_t> errorsByKind;
     /// Calls the transport refused for lack of memory (CallResult::refused): not errors,
-    /// and not in the samples; the closed loop then keeps fewer calls in flight.
+    /// and not in the samples. The closed loop then keeps fewer calls in flight; in the
+    /// open loop each is an arrival dropped.
     uint64_t refused = 0;
+    /// The open loop's arrivals and what became of them (after run()); null for the
+    /// closed loop.
+    const ArrivalSchedule* arrivals() const { return schedule_ ? &*schedule_ : nullptr; }
     std::string firstError;
     std::vector<json> intervals;
     int64_t elapsedNs_ = 0;
@@ -349,10 +368,11 @@ class LoadGenerator {
         ++outstanding_;
     }
     /// Draws the next call, and takes it one of the clientMax slots of calls in flight if
-    /// `slot`; false once stopping.
+    /// `slot`; false once stopping (or if no slot is free, which the closed loop's count
+    /// of the calls it starts rules out).
     bool draw(Call* c, uint32_t* slot) {
         std::lock_guard lk(mu_);
-        if (stopping_) return false;
+        if (stopping_ || (slot && freeSlots_.empty())) return false;
         drawLocked(c);
         if (slot) {
             *slot = freeSlots_.back();
@@ -408,14 +428,17 @@ class LoadGenerator {
         }
         return !stopping_ && o_.gbps == 0;
     }
-    /// Counts a refused call; its slot, if it has one, waits (see the completion function).
+    /// Counts a refused call. Closed loop: its slot, if it has one, waits (see the
+    /// completion function). Open loop: the arrival is dropped, not started again (a
+    /// later start would no longer be the arrival the schedule had), and its slot is
+    /// free for the next arrival.
     void park(int64_t slot) {
         std::lock_guard lk(mu_);
         --outstanding_;
         ++refused;
         if (slot >= 0) {
             freeSlots_.push_back(static_cast<uint32_t>(slot));
-            ++parked_;
+            if (o_.gbps == 0) ++parked_;
         }
         if (outstanding_ == 0) cv_.notify_all();
     }
@@ -472,38 +495,49 @@ class LoadGenerator {
         }
     }
 
-    void openLoop(int64_t end) {
-        // Poisson arrivals: exponential gaps with the mean that offers o_.gbps of requests.
-        double meanBytes = std::max(4.0, dist_.mean());
-        double perSecond = o_.gbps * 1e9 / 8.0 / meanBytes;
-        std::exponential_distribution<double> gap(perSecond / 1e9);
-        std::mt19937_64 arrivals(o_.seed ^ 0x9e3779b97f4a7c15ull);
-        int64_t next = nowNs();
+    /// Starts the open loop's arrivals (schedule_) as they fall due. An arrival is
+    /// started when the generator reaches it, which is late when starting the ones before
+    /// took longer than their gaps: each call's round trip is timed from its start, and
+    /// how late its start was is the generator's lag (in the summary and the JSON).
+    void openLoop() {
         transport_.holdSends();
-        while (!stopping_ && !interrupted) {
-            // (Compared as a double first: a tiny load's gap may not fit in an int64_t.)
-            const double g = gap(arrivals);
-            if (g >= static_cast<double>(end - next)) break;
-            next += static_cast<int64_t>(g);
+        int64_t at;
+        while (!interrupted && schedule_->next(&at)) {
             // Sleep, never spin: a spinning generator takes a whole core from the client
             // and server it measures (on a 2-core machine they then share the other one
             // and stall each other for scheduler time slices, milliseconds). Arrivals due
             // during a sleep go out together when it ends (sleeps last at least the
             // kernel's timer slack, about 50 us), their packets in one system call.
-            if (int64_t now = nowNs(); now < next) {
+            int64_t now = nowNs();
+            if (now < at) {
                 transport_.releaseSends();
-                std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+                std::this_thread::sleep_for(std::chrono::nanoseconds(at - now));
                 transport_.holdSends();
+                now = nowNs();
             }
-            bool full;
-            {
-                std::lock_guard lk(mu_);
-                full = outstanding_ >= o_.clientMax;
-                if (full) ++skipped;
-            }
-            if (!full) issue();
+            if (!arrive(now)) break;  // (the run is over: the arrival is late, see finish())
         }
         transport_.releaseSends();
+    }
+    /// The open loop's arrival last drawn, handled at `now`: a call in a free slot, or
+    /// skipped when --client-max calls are in flight. Whether a slot is free and the
+    /// taking of it are one locked step (a slot freed by a completion can only be taken
+    /// here). False, with the arrival left unhandled, once stopping.
+    bool arrive(int64_t now) {
+        Call c;
+        uint32_t slot;
+        {
+            std::lock_guard lk(mu_);
+            if (stopping_) return false;
+            const bool free = !freeSlots_.empty();
+            schedule_->handled(now, free);
+            if (!free) return true;
+            drawLocked(&c);
+            slot = freeSlots_.back();
+            freeSlots_.pop_back();
+        }
+        send(c, slot);
+        return true;
     }
 
     void report(int64_t at) {
@@ -556,8 +590,9 @@ class LoadGenerator {
     int64_t outstanding_ = 0;
     bool ended_ = false;    ///< (mu_) the measured interval is over
     bool drained_ = false;  ///< (mu_) the run no longer waits for calls in flight
-    int64_t parked_ = 0;  ///< (mu_) slots whose call was refused, waiting to be reissued
+    int64_t parked_ = 0;  ///< (mu_) closed loop: slots whose call was refused, waiting to be reissued
     int64_t failedSlots_ = 0;  ///< (mu_) slots whose call failed, for the run loop to reissue
+    std::optional<ArrivalSchedule> schedule_;  ///< the open loop's (its thread's, then run()'s)
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
@@ -700,6 +735,9 @@ bool probeServers(ClientTransport& t, const std::vector<Address>& servers, int t
     return true;
 }
 
+int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
+                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics);
+
 int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, const workload::Distribution& sizes) {
     std::string error;
     if (!jsonWritable(o.json)) return 1;
@@ -715,11 +753,19 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
         std::fprintf(stderr, "homa-perf: %s\n", withOptionHint(error).c_str());
         return 1;
     }
+    return loadThrough(o, *transport, servers, sizes, metrics);
+}
+
+/// The client's run through `transport` (made for `servers`): the base RTT, the load, the
+/// report and the JSON; the exit status.
+int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
+                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics) {
+    std::string error;
     SlowdownModel model;
     model.linkGbps = o.linkGbps;
     bool measured = o.baseRttUs <= 0;
     bool baseSynchronous = false;
-    model.baseRttUs = measured ? measureBaseRtt(*transport, &baseSynchronous, &error) : o.baseRttUs;
+    model.baseRttUs = measured ? measureBaseRtt(transport, &baseSynchronous, &error) : o.baseRttUs;
     if (interrupted) {
         std::fprintf(stderr, "homa-perf: interrupted while measuring the base RTT\n");
         return 1;
@@ -735,14 +781,14 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
                 o.protocol.c_str(), o.workload.c_str(),
                 o.gbps > 0 ? openLoop
                            : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +
-                              (usesSyncCalls(o, *transport) ? " (synchronous calls)" : ""))
+                              (usesSyncCalls(o, transport) ? " (synchronous calls)" : ""))
                                  .c_str(),
                 o.duration, model.baseRttUs, baseHow, o.linkGbps);
     std::fflush(stdout);
 
     MetricsSnapshot before;
     if (metrics) before = metrics();
-    LoadGenerator gen(o, *transport, sizes, servers.size());
+    LoadGenerator gen(o, transport, sizes, servers.size());
     const CpuTimes cpuBefore = processCpu();
     const int64_t runStart = nowNs();
     gen.run();
@@ -750,7 +796,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
     const double runSeconds = static_cast<double>(nowNs() - runStart) / 1e9;  // (the wait at the end included)
     MetricsSnapshot after;
     if (metrics) after = metrics();
-    transport->stop();
+    transport.stop();
     gen.unfinished += gen.unreported();
 
     std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
@@ -763,25 +809,44 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
     double p50 = percentile(all, 50), p99 = percentile(all, 99), p999 = percentile(all, 99.9);
     const bool none = all.empty();
 
-    std::printf("\nsummary: %zu RPCs in %.2f s = %.1f kops, out %.2f Gbps, in %.2f Gbps, errors %lu, "
-                "skipped arrivals %lu\n",
+    // Open loop: the arrivals that started no call that ran (skipped at --client-max,
+    // late, or refused by the transport), of those due before the end.
+    const ArrivalSchedule* arrivals = gen.arrivals();
+    const uint64_t refusedArrivals = arrivals ? gen.refused : 0;
+    const uint64_t dropped = arrivals ? arrivals->skipped() + arrivals->late() + refusedArrivals : 0;
+    std::printf("\nsummary: %zu RPCs in %.2f s = %.1f kops, out %.2f Gbps, in %.2f Gbps, errors %lu",
                 static_cast<size_t>(gen.completed), seconds, kops, gen.bytesOut * 8 / seconds / 1e9,
-                gen.bytesIn * 8 / seconds / 1e9, static_cast<unsigned long>(gen.errors),
-                static_cast<unsigned long>(gen.skipped));
+                gen.bytesIn * 8 / seconds / 1e9, static_cast<unsigned long>(gen.errors));
+    if (arrivals) std::printf(", dropped arrivals %lu", static_cast<unsigned long>(dropped));
+    std::printf("\n");
     // (Said when it matters: a closed loop always ends with its calls in flight.)
     if (gen.unfinished > 0 || (gen.completedAfterEnd > 0 && gen.completedAfterEnd * 100 >= gen.completed))
         std::printf("after the measured %.2f s: %lu calls finished (in the round trips and the table below, not in "
                     "the rate), %lu were still in flight %.1f s later and ended unfinished (not errors)\n",
                     seconds, static_cast<unsigned long>(gen.completedAfterEnd),
                     static_cast<unsigned long>(gen.unfinished), o.drainS);
-    if (gen.refused > 0)
+    if (gen.refused > 0 && !arrivals)
         std::printf("refused %lu calls: the client's memory for messages in flight was full (they were started "
                     "again as calls finished)\n",
                     static_cast<unsigned long>(gen.refused));
-    if (gen.skipped > 0)
-        std::printf("skipped %lu arrivals: %d calls were in flight (--client-max), so the load offered was less "
-                    "than %g Gbps\n",
-                    static_cast<unsigned long>(gen.skipped), o.clientMax, o.gbps);
+    if (arrivals) {
+        const double asked = arrivalsPerSecond(o, sizes);
+        const uint64_t started = arrivals->issued() - refusedArrivals;
+        std::printf("arrivals: %lu due (%.0f a second asked), %lu started calls, %lu skipped (--client-max %d calls "
+                    "in flight), %lu late (due before the end, never reached), %lu refused (the client's memory for "
+                    "messages in flight was full; dropped, not started again)\n",
+                    static_cast<unsigned long>(arrivals->offered()), asked,
+                    static_cast<unsigned long>(started),
+                    static_cast<unsigned long>(arrivals->skipped()), o.clientMax,
+                    static_cast<unsigned long>(arrivals->late()), static_cast<unsigned long>(refusedArrivals));
+        std::printf("generator lag (how late arrivals were started): mean %.1f us, max %.1f us\n",
+                    arrivals->lagMeanUs(), arrivals->lagMaxUs());
+        if (arrivals->offered() > 0 && static_cast<double>(started) < 0.95 * static_cast<double>(arrivals->offered()))
+            std::printf("warning: the load offered was well below %g Gbps: %.1f%% of the arrivals started calls "
+                        "(%.0f a second of the %.0f asked)\n",
+                        o.gbps, 100.0 * static_cast<double>(started) / static_cast<double>(arrivals->offered()),
+                        static_cast<double>(started) / seconds, asked);
+    }
     std::printf("rtt p50 %s us, p99 %s us, p99.9 %s us\n", fixedOrNa(p50, none, 1).c_str(),
                 fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
     // The whole process: with `local`, the server's threads too.
@@ -801,6 +866,7 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
         std::printf("%12u %10lu %12s %12s %14s %14s\n", b.maxSize, static_cast<unsigned long>(b.count),
                     fixedOrNa(b.rttP50Us, b.count == 0, 1).c_str(), fixedOrNa(b.rttP99Us, b.count == 0, 1).c_str(),
                     fixedOrNa(b.slowdownP50, b.count == 0, 2).c_str(), fixedOrNa(b.slowdownP99, b.count == 0, 2).c_str());
+    std::printf("(slowdown = RTT / (base RTT + (request + response bytes) * 8 / %g Gbps))\n", o.linkGbps);
     MetricsSnapshot diff = after - before;
     if (o.metrics && metrics) printMetrics("client", diff);
 
@@ -818,10 +884,11 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
                         {"capped", sizes.isCapped()},
                         {"client_max", o.clientMax},
                         {"gbps", o.gbps},
-                        {"calls", usesSyncCalls(o, *transport) ? "sync" : "async"},
+                        {"calls", usesSyncCalls(o, transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},
                         {"duration_s", o.duration},
                         {"drain_s", o.drainS},
+                        {"max_error_rate", o.maxErrorRate},
                         {"tcp_conns", o.tcpConnections},
                         {"tcp_threads", o.tcpThreads},
                         {"mtu", o.mtu},
@@ -849,11 +916,19 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
         // How it was measured: "sync" (synchronous calls on the measuring thread) or
         // "callback" (through the transport's thread, two wake-ups more); "given".
         j["base_rtt_method"] = !measured ? "given" : baseSynchronous ? "sync" : "callback";
+        // Slowdown = RTT / (base_rtt_us + these bytes * 8 / link_gbps): both messages.
+        j["slowdown_bytes"] = kSlowdownBytes;
         j["intervals"] = gen.intervals;
         j["totals"] = {{"rpcs", gen.completed}, {"completed_after_end", gen.completedAfterEnd},
                        {"unfinished", gen.unfinished}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
-                       {"errors", gen.errors}, {"errors_by_kind", gen.errorsByKind}, {"skipped_arrivals", gen.skipped},
+                       {"errors", gen.errors}, {"errors_by_kind", gen.errorsByKind},
+                       {"arrivals_due", arrivals ? json(arrivals->offered()) : json(nullptr)},
+                       {"skipped_arrivals", arrivals ? arrivals->skipped() : 0},
+                       {"late_arrivals", arrivals ? arrivals->late() : 0},
+                       {"refused_arrivals", refusedArrivals}, {"dropped_arrivals", dropped},
+                       {"generator_lag_mean_us", orNull(arrivals ? arrivals->lagMeanUs() : 0, !arrivals)},
+                       {"generator_lag_max_us", orNull(arrivals ? arrivals->lagMaxUs() : 0, !arrivals)},
                        {"refused", gen.refused}, {"rtt_p50_us", orNull(p50, none)}, {"rtt_p99_us", orNull(p99, none)},
                        {"rtt_p999_us", orNull(p999, none)}, {"cpu_us_per_rpc", cpuUsPerRpc},
                        {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS},
@@ -882,6 +957,14 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
         std::fprintf(stderr, "homa-perf: no call completed%s\n",
                      gen.errors > 0 ? (" (" + std::to_string(gen.errors) + " failed, first: " + gen.firstError + ")").c_str()
                                     : "");
+        return 1;
+    }
+    const uint64_t ended = gen.completed + gen.completedAfterEnd + gen.errors;
+    if (tooManyErrors(gen.errors, ended, o.maxErrorRate)) {
+        std::fprintf(stderr,
+                     "homa-perf: failed: %lu of the %lu calls that ended failed (%.2f%%; --max-error-rate %g)\n",
+                     static_cast<unsigned long>(gen.errors), static_cast<unsigned long>(ended),
+                     100.0 * static_cast<double>(gen.errors) / static_cast<double>(ended), o.maxErrorRate);
         return 1;
     }
     return 0;
@@ -946,10 +1029,24 @@ int runClient(const PerfOptions& o) {
     return clientAgainst(o, parseServers(o.servers), *sizes);
 }
 
+int runClientWith(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
+                  const workload::Distribution& sizes) {
+    interrupted = 0;
+    if (!jsonWritable(o.json)) return 1;
+    return loadThrough(o, transport, servers, sizes, {});
+}
+
+std::string localServerBind(const std::string& bind) {
+    const std::optional<Address> a = Address::parse(bind);
+    if (!a) return bind;
+    if (a->isIpv4()) return a->ipv4Host() == 0 ? "127.0.0.1" : bind;
+    return std::all_of(a->ip.begin(), a->ip.end(), [](uint8_t b) { return b == 0; }) ? "::1" : bind;
+}
+
 int runLocal(const PerfOptions& o) {
     interrupted = 0;
     PerfOptions so = o;
-    so.bind = o.bind == "0.0.0.0" ? "127.0.0.1" : o.bind;
+    so.bind = localServerBind(o.bind);
     so.port = 0;
     const std::optional<workload::Distribution> sizes = workloadSizes(o);
     if (!sizes) return 2;

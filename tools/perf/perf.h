@@ -8,7 +8,13 @@
 #include "homa/endpoint.h"
 #include "perf/stats.h"
 
+namespace homa::workload {
+class Distribution;
+}
+
 namespace homa::perf {
+
+class ClientTransport;
 
 struct PerfOptions {
     std::string role;  ///< server, client, local, plot
@@ -35,6 +41,9 @@ struct PerfOptions {
     double duration = 5;      ///< seconds of load
     /// Seconds to wait after the load for the calls in flight; the rest end unfinished.
     double drainS = 10;
+    /// The largest share (0..1) of the calls that ended that may fail with the run still
+    /// succeeding (exit status 0); with 0, any failed call fails the run.
+    double maxErrorRate = 0;
     int tcpConnections = 1;   ///< per server
     int tcpThreads = 1;       ///< TCP client's epoll threads (its server's: serverThreads)
     double baseRttUs = 0;     ///< 0: measure before the run
@@ -86,5 +95,15 @@ int runServer(const PerfOptions& o);
 int runClient(const PerfOptions& o);
 int runLocal(const PerfOptions& o);
 int runPlot(const PerfOptions& o);
+/// What `client` runs once it has its transport (the base RTT, unless given, the load,
+/// the report and the JSON), through a transport of the caller's made for `servers`;
+/// returns the exit status.
+int runClientWith(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
+                  const workload::Distribution& sizes);
+
+/// The address `local`'s server binds to for --bind `bind`: a wildcard address (0.0.0.0,
+/// ::) becomes the loopback address of its family (the client is given the server's
+/// address, and cannot send to a wildcard); any other is kept.
+std::string localServerBind(const std::string& bind);
 
 }  // namespace homa::perf

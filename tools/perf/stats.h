@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,11 @@ struct Sample {
 
 /// The p-th percentile (0..100) of `values`, which this sorts; nearest-rank method.
 double percentile(std::vector<double>& values, double p);
+/// The nearest rank (1-based) of the p-th percentile (0..100) of n values: the smallest
+/// rank r with r >= p% of n, worked out in integers (p in millionths of the whole, so
+/// 99.9 % of 1,000 values is rank 999, not the 1,000 that a double's 0.999 * 1000 rounds
+/// up to); 1 for p = 0, and 0 for no values.
+uint64_t nearestRank(uint64_t n, double p);
 
 struct Bucket {
     uint32_t maxSize = 0;  ///< sizes in (previous bucket's maxSize, maxSize]
@@ -23,12 +29,18 @@ struct Bucket {
     double slowdownP50 = 0, slowdownP99 = 0;
 };
 
+/// Slowdown = RTT / idealUs(request bytes + response bytes): the unloaded round trip
+/// plus the time the link takes to carry the RPC's bytes both ways (for an echo of
+/// `size` bytes, 2 * size * 8 / link bandwidth; with --one-way, (size + 8) * 8 / link
+/// bandwidth).
 struct SlowdownModel {
     double baseRttUs = 0;   ///< unloaded round trip of a small message
     double linkGbps = 25;   ///< bandwidth used for the transfer-time part
-    /// The best possible RTT for an RPC that moves `wireBytes`.
+    /// The best possible RTT for an RPC that moves `wireBytes` (request + response).
     double idealUs(uint32_t wireBytes) const { return baseRttUs + wireBytes * 8.0 / (linkGbps * 1e3); }
 };
+/// What the JSON's "slowdown_bytes" says of the bytes in idealUs(): both messages.
+inline constexpr const char* kSlowdownBytes = "request+response";
 
 /// Groups samples into buckets with the given upper bounds (ascending; the last should
 /// cover every size) and computes each bucket's figures. Empty buckets are kept (count 0).
@@ -37,5 +49,52 @@ std::vector<Bucket> bucketize(const std::vector<Sample>& samples, const std::vec
 
 /// Bucket bounds at the deciles of a size distribution (duplicates removed).
 std::vector<uint32_t> decileBounds(const std::vector<uint32_t>& sizes, const std::vector<double>& cumulative);
+
+/// The open loop's arrivals: a Poisson process of `perSecond` arrivals over [start, end)
+/// (nanoseconds on any clock), drawn one at a time, and what became of each arrival due
+/// before the generator stopped: a call started (issued), skipped (--client-max calls in
+/// flight), or late (due before the stop, never reached: the generator fell behind the
+/// schedule, or stopped while it was due). offered() = issued + skipped + late. No clock
+/// is read here: the generator says when it handles each arrival.
+class ArrivalSchedule {
+  public:
+    ArrivalSchedule(double perSecond, uint64_t seed, int64_t startNs, int64_t endNs);
+    /// The time of the next arrival; false when it falls at or after the end (none is
+    /// left).
+    bool next(int64_t* atNs);
+    /// The arrival last given by next(), handled at `nowNs`: a call started (`issued`) or
+    /// skipped. Its lag (nowNs - its time) counts in the generator's lag.
+    void handled(int64_t nowNs, bool issued);
+    /// The generator stopped at `stopNs` (the end, or earlier when interrupted): counts as
+    /// late every arrival due before min(stopNs, end) that was not handled: the one last
+    /// given by next() if it was not, and those after it (their number is drawn from the
+    /// Poisson distribution of the time that remains; their times would not matter).
+    /// Once only.
+    void finish(int64_t stopNs);
+
+    uint64_t issued() const { return issued_; }
+    uint64_t skipped() const { return skipped_; }
+    uint64_t late() const { return late_; }
+    uint64_t offered() const { return issued_ + skipped_ + late_; }
+    /// How far behind its schedule the generator handled arrivals (0 when it was on
+    /// time): the largest and the mean over the arrivals handled; 0 if none was.
+    double lagMaxUs() const { return static_cast<double>(lagMaxNs_) / 1e3; }
+    double lagMeanUs() const { return handled_ == 0 ? 0 : lagSumNs_ / static_cast<double>(handled_) / 1e3; }
+
+  private:
+    std::exponential_distribution<double> gap_;  ///< per nanosecond
+    std::mt19937_64 rng_;
+    int64_t end_;
+    int64_t last_;          ///< the time of the arrival last given by next()
+    bool pending_ = false;  ///< that arrival is not handled yet
+    bool done_ = false;     ///< no arrival is left before the end
+    uint64_t issued_ = 0, skipped_ = 0, late_ = 0, handled_ = 0;
+    int64_t lagMaxNs_ = 0;
+    double lagSumNs_ = 0;
+};
+
+/// Whether a run's failed calls are too many: more than `maxErrorRate` (0..1) of the
+/// calls that ended with a result (`ended`: completed or failed). With 0, any failure is.
+bool tooManyErrors(uint64_t errors, uint64_t ended, double maxErrorRate);
 
 }  // namespace homa::perf
