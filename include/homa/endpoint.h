@@ -45,6 +45,9 @@ struct EndpointOptions {
     ProtocolOptions protocol = defaultProtocolOptions();
     /// Run a background thread that drives the event loop when no application thread
     /// is waiting (needed for callbacks and futures unless the application calls poll()).
+    /// Without it, the socket is read only while an application thread runs the loop: in
+    /// call(), in receive() (one pass without waiting for a timeout of 0), in poll(), and
+    /// in serve()'s workers while they wait for requests.
     bool pollThread = true;
     /// UDP segmentation/receive offload, when the kernel supports them.
     bool gso = true;
@@ -89,7 +92,8 @@ struct EndpointOptions {
 struct CallOptions {
     /// Fail the call with StatusCode::Timeout after this long (0: only the protocol's own
     /// timeout, which fires when the server stops answering; nanoseconds::max(): the same,
-    /// in effect).
+    /// in effect). A negative timeout is refused: the call fails at once with
+    /// InvalidArgument.
     std::chrono::nanoseconds timeout{0};
     /// Comes back unchanged in the Response.
     uint64_t context = 0;
@@ -125,10 +129,15 @@ class ServerRequest {
     bool valid() const { return message_.core_ != nullptr; }
 
     /// Sends the response. Errors: InvalidArgument (already answered, empty),
-    /// MessageTooLarge, NoSuchRpc (the client gave up), Shutdown, OutOfBuffers (the
-    /// endpoint's send memory, ProtocolOptions::maxOutgoingBytes, is full of messages in
-    /// flight). After an error the request stays unanswered: respond() may be called again
-    /// (say, once OutOfBuffers has passed), and destroying it drops it.
+    /// MessageTooLarge, NoSuchRpc, Shutdown, OutOfBuffers (the endpoint's send memory,
+    /// ProtocolOptions::maxOutgoingBytes, is full of messages in flight). After an error
+    /// the request stays unanswered: respond() may be called again (say, once OutOfBuffers
+    /// has passed), and destroying it drops it. NoSuchRpc: the endpoint no longer holds
+    /// the RPC, which happens only when the client's side said it does not know the RPC
+    /// (an RPC_UNKNOWN packet, which a client sends only in answer to a RESEND). A client
+    /// that timed out, aborted its call or was destroyed tells the server nothing:
+    /// respond() then returns ok and the response is sent, to be dropped by the client.
+    /// So ok does not mean that the client still waits for the response.
     Status respond(std::span<const uint8_t> response);
     /// The same, sending a message built in place (Endpoint::allocate() of this request's
     /// endpoint) without copying it. The message is consumed whatever the outcome. Never
@@ -152,7 +161,8 @@ class Endpoint {
     using Callback = std::function<void(Response)>;
     using Handler = std::function<void(ServerRequest)>;
 
-    /// Opens an endpoint; nullptr on error, with the reason in *error.
+    /// Opens an endpoint; nullptr on error, with the reason in *error (set to ok on
+    /// success).
     static std::unique_ptr<Endpoint> open(const EndpointOptions& options, Status* error = nullptr);
     /// Shuts down (see shutdown()). The UDP socket closes here, unless Messages or
     /// OutgoingMessages of the endpoint are still held (then when the last is released),
@@ -177,8 +187,12 @@ class Endpoint {
     /// start (bad arguments; StatusCode::OutOfBuffers when the send memory or the peer
     /// table is full, as for call(); such a call is not kept to start later) gets its callback
     /// from the loop too, soon after, so a callback may start its call again without
-    /// recursing (without the poll thread, at the next poll() or wait). Only once the
-    /// endpoint is shut down does it run at once, on this thread. Callbacks may therefore
+    /// recursing (without the poll thread, at the next poll() or wait). Once the endpoint
+    /// is shut down no loop runs: the callback (StatusCode::Shutdown) runs on this thread,
+    /// at once, or, when callAsync is called from one of this endpoint's callbacks, right
+    /// after that callback returns (so still without recursing; but a callback that starts
+    /// its call again whatever the status keeps that thread restarting it for good: stop
+    /// at Shutdown). Callbacks may therefore
     /// run on two threads at once. A callback may make a synchronous call() on any
     /// endpoint, this one included (the loop runs nested in this thread until that call
     /// ends). On another endpoint, the thread keeps this endpoint's loop while it waits:
@@ -187,7 +201,9 @@ class Endpoint {
     /// calls wait for it too. Prefer callAsync() there, or keep such calls short. A
     /// callback the poll thread runs from the engine's timers (a call's deadline or
     /// timeout) while another thread owns the loop may see further such callbacks run
-    /// nested inside its own synchronous call.
+    /// nested inside its own synchronous call. A callback must never block waiting for
+    /// the endpoint's loop in another way, as waiting on a future of this endpoint does
+    /// (see callFuture()).
     /// Any number of calls may be in flight: beyond
     /// ProtocolOptions::maxClientRpcsPerServer with one server, they wait their turn in
     /// the endpoint (a timeout counts from here). Returns the RPC's id (0 if it did not
@@ -211,7 +227,13 @@ class Endpoint {
     /// fails the call with InvalidArgument.
     Response call(const Address& server, OutgoingMessage request, CallOptions options = {});
     RpcId callAsync(const Address& server, OutgoingMessage request, Callback done, CallOptions options = {});
-    /// Asynchronous call returning a future (needs the poll thread or poll()).
+    /// Asynchronous call returning a future (needs the poll thread or poll()). Never wait
+    /// on it inside a callback or handler of this endpoint: a callback runs on the thread
+    /// that owns the endpoint's loop, which must run to fulfil the future, so the wait
+    /// never ends (not even at the call's timeout, which the loop runs too); a handler's
+    /// wait ends only if another thread runs the loop meanwhile (the poll thread, or a
+    /// worker waiting for a request). There, make a synchronous call() (it runs the loop
+    /// itself), or callAsync() and carry on from its callback.
     std::future<Response> callFuture(const Address& server, std::span<const uint8_t> request,
                                      CallOptions options = {});
     /// The same, sending a message from allocate() (see callAsync()).
@@ -237,7 +259,8 @@ class Endpoint {
     };
 
     // ---- Server
-    /// Handler-based server: `threads` workers receive requests and run `handler`. A
+    /// Handler-based server: `threads` workers receive requests and run `handler` (which
+    /// must not wait on a future of this endpoint: see callFuture()). A
     /// worker that is waiting runs the event loop, so a request is normally handled on
     /// the thread that received it. Call once. A response given inside a handler leaves
     /// with those of the requests queued behind it, as one batch, or at once when none
@@ -247,6 +270,11 @@ class Endpoint {
     Status serve(Handler handler, int threads = 1);
     /// Pull-style receive for applications with their own loop: the next request, or
     /// nothing when `timeout` passes (negative: wait forever) or the endpoint shuts down.
+    /// A thread waiting here runs the event loop. With a timeout of 0 it does not wait: it
+    /// takes a request already received, else runs one pass of the loop (as poll() does;
+    /// none if another thread runs the loop) and takes one that this pass read. (Without
+    /// the poll thread, only threads running the loop read the socket: see
+    /// EndpointOptions::pollThread.)
     std::optional<ServerRequest> receive(std::chrono::nanoseconds timeout);
 
     // ---- Loop, state, shutdown
@@ -259,7 +287,9 @@ class Endpoint {
     uint16_t prometheusPort() const;
     /// The metrics socket's path ("" if none).
     std::string metricsSocketPath() const;
-    /// Sends a FREEZE packet to `peer` (see EndpointOptions::freezeTraceFile).
+    /// Sends a FREEZE packet to `peer` (see EndpointOptions::freezeTraceFile). Errors:
+    /// InvalidArgument for an address the socket cannot send to (as for callAsync()),
+    /// Shutdown.
     Status sendFreeze(const Address& peer);
     /// Fails every call in flight with StatusCode::Shutdown, wakes every waiting thread,
     /// stops the threads (and closes the metrics socket and the Prometheus port). The UDP

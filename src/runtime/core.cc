@@ -58,6 +58,14 @@ thread_local std::vector<const Core*> tLoopsRunning;
 // of its own callbacks or handlers, or the last message of a destroyed endpoint went back
 // while this thread held the core's lock (see outliveEndpoint, releaseDeferred).
 thread_local std::vector<std::shared_ptr<Core>> tCoresToDrop;
+// The batches of callbacks this thread is running (runCallbacks), innermost last, each
+// with the callbacks of the calls they started on their endpoint once it was shut down:
+// those run after the batch's own (see Core::callAsync), not nested in the callback.
+struct CallbackFrame {
+    const Core* core;
+    std::vector<std::pair<Endpoint::Callback, Response>>* later;
+};
+thread_local std::vector<CallbackFrame> tCallbackFrames;
 // The core whose poll thread or worker this thread is (null for application threads).
 thread_local const Core* tThreadOf = nullptr;
 // The core whose poll thread this thread is.
@@ -417,7 +425,8 @@ void Core::pollThreadMain() {
                 // (it runs the engine's timers on every pass, see iterate): nothing to do,
                 // and the lock is not taken. Running them here as well, on the other CPU,
                 // took the engine's lock and state away from a busy owner once per tick,
-                // which cost a server about 5 % of its small-RPC throughput.
+                // which cost a server about 5 % of its small-RPC throughput. (Only the
+                // loop's runs count, not this thread's: see timersRunAt_.)
                 if (ticked && !poked && nowNs() - timersRunAt_.load(std::memory_order_relaxed) < options_.protocol.tickNs)
                     continue;
                 break;
@@ -460,7 +469,6 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
     uint64_t engineStart;
     const int64_t now = nowAndEngineClock(&engineStart);
     if (now >= engine_->nextWakeup()) engine_->advance(now);
-    timersRunAt_.store(now, std::memory_order_relaxed);
     countEngineTime(engineStart);
     dispatch(ready, now);
     driver_->flush();
@@ -657,8 +665,12 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
     threadCounters_.add(kCallbacksRun, ready.size());
     const uint64_t start = trace::readClock();
     Batch batch(this);
-    size_t ran = 0;
-    for (auto& [callback, response] : ready) {
+    std::vector<std::pair<Endpoint::Callback, Response>> later;  // see tCallbackFrames
+    tCallbackFrames.push_back({this, &later});
+    struct PopFrame {
+        ~PopFrame() { tCallbackFrames.pop_back(); }
+    } popFrame;
+    auto run = [this](Endpoint::Callback& callback, Response& response) {
         HOMA_TRACE("callback id %u", response.id);
         try {
             callback(std::move(response));
@@ -668,6 +680,10 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
             // them, and left the loop marked as running for good).
             callbackExceptions_.fetch_add(1, std::memory_order_relaxed);
         }
+    };
+    size_t ran = 0;
+    for (auto& [callback, response] : ready) {
+        run(callback, response);
         if (flushEvery != 0 && ++ran % flushEvery == 0 && ran < ready.size()) {
             // (Acks wait for the end: the requests the other callbacks start carry them.)
             std::lock_guard lk(mu_);
@@ -676,6 +692,14 @@ void Core::runCallbacks(std::vector<std::pair<Endpoint::Callback, Response>>& re
         }
     }
     ready.clear();
+    // The callbacks of calls that these callbacks started once the endpoint was shut
+    // down, and of those that those started, ...: one after another, here.
+    while (!later.empty()) {
+        std::vector<std::pair<Endpoint::Callback, Response>> next;
+        next.swap(later);
+        threadCounters_.add(kCallbacksRun, next.size());
+        for (auto& [callback, response] : next) run(callback, response);
+    }
     threadCounters_.add(kCallbackCycles, trace::readClock() - start);
     std::lock_guard lk(mu_);
     releaseDeferred();
@@ -941,10 +965,18 @@ void Core::deliverRequest(engine::Delivery& d) {
 
 // ---------------------------------------------------------------- client
 
+Status Core::checkCall(const Address& server, const CallOptions& options) const {
+    if (options.timeout.count() < 0)
+        return Status(StatusCode::InvalidArgument, "CallOptions::timeout is negative (" +
+                                                       std::to_string(options.timeout.count()) +
+                                                       " ns); 0 means no timeout of the call's own");
+    return driver_->canSendTo(server);  // (read-only driver state: no lock needed)
+}
+
 Response Core::call(const Address& server, std::span<const uint8_t> request, const CallOptions& options,
                     engine::OutgoingBuffer owned, const Status* cannotStart) {
-    Status unreachable;  // (read-only driver state: no lock needed)
-    if (!cannotStart && !(unreachable = driver_->canSendTo(server)).isOk()) cannotStart = &unreachable;
+    Status refused;
+    if (!cannotStart && !(refused = checkCall(server, options)).isOk()) cannotStart = &refused;
     Waiter w;
     mu_.lock();
     Response r;
@@ -960,6 +992,7 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         dropOutgoing(owned);
         mu_.unlock();
         r.status = Status(StatusCode::Shutdown, "the endpoint is shut down");
+        r.context = options.context;
         return r;
     }
     uint64_t engineStart;
@@ -1006,8 +1039,8 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
         ++callsFailed_[static_cast<size_t>(StatusCode::InvalidArgument) % callsFailed_.size()];
         return 0;
     }
-    Status unreachable;  // (as in call())
-    if (!cannotStart && !(unreachable = driver_->canSendTo(server)).isOk()) cannotStart = &unreachable;
+    Status refused;  // (as in call())
+    if (!cannotStart && !(refused = checkCall(server, options)).isOk()) cannotStart = &refused;
     Response r;
     r.context = options.context;
     {
@@ -1050,7 +1083,16 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
             return 0;
         }
     }
-    // Shut down: no loop will run again, so the callback runs here.
+    // Shut down: no loop will run again, so the callback runs on this thread. Called from
+    // a callback of this endpoint, it runs once that one has returned (runCallbacks), not
+    // nested in it: a callback that starts its call again, whatever the outcome, would
+    // otherwise recurse once per call until its stack ran out.
+    for (auto frame = tCallbackFrames.rbegin(); frame != tCallbackFrames.rend(); ++frame) {
+        if (frame->core == this) {
+            frame->later->emplace_back(std::move(done), std::move(r));
+            return 0;
+        }
+    }
     std::vector<std::pair<Endpoint::Callback, Response>> ready;
     ready.emplace_back(std::move(done), std::move(r));
     runCallbacks(ready);
@@ -1085,7 +1127,7 @@ Status Core::abort(RpcId id) {
 
 std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
     mu_.lock();
-    if (!requests_.empty()) {
+    auto takeQueued = [&] {
         ServerRequest r = std::move(requests_.front());
         requests_.pop_front();
         ++handoffs_;
@@ -1093,8 +1135,26 @@ std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
         HOMA_TRACE("handoff request id %u from queue %u", r.id_, requests_.size());
         mu_.unlock();
         return r;
+    };
+    if (!requests_.empty()) return takeQueued();
+    if (shutdown_) {
+        mu_.unlock();
+        return std::nullopt;
     }
-    if (shutdown_ || timeoutNs == 0) {
+    if (timeoutNs == 0) {
+        // No wait, but one pass of the loop when no other thread runs it (as poll(0)
+        // makes): without the poll thread, nobody else may ever read the socket.
+        if (!loopBusy_) {
+            Waiter w;
+            loopBusy_ = true;
+            loopOwner_ = &w;
+            mu_.unlock();
+            iterate(0);
+            std::unique_lock lk(mu_);
+            releaseLoop(lk);
+            lk.release();  // (mu_ stays held)
+            if (!requests_.empty() && !shutdown_) return takeQueued();
+        }
         mu_.unlock();
         return std::nullopt;
     }
@@ -1444,6 +1504,7 @@ MetricsSnapshot Core::metrics() {
     add("udp_send_calls", ds.sendCalls);
     add("udp_receive_calls", ds.recvCalls);
     add("udp_gso_batches", ds.gsoBatches);
+    add("udp_gso_fallbacks", ds.gsoFallbacks);
     add("udp_gro_buffers", ds.groBuffers);
     add("udp_send_errors", ds.sendErrors);
     add("udp_bad_destinations", ds.badDestinations);
@@ -1485,6 +1546,8 @@ std::vector<RpcSnapshot> Core::rpcs() {
 Status Core::sendFreeze(const Address& peer) {
     std::lock_guard lk(mu_);
     if (shutdown_) return Status(StatusCode::Shutdown, "the endpoint is shut down");
+    // (As for a call: the socket cannot send there.)
+    if (Status s = driver_->canSendTo(peer); !s.isOk()) return s;
     outsideLoop([&](int64_t now) { engine_->sendFreeze(peer, now); });
     return {};
 }

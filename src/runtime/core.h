@@ -139,6 +139,9 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     };
 
     Core() = default;
+    /// Why a call with these arguments cannot start (ok if it may): a negative timeout,
+    /// or a server address the socket cannot send to.
+    Status checkCall(const Address& server, const CallOptions& options) const;
     /// Runs the loop on this thread until `w.done`, shutdown, or `deadline` (ns, 0 = none).
     void waitFor(Waiter& w, int64_t deadline);
     /// One loop iteration with the loop token held and `mu_` not held.
@@ -266,8 +269,11 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     int64_t tickArmedAt_ = 0;    // the timer expires at tickArmedAt_ + k * tickNs, k >= 1
     int64_t tickIdleSince_ = 0;  // armed with no tick due since then (0: a tick is due)
     std::atomic<bool> socketReadable_{false};  // set by the poll thread without the loop
-    // When the engine's timers (and call deadlines) were last run, by the loop or by the
-    // poll thread: the poll thread skips a tick whose timers a busy loop owner ran already.
+    // When the loop last ran the engine's timers (and call deadlines): the poll thread
+    // skips a tick whose timers a busy loop owner ran already. Only the loop's runs, not
+    // the poll thread's own (runTimers): woken a little earlier in the period than the
+    // time before, it took its own run a tick ago for the owner's and skipped the tick,
+    // which nobody ran then (a thread blocked in the socket runs no timers).
     std::atomic<int64_t> timersRunAt_{0};
     // The poll thread's wake-ups while an application thread runs the loop (or it leaves
     // the loop to busy workers): for the timers, pokes, and to look.

@@ -57,6 +57,7 @@ void OutgoingMessage::reset() {
 std::unique_ptr<Endpoint> Endpoint::open(const EndpointOptions& options, Status* error) {
     auto core = runtime::Core::create(options, error);
     if (!core) return nullptr;
+    if (error) *error = Status();
     return std::unique_ptr<Endpoint>(new Endpoint(std::move(core)));
 }
 

@@ -29,6 +29,18 @@
 #include "common/descriptor_limit.h"
 #include "common/loopback.h"
 
+// rename(2), wrapped (the test binary is linked with --wrap=rename): a test may hold it,
+// to keep a trace dump, and the metrics publisher's thread that makes it, busy.
+static std::atomic<bool> gRenameHeld{false}, gRenameWaiting{false};
+extern "C" int __real_rename(const char* from, const char* to);
+extern "C" int __wrap_rename(const char* from, const char* to) {
+    if (gRenameHeld.load()) {
+        gRenameWaiting = true;
+        while (gRenameHeld.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return __real_rename(from, to);
+}
+
 namespace homa {
 namespace {
 
@@ -778,12 +790,18 @@ TEST(Endpoint, PollThreadLeavesTheTicksToABusyLoopOwner) {
     // this process's threads (3 % on an idle machine, 80-140 % beside two busy loops), the bound is the
     // sanitizers' one.)
     auto bound = [&] { return contendedFraction > 0.25 ? 1.0 : kWakeupsPerTick; };
+    // The timer runs: those of the ticks the worker, preempted, has not run for a whole
+    // tick (the poll thread runs those, every one: on a contended machine, about half of
+    // the ticks), so there too only "not at every tick" holds.
+    auto runsBound = [&] { return contendedFraction > 0.25 ? 1.0 : 0.5; };
     for (int attempt = 0; attempt < 3; ++attempt) {
         d = measure(&ticks);
-        if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * bound()) break;
+        if (static_cast<double>(d.get("poll_thread_wakeups")) < ticks * bound() &&
+            static_cast<double>(d.get("poll_thread_timer_runs")) < ticks * runsBound())
+            break;
     }
     // (Loose: see above.)
-    EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks / 2);
+    EXPECT_LT(static_cast<double>(d.get("poll_thread_timer_runs")), ticks * runsBound());
     // Nor is the poll thread woken to find the ticks done: the worker keeps putting the
     // tick timer off (it went off at every tick, about 1,000 wake-ups a second, and cost
     // a server about 8 % of its small-RPC throughput).
@@ -1623,16 +1641,13 @@ TEST(Endpoint, ShutdownFromTwoThreadsAtOnce) {
 }
 
 // shutdown() from two threads of an endpoint without a poll thread or workers, whose
-// metrics publisher is busy (here writing a trace to a FIFO nobody reads yet): the second
-// caller returns once the publisher's thread has stopped too, not at once. (It returned
-// while the first caller still waited for that thread, which reads the core: destroying
-// the endpoint then freed the core under it.)
+// metrics publisher is busy (here writing a trace, held at its rename: see
+// __wrap_rename): the second caller returns once the publisher's thread has stopped too,
+// not at once. (It returned while the first caller still waited for that thread, which
+// reads the core: destroying the endpoint then freed the core under it.)
 TEST(Endpoint, AConcurrentShutdownWaitsForThePublisher) {
     const std::string base = "/tmp/homa-shutdown-" + std::to_string(::getpid());
-    // (A dump is written under PATH.partial, then renamed.)
-    const std::string dumpPath = base + ".tt", fifo = dumpPath + ".partial", sock = base + ".sock";
-    ::unlink(fifo.c_str());
-    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string dumpPath = base + ".tt", sock = base + ".sock";
     EndpointOptions o = loopback();
     o.pollThread = false;
     o.metricsSocket = sock;
@@ -1644,9 +1659,11 @@ TEST(Endpoint, AConcurrentShutdownWaitsForThePublisher) {
     a.sun_family = AF_UNIX;
     std::strcpy(a.sun_path, sock.c_str());
     ASSERT_EQ(::connect(q, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    gRenameHeld = true;
     const std::string cmd = "trace dump " + dumpPath + "\n";
     ASSERT_EQ(::send(q, cmd.data(), cmd.size(), MSG_NOSIGNAL), static_cast<ssize_t>(cmd.size()));
-    std::this_thread::sleep_for(100ms);  // (the publisher blocks opening the FIFO)
+    for (int i = 0; i < 500 && !gRenameWaiting; ++i) std::this_thread::sleep_for(10ms);
+    ASSERT_TRUE(gRenameWaiting) << "the publisher never came to write the dump";
     std::atomic<bool> released{false}, secondReturned{false}, releasedBeforeSecond{false};
     std::thread first([&] { ep->shutdown(); });
     std::this_thread::sleep_for(50ms);
@@ -1657,16 +1674,10 @@ TEST(Endpoint, AConcurrentShutdownWaitsForThePublisher) {
     });
     std::this_thread::sleep_for(200ms);
     released = true;
-    int r = ::open(fifo.c_str(), O_RDONLY);  // lets the publisher write, and end
-    ASSERT_GE(r, 0);
-    char buf[65536];
-    while (::read(r, buf, sizeof(buf)) > 0) {
-    }
-    ::close(r);
+    gRenameHeld = false;  // lets the publisher finish its answer, and end
     first.join();
     second.join();
     ::close(q);
-    ::unlink(fifo.c_str());
     ::unlink(dumpPath.c_str());
     EXPECT_TRUE(secondReturned);
     EXPECT_TRUE(releasedBeforeSecond) << "the second shutdown() returned while the publisher still ran";
@@ -2204,6 +2215,205 @@ TEST(Endpoint, ABuiltInPlaceMessageMayOutliveItsEndpoint) {
     client.reset();
     std::fill(m.data(), m.data() + m.size(), 0xab);  // (ASan: still the core's memory)
     m.reset();
+}
+
+
+// Once the endpoint is shut down, a callAsync from one of its callbacks gets its callback
+// on the same thread after that callback returns, not nested in it: a closed loop whose
+// callbacks start every finished call again, whatever its status, recursed inside
+// shutdown() once per call until the stack ran out. Here four calls in flight at the
+// shutdown start 100,000 more from their callbacks.
+TEST(Endpoint, CallbacksStartingCallsAfterShutdownDoNotRecurse) {
+    auto server = Endpoint::open(loopback());  // never answers: the calls stay in flight
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    constexpr int kInFlight = 4;
+    constexpr int kRestarts = 100'000;
+    constexpr int kDepthLimit = 64;  // (were they nested, the stack stays safe)
+    thread_local int depth = 0;
+    std::atomic<int> restarts{0}, finished{0}, notShutdown{0}, maxDepth{0};
+    const auto req = bytesOf(10, 1);
+    std::function<void(Response)> again = [&](Response r) {
+        maxDepth = std::max(maxDepth.load(), ++depth);
+        ++finished;
+        if (r.status.code() != StatusCode::Shutdown) ++notShutdown;
+        if (depth < kDepthLimit && restarts < kRestarts) {
+            ++restarts;
+            client->callAsync(server->address(), req, again);
+        }
+        --depth;
+    };
+    for (int i = 0; i < kInFlight; ++i) ASSERT_NE(client->callAsync(server->address(), req, again), 0u);
+    client->shutdown();
+    // (All of them ran inside shutdown(), on this thread, one after another.)
+    EXPECT_EQ(finished.load(), kInFlight + kRestarts);
+    EXPECT_EQ(notShutdown.load(), 0);
+    EXPECT_LE(maxDepth.load(), 2);
+    EXPECT_EQ(client->metrics().get("callbacks_run"), static_cast<uint64_t>(kInFlight + kRestarts));
+}
+
+// A call blocked in the socket runs no timers: the poll thread runs the engine's ticks,
+// one at each expiry of the tick timer. (It skipped about 40 % of them, taking its own
+// run of the previous tick for the loop owner's when it woke a little earlier in the
+// period, so a call's protocol timeout of 100 ticks took 160 to 180 ms.) Counted without
+// timing: each tick sends the silent call a RESEND (resendTicks = resendInterval = 1),
+// and the poll thread wakes once per expiry.
+TEST(Endpoint, ThePollThreadRunsATickAtEveryExpiryForACallBlockedInTheSocket) {
+    BlackHole hole;  // swallows requests and RESENDs, answers nothing
+    ASSERT_NE(hole.address().port, 0);
+    EndpointOptions o = loopback();
+    o.protocol.resendTicks = 1;
+    o.protocol.resendInterval = 1;
+    o.protocol.timeoutTicks = 1'000'000;  // (the call's own timeout ends it)
+    auto client = Endpoint::open(o);
+    ASSERT_TRUE(client);
+    Response r = client->call(hole.address(), bytesOf(100, 1), {.timeout = 500ms});
+    EXPECT_EQ(r.status.code(), StatusCode::Timeout) << r.status.toString();
+    const MetricsSnapshot m = client->metrics();
+    const auto ticks = static_cast<double>(m.get("resends_sent"));
+    const auto wakeups = static_cast<double>(m.get("poll_thread_wakeups"));
+    std::printf("%.0f ticks in %.0f poll-thread wake-ups (%lu timer runs)\n", ticks, wakeups,
+                static_cast<unsigned long>(m.get("poll_thread_timer_runs")));
+    EXPECT_GE(m.get("blocking_receives"), 1u);
+    ASSERT_GE(wakeups, 50) << "the ticks came from somewhere else";
+    EXPECT_GE(ticks, 0.85 * wakeups);
+}
+
+// respond() does not tell whether the client still waits: a client that aborted its call
+// or was destroyed tells the server nothing, and the response is sent (and dropped).
+TEST(Endpoint, RespondSucceedsAfterTheClientGaveUp) {
+    auto server = Endpoint::open(loopback());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    std::atomic<int> aborted{0};
+    const RpcId id = client->callAsync(server->address(), bytesOf(10, 1), [&](Response r) {
+        EXPECT_EQ(r.status.code(), StatusCode::Aborted);
+        ++aborted;
+    });
+    ASSERT_NE(id, 0u);
+    std::optional<ServerRequest> first = server->receive(5s);
+    ASSERT_TRUE(first);
+    EXPECT_TRUE(client->abort(id).isOk());
+    EXPECT_EQ(aborted.load(), 1);
+    EXPECT_TRUE(first->respond(bytesOf(10, 2)).isOk());
+    client->callAsync(server->address(), bytesOf(10, 3), [](Response) {});
+    std::optional<ServerRequest> second = server->receive(5s);
+    ASSERT_TRUE(second);
+    client.reset();
+    EXPECT_TRUE(second->respond(bytesOf(10, 4)).isOk());
+}
+
+// A call made after the shutdown still carries its context back, in every form (the
+// synchronous ones came back with 0).
+TEST(Endpoint, ACallAfterShutdownKeepsItsContext) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    OutgoingMessage m = client->allocate(100);
+    ASSERT_FALSE(m.empty());
+    client->shutdown();
+    Response copied = client->call(server->address(), bytesOf(10, 1), {.context = 41});
+    EXPECT_EQ(copied.status.code(), StatusCode::Shutdown);
+    EXPECT_EQ(copied.context, 41u);
+    Response built = client->call(server->address(), std::move(m), {.context = 42});
+    EXPECT_EQ(built.status.code(), StatusCode::Shutdown);
+    EXPECT_EQ(built.context, 42u);
+    EXPECT_EQ(client->metrics().get("send_bytes_in_use"), 0u);
+    uint64_t asyncContext = 0;
+    client->callAsync(server->address(), bytesOf(10, 1), [&](Response r) { asyncContext = r.context; },
+                      {.context = 43});
+    EXPECT_EQ(asyncContext, 43u);
+    auto f = client->callFuture(server->address(), bytesOf(10, 1), {.context = 44});
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    EXPECT_EQ(f.get().context, 44u);
+}
+
+// A negative timeout is refused with InvalidArgument, in every form of call (it was
+// taken as "no timeout").
+TEST(Endpoint, ANegativeTimeoutIsRefused) {
+    auto server = echoServer();
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    const CallOptions negative{.timeout = -1ms, .context = 5};
+    Response r = client->call(server->address(), bytesOf(10, 1), negative);
+    EXPECT_EQ(r.status.code(), StatusCode::InvalidArgument) << r.status.toString();
+    EXPECT_NE(r.status.message().find("timeout"), std::string::npos) << r.status.message();
+    EXPECT_EQ(r.context, 5u);
+    Response built = client->call(server->address(), client->allocate(10), negative);
+    EXPECT_EQ(built.status.code(), StatusCode::InvalidArgument) << built.status.toString();
+    std::promise<Response> p;
+    EXPECT_EQ(client->callAsync(server->address(), bytesOf(10, 1), [&](Response x) { p.set_value(std::move(x)); },
+                                negative),
+              0u);
+    auto pf = p.get_future();
+    ASSERT_EQ(pf.wait_for(5s), std::future_status::ready);
+    EXPECT_EQ(pf.get().status.code(), StatusCode::InvalidArgument);
+    auto f = client->callFuture(server->address(), bytesOf(10, 1), negative);
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    EXPECT_EQ(f.get().status.code(), StatusCode::InvalidArgument);
+    const MetricsSnapshot mm = client->metrics();
+    EXPECT_EQ(mm.get("calls_failed_invalid_argument"), 4u);
+    EXPECT_EQ(mm.get("send_bytes_in_use"), 0u) << "the allocated message went back";
+    EXPECT_EQ(mm.get("client_rpcs_started"), 0u);
+    Response ok = client->call(server->address(), bytesOf(10, 2), {.timeout = 0ns});
+    EXPECT_TRUE(ok.status.isOk()) << ok.status.toString();
+}
+
+// sendFreeze() refuses an address the socket cannot send to, as a call does (it returned
+// ok and sent nothing).
+TEST(Endpoint, SendFreezeRefusesAnAddressTheEndpointCannotReach) {
+    auto client = Endpoint::open(loopback());
+    auto peer = Endpoint::open(loopback());
+    ASSERT_TRUE(client && peer);
+    const Address v6 = *Address::parse("[2001:db8::c0a8:105]:4000");
+    const Address port0 = Address::ipv4(0x7f000001, 0);
+    for (const Address& bad : {v6, port0}) {
+        Status s = client->sendFreeze(bad);
+        EXPECT_EQ(s.code(), StatusCode::InvalidArgument) << bad.toString() << ": " << s.toString();
+        EXPECT_NE(s.message().find(bad.toString()), std::string::npos) << s.message();
+    }
+    EXPECT_EQ(client->metrics().get("packets_sent_freeze"), 0u);
+    EXPECT_TRUE(client->sendFreeze(peer->address()).isOk());
+    EXPECT_EQ(client->metrics().get("packets_sent_freeze"), 1u);
+    client->shutdown();
+    EXPECT_EQ(client->sendFreeze(peer->address()).code(), StatusCode::Shutdown);
+}
+
+// Without the poll thread, receive(0) makes a pass of the loop itself: a pull-style
+// server that only ever asks without waiting gets its requests (it got none: nothing
+// read the socket).
+TEST(Endpoint, ReceiveWithoutWaitingReadsTheSocketWithoutAPollThread) {
+    EndpointOptions o = loopback();
+    o.pollThread = false;
+    auto server = Endpoint::open(o);
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(server && client);
+    std::promise<Response> done;
+    client->callAsync(server->address(), bytesOf(100, 3), [&](Response r) { done.set_value(std::move(r)); });
+    std::optional<ServerRequest> req;
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (!req && std::chrono::steady_clock::now() < until) {
+        req = server->receive(0ns);
+        if (!req) std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_TRUE(req) << "receive(0) never read the socket";
+    EXPECT_EQ(req->message().size(), 100u);
+    EXPECT_TRUE(req->respond(req->message().bytes()).isOk());
+    auto f = done.get_future();
+    ASSERT_EQ(f.wait_for(5s), std::future_status::ready);
+    Response r = f.get();
+    EXPECT_TRUE(r.status.isOk()) << r.status.toString();
+    EXPECT_EQ(r.message.size(), 100u);
+    EXPECT_FALSE(server->receive(0ns));
+}
+
+// open() sets its error to ok on success: a Status reused from an earlier failure does
+// not keep a stale error.
+TEST(Endpoint, OpenClearsTheErrorOnSuccess) {
+    Status err(StatusCode::InvalidArgument, "left from before");
+    auto ep = Endpoint::open(loopback(), &err);
+    ASSERT_TRUE(ep);
+    EXPECT_TRUE(err.isOk()) << err.toString();
 }
 
 }  // namespace
