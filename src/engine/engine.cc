@@ -196,10 +196,7 @@ void Engine::rememberServedIds(const Address& address, uint64_t highest) {
         auto [oldest, gen] = forgottenOrder_.front();
         forgottenOrder_.pop_front();
         auto it = forgottenPeers_.find(oldest);
-        if (it != forgottenPeers_.end() && it->second.generation == gen) {
-            forgottenDroppedUpTo_ = std::max(forgottenDroppedUpTo_, it->second.highest);
-            forgottenPeers_.erase(it);
-        }
+        if (it != forgottenPeers_.end() && it->second.generation == gen) forgottenPeers_.erase(it);
     }
 }
 
@@ -625,12 +622,7 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 Peer* to = peer;
                 if (!to && fromClient && forgottenPeers_.contains(source)) to = getPeer(source, now);
                 if (!to) {
-                    // A client whose record of ids served had to make room may be asking:
-                    // for ids it could have been served, it is not invited to send the
-                    // request again (that could run it twice).
-                    const bool mayHaveRun = fromClient && clientId <= forgottenDroppedUpTo_;
-                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::RpcUnknown,
-                                mayHaveRun ? wire::kFlagIdUsed : 0);
+                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
                     return;
                 }
                 const bool toUsed = used || (to != peer && usedId(to));

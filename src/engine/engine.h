@@ -351,10 +351,6 @@ class Engine {
     absl::flat_hash_map<Address, ForgottenPeer> forgottenPeers_;
     std::deque<std::pair<Address, uint64_t>> forgottenOrder_;
     uint64_t forgottenGeneration_ = 0;
-    /// The highest id served to any client whose forgotten entry had to make room: a
-    /// client we know nothing of asking about an id up to this one may be such a client,
-    /// and is told the id may have run (never invited to send the request again).
-    uint64_t forgottenDroppedUpTo_ = 0;
     Peer* lastPeer_ = nullptr;  ///< the last peer findPeer() found (a one-entry cache)
     ClientRpcIndex<Rpc> clientRpcs_{4096, kOwnCallsMaxSlots};
     RpcList allRpcs_;        ///< every RPC the timer looks at, in the order they joined

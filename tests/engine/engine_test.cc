@@ -2514,60 +2514,6 @@ std::vector<uint8_t> forgedData(uint64_t senderId, uint32_t messageLength, uint3
     return pkt;
 }
 
-// A client served, then evicted (its served ids kept as a forgotten entry), whose
-// entry then has to make room for those of other evicted clients (the record is bounded
-// like the peer table). When it wakes and asks about its call, the server knows nothing
-// of it: a plain RPC_UNKNOWN made it send the request again, which ran a second time.
-// Now it is told the id may have run.
-TEST(Engine, AClientWhoseServedIdsHadToMakeRoomIsNotInvitedToRunAgain) {
-    Config cb = baseConfig();
-    cb.peerGcThreshold = 0;  // collect every idle peer
-    cb.peerIdleNs = 5'000'000;
-    cb.maxPeers = 8;
-    Pair p(baseConfig(), cb);
-    p.call(100);
-    p.pump();
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    p.b.releaseMessage(served[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());
-    for (int i = 0; i < 10 && p.b.metrics().peersEvicted == 0; ++i) {
-        p.now += cb.peerIdleNs;
-        p.b.advance(p.now);
-    }
-    ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
-    // maxPeers other clients, each served one request (never acked): their peers are
-    // evicted in turn, and their entries push A's out.
-    for (uint32_t i = 0; i < cb.maxPeers; ++i)
-        p.b.receive(Address::ipv4(0x0c000000 + i, kPort), forgedData(2, 100, 0, 100), p.now);
-    ASSERT_EQ(p.serveAll(50), static_cast<int>(cb.maxPeers));
-    for (int t = 0; t < 2 * cb.needAckLimit * cb.requestAckTicks + 10; ++t) {
-        p.now += cb.tickNs;
-        p.b.advance(p.now);
-    }
-    p.now += cb.peerIdleNs;
-    p.b.advance(p.now);
-    p.now += cb.tickNs;
-    p.b.advance(p.now);
-    ASSERT_EQ(p.b.peerCount(), 0u);
-    ASSERT_EQ(p.b.metrics().peersEvicted, 1u + cb.maxPeers);
-    p.sinkB.take();
-    // A wakes up and asks about its call.
-    int ranAgain = 0;
-    std::vector<Delivery> ended;
-    p.tickUntil(p.cfgA.resendTicks + 5, [&] {
-        for (auto& d : p.deliveries(p.b)) {
-            ++ranAgain;
-            p.b.releaseMessage(d.message, p.now);
-        }
-        return !(ended = p.deliveries(p.a)).empty() || ranAgain > 0;
-    });
-    EXPECT_EQ(ranAgain, 0) << "the request ran a second time";
-    EXPECT_EQ(p.a.metrics().clientRestarts, 0u);
-    ASSERT_EQ(ended.size(), 1u);
-    EXPECT_EQ(ended[0].status.code(), StatusCode::Aborted) << ended[0].status.toString();
-}
-
 // A first DATA packet that promises far more unscheduled bytes than the receiver allows
 // ("incoming" = the whole megabyte), repeated as a keep-alive and followed by GRANTs to
 // the server RPC it started, neither takes the receiver's room for grants nor keeps the
