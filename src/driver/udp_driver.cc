@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -23,9 +24,15 @@ constexpr int kMaxGsoSegments = 64;
 // A GSO send is one UDP datagram before segmentation: its payload must fit in 16 bits.
 constexpr size_t kMaxGsoBytes = 65'000;
 constexpr size_t kGroBuffer = 65536;
-// How long one send may wait for room in a full socket buffer, in steps of kSendWaitStepMs.
+// How long a send may go without progress for want of room in the socket buffer (waiting
+// for room in steps of kSendWaitStepMs) before what is left of it is dropped.
 constexpr int kMaxSendWaitMs = 50;
 constexpr int kSendWaitStepMs = 10;
+
+int64_t steadyMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 
 Status sysError(const std::string& what) {
     return {StatusCode::InvalidArgument, what + ": " + strerror(errno)};
@@ -98,7 +105,6 @@ std::unique_ptr<UdpDriver> UdpDriver::open(const Address& bind, const UdpDriverO
         getsockopt(d->fd_, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &optLen);
         d->reachesIpv4_ = v6only == 0 && std::all_of(bind.ip.begin(), bind.ip.end(), [](uint8_t b) { return b == 0; });
     }
-    d->boundToLoopback_ = isLoopback(d->local_);
     d->maxPacket_ = options.mtu - (d->ipv6_ ? kIpv6Header : kIpv4Header) - kUdpHeader;
     d->batch_ = options.batch;
     if (options.gro) {
@@ -140,20 +146,9 @@ UdpDriver::~UdpDriver() {
     }
 }
 
-bool UdpDriver::isLoopback(const Address& a) {
-    if (a.isIpv4()) return (a.ipv4Host() >> 24) == 127;
-    for (size_t i = 0; i + 1 < a.ip.size(); ++i)
-        if (a.ip[i] != 0) return false;
-    return a.ip[15] == 1;  // ::1
-}
-
 Status UdpDriver::canSendTo(const Address& dest) const {
     if (reaches(dest)) return {};
     if (dest.port == 0) return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + ": port 0"};
-    if (reachesFamily(dest))
-        return {StatusCode::InvalidArgument, "cannot send to " + dest.toString() + " from " + local_.toString() +
-                                                 ": an endpoint bound to a loopback address reaches loopback "
-                                                 "addresses only"};
     return {StatusCode::InvalidArgument,
             "cannot send to " + dest.toString() + " from " + local_.toString() + ": " +
                 (ipv6_ ? "this endpoint's IPv6 socket (bound to an IPv6 address, or IPv6-only) reaches IPv6 only"
@@ -276,22 +271,25 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
         h.msg_controllen = used;
     }
     size_t done = 0;
-    int waitedMs = 0;
+    int64_t waitingSince = -1;  // ms, while sends make no progress for want of room
     while (done < msgs.size()) {
         ++stats_.sendCalls;
         HOMA_TRACE("udp sendmmsg %u datagrams", msgs.size() - done);
         int n = sendmmsg(fd_, hdrs.data() + done, static_cast<unsigned>(msgs.size() - done), MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if ((errno == EAGAIN || errno == ENOBUFS) && waitedMs < kMaxSendWaitMs) {
-                // The socket buffer is full: wait briefly for room rather than drop. Not
-                // for long: the caller holds up everything else meanwhile, and a queue
-                // that stays full (a stalled NIC) turns this into loss, which Homa
+            if (errno == EAGAIN || errno == ENOBUFS) {
+                // The socket buffer is full: wait for room rather than drop. Not for long
+                // without progress: the caller holds up everything else meanwhile, and a
+                // queue that stays full (a stalled NIC) turns this into loss, which Homa
                 // recovers from.
-                pollfd pfd{fd_, POLLOUT, 0};
-                ::poll(&pfd, 1, kSendWaitStepMs);
-                waitedMs += kSendWaitStepMs;
-                continue;
+                const int64_t now = steadyMs();
+                if (waitingSince < 0) waitingSince = now;
+                if (now - waitingSince < kMaxSendWaitMs) {
+                    pollfd pfd{fd_, POLLOUT, 0};
+                    ::poll(&pfd, 1, kSendWaitStepMs);
+                    continue;
+                }
             }
             if (msgs[done].count > 1 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EMSGSIZE)) {
                 // This run could not go as one GSO send: no GSO here (old kernel, device
@@ -300,7 +298,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
                 // Its packets go one by one, which the kernel fragments where it must;
                 // GSO stays on for other runs once it has worked on this socket.
                 ++stats_.gsoFallbacks;
-                if (!gsoWorked_) gso_ = false;
+                if (!gsoWorked_ && errno != EMSGSIZE) gso_ = false;
                 const size_t first = msgs[done].first, rest = first + msgs[done].count;
                 // (sendRange reuses the scratch vectors: what is left is sent from scratch.)
                 const bool gso = std::exchange(gso_, false);
@@ -325,6 +323,7 @@ void UdpDriver::sendRange(size_t begin, size_t end) {
             for (size_t q = 0; q < m.count; ++q) stats_.bytesSent += tx_[m.first + q].length;
         }
         done += static_cast<size_t>(n);
+        waitingSince = -1;
     }
 }
 

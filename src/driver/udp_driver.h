@@ -143,14 +143,8 @@ class UdpDriver {
     int fd_ = -1;
     bool ipv6_ = false;
     bool reachesIpv4_ = true;  // false for an IPv6 socket bound to an IPv6 address, or IPv6-only
-    bool boundToLoopback_ = false;  // then only loopback addresses are reachable
-    /// Whether the family of `dest` is one this socket sends to.
-    bool reachesFamily(const Address& dest) const { return dest.isIpv4() ? reachesIpv4_ : ipv6_; }
     /// What canSendTo() says, without the message.
-    bool reaches(const Address& dest) const {
-        return dest.port != 0 && reachesFamily(dest) && (!boundToLoopback_ || isLoopback(dest));
-    }
-    static bool isLoopback(const Address& a);
+    bool reaches(const Address& dest) const { return dest.port != 0 && (dest.isIpv4() ? reachesIpv4_ : ipv6_); }
     bool gso_ = false;
     bool gsoWorked_ = false;  ///< a GSO send has gone out on this socket
     bool gro_ = false;
