@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <cinttypes>
@@ -253,11 +254,13 @@ std::string dumpToString() {
 bool dump(const std::string& path, std::string* error) {
     std::string text = dumpToString();
     // Written under a temporary name and renamed: whoever waits for the file (a test, a
-    // script collecting traces) never reads half of it.
-    // Whatever was left under that name (a file, a symlink, a FIFO whose open would
-    // block for want of a reader) is replaced by a new regular file, created exclusively:
-    // the dump never blocks on it and never writes through a link.
-    const std::string partial = path + ".partial";
+    // script collecting traces) never reads half of it. The name is this dump's own (two
+    // dumps to one path at once each rename a whole file), and whatever was left under
+    // it (a file, a symlink, a FIFO whose open would block for want of a reader) is
+    // replaced by a new regular file, created exclusively: the dump never blocks on it
+    // and never writes through a link.
+    static std::atomic<uint64_t> dumps{0};
+    const std::string partial = path + ".partial." + std::to_string(::getpid()) + "." + std::to_string(dumps++);
     ::unlink(partial.c_str());
     const int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {

@@ -1059,12 +1059,15 @@ TEST(Endpoint, PollThreadReadsTheSocketAfterAnOwnerLeaves) {
         stray.join();
         // Nobody waits on the server now: only its poll thread can read the next request.
         client->callAsync(server->address(), bytesOf(10, 2), [&](Response r) { answered += r.status.isOk(); });
-        std::optional<ServerRequest> second;
-        for (int i = 0; i < 2000 && !second; ++i) {
-            second = server->receive(0ns);  // never runs the loop itself
-            if (!second) std::this_thread::sleep_for(1ms);
-        }
-        ASSERT_TRUE(second) << "trial " << trial << ": the request was never read from the socket";
+        // (Watched through the metrics, which never run the loop; receive(0) would make a
+        // pass of its own, and read the request itself.)
+        const uint64_t want = 2u * static_cast<uint64_t>(trial + 1);
+        for (int i = 0; i < 2000 && server->metrics().get("server_requests_received") < want; ++i)
+            std::this_thread::sleep_for(1ms);
+        ASSERT_EQ(server->metrics().get("server_requests_received"), want)
+            << "trial " << trial << ": the request was never read from the socket";
+        std::optional<ServerRequest> second = server->receive(0ns);  // (queued: taken at once)
+        ASSERT_TRUE(second);
         second->respond(second->message().bytes());
         for (int i = 0; i < 2000 && answered < 2; ++i) std::this_thread::sleep_for(1ms);
         EXPECT_EQ(answered.load(), 2);
@@ -1659,7 +1662,11 @@ TEST(Endpoint, AConcurrentShutdownWaitsForThePublisher) {
     a.sun_family = AF_UNIX;
     std::strcpy(a.sun_path, sock.c_str());
     ASSERT_EQ(::connect(q, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    gRenameWaiting = false;
     gRenameHeld = true;
+    struct Release {
+        ~Release() { gRenameHeld = false; }  // (whatever happens: later renames must not wait)
+    } release;
     const std::string cmd = "trace dump " + dumpPath + "\n";
     ASSERT_EQ(::send(q, cmd.data(), cmd.size(), MSG_NOSIGNAL), static_cast<ssize_t>(cmd.size()));
     for (int i = 0; i < 500 && !gRenameWaiting; ++i) std::this_thread::sleep_for(10ms);
