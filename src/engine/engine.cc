@@ -711,9 +711,11 @@ void Engine::skipClientIdsAhead(uint64_t refusedId) {
 
 void Engine::handleRpcUnknown(Rpc* rpc, uint8_t flags, Time now) {
     if (!rpc->isClient()) {
-        // The client no longer knows this RPC (it aborted or finished it): discard it.
+        // The client no longer knows this RPC (it aborted or finished it): discard it. A
+        // request already handed to the application may have run: recorded as such, so
+        // that it is never invited to run again once the window has moved past its id.
         ++m_.serverRpcsAborted;
-        freeRpc(rpc);
+        discardServerRpc(rpc);
         return;
     }
     if (flags & wire::kFlagIdUsed) {

@@ -1650,7 +1650,9 @@ TEST(Engine, PacketsFromUnknownAddressesThatNeedNoStateMakeNoPeers) {
         // A client and a server that are new to B are served as ever.
         p.call(100);
         p.pump();
-        EXPECT_EQ(p.deliveries(p.b).size(), 1u) << names[kind];
+        auto served = p.deliveries(p.b);
+        EXPECT_EQ(served.size(), 1u) << names[kind];
+        for (auto& d : served) p.b.releaseMessage(d.message, p.now);
         uint64_t id;
         EXPECT_TRUE(p.b.startRequest(Address::ipv4(0x0d000001, kPort), std::vector<uint8_t>(100, 1), 0, p.now, &id)
                         .isOk())
@@ -2464,6 +2466,31 @@ TEST(Engine, ControlPacketsCountInThePacersBacklogEstimate) {
 }
 
 // The hard cap evicts an idle peer even when the least recently used peer is busy.
+// An RPC_UNKNOWN from the client (forged, or a confused client) makes the server drop a
+// request it has handed to its application: the request may have run, and is recorded
+// so. Once the client's ids have moved its id below the window, a RESEND for it is told
+// the id was used; it was taken for a request never run, and invited to send it again.
+TEST(Engine, ARequestDroppedOnRpcUnknownAfterDeliveryCountsAsRun) {
+    Pair p(baseConfig(), smallWindowServer());
+    const uint64_t x = p.call(100);
+    p.pump();
+    auto held = p.deliveries(p.b);
+    ASSERT_EQ(held.size(), 1u);
+    p.b.releaseMessage(held[0].message, p.now);  // in service
+    p.b.receive(kA, encode(from(x), wire::PacketType::RpcUnknown), p.now);
+    EXPECT_EQ(p.b.metrics().serverRpcsAborted, 1u);
+    // 200 more calls, served and acked: x falls far below B's 64-id window.
+    for (auto& d : p.roundTrips(200, 100)) p.a.releaseMessage(d.message, p.now);
+    p.tick(3);
+    p.pump();
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(x), wire::PacketType::Resend, 0, 0), p.now);
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::RpcUnknown), 1u);
+    const wire::Packet answer = p.sinkB.first(wire::PacketType::RpcUnknown).packet();
+    EXPECT_TRUE(answer.common.flags & wire::kFlagIdUsed) << "the client was invited to send it again";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+}
+
 TEST(Engine, PeerTableCapEvictsAnIdlePeerBehindABusyOne) {
     Config cb = baseConfig();
     cb.maxPeers = 3;
