@@ -3,6 +3,8 @@
 
 #include <cassert>
 #include <cstring>
+#include <deque>
+#include <optional>
 #include <stdexcept>
 
 namespace homa::engine {
@@ -138,23 +140,28 @@ Peer* Engine::getPeer(const Address& address, Time now) {
         touchPeer(p, now);
         return p;
     }
-    if (peers_.size() >= cfg_.maxPeers) {
-        // At the hard cap: evict the least recently used peer without RPCs, but only one
-        // idle for peerIdleNs. A peer holds the ids it was served (at-most-once); evicting
-        // it early would let a late copy of a finished request run again.
-        if (idlePeers_.empty() || now - idlePeers_.front().lastUsed < cfg_.peerIdleNs) return nullptr;
-        evictPeer(&idlePeers_.front());
+    // At the hard cap: evict the least recently used peer without RPCs, but only one
+    // idle for peerIdleNs. A peer holds the ids it was served (at-most-once); evicting
+    // it early would let a late copy of a finished request run again.
+    const bool atCap = peers_.size() >= cfg_.maxPeers;
+    if (atCap && (idlePeers_.empty() || now - idlePeers_.front().lastUsed < cfg_.peerIdleNs)) return nullptr;
+    // Known before and forgotten: what it was served stays served. The record is taken
+    // before the eviction, whose own record may push the oldest out of their bounded
+    // store, and the oldest may be this one.
+    uint64_t servedUpTo = 0;
+    if (auto it = forgottenPeers_.find(address); it != forgottenPeers_.end()) {
+        servedUpTo = it->second.highest;
+        forgottenPeers_.erase(it);
     }
+    if (atCap) evictPeer(&idlePeers_.front());
     auto peer = std::make_unique<Peer>();
     peer->address = address;
     peer->serial = nextSerial_++;
     peer->cutoffs = cfg_.unschedCutoffs;  // until the peer tells us its own
     peer->lastUsed = now;
-    if (auto it = forgottenPeers_.find(address); it != forgottenPeers_.end()) {
-        // Known before and forgotten: what it was served stays served.
+    if (servedUpTo != 0) {
         peer->seen = std::make_unique<SeenIds>(cfg_.seenIdWindow);
-        peer->seen->seenUpTo(it->second.highest);
-        forgottenPeers_.erase(it);
+        peer->seen->seenUpTo(servedUpTo);
     }
     Peer* p = peer.get();
     peers_.emplace(address, std::move(peer));
@@ -190,13 +197,20 @@ void Engine::rememberServedIds(const Address& address, uint64_t highest) {
     const uint64_t generation = ++forgottenGeneration_;
     forgottenPeers_[address] = {highest, generation};
     forgottenOrder_.emplace_back(address, generation);
-    // Bounded like the peer table: the oldest entries go first (an entry replaced since
-    // is skipped).
-    while (forgottenOrder_.size() > cfg_.maxPeers) {
-        auto [oldest, gen] = forgottenOrder_.front();
+    // Bounded like the peer table: at most maxPeers records, the oldest dropped first.
+    // The order also holds entries of records since taken back (the peer returned) or
+    // replaced, which hold nothing and must not count: they are skipped at the front,
+    // and cleared out all at once when they outnumber the records.
+    auto live = [&](const std::pair<Address, uint64_t>& e) {
+        auto it = forgottenPeers_.find(e.first);
+        return it != forgottenPeers_.end() && it->second.generation == e.second;
+    };
+    if (forgottenOrder_.size() > 2 * forgottenPeers_.size() + 16)
+        std::erase_if(forgottenOrder_, [&](const auto& e) { return !live(e); });
+    while (forgottenPeers_.size() > cfg_.maxPeers) {
+        const auto oldest = forgottenOrder_.front();
         forgottenOrder_.pop_front();
-        auto it = forgottenPeers_.find(oldest);
-        if (it != forgottenPeers_.end() && it->second.generation == gen) forgottenPeers_.erase(it);
+        if (live(oldest)) forgottenPeers_.erase(oldest.first);
     }
 }
 
@@ -606,8 +620,22 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // new copy of it would be dropped as stale (at-most-once), so its call can
                 // only end. Say so, rather than let it send the request again until it
                 // times out.
-                auto usedId = [&](const Peer* pr) { return fromClient && pr && pr->seen && pr->seen->mayHaveRun(clientId); };
-                const bool used = usedId(peer);
+                // A client evicted with ids served and not back yet is answered from its
+                // record (see rememberServedIds), as a peer made anew from it would
+                // answer (SeenIds::seenUpTo): every id up to the highest served may have
+                // run. (A rare case: the record is read through a SeenIds of its own.)
+                const SeenIds* seen = peer ? peer->seen.get() : nullptr;
+                std::optional<SeenIds> record;
+                if (!peer && fromClient) {
+                    if (auto it = forgottenPeers_.find(source); it != forgottenPeers_.end()) {
+                        record.emplace(cfg_.seenIdWindow);
+                        record->seenUpTo(it->second.highest);
+                        seen = &*record;
+                    }
+                }
+                const bool used = fromClient && seen && seen->mayHaveRun(clientId);
+                uint8_t flags = used ? wire::kFlagIdUsed : 0;
+                if (used && seen->farBelowFloor(clientId)) flags |= wire::kFlagIdsBehind;
                 if (!used && fromClient && overloaded()) {
                     // Probably a request we refused; it would be refused again now, so
                     // the client should wait (and back off), not send it again.
@@ -617,23 +645,22 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
                 // We have no state: say so, so the peer can restart (client) or discard
                 // (server). An unknown address gets no peer of its own for asking (a
                 // stream of such packets, spoofed, would fill the peer table), unless it
-                // is a client evicted with ids served: the peer made anew remembers them
-                // (see rememberServedIds).
+                // is a client evicted with ids served: the peer made anew remembers them.
+                // When none can be made (the table is full of peers that may not be
+                // evicted yet), the answer comes from the record all the same, which
+                // stays for the peer the client gets later.
                 Peer* to = peer;
-                if (!to && fromClient && forgottenPeers_.contains(source)) to = getPeer(source, now);
+                if (!to && record) to = getPeer(source, now);
                 if (!to) {
-                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::RpcUnknown);
+                    sendControl(source, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, flags);
                     return;
                 }
-                const bool toUsed = used || (to != peer && usedId(to));
-                if (!toUsed && fromClient && to->seen && to->seen->belowWindow(clientId)) {
+                if (!used && fromClient && to->seen && to->seen->belowWindow(clientId)) {
                     // Never run here (lost, or refused under overload) but below the
                     // window, where a new copy would be dropped: let the next one in.
                     to->seen->permit(clientId, tickCount_, tickCount_ + permitTicks());
                     ++m_.requestPermits;
                 }
-                uint8_t flags = toUsed ? wire::kFlagIdUsed : 0;
-                if (toUsed && to->seen && to->seen->farBelowFloor(clientId)) flags |= wire::kFlagIdsBehind;
                 sendControl(to, p.common.senderId ^ 1, wire::PacketType::RpcUnknown, flags);
                 return;
             }

@@ -343,7 +343,8 @@ class Engine {
 
     absl::flat_hash_map<Address, std::unique_ptr<Peer>> peers_;
     /// Evicted peers' highest served client ids, at most maxPeers of them, oldest
-    /// dropped first (forgottenOrder_); taken back when the peer returns.
+    /// dropped first (forgottenOrder_, which may also hold entries of records taken back
+    /// or replaced since: see rememberServedIds); taken back when the peer returns.
     struct ForgottenPeer {
         uint64_t highest = 0;
         uint64_t generation = 0;

@@ -1827,6 +1827,198 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
     p.expectOneMessageAtB(5'000);
 }
 
+// A one-packet request of 100 bytes, id `id`, from `client`, reaches B and is handed to
+// its application, which holds it (in service); returns it, for B to answer or drop.
+ServerRpcId requestHeldAtB(Pair& p, const Address& client, uint64_t id) {
+    wire::DataHeader d;
+    d.messageLength = 100;
+    d.incoming = 100;
+    std::vector<uint8_t> pkt(wire::kDataHeaderSize);
+    wire::encodeData(pkt, from(id), d);
+    pkt.insert(pkt.end(), 100, 0x5a);
+    p.b.receive(client, pkt, p.now);
+    p.sinkB.take();
+    auto d2 = p.deliveries(p.b);
+    EXPECT_EQ(d2.size(), 1u);
+    if (d2.empty()) return {};
+    p.b.releaseMessage(d2[0].message, p.now);
+    return d2[0].server;
+}
+
+// The answer B gives to a RESEND about `id` from `client` (an RPC it does not hold).
+wire::Packet rpcUnknownForResend(Pair& p, const Address& client, uint64_t id) {
+    p.sinkB.take();
+    p.b.receive(client, encode(from(id), wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::RpcUnknown), 1u);
+    return p.sinkB.first(wire::PacketType::RpcUnknown).packet();
+}
+
+// A client whose peer was evicted comes back at the cap of the peer table, its record of
+// ids served the oldest kept. Making its peer evicts an idle one, whose own record, in a
+// store bounded to maxPeers, pushes the oldest out: the client's record must be taken
+// first, or the peer made anew knows nothing of what was served and a request that ran
+// is invited to run again, and does.
+TEST(Engine, AClientComingBackAtThePeerCapKeepsItsIdsServed) {
+    Config cb = baseConfig();
+    cb.maxPeers = 2;
+    cb.peerIdleNs = 5'000'000;
+    Pair p(baseConfig(), cb);
+    const uint64_t x = p.call(100);
+    const std::vector<Sent> request = p.sinkA.take();
+    ASSERT_EQ(request.size(), 1u);
+    p.b.receive(kA, request[0].bytes, p.now);
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    // Three more clients, each served once, peerIdleNs apart: the second evicts A's peer,
+    // the third the first client's. B remembers two evicted peers (maxPeers): A's oldest.
+    for (uint32_t i = 0; i < 3; ++i) {
+        p.now += cb.peerIdleNs;
+        const ServerRpcId other = requestHeldAtB(p, Address::ipv4(0x0b000001 + i, kPort), 2);
+        ASSERT_TRUE(p.b.abortServerRpc(other, p.now).isOk());
+    }
+    ASSERT_EQ(p.b.metrics().peersEvicted, 2u);
+    ASSERT_EQ(p.b.peerCount(), 2u);
+    // A, paused all along, asks about its call: the peer made for it evicts the second
+    // client's, and still knows x was served.
+    p.now += cb.peerIdleNs;
+    const wire::Packet answer = rpcUnknownForResend(p, kA, x);
+    EXPECT_EQ(p.b.metrics().peersEvicted, 3u);
+    EXPECT_EQ(p.b.peerCount(), 2u);
+    EXPECT_TRUE(answer.common.flags & wire::kFlagIdUsed) << "the client was invited to send it again";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+    // A late copy of the request (or one sent again) is dropped, not run a second time.
+    p.b.receive(kA, request[0].bytes, p.now);
+    p.b.receive(kA, restartedCopy(request[0]), p.now);
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 2u);
+}
+
+// A client whose peer was evicted asks about a request that ran, while the peer table is
+// full of peers that may not be evicted yet: no peer is made for it, but its record of
+// ids served still answers. It is told the id was used, not invited to send the request
+// again; and the record stays for when the client can have a peer again.
+TEST(Engine, AClientAskingAtAFullPeerTableIsStillToldItsIdWasUsed) {
+    Config ca = baseConfig();
+    ca.firstClientId = 1'000'000;
+    Config cb = smallWindowServer();
+    cb.maxPeers = 2;
+    cb.peerIdleNs = 5'000'000;
+    Pair p(ca, cb);
+    const uint64_t x = p.call(100);
+    const std::vector<Sent> request = p.sinkA.take();
+    ASSERT_EQ(request.size(), 1u);
+    p.b.receive(kA, request[0].bytes, p.now);
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    // Two other clients whose requests B is executing: the second evicts A's idle peer,
+    // and neither peer may be evicted while it has an RPC.
+    p.now += cb.peerIdleNs;
+    const ServerRpcId busy = requestHeldAtB(p, Address::ipv4(0x0b000001, kPort), 2);
+    requestHeldAtB(p, Address::ipv4(0x0b000002, kPort), 2);
+    ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
+    ASSERT_EQ(p.b.peerCount(), 2u);
+    p.now += cb.peerIdleNs;
+    const wire::Packet answer = rpcUnknownForResend(p, kA, x);
+    EXPECT_TRUE(answer.common.flags & wire::kFlagIdUsed) << "the client was invited to send it again";
+    EXPECT_FALSE(answer.common.flags & wire::kFlagIdsBehind) << "near what B knows of the client";
+    EXPECT_EQ(p.b.peerCount(), 2u);
+    EXPECT_EQ(p.b.metrics().peersEvicted, 1u);
+    // An id above those served was never run here: a plain RPC_UNKNOWN. One more than
+    // B's window (64 ids) below them: "ids behind" as well.
+    auto flagsFor = [&](uint64_t id) { return rpcUnknownForResend(p, kA, id).common.flags; };
+    const uint8_t behind = wire::kFlagIdUsed | wire::kFlagIdsBehind;
+    EXPECT_EQ(flagsFor(x + 2), 0u);
+    EXPECT_EQ(flagsFor(x - 126), wire::kFlagIdUsed);
+    EXPECT_EQ(flagsFor(x - 128), behind);
+    EXPECT_EQ(p.b.peerCount(), 2u);
+    // Once a peer is free to go, A gets one, which still knows x was served, and answers
+    // as its record did.
+    ASSERT_TRUE(p.b.abortServerRpc(busy, p.now).isOk());
+    p.now += cb.peerIdleNs;
+    p.b.receive(kA, request[0].bytes, p.now);
+    EXPECT_EQ(p.b.metrics().peersEvicted, 2u);
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::StaleRequest)], 1u);
+    EXPECT_EQ(flagsFor(x), wire::kFlagIdUsed);
+    EXPECT_EQ(flagsFor(x + 2), 0u);
+    EXPECT_EQ(flagsFor(x - 126), wire::kFlagIdUsed);
+    EXPECT_EQ(flagsFor(x - 128), behind);
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+}
+
+// The same at a full peer table that is also overloaded (as many requests in service as
+// maxPendingRequests allows): an id that ran is still said to be used, not answered with
+// BUSY (which would keep the client waiting for a request that can never run again).
+TEST(Engine, AnEvictedClientAskingUnderOverloadIsToldItsIdWasUsed) {
+    Config cb = baseConfig();
+    cb.maxPeers = 2;
+    cb.peerIdleNs = 5'000'000;
+    cb.maxPendingRequests = 2;
+    Pair p(baseConfig(), cb);
+    const uint64_t x = p.call(100);
+    const std::vector<Sent> request = p.sinkA.take();
+    ASSERT_EQ(request.size(), 1u);
+    p.b.receive(kA, request[0].bytes, p.now);
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());
+    p.now += cb.peerIdleNs;
+    requestHeldAtB(p, Address::ipv4(0x0b000001, kPort), 2);
+    requestHeldAtB(p, Address::ipv4(0x0b000002, kPort), 2);
+    ASSERT_EQ(p.b.metrics().peersEvicted, 1u);
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(x), wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Busy), 0u) << "told to wait for a request that ran";
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::RpcUnknown), 1u);
+    EXPECT_TRUE(p.sinkB.first(wire::PacketType::RpcUnknown).packet().common.flags & wire::kFlagIdUsed);
+    // An id never served is still asked to wait while the server is overloaded.
+    p.sinkB.take();
+    p.b.receive(kA, encode(from(x + 2), wire::PacketType::Resend, 0, 0), p.now);
+    EXPECT_EQ(p.sinkB.count(wire::PacketType::Busy), 1u);
+}
+
+// The records of evicted clients are bounded to maxPeers, the oldest dropped first; a
+// record taken back by a client that returned is no longer one of them. Here A's record
+// and one other are all the server keeps, and A's must stay (it used to be dropped, the
+// returned client's entry counted as a third).
+TEST(Engine, RecordsOfReturnedClientsDoNotPushOutOthers) {
+    Config cb = baseConfig();
+    cb.maxPeers = 2;
+    cb.peerIdleNs = 5'000'000;
+    Pair p(baseConfig(), cb);
+    const uint64_t x = p.call(100);
+    const std::vector<Sent> request = p.sinkA.take();
+    ASSERT_EQ(request.size(), 1u);
+    p.b.receive(kA, request[0].bytes, p.now);
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    const Address c1 = Address::ipv4(0x0b000001, kPort), c2 = Address::ipv4(0x0b000002, kPort),
+                  c3 = Address::ipv4(0x0b000003, kPort);
+    auto serveOnce = [&](const Address& c, uint64_t id) {
+        p.now += cb.peerIdleNs;
+        const ServerRpcId r = requestHeldAtB(p, c, id);
+        ASSERT_TRUE(p.b.abortServerRpc(r, p.now).isOk());
+    };
+    serveOnce(c1, 2);  // peers: A, c1
+    serveOnce(c2, 2);  // evicts A: records A
+    serveOnce(c3, 2);  // evicts c1: records A, c1
+    serveOnce(c1, 4);  // c1 takes its record back and evicts c2: records A, c2
+    ASSERT_EQ(p.b.metrics().peersEvicted, 3u);
+    p.now += cb.peerIdleNs;
+    const wire::Packet answer = rpcUnknownForResend(p, kA, x);
+    EXPECT_TRUE(answer.common.flags & wire::kFlagIdUsed) << "A's record of ids served was dropped";
+    EXPECT_EQ(p.b.metrics().requestPermits, 0u);
+    p.b.receive(kA, restartedCopy(request[0]), p.now);
+    EXPECT_TRUE(p.deliveries(p.b).empty()) << "the request ran twice";
+}
+
 // A request the server never ran, whose id fell below its at-most-once window while it
 // was out of reach (its packet lost here; refused under overload in real life) and newer
 // requests of the same client were served. The client's RESEND shows it is still
