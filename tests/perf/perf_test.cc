@@ -188,23 +188,102 @@ TEST(PerfStats, PercentileRanksAreExactForMultiplesOfAThousand) {
 TEST(PerfStats, BucketsAndSlowdownByHand) {
     // Base RTT 10 us, 8 Gbps link: 1,000 wire bytes take 1 us.
     SlowdownModel m{10, 8};
-    std::vector<Sample> s = {
-        {100, 1000, 11'000},   // ideal 11 us: slowdown 1.0
-        {100, 1000, 22'000},   // 2.0
-        {5000, 10000, 40'000}, // ideal 20 us: 2.0
-        {5000, 10000, 80'000}, // 4.0
-        {9000, 10000, 20'000}, // 1.0
-    };
-    auto b = bucketize(s, {1000, 10000}, m);
+    SizeBuckets buckets({1000, 10000}, m);
+    buckets.add(100, 1000, 11'000);   // ideal 11 us: slowdown 1.0
+    buckets.add(100, 1000, 22'000);   // 2.0
+    buckets.add(5000, 10000, 40'000); // ideal 20 us: 2.0
+    buckets.add(5000, 10000, 80'000); // 4.0
+    buckets.add(9000, 10000, 20'000); // 1.0
+    buckets.add(20000, 10000, 30'000); // larger than every bound: the last bucket; 1.5
+    auto b = buckets.figures();
     ASSERT_EQ(b.size(), 2u);
+    EXPECT_EQ(b[0].maxSize, 1000u);
     EXPECT_EQ(b[0].count, 2u);
     EXPECT_DOUBLE_EQ(b[0].slowdownP50, 1.0);
     EXPECT_DOUBLE_EQ(b[0].slowdownP99, 2.0);
-    EXPECT_DOUBLE_EQ(b[0].rttP50Us, 11.0);
-    EXPECT_EQ(b[1].count, 3u);
-    EXPECT_DOUBLE_EQ(b[1].slowdownP50, 2.0);
+    EXPECT_DOUBLE_EQ(b[0].rttP50Us, 11.0);  // (the smallest and the largest are exact)
+    EXPECT_DOUBLE_EQ(b[0].rttP99Us, 22.0);
+    EXPECT_EQ(b[1].count, 4u);
+    EXPECT_DOUBLE_EQ(b[1].slowdownP50, 1.5);
     EXPECT_DOUBLE_EQ(b[1].slowdownP99, 4.0);
+    // A middle rank's round trip is its bin's midpoint: 30 us within 0.012 %.
+    EXPECT_NEAR(b[1].rttP50Us, 30.0, 30.0 * 1.3e-4);
     EXPECT_DOUBLE_EQ(b[1].rttP99Us, 80.0);
+    SizeBuckets none({1000}, m);
+    EXPECT_EQ(none.figures()[0].count, 0u);
+    EXPECT_EQ(none.figures()[0].rttP99Us, 0);
+}
+
+// The bins: exact below 2^13 units, then 4,096 to each doubling, each bin's values
+// mapping to it and no other.
+TEST(PerfStats, HistogramBinsCoverEveryValueOnce) {
+    constexpr uint64_t kExact = uint64_t{1} << (Histogram::kSubBits + 1);
+    for (uint64_t v = 0; v < kExact; ++v) ASSERT_EQ(Histogram::bin(v), v);
+    EXPECT_EQ(Histogram::bin(kExact), kExact);
+    EXPECT_EQ(Histogram::bin(kExact + 1), kExact);  // bins of width 2 from here
+    EXPECT_EQ(Histogram::bin(kExact + 2), kExact + 1);
+    EXPECT_EQ(Histogram::bin(2 * kExact), kExact + 4096);
+    for (size_t b = 0; b < Histogram::bin(UINT64_MAX); ++b) {
+        const uint64_t low = Histogram::binLow(b), next = Histogram::binLow(b + 1);
+        ASSERT_LT(low, next) << b;
+        ASSERT_EQ(Histogram::bin(low), b) << b;
+        ASSERT_EQ(Histogram::bin(next - 1), b) << b;
+        // Each bin narrower than 2^-12 of its values.
+        ASSERT_LE((next - low) * 4096, std::max<uint64_t>(low, 4096)) << b;
+    }
+    EXPECT_EQ(Histogram::bin(UINT64_MAX), Histogram::bin(uint64_t{1} << 63) + 4095);
+}
+
+// Percentiles against those of the whole list of values (nearest rank): within half a
+// bin (2^-13 of the value), exact at both ends and below 2^13 units. Bad values count as
+// the nearest that the bins hold.
+TEST(PerfStats, HistogramPercentilesMatchTheSortedValues) {
+    // (HOMA_TEST_SEED=N runs it with seed N.)
+    const char* fixed = std::getenv("HOMA_TEST_SEED");
+    const uint64_t seed = fixed ? std::strtoull(fixed, nullptr, 10) : std::random_device{}();
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::printf("HistogramPercentilesMatchTheSortedValues seed %llu (HOMA_TEST_SEED)\n",
+                static_cast<unsigned long long>(seed));
+    std::mt19937_64 rng(seed);
+    std::lognormal_distribution<double> rtt(std::log(20'000.0), 1.5);  // ns: 20 us, long tail
+    for (int round = 0; round < 5; ++round) {
+        Histogram h;
+        std::vector<double> all;
+        const size_t n = 1 + rng() % 200'000;
+        for (size_t i = 0; i < n; ++i) {
+            const double v = std::round(rtt(rng));
+            all.push_back(v);
+            h.add(v);
+        }
+        EXPECT_EQ(h.count(), n);
+        for (double p : {0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0}) {
+            const double exact = percentile(all, p);
+            const double got = h.percentile(p);
+            if (p == 0 || p == 100 || exact < 8192) {
+                EXPECT_EQ(got, exact) << "n " << n << " p " << p;
+            } else {
+                EXPECT_LE(std::abs(got - exact), exact / 8192) << "n " << n << " p " << p;
+            }
+        }
+        // Memory grows with the largest value, not with the count.
+        EXPECT_LE(h.bins(), (std::bit_width(static_cast<uint64_t>(percentile(all, 100))) + 1) * 4096u);
+    }
+    Histogram units(1e-3);  // thousandths
+    units.add(1.0);
+    units.add(2.5);
+    units.add(-3);                             // below 0: 0
+    units.add(std::numeric_limits<double>::quiet_NaN());  // 0
+    units.add(1e300);                          // the largest value held
+    EXPECT_EQ(units.count(), 5u);
+    EXPECT_EQ(units.percentile(0), 0);
+    EXPECT_DOUBLE_EQ(units.percentile(60), 1.0);
+    EXPECT_DOUBLE_EQ(units.percentile(80), 2.5);
+    EXPECT_GT(units.percentile(100), 9e15);
+    units.clear();
+    EXPECT_TRUE(units.empty());
+    EXPECT_EQ(units.percentile(50), 0);
+    units.add(7);
+    EXPECT_DOUBLE_EQ(units.percentile(50), 7.0);
 }
 
 // Errors are counted by kind: a library status's name, or a TCP error's text up to its

@@ -2,7 +2,6 @@
 #include "perf/perf.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -52,7 +51,7 @@ int64_t nowNs() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
 }
 
-/// A figure of an empty set of samples is not 0: "n/a" in the text, null in the JSON.
+/// A figure of an empty set of round trips is not 0: "n/a" in the text, null in the JSON.
 std::string fixedOrNa(double v, bool none, int decimals) {
     if (none) return "n/a";
     char b[64];
@@ -151,15 +150,6 @@ void printMetrics(const char* who, const MetricsSnapshot& diff) {
 
 // ---------------------------------------------------------------- client
 
-/// Asks for transparent huge pages over [p, p + bytes) (whole pages inside it); no harm if
-/// the kernel has none.
-void adviseHugePages(void* p, size_t bytes) {
-    const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-
 /// Whether the closed loop makes synchronous calls (see PerfOptions::callMode).
 bool usesSyncCalls(const PerfOptions& o, const ClientTransport& t) {
     if (o.gbps > 0 || !t.hasSyncCalls()) return false;
@@ -174,8 +164,11 @@ double arrivalsPerSecond(const PerfOptions& o, const workload::Distribution& d) 
 
 class LoadGenerator {
   public:
-    LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers)
-        : o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed), cyclesPerNs_(trace::cyclesPerNs()) {
+    /// `bounds` and `model` make the table of round trips by message size (buckets).
+    LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers,
+                  std::vector<uint32_t> bounds, const SlowdownModel& model)
+        : buckets(std::move(bounds), model), o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed),
+          cyclesPerNs_(trace::cyclesPerNs()) {
         // As large as the largest request (the distribution is capped at --max-length
         // already): each synchronous caller keeps a copy.
         scratch_.assign(std::max<uint32_t>(std::min(o.maxLength, d.maxSize()), 8), 0x33);
@@ -236,26 +229,11 @@ class LoadGenerator {
         });
     }
 
-    /// Runs the load; returns the samples of RPCs that completed.
+    /// Runs the load; the round trips of the RPCs that completed are then in rtts and
+    /// buckets.
     void run() {
-        // Room for the samples of six million RPCs a second, made up front: growing the
-        // vector as RPCs complete would copy it whole now and then, a stall of tens of
-        // milliseconds in the middle of the measurement, on the thread that completes
-        // calls. In huge pages where the kernel has them: the first write to each fresh
-        // page is a page fault, a few microseconds on a virtual machine, which the
-        // measurement would pay once per 4 KiB (256 RPCs) with small pages, and once per
-        // 2 MiB with huge ones. (Reserved, not touched: only what the run fills becomes
-        // resident.)
-        samples.reserve(static_cast<size_t>(std::min(o_.duration * 6e6, 32e6)) + 1024);
-        adviseHugePages(samples.data(), samples.capacity() * sizeof(Sample));
-        // The same for a second's round trips (two buffers, see report()), with room for
-        // 8 million a second: a buffer that fills up is copied whole into a larger one,
-        // fresh from the kernel in small pages (room for a million took a copy of 8 MB and
-        // about 1,500 page faults a second on the client's thread above 1 Mops).
-        for (auto* v : {&intervalRtts_, &spareRtts_}) {
-            v->reserve(1 << 23);
-            adviseHugePages(v->data(), v->capacity() * sizeof(double));
-        }
+        // Round trips go into histograms, whose memory does not grow with the number of
+        // RPCs: an hour at two million RPCs a second would have been 115 GB of samples.
         startNs_ = nowNs();
         const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
         std::thread open;
@@ -326,10 +304,12 @@ class LoadGenerator {
         return static_cast<uint64_t>(std::max<int64_t>(outstanding_, 0));
     }
 
-    /// Every call that completed, in the measured interval or after it.
-    std::vector<Sample> samples;
+    /// The round trips (ns) of every call that completed, in the measured interval or
+    /// after it, and the same by message size.
+    Histogram rtts;
+    SizeBuckets buckets;
     /// Calls that completed in the measured interval (the rate), and after it (while the
-    /// run waited for the calls in flight: in the samples, not in the rate).
+    /// run waited for the calls in flight: in the round trips, not in the rate).
     uint64_t completed = 0, completedAfterEnd = 0;
     /// Calls still in flight when the run stopped waiting for them (PerfOptions::drainS),
     /// however they ended after that.
@@ -337,7 +317,7 @@ class LoadGenerator {
     uint64_t errors = 0;
     std::map<std::string, uint64_t> errorsByKind;
     /// Calls the transport refused for lack of memory (CallResult::refused): not errors,
-    /// and not in the samples. The closed loop then keeps fewer calls in flight; in the
+    /// and not in the round trips. The closed loop then keeps fewer calls in flight; in the
     /// open loop each is an arrival dropped.
     uint64_t refused = 0;
     /// The open loop's arrivals and what became of them (after run()); null for the
@@ -408,8 +388,9 @@ class LoadGenerator {
             return false;
         }
         if (r.ok) {
-            samples.push_back({c.size, c.reqLen + c.respLen, rtt});
-            intervalRtts_.push_back(static_cast<double>(rtt) / 1e3);
+            rtts.add(static_cast<double>(rtt));
+            buckets.add(c.size, c.reqLen + c.respLen, rtt);
+            intervalRtts_.add(static_cast<double>(rtt));
             if (!ended_) {
                 ++completed;
                 bytesOut += c.reqLen;
@@ -541,20 +522,20 @@ class LoadGenerator {
     }
 
     void report(int64_t at) {
-        // The interval's round trips come out in exchange for the buffer they were in the
-        // time before (emptied; its pages already touched), so the completing thread
-        // refills an old buffer instead of growing a new one page by page.
-        std::vector<double>& rtts = spareRtts_;
+        // The interval's round trips come out in exchange for the histogram they were in
+        // the second before (emptied; its bins already there), so the completing thread
+        // never waits for memory.
+        Histogram& rtts = spareRtts_;
         rtts.clear();
         uint64_t out, in;
         {
             std::lock_guard lk(mu_);
-            rtts.swap(intervalRtts_);
+            std::swap(rtts, intervalRtts_);
             out = std::exchange(intervalOut_, 0);
             in = std::exchange(intervalIn_, 0);
         }
-        double kops = static_cast<double>(rtts.size()) / 1e3;
-        double p50 = percentile(rtts, 50), p99 = percentile(rtts, 99), p999 = percentile(rtts, 99.9);
+        double kops = static_cast<double>(rtts.count()) / 1e3;
+        double p50 = rtts.percentile(50) / 1e3, p99 = rtts.percentile(99) / 1e3, p999 = rtts.percentile(99.9) / 1e3;
         double t = static_cast<double>(at - startNs_) / 1e9;
         const bool none = rtts.empty();  // (no round trip finished in this second: no figures)
         json j = {{"t", t},
@@ -596,8 +577,8 @@ class LoadGenerator {
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
-    std::vector<double> intervalRtts_;
-    std::vector<double> spareRtts_;  ///< (the reporting thread's)
+    Histogram intervalRtts_;  ///< (mu_) ns
+    Histogram spareRtts_;     ///< (the reporting thread's)
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
 };
 
@@ -788,7 +769,8 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
 
     MetricsSnapshot before;
     if (metrics) before = metrics();
-    LoadGenerator gen(o, transport, sizes, servers.size());
+    std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
+    LoadGenerator gen(o, transport, sizes, servers.size(), bounds, model);
     const CpuTimes cpuBefore = processCpu();
     const int64_t runStart = nowNs();
     gen.run();
@@ -799,15 +781,11 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     transport.stop();
     gen.unfinished += gen.unreported();
 
-    std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
-    std::vector<Bucket> buckets = bucketize(gen.samples, bounds, model);
+    std::vector<Bucket> buckets = gen.buckets.figures();
     double seconds = static_cast<double>(gen.elapsedNs_) / 1e9;
     double kops = static_cast<double>(gen.completed) / seconds / 1e3;
-    std::vector<double> all;
-    all.reserve(gen.samples.size());
-    for (auto& s : gen.samples) all.push_back(static_cast<double>(s.rttNs) / 1e3);
-    double p50 = percentile(all, 50), p99 = percentile(all, 99), p999 = percentile(all, 99.9);
-    const bool none = all.empty();
+    double p50 = gen.rtts.percentile(50) / 1e3, p99 = gen.rtts.percentile(99) / 1e3, p999 = gen.rtts.percentile(99.9) / 1e3;
+    const bool none = gen.rtts.empty();
 
     // Open loop: the arrivals that started no call that ran (skipped at --client-max,
     // late, or refused by the transport), of those due before the end.
@@ -850,7 +828,7 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     std::printf("rtt p50 %s us, p99 %s us, p99.9 %s us\n", fixedOrNa(p50, none, 1).c_str(),
                 fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
     // The whole process: with `local`, the server's threads too.
-    const double cpuUsPerRpc = gen.samples.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.samples.size());
+    const double cpuUsPerRpc = gen.rtts.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.rtts.count());
     std::printf("cpu %.2f us per RPC (process: user %.2f s, system %.2f s, %.0f%% of one core)\n", cpuUsPerRpc,
                 cpu.userS, cpu.systemS, runSeconds > 0 ? (cpu.userS + cpu.systemS) / runSeconds * 100 : 0.0);
     if (gen.errors > 0) {
@@ -953,7 +931,7 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
         }
         f << j.dump(2) << "\n";
     }
-    if (gen.samples.empty()) {
+    if (gen.rtts.empty()) {
         std::fprintf(stderr, "homa-perf: no call completed%s\n",
                      gen.errors > 0 ? (" (" + std::to_string(gen.errors) + " failed, first: " + gen.firstError + ")").c_str()
                                     : "");

@@ -1,4 +1,4 @@
-// Latency statistics for homa-perf: samples, percentiles, size buckets and slowdown.
+// Latency statistics for homa-perf: histograms, percentiles, size buckets and slowdown.
 #pragma once
 
 #include <cstdint>
@@ -8,10 +8,37 @@
 
 namespace homa::perf {
 
-struct Sample {
-    uint32_t size = 0;       ///< message size (the request's; what the workload drew)
-    uint32_t wireBytes = 0;  ///< request + response bytes moved by the RPC
-    int64_t rttNs = 0;
+/// Counts of non-negative values in log-linear bins, so that a run of any length keeps a
+/// bounded amount of memory: it grows with the logarithm of the largest value, 4,096
+/// bins (32 KB) per doubling, not with the number of values.
+/// Values are held as whole multiples of `unit`: exactly below 2^(kSubBits + 1) units,
+/// above that in bins each narrower than 2^-kSubBits of the values in it. A percentile
+/// is its bin's midpoint, so it is within 2^-(kSubBits + 1) (0.012 %) of the value the
+/// whole list of values would give, and the extremes are exact.
+class Histogram {
+  public:
+    static constexpr int kSubBits = 12;
+    explicit Histogram(double unit = 1) : unit_(unit) {}
+    /// Counts `value` (in the caller's units; a negative or NaN one counts as 0, a huge
+    /// one as the largest value the bins hold).
+    void add(double value);
+    uint64_t count() const { return count_; }
+    bool empty() const { return count_ == 0; }
+    /// The p-th percentile (0..100), nearest rank (see nearestRank()); 0 when empty.
+    double percentile(double p) const;
+    /// Empties it (its bins' memory stays, for the next values).
+    void clear();
+    /// The bin of a value in units, and the lowest value (in units) of a bin.
+    static size_t bin(uint64_t units);
+    static uint64_t binLow(size_t bin);
+    /// How many bins are in use (memory grows with the largest value, not the count).
+    size_t bins() const { return counts_.size(); }
+
+  private:
+    double unit_;
+    std::vector<uint64_t> counts_;
+    uint64_t count_ = 0;
+    uint64_t minUnits_ = UINT64_MAX, maxUnits_ = 0;
 };
 
 /// The p-th percentile (0..100) of `values`, which this sorts; nearest-rank method.
@@ -42,10 +69,22 @@ struct SlowdownModel {
 /// What the JSON's "slowdown_bytes" says of the bytes in idealUs(): both messages.
 inline constexpr const char* kSlowdownBytes = "request+response";
 
-/// Groups samples into buckets with the given upper bounds (ascending; the last should
-/// cover every size) and computes each bucket's figures. Empty buckets are kept (count 0).
-std::vector<Bucket> bucketize(const std::vector<Sample>& samples, const std::vector<uint32_t>& bounds,
-                              const SlowdownModel& model);
+/// Round trips grouped by message size into buckets with the given upper bounds
+/// (ascending; the last should cover every size; a larger size counts in the last), with
+/// each bucket's round trips and slowdowns kept in histograms.
+class SizeBuckets {
+  public:
+    SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& model);
+    /// One RPC: the size the workload drew, the bytes it moved both ways, its round trip.
+    void add(uint32_t size, uint32_t wireBytes, int64_t rttNs);
+    /// Each bucket's figures, empty buckets included (count 0).
+    std::vector<Bucket> figures() const;
+
+  private:
+    std::vector<uint32_t> bounds_;
+    SlowdownModel model_;
+    std::vector<Histogram> rtts_, slowdowns_;
+};
 
 /// Bucket bounds at the deciles of a size distribution (duplicates removed).
 std::vector<uint32_t> decileBounds(const std::vector<uint32_t>& sizes, const std::vector<double>& cumulative);
