@@ -1145,14 +1145,7 @@ std::optional<ServerRequest> Core::receive(int64_t timeoutNs, bool worker) {
         // No wait, but one pass of the loop when no other thread runs it (as poll(0)
         // makes): without the poll thread, nobody else may ever read the socket.
         if (!loopBusy_) {
-            Waiter w;
-            loopBusy_ = true;
-            loopOwner_ = &w;
-            mu_.unlock();
-            iterate(0);
-            std::unique_lock lk(mu_);
-            releaseLoop(lk);
-            lk.release();  // (mu_ stays held)
+            passOfLoop(0);
             if (!requests_.empty() && !shutdown_) return takeQueued();
         }
         mu_.unlock();
@@ -1384,14 +1377,19 @@ void Core::poll(int64_t timeoutNs) {
         mu_.unlock();
         return;
     }
-    Waiter w;
-    w.done = false;
+    passOfLoop(std::max<int64_t>(0, timeoutNs));
+    mu_.unlock();
+}
+
+void Core::passOfLoop(int64_t timeoutNs) {
+    Waiter w;  // (the loop's owner while it runs; nobody waits on it)
     loopBusy_ = true;
     loopOwner_ = &w;
     mu_.unlock();
-    iterate(std::max<int64_t>(0, timeoutNs));
+    iterate(timeoutNs);
     std::unique_lock lk(mu_);
     releaseLoop(lk);
+    lk.release();  // (mu_ stays held)
 }
 
 // ---------------------------------------------------------------- state

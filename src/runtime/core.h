@@ -214,6 +214,10 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// timers and call deadlines (a thread blocked in a receive sees no timer).
     void runTimers(std::unique_lock<std::mutex>& lk);
     void releaseLoop(std::unique_lock<std::mutex>& lk);
+    /// (mu_ held, the loop free.) One pass of the loop on this thread, waiting up to
+    /// `timeoutNs` for packets: takes the loop, runs it with mu_ released, and hands it
+    /// on (releaseLoop); returns with mu_ held again.
+    void passOfLoop(int64_t timeoutNs);
     void pollThreadMain();
     Message makeMessage(const engine::ReceivedMessage& m);
     /// Runs callbacks collected under `mu_` (called without it), counting them; then, under
