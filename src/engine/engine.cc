@@ -332,6 +332,7 @@ void Engine::failRpc(Rpc* rpc, Status status) {
     d.cookie = rpc->cookie;
     d.status = std::move(status);
     HOMA_TRACE("rpc failed id %u code %u", rpc->id, static_cast<unsigned>(d.status.code()));
+    traceDelivery(d);
     deliveries_.push_back(std::move(d));
     ++m_.deliveries;
     freeRpc(rpc);
@@ -856,16 +857,15 @@ void Engine::sendCutoffs(Peer* peer, Time now) {
 bool Engine::pollDelivery(Delivery& out) {
     if (deliveries_.empty()) return false;
     out = std::move(deliveries_.front());
-    traceDelivery(out);
     deliveries_.pop_front();
     return true;
 }
 
-void Engine::popDelivery() {
-    traceDelivery(deliveries_.front());
-    deliveries_.pop_front();
-}
+void Engine::popDelivery() { deliveries_.pop_front(); }
 
+// Traced as the engine queues it (complete, or failed): the runtime may hand it to the
+// application before it takes it off the queue, and "deliver" must come before
+// "handoff" in a trace (homa-trace's client and server handoff phases lie between them).
 void Engine::traceDelivery(const Delivery& d) {
     if (__builtin_expect(!trace::enabled(), 1)) return;
     switch (d.kind) {

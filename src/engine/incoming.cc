@@ -233,12 +233,14 @@ void Engine::completeInMessage(Rpc* rpc, Time now) {
         d.clientId = rpc->id;
         d.cookie = rpc->cookie;
         ++m_.clientRpcsCompleted;
+        traceDelivery(d);
         queueAck(rpc->peer, rpc->id);
         freeRpc(rpc);
         return;
     }
     d.kind = Delivery::Kind::Request;
     d.server = {rpc->peer->address, rpc->clientId()};
+    traceDelivery(d);
     // The application has it now: nothing for the timer to do until the response starts.
     allRpcs_.erase(allRpcs_.iterator_to(*rpc));
     inServiceRpcs_.push_back(*rpc);

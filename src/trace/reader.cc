@@ -381,34 +381,36 @@ std::string slowSummary(const std::vector<Event>& merged, double fraction, size_
     std::snprintf(line, sizeof(line), "slowest %zu (%.1f%%) against all RPCs, mean per phase (us):\n", k,
                   100.0 * static_cast<double>(k) / static_cast<double>(all.size()));
     s += line;
-    std::snprintf(line, sizeof(line), "  %-20s %12s %12s %12s %8s\n", "phase", "slow mean", "all median", "excess",
-                  "share");
+    // A phase's share is of the total latency of the same slow RPCs its mean is over:
+    // those whose trace shows the phase (an RPC without the server's trace has no
+    // server phases, and its total must not weigh on their shares). "rpcs" says how many
+    // of the slow ones that is.
+    std::snprintf(line, sizeof(line), "  %-20s %12s %12s %12s %8s %9s\n", "phase", "slow mean", "all median",
+                  "excess", "share", "rpcs");
     s += line;
-    double slowTotal = 0;
-    for (const RpcPhases* r : slow) slowTotal += static_cast<double>(r->totalNs);
-    slowTotal /= static_cast<double>(k);
     for (size_t ph = 0; ph < kPhaseNames.size(); ++ph) {
-        double sum = 0;
+        double sum = 0, total = 0;
         size_t n = 0;
         for (const RpcPhases* r : slow)
             if (r->phaseNs[ph] >= 0) {
                 sum += static_cast<double>(r->phaseNs[ph]);
+                total += static_cast<double>(r->totalNs);
                 ++n;
             }
         std::vector<int64_t> v;
         for (const RpcPhases& r : all)
             if (r.phaseNs[ph] >= 0) v.push_back(r.phaseNs[ph]);
         if (n == 0 || v.empty()) {
-            std::snprintf(line, sizeof(line), "  %-20s %12s %12s %12s %8s\n", kPhaseNames[ph].c_str(), "-", "-", "-",
-                          "-");
+            std::snprintf(line, sizeof(line), "  %-20s %12s %12s %12s %8s %4zu/%-4zu\n", kPhaseNames[ph].c_str(), "-",
+                          "-", "-", "-", n, k);
             s += line;
             continue;
         }
         std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
         double mean = sum / static_cast<double>(n) / 1000.0;
         double median = static_cast<double>(v[v.size() / 2]) / 1000.0;
-        std::snprintf(line, sizeof(line), "  %-20s %12.3f %12.3f %12.3f %7.1f%%\n", kPhaseNames[ph].c_str(), mean,
-                      median, mean - median, slowTotal > 0 ? 100.0 * mean * 1000.0 / slowTotal : 0.0);
+        std::snprintf(line, sizeof(line), "  %-20s %12.3f %12.3f %12.3f %7.1f%% %4zu/%-4zu\n", kPhaseNames[ph].c_str(),
+                      mean, median, mean - median, total > 0 ? 100.0 * sum / total : 0.0, n, k);
         s += line;
     }
     if (listTop > 0) {

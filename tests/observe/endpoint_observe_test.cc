@@ -7,8 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "client.h"
@@ -242,6 +244,54 @@ TEST(ObserveEndpoint, PerThreadCountersAddUpUnderConcurrency) {
     EXPECT_EQ(s.get("server_requests_received"), 2u * kThreads * kCalls);
     MetricsSnapshot c = client->metrics();
     EXPECT_EQ(c.get("callbacks_run"), 1u * kThreads * kCalls);
+}
+
+// In a real trace each message's "deliver" (the engine has it whole) comes before its
+// "handoff" (the runtime gives it to the application), at both ends: homa-trace's
+// handoff phases are the time between the two. (The engine used to trace a delivery as
+// the runtime took it off its queue, after the handoff, and the client's handoff phase
+// was always missing.)
+TEST(ObserveEndpoint, MessagesAreDeliveredBeforeTheyAreHandedOff) {
+    trace::clear();
+    auto server = Endpoint::open(loopback());
+    ASSERT_TRUE(server);
+    ASSERT_TRUE(server->serve([](ServerRequest r) { r.respond(r.message().bytes()); }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    trace::enable(true);
+    std::vector<uint8_t> req(100, 1);
+    std::vector<RpcId> ids;
+    for (int i = 0; i < 20; ++i) {
+        Response r = client->call(server->address(), req);
+        ASSERT_TRUE(r.status.isOk());
+        ids.push_back(r.id);
+    }
+    trace::enable(false);
+    trace::TraceFile t;
+    std::string error;
+    std::istringstream in(trace::dumpToString());
+    ASSERT_TRUE(trace::parseTrace(in, t, &error)) << error;
+    std::sort(t.events.begin(), t.events.end(), [](const trace::Event& a, const trace::Event& b) { return a.ns < b.ns; });
+    for (RpcId id : ids) {
+        const std::string idText = std::to_string(id);
+        int64_t deliverRequest = -1, handoffRequest = -1, deliverResponse = -1, handoffResponse = -1;
+        for (const auto& e : t.events) {
+            auto at = [&](const std::string& prefix, int64_t* when) {
+                if (*when < 0 && e.text.starts_with(prefix)) *when = e.ns;
+            };
+            at("deliver request id " + idText + " ", &deliverRequest);
+            at("handoff request id " + idText + " ", &handoffRequest);
+            at("deliver response id " + idText + " ", &deliverResponse);
+            at("handoff response id " + idText + " ", &handoffResponse);
+        }
+        ASSERT_GE(deliverRequest, 0) << id;
+        ASSERT_GE(deliverResponse, 0) << id;
+        ASSERT_GE(handoffResponse, 0) << id;
+        EXPECT_LE(deliverResponse, handoffResponse) << "response of " << id;
+        if (handoffRequest >= 0) {
+            EXPECT_LE(deliverRequest, handoffRequest) << "request of " << id;
+        }
+    }
 }
 
 TEST(ObserveEndpoint, FreezeDumpsTheTrace) {

@@ -398,5 +398,42 @@ TEST_F(Trace, SlowRpcsAreExplainedPhaseByPhase) {
     EXPECT_NE(slowSummary({}, 0.01, 0).find("no complete client RPC"), std::string::npos);
 }
 
+// A phase's share is of the latency of the RPCs that show it. Here the slower RPC has no
+// server-side events (its server's trace is missing): its 101 us count in the client's
+// phases, not in the server's, whose share is of the other RPC's 10 us alone (it was
+// of the mean of both, 55.5 us).
+TEST_F(Trace, PhaseSharesAreOfTheRpcsThatShowThePhase) {
+    std::vector<Event> merged = {
+        {0, 0, 0, "rpc start id 2000 len 100"},
+        {0, 0, 0, "rpc start id 2002 len 100"},
+        {1000, 0, 0, "send DATA id 2000 offset 0 len 100 prio 7"},
+        {1000, 0, 0, "send DATA id 2002 offset 0 len 100 prio 7"},
+        {2000, 0, 1, "recv DATA id 2001 offset 0 len 100 retransmit 0"},
+        {3000, 0, 1, "deliver request id 2001 len 100"},
+        {4000, 0, 1, "response start id 2001 len 100"},
+        {5000, 0, 1, "send DATA id 2001 offset 0 len 100 prio 7"},
+        {9000, 0, 0, "deliver response id 2000 len 100"},
+        {10'000, 0, 0, "handoff response id 2000 status 0"},
+        {100'000, 0, 0, "deliver response id 2002 len 100"},
+        {101'000, 0, 0, "handoff response id 2002 status 0"},
+    };
+    std::vector<RpcPhases> phases = rpcPhases(merged);
+    ASSERT_EQ(phases.size(), 2u);
+    std::string summary = slowSummary(merged, 1.0, 0);
+    auto lineOf = [&](const std::string& phase) {
+        std::istringstream lines(summary);
+        std::string line;
+        while (std::getline(lines, line))
+            if (line.find("  " + phase + " ") == 0) return line;
+        return std::string();
+    };
+    // server application: 1 us of the 10 us of the one RPC that shows it.
+    EXPECT_NE(lineOf("server application").find("10.0%"), std::string::npos) << summary;
+    EXPECT_NE(lineOf("server application").find("1/2"), std::string::npos) << summary;
+    // client queue: 1 us in each, of 111 us in all.
+    EXPECT_NE(lineOf("client queue").find("1.8%"), std::string::npos) << summary;
+    EXPECT_NE(lineOf("client queue").find("2/2"), std::string::npos) << summary;
+}
+
 }  // namespace
 }  // namespace homa::trace
