@@ -1,5 +1,7 @@
 #include "trace/reader.h"
 
+#include "common/read_file.h"
+
 #include <algorithm>
 #include <charconv>
 #include <cinttypes>
@@ -117,6 +119,8 @@ bool parseTrace(std::istream& in, TraceFile& out, std::string* error) {
 }
 
 bool readTraceFile(const std::string& path, TraceFile& out, std::string* error) {
+    // (A trace is read line by line: /dev/zero, say, would be one endless line.)
+    if (!isRegularFile(path, error)) return false;
     std::ifstream f(path);
     if (!f) {
         if (error) *error = "cannot open " + path;

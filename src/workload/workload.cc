@@ -1,5 +1,7 @@
 #include "workload/workload.h"
 
+#include "common/read_file.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
@@ -50,16 +52,18 @@ std::optional<Distribution> Distribution::parse(const std::string& text, std::st
     return d;
 }
 
+namespace {
+constexpr uint64_t kMaxWorkloadFileBytes = 16 << 20;
+}  // namespace
+
 std::optional<Distribution> Distribution::load(const std::string& path, std::string* error) {
-    std::ifstream f(path);
-    if (!f) {
-        if (error) *error = "cannot read workload file " + path;
+    // (The largest of the workloads is a few KB; 16 MB leaves room for any made by hand.)
+    std::string text, why;
+    if (!readRegularFile(path, kMaxWorkloadFileBytes, &text, &why)) {
+        if (error) *error = "cannot read workload file " + why;
         return std::nullopt;
     }
-    std::stringstream ss;
-    ss << f.rdbuf();
-    std::string why;
-    auto d = parse(ss.str(), &why);
+    auto d = parse(text, &why);
     if (!d) {
         if (error) *error = path + ": " + why;
         return std::nullopt;

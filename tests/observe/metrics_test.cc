@@ -186,6 +186,16 @@ size_t openDescriptors() {
     return n;
 }
 
+// A snapshot file must be a regular file (or the publisher's socket): /dev/zero used to
+// be read until memory ran out.
+TEST(Metrics, SnapshotsAreReadOnlyFromRegularFiles) {
+    std::string error;
+    EXPECT_FALSE(metrics_tool::readSnapshot("/dev/zero", &error));
+    EXPECT_NE(error.find("/dev/zero: a character device, not a regular file"), std::string::npos) << error;
+    EXPECT_FALSE(metrics_tool::readSnapshot("/tmp", &error));
+    EXPECT_NE(error.find("a directory"), std::string::npos) << error;
+}
+
 TEST(Publisher, AnswersCommandsOnItsSocket) {
     std::string path = tempPath("answers.sock");
     Status err;

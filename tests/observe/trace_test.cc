@@ -229,6 +229,11 @@ TEST_F(Trace, ParserRejectsOtherFiles) {
     EXPECT_FALSE(parseTrace(hugeBase, t, &error));
     std::istringstream hugeTime("# homa-trace 1\n# base_ns 5\n 9e15 us (+ 1.000 us) [t00] x\n");
     EXPECT_FALSE(parseTrace(hugeTime, t, &error));
+    // Only regular files are read (/dev/zero is one endless line).
+    EXPECT_FALSE(readTraceFile("/dev/zero", t, &error));
+    EXPECT_NE(error.find("/dev/zero: a character device, not a regular file"), std::string::npos) << error;
+    EXPECT_FALSE(readTraceFile("/tmp", t, &error));
+    EXPECT_NE(error.find("a directory"), std::string::npos) << error;
 }
 
 TEST_F(Trace, PacketEventsAndRpcIdsAreRecognised) {

@@ -1,6 +1,10 @@
 #include "workload/workload.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <string>
 
 namespace homa::workload {
 namespace {
@@ -65,6 +69,22 @@ TEST(Workload, MalformedFilesGiveOneLineReasons) {
     EXPECT_FALSE(Distribution::named("w9", &e));
     EXPECT_NE(e.find("w9"), std::string::npos);
     EXPECT_FALSE(Distribution::load("/nonexistent/file", &e));
+}
+
+// A path that is not a regular file is a one-line error: /dev/zero used to be read until
+// memory ran out, a FIFO without a writer to block for good.
+TEST(Workload, OnlyRegularFilesAreRead) {
+    std::string e;
+    EXPECT_FALSE(Distribution::load("/dev/zero", &e));
+    EXPECT_NE(e.find("/dev/zero: a character device, not a regular file"), std::string::npos) << e;
+    EXPECT_FALSE(Distribution::load("/tmp", &e));
+    EXPECT_NE(e.find("a directory"), std::string::npos) << e;
+    const std::string fifo = "/tmp/homa-workload-fifo-" + std::to_string(::getpid());
+    ::unlink(fifo.c_str());
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_FALSE(Distribution::load(fifo, &e));
+    EXPECT_NE(e.find("a FIFO"), std::string::npos) << e;
+    ::unlink(fifo.c_str());
 }
 
 TEST(Workload, FixedSize) {

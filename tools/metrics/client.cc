@@ -1,5 +1,7 @@
 #include "client.h"
 
+#include "common/read_file.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,6 +14,11 @@
 #include <sstream>
 
 namespace homa::metrics_tool {
+
+namespace {
+// (The largest answer, a list of RPCs, is about 100 bytes per RPC.)
+constexpr size_t kMaxAnswerBytes = size_t{256} << 20;
+}  // namespace
 
 std::optional<std::string> query(const std::string& path, const std::string& command, std::string* error) {
     auto fail = [&](const std::string& why) -> std::optional<std::string> {
@@ -47,6 +54,10 @@ std::optional<std::string> query(const std::string& path, const std::string& com
             return fail("no answer from " + path + ": " + std::strerror(errno));
         }
         if (n == 0) break;
+        if (answer.size() + static_cast<size_t>(n) > kMaxAnswerBytes) {
+            ::close(fd);
+            return fail(path + " answered with more than " + std::to_string(kMaxAnswerBytes) + " bytes");
+        }
         answer.append(buf, static_cast<size_t>(n));
     }
     ::close(fd);
@@ -69,14 +80,8 @@ std::optional<MetricsSnapshot> readSnapshot(const std::string& source, std::stri
         if (!answer) return std::nullopt;
         text = std::move(*answer);
     } else {
-        std::ifstream f(source);
-        if (!f) {
-            if (error) *error = "cannot read " + source;
-            return std::nullopt;
-        }
-        std::stringstream ss;
-        ss << f.rdbuf();
-        text = ss.str();
+        // (A snapshot is a few KB; 16 MB is far more than any could be.)
+        if (!readRegularFile(source, 16 << 20, &text, error)) return std::nullopt;
     }
     std::string why;
     auto m = MetricsSnapshot::parse(text, &why);
