@@ -85,6 +85,8 @@ std::string Config::validate() const {
     if (timerPacketsPerPeer < 1) return "timerPacketsPerPeer must be at least 1";
     if (!(grantFifoFraction >= 0 && grantFifoFraction < 1) || !(pacerFifoFraction >= 0 && pacerFifoFraction < 1))
         return "FIFO fractions must be in [0, 1)";
+    if (grantFifoFraction > 0 && fifoGrantIncrement == 0)
+        return "fifoGrantIncrement must be at least 1 when grantFifoFraction is above 0";
     if (controlPriority > 7) return "controlPriority must be 0..7";
     bool anyUnsched = false;
     for (uint32_t c : unschedCutoffs) anyUnsched |= c != 0;
@@ -579,6 +581,13 @@ void Engine::handlePacket(const Address& source, std::span<const uint8_t> bytes,
             Peer* known = findPeer(source);
             if (!known || !findServerRpc(known, clientId)) {
                 ++m_.dropped[static_cast<size_t>(DropReason::Overload)];
+                // The ack it carries is taken all the same: the client has let it go, and
+                // the RPC it frees would otherwise wait for a NEED_ACK, holding its
+                // response in memory, just when memory is short.
+                if (known && p.data.ack.clientId != 0) {
+                    ++m_.acksPiggybacked;
+                    handleAckEntry(known, p.data.ack);
+                }
                 // Tell the client (once per attempt, on the first packet) that we are
                 // alive but busy: it backs off instead of timing out or flooding us.
                 if (p.data.offset == 0) sendControl(source, p.common.senderId ^ 1, wire::PacketType::Busy);

@@ -290,6 +290,9 @@ class Engine {
         return std::clamp<Time>(pacerLateNs_, cfg_.maxNicQueueNs, kPacerAllowanceFactor * cfg_.maxNicQueueNs);
     }
     static constexpr Time kPacerAllowanceFactor = 2;
+    /// How many of the oldest grantable messages a FIFO grant looks at for one whose
+    /// sender has used its grants (bounds a decision's work; see decideGrants()).
+    static constexpr int kFifoGrantCandidates = 8;
     void notePacerLateness(Time now);
     void sendDataPacket(Rpc* rpc, uint32_t offset, uint8_t priority, bool retransmit);
     void handleResend(Rpc* rpc, const wire::ResendHeader& r);

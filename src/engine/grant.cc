@@ -87,17 +87,25 @@ void Engine::decideGrants(Time now) {
     grantsDirty_ = false;
     assert(grantSetsInOrder());
     activeScratch_.clear();
-    // The active set: the best messages, at most maxRpcsPerPeer from any one peer.
+    // The active set: the best messages (SRPT order), at most maxRpcsPerPeer from any one
+    // peer, kept sorted so that rank follows order. Peers come in the order of their best
+    // message: once the set is full and a peer's best is no better than the set's worst,
+    // no later peer has a better one. (A peer's second-best message may be worse than a
+    // later peer's best: with maxRpcsPerPeer above 1 a message taken may be displaced.)
+    const size_t cap = static_cast<size_t>(cfg_.maxOvercommit);
+    const auto better = [](const Rpc* a, const Rpc* b) { return GrantOrder{}(*a, *b); };
     for (Peer& peer : grantPeers_) {
+        if (activeScratch_.size() == cap && !better(&*peer.grantable.begin(), activeScratch_.back())) break;
         int taken = 0;
         for (Rpc& rpc : peer.grantable) {
-            if (taken == cfg_.maxRpcsPerPeer ||
-                activeScratch_.size() == static_cast<size_t>(cfg_.maxOvercommit))
-                break;
-            activeScratch_.push_back(&rpc);
+            if (taken == cfg_.maxRpcsPerPeer) break;
+            if (activeScratch_.size() == cap) {
+                if (!better(&rpc, activeScratch_.back())) break;  // (its peer's later ones are worse still)
+                activeScratch_.pop_back();
+            }
+            activeScratch_.insert(std::upper_bound(activeScratch_.begin(), activeScratch_.end(), &rpc, better), &rpc);
             ++taken;
         }
-        if (activeScratch_.size() == static_cast<size_t>(cfg_.maxOvercommit)) break;
     }
     const int n = static_cast<int>(activeScratch_.size());
     lastActiveCount_ = n;
@@ -127,16 +135,34 @@ void Engine::decideGrants(Time now) {
         sendGrant(rpc, static_cast<uint32_t>(in.granted + increment), static_cast<uint8_t>(priority));
     }
 
-    // Against starvation: a fraction of granted bytes goes to the oldest message.
+    // Against starvation: a fraction of granted bytes goes to the oldest message whose
+    // sender has used what it was granted. (A message still owed a fifoGrantIncrement
+    // or more is passed over: its sender is slow, or gone, and FIFO grants piled on it
+    // would fill maxIncoming, which they do not count against, and stop every grant
+    // until it timed out.) The credit is spent when it reaches one increment, or dropped
+    // if no message may have it: credit saved up while there was nothing to grant would
+    // later come out in a burst, far above the fraction.
     if (cfg_.grantFifoFraction > 0 && grantedNow > 0) {
         fifoGrantCredit_ += static_cast<double>(grantedNow) * cfg_.grantFifoFraction /
                             (1.0 - cfg_.grantFifoFraction);
-        if (fifoGrantCredit_ >= cfg_.fifoGrantIncrement && !grantFifo_.empty()) {
-            Rpc* oldest = &*grantFifo_.begin();
+        if (fifoGrantCredit_ >= cfg_.fifoGrantIncrement) {
+            Rpc* oldest = nullptr;
+            int looked = 0;
+            for (Rpc& rpc : grantFifo_) {
+                if (++looked > kFifoGrantCandidates) break;
+                if (rpc.in.granted - rpc.in.received < cfg_.fifoGrantIncrement) {
+                    oldest = &rpc;
+                    break;
+                }
+            }
+            if (oldest == nullptr) {
+                fifoGrantCredit_ = 0;
+                return;
+            }
             InMessage& in = oldest->in;
             uint32_t target = static_cast<uint32_t>(
                 std::min<uint64_t>(in.length, uint64_t{in.granted} + cfg_.fifoGrantIncrement));
-            fifoGrantCredit_ -= target - in.granted;
+            fifoGrantCredit_ = std::max(0.0, fifoGrantCredit_ - (target - in.granted));
             m_.fifoGrantBytes += target - in.granted;
             HOMA_TRACE("grant fifo id %u bytes %u", oldest->id, target - in.granted);
             sendGrant(oldest, target, static_cast<uint8_t>(maxSchedPriority_));

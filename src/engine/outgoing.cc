@@ -183,8 +183,12 @@ void Engine::handleResend(Rpc* rpc, const wire::ResendHeader& r) {
         sendControl(rpc->peer, rpc->id, wire::PacketType::Busy);
         return;
     }
+    // Bytes sent unscheduled go again at their own priority: the RESEND names the
+    // receiver's scheduled level, below every unscheduled one, and a lost short message
+    // would come back behind all the short messages' traffic.
     for (uint64_t offset = start; offset < sendEnd; offset += cfg_.maxPayload)
-        sendDataPacket(rpc, static_cast<uint32_t>(offset), r.priority, true);
+        sendDataPacket(rpc, static_cast<uint32_t>(offset),
+                       offset < o.unsched ? std::max(o.unschedPriority, r.priority) : r.priority, true);
 }
 
 }  // namespace homa::engine

@@ -447,17 +447,31 @@ TEST(Engine, PeekedDeliveriesComeInOrderUntilPopped) {
 
 // ---------------------------------------------------------------- loss recovery
 
+// Scheduled bytes go again at the priority the RESEND names; unscheduled ones at their
+// own, which is higher.
 TEST(Engine, ResendRetransmitsWithFlagAndRequestedPriority) {
     Pair p;
-    uint64_t id = p.call(10'000);
+    uint64_t id = p.call(200'000);
+    const std::vector<Sent> first = p.sinkA.take();
+    ASSERT_GE(first.size(), 2u);
+    const uint8_t unschedPriority = first[1].priority;
+    const uint32_t unsched = static_cast<uint32_t>(first.size()) * 1416;
+    // The grant of the whole message, whose scheduled bytes then go out.
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Grant, 200'000, 1), p.now);
+    p.sinkA.take();
+    p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, unsched, 1416, 2), p.now);
+    ASSERT_EQ(p.sinkA.out.size(), 1u);
+    wire::Packet pk = p.sinkA.out[0].packet();
+    EXPECT_EQ(pk.data.offset, unsched);
+    EXPECT_TRUE(pk.data.retransmit);
+    EXPECT_EQ(p.sinkA.out[0].priority, 2);
     p.sinkA.take();
     p.a.receive(kB, encode(from(id ^ 1), wire::PacketType::Resend, 1416, 1416, 2), p.now);
     ASSERT_EQ(p.sinkA.out.size(), 1u);
-    wire::Packet pk = p.sinkA.out[0].packet();
-    EXPECT_EQ(pk.data.offset, 1416u);
-    EXPECT_TRUE(pk.data.retransmit);
-    EXPECT_EQ(p.sinkA.out[0].priority, 2);
-    EXPECT_EQ(p.a.metrics().retransmittedPackets, 1u);
+    EXPECT_EQ(p.sinkA.out[0].packet().data.offset, 1416u);
+    EXPECT_EQ(p.sinkA.out[0].priority, unschedPriority);
+    EXPECT_GT(unschedPriority, 2);
+    EXPECT_EQ(p.a.metrics().retransmittedPackets, 2u);
 }
 
 TEST(Engine, ResendBeyondTheGrantCountsAsAGrant) {
@@ -1156,6 +1170,11 @@ TEST(Engine, ConfigErrorsAreReported) {
         c.pacerFifoFraction = bad;
         EXPECT_NE(c.validate().find("FIFO"), std::string::npos) << bad;
     }
+    c = baseConfig();
+    c.fifoGrantIncrement = 0;  // (every decision with grants would send one that moves nothing)
+    EXPECT_NE(c.validate().find("fifoGrantIncrement"), std::string::npos);
+    c.grantFifoFraction = 0;
+    EXPECT_EQ(c.validate(), "");
     for (int64_t bad : {int64_t{-1}, int64_t{1'000'000'001}, INT64_MAX}) {
         c = baseConfig();
         c.maxNicQueueNs = bad;  // (twice it bounds the pacer's allowance: it must not overflow)
@@ -3080,6 +3099,132 @@ TEST(Engine, ZeroMeansNoLimitPerServer) {
     Pair q(perServer(2));
     for (int i = 0; i < 10; ++i) q.call(50'000);
     EXPECT_EQ(q.a.rpcsWaitingToStart(), 8u);
+}
+
+// ---------------------------------------------------------------- grant scheduler
+
+// With maxRpcsPerPeer above 1 the active set is still the best messages overall. Peer A
+// has a 100 KB and a 900 KB message, peer C one of 150 KB, and two may be granted to:
+// A's 100 KB and C's 150 KB (the set used to take both of A's, the best peer's, first).
+TEST(Engine, TheActiveSetIsTheBestMessagesWhateverTheirPeers) {
+    Config cb = baseConfig();
+    cb.maxRpcsPerPeer = 2;
+    cb.maxOvercommit = 2;
+    Pair p(baseConfig(), cb);
+    const Address kC = Address::ipv4(0x0a000003, kPort);
+    p.b.handlePacket(kA, forgedData(2, 100'000, 0, 1416), p.now);
+    p.b.handlePacket(kA, forgedData(4, 900'000, 0, 1416), p.now);
+    p.b.handlePacket(kC, forgedData(2, 150'000, 0, 1416), p.now);
+    p.sinkB.take();
+    p.b.finishBatch(p.now);
+    std::vector<Sent> grants;
+    for (auto& sent : p.sinkB.out)
+        if (sent.type() == wire::PacketType::Grant) grants.push_back(sent);
+    ASSERT_EQ(grants.size(), 2u);
+    bool cGranted = false, a900Granted = false;
+    uint8_t aPriority = 0, cPriority = 0;
+    for (auto& g : grants) {
+        const wire::Packet pk = g.packet();
+        if (g.dest == kC) {
+            cGranted = true;
+            cPriority = pk.grant.priority;
+        }
+        if (g.dest == kA && pk.common.senderId == 5) a900Granted = true;
+        if (g.dest == kA && pk.common.senderId == 3) aPriority = pk.grant.priority;
+    }
+    EXPECT_TRUE(cGranted) << "C's 150 KB message got no grant";
+    EXPECT_FALSE(a900Granted) << "A's 900 KB message was granted ahead of C's 150 KB one";
+    EXPECT_GT(aPriority, cPriority) << "ranks follow SRPT order";
+}
+
+// FIFO grants go to the oldest message whose sender has used what it was granted. A
+// client that sent the first packet of a 1 MB request and went silent has the oldest
+// message; FIFO grants used to pile onto it (5 % of all that was granted) until its
+// grants filled maxIncoming, and from then on no message was granted at all until it
+// timed out: 20 requests of 1 MB from another client stopped after 3.
+TEST(Engine, FifoGrantsPassOverASenderThatDoesNotSend) {
+    Pair p;
+    const Address kDead = Address::ipv4(0x0a000009, kPort);
+    p.b.receive(kDead, forgedData(2, 1'000'000, 0, 1416), p.now);  // then silence
+    p.sinkB.take();
+    int completed = 0;
+    for (int i = 0; i < 20; ++i) {
+        p.call(1'000'000);
+        p.pump();
+        auto d = p.deliveries(p.b);
+        if (d.empty()) break;
+        ++completed;
+        for (auto& x : d) p.b.releaseMessage(x.message, p.now);
+        ASSERT_EQ(p.serveAll(0), 0);
+    }
+    EXPECT_EQ(completed, 20) << "requests stopped being granted while a silent sender's message held the budget";
+    EXPECT_LE(p.b.incomingOutstanding(), p.cfgB.maxIncoming);
+}
+
+// FIFO credit earned while no message may have it is dropped, not saved up: fifty
+// 100 KB messages, each granted to its end at once, used to bank enough for a burst of
+// FIFO grants to the next long message, far above grantFifoFraction.
+TEST(Engine, FifoCreditIsNotSavedUpWhileThereIsNothingToGrant) {
+    Pair p;
+    for (uint64_t i = 0; i < 50; ++i) {
+        const uint64_t id = 2 + 2 * i;
+        for (uint32_t off = 0; off < 100'000; off += 1416)
+            p.b.receive(kA, forgedData(id, 100'000, off, std::min<uint32_t>(1416, 100'000 - off)), p.now);
+        for (auto& d : p.deliveries(p.b)) p.b.releaseMessage(d.message, p.now);
+    }
+    EXPECT_EQ(p.b.metrics().fifoGrantBytes, 0u);
+    p.b.receive(kA, forgedData(1000, 1'000'000, 0, 1416), p.now);
+    EXPECT_EQ(p.b.metrics().fifoGrantBytes, 0u) << "a FIFO grant paid from credit earned by other messages";
+}
+
+// A lost short message comes back at the priority it first went at (its unscheduled
+// level), not at the scheduled level the receiver's RESEND names, below every
+// unscheduled level.
+TEST(Engine, ALostShortMessageIsRetransmittedAtItsUnscheduledPriority) {
+    Pair p;
+    p.call(100);
+    p.pump();
+    ASSERT_EQ(p.serveAll(100), 1);
+    ASSERT_EQ(p.sinkB.out.size(), 1u);
+    const uint8_t original = p.sinkB.out[0].priority;
+    p.sinkB.take();  // the response is lost
+    p.tick(p.cfgA.resendTicks);
+    ASSERT_EQ(p.sinkA.count(wire::PacketType::Resend), 1u);
+    p.sinkB.take();
+    p.deliverAToB();
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::Data), 1u);
+    EXPECT_EQ(p.sinkB.first(wire::PacketType::Data).priority, original);
+    p.pump();
+    p.releaseAll(p.a);
+}
+
+// An ack riding on a request refused under overload is taken all the same: the client
+// has let it go, and the RPC it frees used to keep its response until a NEED_ACK.
+TEST(Engine, AnAckRidingOnARefusedRequestIsTaken) {
+    Pair p(baseConfig(), smallWindowServer(1));
+    const uint64_t done = p.call(100);
+    p.pump();
+    ASSERT_EQ(p.serveAll(10), 1);
+    p.pump();
+    p.releaseAll(p.a);  // the ack waits at A for a packet to B
+    const Address kC = Address::ipv4(0x0a000003, kPort);  // another client fills B
+    wire::CommonHeader c = from(1000);
+    wire::DataHeader d;
+    d.messageLength = d.incoming = 10;
+    d.cutoffVersion = p.cfgB.cutoffVersion;
+    std::vector<uint8_t> pkt(wire::kMaxHeaderSize);
+    pkt.resize(wire::encodeData(pkt, c, d));
+    pkt.insert(pkt.end(), 10, 7);
+    p.b.receive(kC, pkt, p.now);
+    ASSERT_EQ(p.b.pendingRequests(), 1u);
+    p.call(100);
+    auto sent = p.sinkA.take();
+    ASSERT_EQ(sent.size(), 1u);
+    ASSERT_EQ(sent[0].packet().data.ack.clientId, done);
+    p.b.receive(kA, sent[0].bytes, p.now);  // refused: overload
+    EXPECT_EQ(p.b.metrics().dropped[static_cast<size_t>(DropReason::Overload)], 1u);
+    EXPECT_EQ(p.b.metrics().serverRpcsAcked, 1u);
+    EXPECT_EQ(p.b.rpcCount(), 1u);  // C's, in service
 }
 
 }  // namespace
