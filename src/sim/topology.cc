@@ -15,7 +15,14 @@ uint64_t toMbps(double gbps) {
     if (!(gbps >= 0.001) || !std::isfinite(gbps)) {
         throw std::invalid_argument("sim: link rate must be a finite value >= 0.001 Gbps");
     }
-    return static_cast<uint64_t>(std::llround(gbps * 1000.0));
+    // Links count in whole Mbit/s. Another rate would be rounded, and the network would
+    // silently run at a rate its user did not ask for (1.5 Mbit/s as 2). The tolerance
+    // covers decimal fractions that doubles do not hold exactly.
+    const double mbps = gbps * 1000.0;
+    if (std::abs(mbps - std::round(mbps)) > 1e-6) {
+        throw std::invalid_argument("sim: link rate must be a whole number of Mbit/s");
+    }
+    return static_cast<uint64_t>(std::llround(mbps));
 }
 
 }  // namespace

@@ -106,7 +106,8 @@ struct LinkClock {
     }
 };
 
-// The Mbit/s of a link of `gbps` (what LinkClock counts in); throws below 0.001 Gbps.
+// The Mbit/s of a link of `gbps` (what LinkClock counts in); throws below 0.001 Gbps and
+// for a rate that is not a whole number of Mbit/s.
 uint64_t linkMbps(double gbps);
 
 // Immutable after build except for the explicit tuning setters, which must be

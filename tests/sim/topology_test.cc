@@ -21,6 +21,19 @@ TEST(SimTopology, SerializationTimeIsExactAndRoundsUp) {
     EXPECT_THROW(serializationTime(1, 0.0), std::invalid_argument);
 }
 
+// Links count in whole Mbit/s: a rate between two is refused, not rounded (0.0015 Gbps
+// ran at 2 Mbit/s).
+TEST(SimTopology, RatesThatAreNotWholeMbpsAreRefused) {
+    EXPECT_EQ(linkMbps(0.001), 1u);
+    EXPECT_EQ(linkMbps(2.5), 2'500u);
+    EXPECT_EQ(linkMbps(9.3), 9'300u);  // 9,299.999999999998 in doubles
+    EXPECT_EQ(linkMbps(10'000), 10'000'000u);
+    for (double gbps : {0.0015, 0.0005, 2.5005, 10.0000001})
+        EXPECT_THROW(linkMbps(gbps), std::invalid_argument) << gbps;
+    EXPECT_THROW(serializationTime(1500, 0.0015), std::invalid_argument);
+    EXPECT_THROW(Network(1, TopologyConfig::star(2, 0.0015)), std::invalid_argument);
+}
+
 TEST(SimTopology, TwoTierDefaultShape) {
     const Topology t = Topology::build(TopologyConfig::twoTier());
     EXPECT_EQ(t.numHosts(), 144u);

@@ -188,6 +188,9 @@ TEST(SimRun, EveryMessageIsAccountedFor) {
     o.workload = "w4";
     o.load = 0.8;
     o.durationMs = 2;
+    // (Time enough after the arrivals for the last of them, some of W4's largest, to
+    // finish: a message unfinished at the drain limit counts as incomplete.)
+    o.drainMs = 30;
     o.seed = 5;
     std::printf("seed %lu\n", static_cast<unsigned long>(o.seed));
     Results r = runSim(o);
@@ -458,9 +461,12 @@ TEST(SimTool, SameSeedSameFilesAcrossProcessesAndPayloadMemoryModes) {
     const std::string common = "-w w4 -l 0.8 -d 0.5 --racks 3 --hosts-per-rack 4 --agg-switches 2 --seed 21 -q";
     std::string out;
     std::printf("seed 21\n");
-    ASSERT_EQ(runTool(common + " --json " + d + "/a.json --csv " + d + "/a.csv", &out), 0) << out;
-    ASSERT_EQ(runTool(common + " --json " + d + "/b.json --csv " + d + "/b.csv", &out), 0) << out;
-    ASSERT_EQ(runTool(common + " --real-payload-memory --json " + d + "/c.json --csv " + d + "/c.csv", &out), 0)
+    // (Exit status 3 says some messages were unfinished at the drain limit: the files are
+    // written all the same, and must still be the same.)
+    auto ran = [](int status) { return status == 0 || status == 3; };
+    ASSERT_TRUE(ran(runTool(common + " --json " + d + "/a.json --csv " + d + "/a.csv", &out))) << out;
+    ASSERT_TRUE(ran(runTool(common + " --json " + d + "/b.json --csv " + d + "/b.csv", &out))) << out;
+    ASSERT_TRUE(ran(runTool(common + " --real-payload-memory --json " + d + "/c.json --csv " + d + "/c.csv", &out)))
         << out;
     const std::string a = readAll(d + "/a.json");
     EXPECT_GT(a.size(), 1000u);

@@ -1,11 +1,19 @@
 // homa-sim: the Homa engine on a simulated datacenter network. See docs/simulation.md.
 #include <malloc.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "payload_memory.h"
 #include "simulator.h"
@@ -21,6 +29,40 @@ bool writeFile(const std::string& path, const std::string& text) {
     return !f.fail();
 }
 
+/// A number not below `min` (CLI11's own range checks print the largest double in full).
+/// What is not a number at all is left to the conversion, which says so.
+CLI::Validator atLeast(double min) {
+    return CLI::Validator(
+        [min](std::string& s) {
+            char* end = nullptr;
+            const double v = std::strtod(s.c_str(), &end);
+            if (end != s.c_str() && v < min) return fmt::format("must be at least {:g}, not {}", min, s);
+            return std::string();
+        },
+        "");
+}
+
+/// Whether every output file can be opened for writing, checked before a run that may
+/// take hours rather than after it. Files are opened to append, so none is emptied yet;
+/// those the check itself created are removed again when another one cannot be opened.
+/// Empty in *error when they all can.
+bool outputsWritable(const std::vector<std::string>& paths, std::string* error) {
+    std::vector<std::string> created;
+    for (const std::string& path : paths) {
+        if (path.empty()) continue;
+        const bool existed = access(path.c_str(), F_OK) == 0;
+        FILE* f = std::fopen(path.c_str(), "a");
+        if (f == nullptr) {
+            *error = "cannot write " + path + ": " + std::strerror(errno);
+            for (const std::string& c : created) std::remove(c.c_str());
+            return false;
+        }
+        std::fclose(f);
+        if (!existed) created.push_back(path);
+    }
+    return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -31,20 +73,29 @@ int main(int argc, char** argv) {
     bool quiet = false;
     bool realPayloadMemory = false;
 
-    app.add_option("-w,--workload", o.workload, "w1..w5 or a size-distribution file")->capture_default_str();
-    app.add_option("--size", o.fixedSize, "every message has this many bytes (instead of a workload)");
+    CLI::Option* workloadOpt =
+        app.add_option("-w,--workload", o.workload, "w1..w5 or a size-distribution file")->capture_default_str();
+    app.add_option("--size", o.fixedSize, "every message has this many bytes (instead of a workload)")
+        ->check(atLeast(1))
+        ->excludes(workloadOpt);
     app.add_option("-l,--load", o.load, "offered load: fraction of host link bandwidth taken by DATA packets")
         ->capture_default_str();
     app.add_option("-s,--seed", o.seed, "random seed (same seed, same output)")->capture_default_str();
     app.add_option("-d,--duration-ms", o.durationMs, "messages arrive during this much simulated time")
         ->capture_default_str();
-    app.add_option("--warmup-ms", o.warmupMs, "messages arriving earlier are not measured (default: 10% of duration)");
+    app.add_option("--warmup-ms", o.warmupMs, "messages arriving earlier are not measured (default: 10% of duration)")
+        ->check(atLeast(0));
     app.add_option("-n,--messages", o.messages, "measure at most this many messages (solo: how many to send)");
     app.add_option("--drain-ms", o.drainMs,
-                   "after the duration, wait at most this long for measured messages (default: = duration)");
-    app.add_option("--solo-sender", o.soloSender,
-                   "only this host sends, one message at a time on an idle network");
-    app.add_option("--solo-receiver", o.soloReceiver, "with --solo-sender: the destination (default: random)");
+                   "after the duration, wait at most this long for measured messages; those unfinished then are "
+                   "incomplete (default: = duration)")
+        ->check(atLeast(0));
+    CLI::Option* soloSenderOpt =
+        app.add_option("--solo-sender", o.soloSender, "only this host sends, one message at a time on an idle network")
+            ->check(atLeast(0));
+    app.add_option("--solo-receiver", o.soloReceiver, "with --solo-sender: the destination (default: random)")
+        ->check(atLeast(0))
+        ->needs(soloSenderOpt);
     app.add_option("--buckets", o.buckets, "size buckets (quantiles of the message count)")->capture_default_str();
 
     app.add_option("--topology", o.topology, "twotier or star")->capture_default_str();
@@ -52,8 +103,10 @@ int main(int argc, char** argv) {
     app.add_option("--hosts-per-rack", o.hostsPerRack, "twotier: hosts per rack")->capture_default_str();
     app.add_option("--agg-switches", o.aggSwitches, "twotier: aggregation switches")->capture_default_str();
     app.add_option("--hosts", o.hosts, "star: hosts")->capture_default_str();
-    app.add_option("--host-gbps", o.hostGbps, "host link rate")->capture_default_str();
-    app.add_option("--agg-gbps", o.aggGbps, "top-of-rack to aggregation link rate")->capture_default_str();
+    app.add_option("--host-gbps", o.hostGbps, "host link rate, Gbps (a whole number of Mbit/s)")
+        ->capture_default_str();
+    app.add_option("--agg-gbps", o.aggGbps, "top-of-rack to aggregation link rate, Gbps (a whole number of Mbit/s)")
+        ->capture_default_str();
     app.add_option("--link-latency-ns", o.linkLatencyNs, "propagation delay of every link")->capture_default_str();
     app.add_option("--switch-delay-ns", o.switchDelayNs, "per-switch forwarding delay")->capture_default_str();
     app.add_option("--host-delay-ns", o.hostDelayNs, "software delay of every packet at its receiving host")
@@ -69,7 +122,9 @@ int main(int argc, char** argv) {
     app.add_option("--unsched-bytes", o.unschedBytes, "unscheduled bytes per message (default: rtt bytes)");
     app.add_option("--unsched-priorities", o.unschedPriorities,
                    "priority levels for unscheduled bytes (default: from the workload)");
-    app.add_option("--cutoffs", o.cutoffs, "explicit unscheduled cutoffs, highest priority first")->delimiter(',');
+    app.add_option("--cutoffs", o.cutoffs,
+                   "unscheduled cutoffs, ascending (highest priority first): N cutoffs make N + 1 levels")
+        ->delimiter(',');
     app.add_option("--overcommit", o.overcommit, "messages granted at once (default: scheduled levels)");
     app.add_option("--window", o.window, "bytes granted ahead of received per message (default: rtt bytes)");
     app.add_option("--max-incoming", o.maxIncoming, "granted-but-not-received bytes (default: overcommit x window)");
@@ -115,6 +170,17 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    // The size of the network comes from the options of its topology only: any other
+    // would be ignored.
+    const bool star = o.topology == "star";
+    for (const char* name : {"--racks", "--hosts-per-rack", "--agg-switches", "--hosts"}) {
+        const bool forStar = std::string(name) == "--hosts";
+        if (app.count(name) > 0 && forStar != star) {
+            std::fprintf(stderr, "homa-sim: %s is for --topology %s\n", name, forStar ? "star" : "twotier");
+            return 2;
+        }
+    }
+
     if (plotCmd->parsed()) {
         std::string error;
         if (plot(plotInputs, plotOutput, plotTitle, &error) != 0) {
@@ -131,6 +197,10 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "homa-sim: %s\n", error.c_str());
         return 2;
     }
+    if (std::string why; !outputsWritable({csv, jsonPath}, &why)) {
+        std::fprintf(stderr, "homa-sim: %s\n", why.c_str());
+        return 1;
+    }
     // Message buffers come and go by the million: keep them in the heap (no mmap per
     // buffer, no page faults on reuse, no trimming).
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
@@ -142,14 +212,16 @@ int main(int argc, char** argv) {
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wallStart).count();
 
     if (!quiet) std::fputs(toText(o, sim.derived(), r).c_str(), stdout);
-    if (!csv.empty() && !writeFile(csv, toCsv(r))) {
-        std::fprintf(stderr, "homa-sim: cannot write %s\n", csv.c_str());
-        return 1;
-    }
-    if (!jsonPath.empty() && !writeFile(jsonPath, toJson(o, sim.derived(), r))) {
-        std::fprintf(stderr, "homa-sim: cannot write %s\n", jsonPath.c_str());
-        return 1;
-    }
+    // Each output is written even when another one fails.
+    bool written = true;
+    auto write = [&](const std::string& path, const std::function<std::string()>& text) {
+        if (path.empty() || writeFile(path, text())) return;
+        std::fprintf(stderr, "homa-sim: cannot write %s\n", path.c_str());
+        written = false;
+    };
+    write(csv, [&] { return toCsv(r); });
+    write(jsonPath, [&] { return toJson(o, sim.derived(), r); });
+    if (!written) return 1;
     struct rusage ru {};
     getrusage(RUSAGE_SELF, &ru);
     std::printf("speed: %.2f s wall, %.3f ms simulated, %lu events (%.2f M/s), %lu packets (%.2f M/s), "

@@ -48,6 +48,12 @@ uint32_t packetsOf(uint32_t bytes, uint32_t payload) {
 
 Time msToNs(double ms) { return static_cast<Time>(std::llround(ms * 1e6)); }
 
+/// Whether `gbps` is a whole number of Mbit/s, at least one (within what doubles keep
+/// of decimal fractions: 0.93 x 10,000 is 9,300.000000000002).
+bool isWholeMbps(double gbps) {
+    const double mbps = gbps * 1000;
+    return std::isfinite(mbps) && mbps >= 1 - 1e-9 && std::abs(mbps - std::round(mbps)) <= 1e-6;
+}
 
 BucketStats summarize(uint32_t maxSize, std::vector<double>& v) {
     BucketStats b;
@@ -196,8 +202,12 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     if (std::isnan(o.warmupMs) || o.warmupMs >= o.durationMs) return fail("--warmup-ms must be shorter than --duration-ms");
     if (std::isnan(o.drainMs) || o.drainMs > kMaxMs) return fail("--drain-ms must be at most 1000000");
     if (o.buckets < 1 || o.buckets > 1000) return fail("--buckets must be in 1..1000");
-    if (!(o.hostGbps >= 0.001 && o.hostGbps <= 10000) || !(o.aggGbps >= 0.001 && o.aggGbps <= 10000))
-        return fail("link rates must be in [0.001, 10000] Gbps");
+    // Links count in whole Mbit/s (sim::linkMbps): a rate between two would be rounded,
+    // and the network simulated would not be the one the arrivals were computed for.
+    for (const auto& [gbps, name] : {std::pair{o.hostGbps, "--host-gbps"}, std::pair{o.aggGbps, "--agg-gbps"}})
+        if (!(gbps >= 0.001 && gbps <= 10000) || !isWholeMbps(gbps))
+            return fail(
+                fmt::format("{} must be a whole number of Mbit/s in [0.001, 10000] Gbps, not {:g}", name, gbps));
     // Delays of at most a second (larger ones overflowed the clock, int64_t nanoseconds).
     constexpr int64_t kMaxDelayNs = 1'000'000'000;
     for (const auto& [value, name] : {std::pair{o.linkLatencyNs, "--link-latency-ns"},
@@ -205,6 +215,8 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
                                       std::pair{o.hostDelayNs, "--host-delay-ns"}})
         if (value < 0 || value > kMaxDelayNs) return fail(std::string(name) + " must be in [0, 1000000000]");
     if (o.tickUs < 1 || o.tickUs > kMaxDelayNs / 1000) return fail("--tick-us must be in [1, 1000000]");
+    if (o.wireOverheadBytes > kMaxWireOverheadBytes)
+        return fail(fmt::format("--wire-overhead must be at most {} bytes", kMaxWireOverheadBytes));
 
     sim::TopologyConfig& t = d.topo;
     if (o.topology == "twotier") {
@@ -244,7 +256,13 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     c.port = kPort;
     c.wireOverheadBytes = o.wireOverheadBytes;
     if (!(o.pacerRate > 0.1 && o.pacerRate <= 1.0)) return fail("--pacer-rate must be in (0.1, 1]");
-    c.linkMbps = static_cast<uint32_t>(std::llround(o.hostGbps * 1000 * o.pacerRate));
+    // The engine's pacer, too, counts in whole Mbit/s.
+    const double pacerMbps = std::round(o.hostGbps * 1000) * o.pacerRate;
+    if (!isWholeMbps(pacerMbps / 1000))
+        return fail(fmt::format("--pacer-rate {:g} of {:g} Mbit/s is {:g} Mbit/s: the pacers' rate must be a whole "
+                                "number of Mbit/s, at least 1",
+                                o.pacerRate, std::round(o.hostGbps * 1000), pacerMbps));
+    c.linkMbps = static_cast<uint32_t>(std::llround(pacerMbps));
     c.maxMessageLength = std::max<uint32_t>(d.dist.maxSize(), 1);
     // Limits the engines never reach in these runs: loss of data for lack of memory
     // would be a property of the host, not of the protocol on this network.
@@ -264,7 +282,20 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
     const uint32_t far = static_cast<uint32_t>(numHosts - 1);
     d.rttNs = topo.minOneWay(0, far, wire::kDataHeaderSize + c.maxPayload) + topo.minOneWay(far, 0, wire::kGrantSize);
     const Time perPacket = sim::serializationTime(wire::kDataHeaderSize + c.maxPayload + o.wireOverheadBytes, o.hostGbps);
-    d.rttBytes = o.rttBytes ? o.rttBytes : static_cast<uint32_t>((d.rttNs + perPacket - 1) / perPacket) * c.maxPayload;
+    // (Rounded up to whole packets, byte counts near 4 GB wrapped.)
+    for (const auto& [bytes, name] :
+         {std::pair{o.rttBytes, "--rtt-bytes"}, std::pair{o.unschedBytes, "--unsched-bytes"}})
+        if (bytes > kMaxSimMessageBytes) return fail(fmt::format("{} must be at most {}", name, kMaxSimMessageBytes));
+    if (o.rttBytes) {
+        d.rttBytes = o.rttBytes;
+    } else {
+        // Whole packets. Seconds of delay on a fast link are more bytes than 32 bits hold;
+        // past the largest message, more unscheduled bytes or a larger window change
+        // nothing (every message is then sent unscheduled), so the round trip is capped there.
+        const uint64_t packets = static_cast<uint64_t>((d.rttNs + perPacket - 1) / perPacket);
+        const uint64_t most = kMaxSimMessageBytes / c.maxPayload;
+        d.rttBytes = static_cast<uint32_t>(std::min(packets, most) * c.maxPayload);
+    }
     c.unschedBytes = o.unschedBytes ? o.unschedBytes : d.rttBytes;
     const uint32_t unschedRounded = (c.unschedBytes + c.maxPayload - 1) / c.maxPayload * c.maxPayload;
 
@@ -295,15 +326,27 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error) {
                               : std::clamp(static_cast<int>(std::lround(8.0 * unsched / all)), 1, 7);
     }
     if (!o.cutoffs.empty()) {
-        if (o.cutoffs.size() > 7) return fail("--cutoffs: at most 7 levels (one is kept for scheduled bytes)");
-        c.unschedCutoffs = {};
-        for (size_t k = 0; k < o.cutoffs.size(); ++k) {
-            if (o.cutoffs[k] == 0 || (k > 0 && o.cutoffs[k] < o.cutoffs[k - 1]))
-                return fail("--cutoffs must be positive and non-decreasing");
-            c.unschedCutoffs[7 - k] = o.cutoffs[k];
+        // N cutoffs make N + 1 levels: messages up to the first cutoff take the highest
+        // level, those above the last one the lowest unscheduled level.
+        const size_t n = o.cutoffs.size();
+        if (n > 6) return fail("--cutoffs: at most 6 (7 unscheduled levels; one level is kept for scheduled bytes)");
+        for (size_t k = 0; k < n; ++k) {
+            if (o.cutoffs[k] == 0 || o.cutoffs[k] > kMaxSimMessageBytes)
+                return fail(fmt::format("--cutoffs must be in [1, {}], not {}", kMaxSimMessageBytes, o.cutoffs[k]));
+            if (k > 0 && o.cutoffs[k] <= o.cutoffs[k - 1])
+                return fail(fmt::format("--cutoffs must be strictly ascending (highest priority first), "
+                                        "not {} after {}",
+                                        o.cutoffs[k], o.cutoffs[k - 1]));
         }
-        c.unschedCutoffs[8 - o.cutoffs.size()] = std::numeric_limits<uint32_t>::max();
-        d.unschedLevels = static_cast<int>(o.cutoffs.size());
+        const int levels = static_cast<int>(n) + 1;
+        if (o.unschedPriorities != 0 && o.unschedPriorities != levels)
+            return fail(fmt::format("--unsched-priorities {} contradicts --cutoffs: {} cutoffs make {} unscheduled "
+                                    "levels",
+                                    o.unschedPriorities, n, levels));
+        c.unschedCutoffs = {};
+        for (size_t k = 0; k < n; ++k) c.unschedCutoffs[7 - k] = o.cutoffs[k];
+        c.unschedCutoffs[7 - n] = std::numeric_limits<uint32_t>::max();
+        d.unschedLevels = levels;
     } else {
         if (d.unschedLevels < 1 || d.unschedLevels > 7) return fail("--unsched-priorities must be in 1..7");
         c.unschedCutoffs = deriveCutoffs(d.dist, unschedRounded, d.unschedLevels);
@@ -419,11 +462,17 @@ class Runner {
                     ++r_.deliveredAll;
                     const Pending& p = it->second;
                     if (p.measured) {
-                        const Time took = net_.now() - p.start;
-                        const double slow = double(took) / double(ideal(src, p.dst, p.size));
-                        samples_.push_back(Sample{p.size, static_cast<float>(slow)});
-                        ++r_.completed;
                         --measuredOutstanding_;
+                        if (pastDrain_) {
+                            // Unfinished at the drain limit, and its time was taken on a
+                            // network emptying without arrivals: incomplete.
+                            ++r_.incomplete;
+                        } else {
+                            const Time took = net_.now() - p.start;
+                            const double slow = double(took) / double(ideal(src, p.dst, p.size));
+                            samples_.push_back(Sample{p.size, static_cast<float>(slow)});
+                            ++r_.completed;
+                        }
                     }
                     pending_.erase(it);
                 }
@@ -440,7 +489,12 @@ class Runner {
                 if (it != pending_.end()) {
                     ++r_.failedAll;
                     if (it->second.measured) {
-                        ++r_.failed;
+                        // A failure after the drain limit: the message was incomplete then.
+                        if (pastDrain_) {
+                            ++r_.incomplete;
+                        } else {
+                            ++r_.failed;
+                        }
                         --measuredOutstanding_;
                     } else {
                         ++r_.unmeasuredFailed;
@@ -508,8 +562,13 @@ class Runner {
             if (hook_) hook_();
         }
         stopArrivals_ = true;
+        // The drain limit ends the measurement: what finishes later is not measured.
+        pastDrain_ = true;
         if (o_.settle) {
-            // Arrivals already scheduled do nothing now; everything in flight drains.
+            // Arrivals already scheduled do nothing now; everything in flight drains, so
+            // that every message started is delivered or failed and every engine is idle
+            // (what the accounting and the counters at the end rely on). Measured
+            // messages that finish now still count as incomplete (onDelivery).
             net_.runUntilIdle(net_.now() + 10'000'000'000);
             if (hook_) hook_();
         }
@@ -538,7 +597,9 @@ class Runner {
     }
 
     Results finish() {
-        r_.incomplete = measuredOutstanding_;
+        // (Those still unfinished at the end; those that finished after the drain limit
+        // were counted as they did.)
+        r_.incomplete += measuredOutstanding_;
         r_.pendingAtEnd = pending_.size();
         r_.networkIdle = net_.idle();
         // Buckets.
@@ -670,6 +731,7 @@ class Runner {
     Time windowStart_ = 0, windowEnd_ = 0, drainEnd_ = 0;
     double meanGapNs_ = 0;
     bool stopArrivals_ = false;
+    bool pastDrain_ = false;  ///< past the drain limit: measured messages finishing now are incomplete
     Results r_;
 };
 
@@ -697,6 +759,18 @@ std::string cutoffsText(const engine::Config& c) {
     return s;
 }
 
+/// A slowdown of an empty bucket is not 0: "n/a" in the text, an empty CSV field, null
+/// in the JSON (as in homa-perf's outputs).
+std::string figure(const BucketStats& b, double v, const char* none, int decimals) {
+    return b.count == 0 ? std::string(none) : fmt::format("{:.{}f}", v, decimals);
+}
+
+std::string textRow(const std::string& label, const BucketStats& b) {
+    auto f = [&](double v) { return figure(b, v, "n/a", 2); };
+    return fmt::format("{:>12} {:>10} {:>8} {:>8} {:>8} {:>8}\n", label, b.count, f(b.mean), f(b.p50), f(b.p99),
+                       f(b.p999));
+}
+
 }  // namespace
 
 std::string toText(const SimOptions& o, const Derived& d, const Results& r) {
@@ -715,11 +789,8 @@ std::string toText(const SimOptions& o, const Derived& d, const Results& r) {
     s += fmt::format("  all messages: delivered {} failed {} pending at end {}; network idle at end: {}\n",
                      r.deliveredAll, r.failedAll, r.pendingAtEnd, r.networkIdle ? "yes" : "no");
     s += fmt::format("{:>12} {:>10} {:>8} {:>8} {:>8} {:>8}\n", "size<=", "count", "mean", "p50", "p99", "p99.9");
-    for (const BucketStats& b : r.buckets)
-        s += fmt::format("{:>12} {:>10} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f}\n", b.maxSize, b.count, b.mean, b.p50, b.p99,
-                         b.p999);
-    s += fmt::format("{:>12} {:>10} {:>8.2f} {:>8.2f} {:>8.2f} {:>8.2f}\n", "all", r.all.count, r.all.mean, r.all.p50,
-                     r.all.p99, r.all.p999);
+    for (const BucketStats& b : r.buckets) s += textRow(std::to_string(b.maxSize), b);
+    s += textRow("all", r.all);
     s += "  max queue per port (bytes):";
     for (const auto& pc : r.portClasses)
         s += fmt::format(" {} max {} mean-of-max {:.0f};", pc.name, pc.maxQueueBytes, pc.meanMaxQueueBytes);
@@ -736,9 +807,11 @@ std::string toText(const SimOptions& o, const Derived& d, const Results& r) {
 
 std::string toCsv(const Results& r) {
     std::string s = "max_size,count,mean,p50,p99,p999,min,max\n";
-    for (const BucketStats& b : r.buckets)
-        s += fmt::format("{},{},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f},{:.4f}\n", b.maxSize, b.count, b.mean, b.p50, b.p99,
-                         b.p999, b.min, b.max);
+    for (const BucketStats& b : r.buckets) {
+        auto f = [&](double v) { return figure(b, v, "", 4); };
+        s += fmt::format("{},{},{},{},{},{},{},{}\n", b.maxSize, b.count, f(b.mean), f(b.p50), f(b.p99), f(b.p999),
+                         f(b.min), f(b.max));
+    }
     return s;
 }
 
@@ -782,15 +855,16 @@ std::string toJson(const SimOptions& o, const Derived& d, const Results& r) {
     m["network_idle_at_end"] = r.networkIdle;
     m["end_ns"] = r.endNs;
     auto bucket = [](const BucketStats& b) {
+        auto f = [&](double v) { return b.count == 0 ? json(nullptr) : json(std::round(v * 1e4) / 1e4); };
         json x;
         x["max_size"] = b.maxSize;
         x["count"] = b.count;
-        x["slowdown_mean"] = std::round(b.mean * 1e4) / 1e4;
-        x["slowdown_p50"] = std::round(b.p50 * 1e4) / 1e4;
-        x["slowdown_p99"] = std::round(b.p99 * 1e4) / 1e4;
-        x["slowdown_p999"] = std::round(b.p999 * 1e4) / 1e4;
-        x["slowdown_min"] = std::round(b.min * 1e4) / 1e4;
-        x["slowdown_max"] = std::round(b.max * 1e4) / 1e4;
+        x["slowdown_mean"] = f(b.mean);
+        x["slowdown_p50"] = f(b.p50);
+        x["slowdown_p99"] = f(b.p99);
+        x["slowdown_p999"] = f(b.p999);
+        x["slowdown_min"] = f(b.min);
+        x["slowdown_max"] = f(b.max);
         return x;
     };
     j["buckets"] = json::array();

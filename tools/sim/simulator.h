@@ -26,7 +26,9 @@ struct SimOptions {
     double durationMs = 10;       ///< messages arrive during [0, duration)
     double warmupMs = -1;         ///< not measured before this; < 0: 10% of the duration
     uint64_t messages = 0;        ///< > 0: measure at most this many messages
-    double drainMs = -1;          ///< after the duration, wait this long at most; < 0: = duration
+    /// After the duration, wait this long at most for the measured messages; those
+    /// unfinished then are incomplete, whatever settling does afterwards. < 0: = duration.
+    double drainMs = -1;
     /// Only this host sends (and then at most `messages` one at a time, each on an idle
     /// network). -1: every host sends.
     int soloSender = -1;
@@ -67,7 +69,8 @@ struct SimOptions {
 
     bool traceHash = false;  ///< hash every delivered packet (slower) and report it
     /// At the end, stop arrivals and run until every engine is idle, so that every
-    /// message started (measured or not) is accounted for.
+    /// message started (measured or not) is accounted for. Nothing finishing then is
+    /// measured: the drain limit has passed.
     bool settle = true;
 };
 
@@ -89,6 +92,9 @@ std::optional<Derived> derive(const SimOptions& o, std::string* error);
 
 /// Largest message homa-sim simulates (sizes near 4 GB wrapped 32-bit arithmetic).
 inline constexpr uint32_t kMaxSimMessageBytes = 1'000'000'000;
+/// Largest framing per packet (--wire-overhead); real framing is tens of bytes, and
+/// sums of near 4 GB wrapped 32-bit arithmetic.
+inline constexpr uint32_t kMaxWireOverheadBytes = 65'535;
 /// Most (switch, host) routes a network may need (8 bytes each).
 inline constexpr uint64_t kMaxRouteEntries = 200'000'000;
 /// Nearest-rank percentile `p` (0-100] of sorted values (0 for none).
@@ -125,7 +131,7 @@ struct Results {
     uint64_t measured = 0;      ///< started inside the measurement window (refused ones too)
     uint64_t completed = 0;     ///< measured and delivered to the receiver
     uint64_t failed = 0;        ///< measured and failed (refused, or the engine reported an error)
-    uint64_t incomplete = 0;    ///< measured, neither delivered nor failed at the end
+    uint64_t incomplete = 0;    ///< measured, neither delivered nor failed by the drain limit
     uint64_t refused = 0;       ///< startRequest refused (out of buffers...), all messages
     uint64_t unmeasuredFailed = 0;
     uint64_t duplicateDeliveries = 0;  ///< a request delivered twice (must stay 0)
