@@ -256,7 +256,8 @@ Rpc* Engine::newRpc(Peer* peer, uint64_t id, RpcState state, Time now) {
 }
 
 void Engine::discardServerRpc(Rpc* rpc) {
-    if (rpc->state != RpcState::ServerIncoming && rpc->peer->seen) rpc->peer->seen->discarded(rpc->clientId());
+    // (An executed request's id stays seen: its client, asking about it, is told it was
+    // used; see seen_ids.h.)
     freeRpc(rpc);
 }
 
@@ -269,12 +270,9 @@ void Engine::freeRpc(Rpc* rpc) {
         rpc->peer->serverRpcs.erase(rpc->clientId());
         if (rpc->state != RpcState::ServerOutgoing) --pendingRequests_;
         // Never delivered, so never executed: the client may send it again (after
-        // RPC_UNKNOWN) and must then be served, not dropped as a repeat. Executed below
-        // the window: kept, so that a late RESEND for it gets no permit.
-        if (rpc->peer->seen) {
-            if (rpc->state == RpcState::ServerIncoming) rpc->peer->seen->forget(rpc->clientId());
-            else rpc->peer->seen->ranBelowWindow(rpc->clientId());
-        }
+        // RPC_UNKNOWN) and must then be served, not dropped as a repeat. (An executed
+        // one stays seen, inside the window or below it.)
+        if (rpc->peer->seen && rpc->state == RpcState::ServerIncoming) rpc->peer->seen->forget(rpc->clientId());
     }
     removeGrantable(rpc);
     if (rpc->sendHook.is_linked()) sendable_.erase(sendable_.iterator_to(*rpc));

@@ -9,20 +9,20 @@
 // A client restarted with a start id from a clock lands above the window and slides it.
 //
 // Below the window a new request is never admitted on its own. But a client that asks
-// about such an id (a RESEND: it is still waiting) did not get its answer, so the server
-// ran it only if it ran it and then dropped the RPC without the client's ack (a timeout,
-// NEED_ACK given up, the application dropping the request). Those few ids are kept
-// exactly (`discarded`); everything else below the window and above `floor` was never run
-// here (lost, or refused under overload). Such a client gets a permit: the next copy of
-// the request it sends again (a DATA packet flagged as restarted) before the permit
-// expires (Engine::permitTicks) is admitted once. Below `floor` (ids before this set began, and ids whose discard record
-// had to make room) nothing is known and everything counts as run. The ids of the last
-// requests that ran below the window (readmitted ones, and ones that outlived the window)
-// are kept too (`ranBelow`): a RESEND for one that arrives late, after the ack, must not
-// win it a second permit.
+// about such an id (a RESEND: it is still waiting) may have lost its request (or had it
+// refused under overload), which then never ran here. So the ids that slide out of the
+// window without having been seen, and ids below it given up before they ran, are kept
+// (`unseen`, as ranges: a client's ids to other servers make long runs of them); every
+// other id below the window, and every id below `floor` (those before this set began),
+// counts as possibly run. A client asking about an unseen id gets a permit: the next
+// copy of the request it sends again (a DATA packet flagged as restarted) before the
+// permit expires (Engine::permitTicks) is admitted once, and the id is seen from then
+// on. The record is bounded: when it is full, the oldest ranges go, and their ids count
+// as possibly run: a lost request may then end as "id used" (its call fails), but no
+// request ever runs twice, however late and reordered its packets and RESENDs arrive.
 //
-// Bounds per client: the bitmap (window / 8 bytes), and at most kMaxPermits permits,
-// kMaxDiscarded discard records and kRanBelow recent ids (about 8 KB in all).
+// Bounds per client: the bitmap (window / 8 bytes), at most kMaxPermits permits and
+// kMaxUnseenRanges ranges (about 8 KB in all).
 #pragma once
 
 #include <algorithm>
@@ -47,16 +47,11 @@ class SeenIds {
 
     /// Whether the server may have run `id`'s request already, for a client asking about
     /// an id it has no RPC for: inside the window, whether it was seen (and not
-    /// forgotten); below it, whether it is below the floor or recorded as run (discarded,
-    /// or run below the window).
+    /// forgotten); below it, unless it is recorded as never run (unseen).
     bool mayHaveRun(uint64_t id) const {
         uint64_t i = id >> 1;
         if (!initialised_) return false;
-        if (i < base_)
-            return i < floor_ || std::binary_search(discarded_.begin(), discarded_.end(), i) ||
-                   std::find(ranBelow_.begin(), ranBelow_.end(), i) != ranBelow_.end();
-        // (Inside the window the bits are exact: the floor, which a full discard record
-        // may raise into it, only speaks for ids below.)
+        if (i < base_) return !unseen(i);
         if (i >= base_ + capacity()) return false;
         return (bits_[(i % capacity()) / 64] >> (i % 64)) & 1;
     }
@@ -70,33 +65,6 @@ class SeenIds {
     /// Whether `id` is below the window (so a new copy of its request is dropped unless
     /// it holds a permit).
     bool belowWindow(uint64_t id) const { return initialised_ && (id >> 1) < base_; }
-
-    /// Records that `id`'s request ran and its RPC was dropped without the client's ack:
-    /// the client may still ask about it, and must then be told the id was used. At most
-    /// `kMaxDiscarded` are kept; making room raises the floor past the oldest.
-    void discarded(uint64_t id) {
-        uint64_t i = id >> 1;
-        if (!initialised_ || i < floor_) return;
-        auto at = std::lower_bound(discarded_.begin(), discarded_.end(), i);
-        if (at != discarded_.end() && *at == i) return;
-        discarded_.insert(at, i);
-        if (discarded_.size() > kMaxDiscarded) {
-            floor_ = discarded_.front() + 1;
-            discarded_.erase(discarded_.begin());
-        }
-    }
-
-    /// Records that `id`'s request ran and its RPC ended while the id was below the window
-    /// (acked, or given up): kept among the last kRanBelow such ids, oldest forgotten.
-    void ranBelowWindow(uint64_t id) {
-        if (!belowWindow(id)) return;
-        if (ranBelow_.size() < kRanBelow) {
-            ranBelow_.push_back(id >> 1);
-        } else {
-            ranBelow_[ranBelowNext_] = id >> 1;
-            ranBelowNext_ = (ranBelowNext_ + 1) % kRanBelow;
-        }
-    }
 
     /// Lets the next restarted copy of `id`'s request (below the window) in, from tick
     /// `nowTick` until tick `untilTick`. At most `kMaxPermits` are kept: when full,
@@ -131,9 +99,8 @@ class SeenIds {
     }
     size_t permits() const { return permits_.size(); }
 
-    static constexpr size_t kMaxDiscarded = 256;
     static constexpr size_t kMaxPermits = 256;
-    static constexpr size_t kRanBelow = 256;
+    static constexpr size_t kMaxUnseenRanges = 256;
 
     /// Marks `id` as seen.
     void insert(uint64_t id) {
@@ -145,16 +112,23 @@ class SeenIds {
             floor_ = base_;  // (what came before this set is not known)
             initialised_ = true;
         }
-        if (i < base_) return;
+        if (i < base_) {
+            removeUnseen(i);  // (a request readmitted below the window: it may run now)
+            return;
+        }
         if (i >= base_ + capacity()) slide(i - capacity() + 1);
         bits_[(i % capacity()) / 64] |= uint64_t{1} << (i % 64);
     }
 
-    /// Unmarks `id` (a request given up before it was executed may come again). Ids
-    /// below the window stay seen.
+    /// Unmarks `id` (a request given up before it was executed may come again): below
+    /// the window it is recorded as unseen, so that the client can have a permit.
     void forget(uint64_t id) {
         uint64_t i = id >> 1;
-        if (!initialised_ || i < base_ || i >= base_ + capacity()) return;
+        if (!initialised_ || i >= base_ + capacity()) return;
+        if (i < base_) {
+            if (i >= floor_) addUnseen(i, i + 1);
+            return;
+        }
         bits_[(i % capacity()) / 64] &= ~(uint64_t{1} << (i % 64));
         if (id != highest_) return;
         // highest() must not name an id that was never executed (an evicted peer leaves
@@ -184,8 +158,18 @@ class SeenIds {
         initialised_ = true;
     }
 
+    /// The ranges of ids (>> 1) below the window recorded as never run (for tests).
+    size_t unseenRanges() const { return unseen_.size(); }
+
   private:
     void slide(uint64_t newBase) {
+        // What leaves the window unseen is recorded: the clear bits, and everything above
+        // the window that the new base passes over (a jump: a client restarted with ids
+        // from its clock, or one busy with other servers).
+        const uint64_t top = std::min(newBase, base_ + capacity());
+        for (uint64_t i = base_; i < top; ++i)
+            if (!((bits_[(i % capacity()) / 64] >> (i % 64)) & 1)) addUnseen(i, i + 1);
+        if (newBase > top) addUnseen(top, newBase);
         if (newBase - base_ >= capacity()) {
             std::fill(bits_.begin(), bits_.end(), 0);
         } else {
@@ -195,12 +179,70 @@ class SeenIds {
         base_ = newBase;
     }
 
+    /// The unseen range holding index `i`, or end.
+    std::vector<std::pair<uint64_t, uint64_t>>::const_iterator findUnseen(uint64_t i) const {
+        auto it = std::upper_bound(unseen_.begin(), unseen_.end(), i,
+                                   [](uint64_t v, const auto& r) { return v < r.first; });
+        if (it == unseen_.begin()) return unseen_.end();
+        --it;
+        return i < it->second ? it : unseen_.end();
+    }
+    bool unseen(uint64_t i) const { return findUnseen(i) != unseen_.end(); }
+
+    /// Records [lo, hi) as unseen (disjoint from what is recorded), merging neighbours;
+    /// the oldest ranges make room.
+    void addUnseen(uint64_t lo, uint64_t hi) {
+        // (The usual case: the window slides, and what leaves it joins the newest range.)
+        if (!unseen_.empty() && unseen_.back().second == lo) {
+            unseen_.back().second = hi;
+            return;
+        }
+        if (unseen_.empty() || unseen_.back().second < lo) {
+            unseen_.emplace_back(lo, hi);
+            if (unseen_.size() > kMaxUnseenRanges) unseen_.erase(unseen_.begin());
+            return;
+        }
+        auto it = std::upper_bound(unseen_.begin(), unseen_.end(), lo,
+                                   [](uint64_t v, const auto& r) { return v < r.first; });
+        if (it != unseen_.begin() && std::prev(it)->second >= lo) {
+            auto prev = std::prev(it);
+            prev->second = std::max(prev->second, hi);
+            if (it != unseen_.end() && it->first <= prev->second) {
+                prev->second = std::max(prev->second, it->second);
+                unseen_.erase(it);
+            }
+        } else if (it != unseen_.end() && it->first <= hi) {
+            it->first = lo;
+            it->second = std::max(it->second, hi);
+        } else {
+            unseen_.insert(it, {lo, hi});
+        }
+        if (unseen_.size() > kMaxUnseenRanges) unseen_.erase(unseen_.begin());
+    }
+
+    /// Takes index `i` out of the unseen record (it may run now).
+    void removeUnseen(uint64_t i) {
+        auto c = findUnseen(i);
+        if (c == unseen_.end()) return;
+        auto it = unseen_.begin() + (c - unseen_.cbegin());
+        const uint64_t lo = it->first, hi = it->second;
+        if (lo == i && hi == i + 1) {
+            unseen_.erase(it);
+        } else if (lo == i) {
+            it->first = i + 1;
+        } else if (hi == i + 1) {
+            it->second = i;
+        } else {
+            it->second = i;
+            unseen_.insert(it + 1, {i + 1, hi});
+            if (unseen_.size() > kMaxUnseenRanges) unseen_.erase(unseen_.begin());
+        }
+    }
+
     std::vector<uint64_t> bits_;
     uint64_t base_ = 0;
-    uint64_t floor_ = 0;                         // ids (>> 1) below: may have run
-    std::vector<uint64_t> discarded_;            // ids (>> 1) run, then dropped unacked; sorted
-    std::vector<uint64_t> ranBelow_;             // ids (>> 1) run below the window; a ring
-    size_t ranBelowNext_ = 0;
+    uint64_t floor_ = 0;  // ids (>> 1) below: before this set began
+    std::vector<std::pair<uint64_t, uint64_t>> unseen_;  // [first, end) of ids (>> 1) below the window never run; sorted
     std::vector<std::pair<uint64_t, uint64_t>> permits_;  // id, last tick it is valid
     uint64_t highest_ = 0;
     bool initialised_ = false;

@@ -3227,5 +3227,55 @@ TEST(Engine, AnAckRidingOnARefusedRequestIsTaken) {
     EXPECT_EQ(p.b.rpcCount(), 1u);  // C's, in service
 }
 
+// At-most-once with late packets and no forgery: a RESEND delayed in the network, and a
+// restarted copy of the request delayed likewise, arrive after the request ran (through
+// a later restart), was acked, and the window moved past its id. The RESEND must win no
+// permit, and the copy must not run. (The id, run inside the window, used to count as
+// never run once the window had passed it: the RESEND won a permit and the copy ran.)
+TEST(Engine, ADelayedResendAndRestartedCopyDoNotRunARequestTwice) {
+    Pair p(baseConfig(), smallWindowServer());
+    const uint64_t x = p.call(100);
+    p.sinkA.take();  // the first transmission is lost
+    auto onlyResend = [&]() {
+        std::vector<Sent> s = p.sinkA.take();
+        EXPECT_EQ(s.size(), 1u);
+        EXPECT_EQ(s.at(0).type(), wire::PacketType::Resend);
+        return s.at(0);
+    };
+    p.tick(p.cfgA.resendTicks);
+    const Sent r1 = onlyResend();  // RESEND #1: delayed in the network
+    p.tick(p.cfgA.resendInterval);
+    const Sent r2 = onlyResend();  // RESEND #2 arrives: "no state" -> A restarts
+    p.b.receive(kA, r2.bytes, p.now);
+    ASSERT_EQ(p.sinkB.count(wire::PacketType::RpcUnknown), 1u);
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    std::vector<Sent> d1 = p.sinkA.take();  // restarted copy #1: delayed in the network
+    ASSERT_EQ(d1.size(), 1u);
+    ASSERT_EQ(d1[0].packet().common.flags, wire::kFlagRestarted);
+    p.tick(p.cfgA.resendInterval);
+    const Sent r3 = onlyResend();  // RESEND #3 arrives: A restarts again
+    p.b.receive(kA, r3.bytes, p.now);
+    for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
+    // Restarted copy #2 arrives; B runs x once, answers; A acks.
+    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
+    p.pump();
+    auto done = p.deliveries(p.a);
+    ASSERT_EQ(done.size(), 1u);
+    ASSERT_EQ(done[0].clientId, x);
+    p.a.releaseMessage(done[0].message, p.now);
+    p.tick(2);
+    p.pump();
+    ASSERT_EQ(p.b.rpcCount(), 0u) << "the ack freed x at B";
+    // 100 newer calls: B's window (64 ids) moves past x.
+    for (auto& d : p.roundTrips(100, 100)) p.a.releaseMessage(d.message, p.now);
+    // The two delayed packets finally arrive, in the order they were sent.
+    p.b.receive(kA, r1.bytes, p.now);
+    p.b.receive(kA, d1[0].bytes, p.now);
+    auto again = p.deliveries(p.b);
+    EXPECT_TRUE(again.empty()) << "request " << x << " ran a second time; permits=" << p.b.metrics().requestPermits
+                               << " readmitted=" << p.b.metrics().requestsReadmitted;
+    EXPECT_EQ(p.b.metrics().serverRequestsReceived, 101u);
+}
+
 }  // namespace
 }  // namespace homa::engine

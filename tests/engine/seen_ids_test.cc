@@ -70,26 +70,28 @@ TEST(SeenIds, ForgettingTheHighestIdLowersHighest) {
     EXPECT_FALSE(s.contains(872));
 }
 
-// Below the window a new copy is refused (contains), but only ids that may have run
-// count for a client asking about one: those below the floor (before the set began), and
-// those recorded as run and then dropped. Others, seen or not, may be asked about again.
-TEST(SeenIds, BelowTheWindowOnlyTheFloorAndDiscardedIdsMayHaveRun) {
+// Below the window a new copy is refused (contains). For a client asking about an id,
+// only the ids that left the window unseen never ran here; every other one may have:
+// seen ones (run, and acked or not: a RESEND may arrive late, after the ack), and those
+// below the floor (before the set began).
+TEST(SeenIds, BelowTheWindowOnlyIdsThatLeftItUnseenNeverRan) {
     SeenIds s(128);
     EXPECT_FALSE(s.mayHaveRun(10'000)) << "nothing seen yet";
     s.insert(10'000);  // the floor: 10'000 less half the window
     s.insert(10'004);
-    s.discarded(10'004);
     s.insert(10'000 + 2 * 1000);  // slides the window far up
     EXPECT_TRUE(s.belowWindow(10'002));
     EXPECT_FALSE(s.belowWindow(10'000 + 2 * 1000));
     EXPECT_TRUE(s.contains(10'002));
     EXPECT_FALSE(s.mayHaveRun(10'002)) << "never seen here";
-    EXPECT_FALSE(s.mayHaveRun(10'000)) << "seen, and not recorded as dropped before its ack";
-    EXPECT_TRUE(s.mayHaveRun(10'004)) << "ran and was dropped";
+    EXPECT_TRUE(s.mayHaveRun(10'000)) << "seen: it ran";
+    EXPECT_TRUE(s.mayHaveRun(10'004));
     EXPECT_TRUE(s.mayHaveRun(10'000 - 2 * 64 - 2)) << "below the floor nothing is known";
     EXPECT_FALSE(s.mayHaveRun(10'000 - 2 * 64));
+    EXPECT_FALSE(s.mayHaveRun(10'000 + 2 * 500)) << "passed over by the jump, never seen";
     EXPECT_TRUE(s.mayHaveRun(10'000 + 2 * 1000)) << "inside the window: seen";
     EXPECT_FALSE(s.mayHaveRun(10'000 + 2 * 999));
+    EXPECT_EQ(s.unseenRanges(), 3u);  // below 10'000, between 10'000 and 10'004, above
 }
 
 TEST(SeenIds, SeenUpToPutsTheFloorAboveTheIdsServedBefore) {
@@ -100,19 +102,21 @@ TEST(SeenIds, SeenUpToPutsTheFloorAboveTheIdsServedBefore) {
     EXPECT_FALSE(s.mayHaveRun(5'002));
 }
 
-// The record of dropped ids is bounded: making room raises the floor past the oldest, so
-// that it still counts as possibly run (never as never run).
-TEST(SeenIds, TheDiscardRecordIsBoundedByRaisingTheFloor) {
+// The unseen record is bounded: when it is full the oldest ranges go, and their ids
+// count as possibly run (a lost request among them ends as "id used"; nothing runs
+// twice).
+TEST(SeenIds, TheUnseenRecordIsBoundedAndWhatItDropsCountsAsRun) {
     SeenIds s(64);
     const uint64_t first = 1'000'000;
-    s.insert(first);
-    for (uint64_t k = 0; k <= SeenIds::kMaxDiscarded; ++k) s.discarded(first + 4 * k);
-    s.insert(first + 100'000);
-    EXPECT_TRUE(s.mayHaveRun(first)) << "its record made room, and the floor rose past it";
-    EXPECT_TRUE(s.mayHaveRun(first - 2)) << "below the raised floor";
-    EXPECT_FALSE(s.mayHaveRun(first + 2)) << "above the floor and never dropped";
-    EXPECT_TRUE(s.mayHaveRun(first + 4));
-    EXPECT_TRUE(s.mayHaveRun(first + 4 * SeenIds::kMaxDiscarded));
+    // Every other id seen: each one missed is a range of its own once the window passes.
+    for (uint64_t k = 0; k < 2 * (SeenIds::kMaxUnseenRanges + 10) + 64; ++k) s.insert(first + 4 * k);
+    EXPECT_EQ(s.unseenRanges(), SeenIds::kMaxUnseenRanges);
+    EXPECT_TRUE(s.mayHaveRun(first + 2)) << "its record made room";
+    EXPECT_TRUE(s.mayHaveRun(first));
+    const uint64_t recent = first + 4 * (2 * (SeenIds::kMaxUnseenRanges + 10)) + 2;
+    ASSERT_TRUE(s.belowWindow(recent));
+    EXPECT_FALSE(s.mayHaveRun(recent)) << "recent enough to be recorded";
+    EXPECT_TRUE(s.mayHaveRun(recent + 2));
 }
 
 TEST(SeenIds, APermitIsUsedOnceAndOnlyBeforeItExpires) {
@@ -148,34 +152,37 @@ TEST(SeenIds, PermitsAreBounded) {
     EXPECT_TRUE(s.takePermit(1'000'002, 10));
 }
 
-// A full discard record raises the floor, possibly into the window; the window's own
-// bits stay exact: an id inside it that was never seen (lost, refused) is not "may have
-// run", and its client is told to send it again rather than told it was used.
-TEST(SeenIds, AFloorRaisedIntoTheWindowSpeaksOnlyForIdsBelowIt) {
-    SeenIds s(8192);
-    for (uint64_t id = 2; id <= 4000; id += 2)
-        if (id != 100) s.insert(id);
-    for (uint64_t k = 0; k <= SeenIds::kMaxDiscarded; ++k) s.discarded(2000 + 2 * k);
-    EXPECT_FALSE(s.belowWindow(100));
-    EXPECT_FALSE(s.contains(100));
-    EXPECT_FALSE(s.mayHaveRun(100)) << "never seen, inside the window";
-    EXPECT_TRUE(s.mayHaveRun(102));
-}
-
-// Requests that ran below the window (readmitted ones) are remembered, the last
-// kRanBelow of them: a RESEND for one, arriving after its ack, finds it run.
-TEST(SeenIds, TheLastIdsRunBelowTheWindowAreRemembered) {
+// A request readmitted below the window (with a permit) is seen from then on: a RESEND
+// for it that arrives late, after its ack, finds it run and wins no second permit. One
+// given up before it ran is unseen again.
+TEST(SeenIds, ReadmittedIdsCountAsRunAndOnesGivenUpAsNeverRun) {
     SeenIds s(64);
     s.insert(10'000);
-    s.insert(20'000);  // slides the window far up
-    s.ranBelowWindow(20'000);  // inside the window: its bit says it all
-    for (uint64_t k = 0; k <= SeenIds::kRanBelow; ++k) {
-        EXPECT_FALSE(s.mayHaveRun(10'002 + 2 * k)) << k;
-        s.ranBelowWindow(10'002 + 2 * k);
-        EXPECT_TRUE(s.mayHaveRun(10'002 + 2 * k)) << k;
+    s.insert(20'000);  // slides the window far up: 10'002 .. 19'998 unseen
+    ASSERT_FALSE(s.mayHaveRun(12'000));
+    s.insert(12'000);  // readmitted
+    EXPECT_TRUE(s.mayHaveRun(12'000));
+    EXPECT_FALSE(s.mayHaveRun(11'998));
+    EXPECT_FALSE(s.mayHaveRun(12'002));
+    EXPECT_EQ(s.unseenRanges(), 3u);  // split in two
+    s.insert(12'002);
+    s.forget(12'002);  // given up while it was still arriving
+    EXPECT_FALSE(s.mayHaveRun(12'002));
+    EXPECT_TRUE(s.mayHaveRun(12'000));
+    EXPECT_EQ(s.unseenRanges(), 3u);
+}
+
+// A request run inside the window and acked, then passed by the window, still counts as
+// run: a RESEND for it delayed in the network must not win a permit (a restarted copy,
+// delayed likewise, would then run it a second time).
+TEST(SeenIds, IdsRunInsideTheWindowStayRunAfterItMoves) {
+    SeenIds s(64);
+    for (uint64_t id = 2; id <= 400; id += 2) s.insert(id);
+    for (uint64_t id = 2; id <= 200; id += 2) {
+        ASSERT_TRUE(s.belowWindow(id));
+        EXPECT_TRUE(s.mayHaveRun(id)) << id;
     }
-    EXPECT_FALSE(s.mayHaveRun(10'002)) << "the oldest made room";
-    EXPECT_TRUE(s.mayHaveRun(10'004));
+    EXPECT_FALSE(s.mayHaveRun(0)) << "never seen";
 }
 
 }  // namespace
