@@ -9,8 +9,8 @@
 namespace homa::perf {
 
 /// Counts of non-negative values in log-linear bins, so that a run of any length keeps a
-/// bounded amount of memory: it grows with the logarithm of the largest value, 4,096
-/// bins (32 KB) per doubling, not with the number of values.
+/// bounded amount of memory: 4,096 bins (32 KB) per doubling of the largest value, not
+/// more with the number of values; those up to kPreparedUnits (850 KB) are made at once.
 /// Values are held as whole multiples of `unit`: exactly below 2^(kSubBits + 1) units,
 /// above that in bins each narrower than 2^-kSubBits of the values in it. A percentile
 /// is its bin's midpoint, so it is within 2^-(kSubBits + 1) (0.012 %) of the value the
@@ -18,7 +18,13 @@ namespace homa::perf {
 class Histogram {
   public:
     static constexpr int kSubBits = 12;
-    explicit Histogram(double unit = 1) : unit_(unit) {}
+    /// Bins for values up to 2^37 units (over two minutes in nanoseconds) are made up
+    /// front, so that a run's adds allocate (and free) nothing. (Bins grown as values
+    /// came, their old blocks freed, raised glibc's threshold for mapping blocks of their
+    /// own, and with it changed how the transport's message buffers were allocated: W4's
+    /// P99 slowdown came out three times worse, the tool measuring itself.)
+    static constexpr uint64_t kPreparedUnits = uint64_t{1} << 37;
+    explicit Histogram(double unit = 1) : unit_(unit), counts_(bin(kPreparedUnits) + 1, 0) {}
     /// Counts `value` (in the caller's units; a negative or NaN one counts as 0, a huge
     /// one as the largest value the bins hold).
     void add(double value);
