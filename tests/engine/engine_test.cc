@@ -1846,6 +1846,19 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
     p.expectOneMessageAtB(5'000);
 }
 
+// A 100-byte call of A's whose request B runs and then drops unanswered (the
+// application aborts it): its id `*x`, and the request's packets in `*request`.
+void runAndDropAtB(Pair& p, uint64_t* x, std::vector<Sent>* request) {
+    *x = p.call(100);
+    *request = p.sinkA.take();
+    ASSERT_EQ(request->size(), 1u);
+    p.b.receive(kA, (*request)[0].bytes, p.now);
+    auto served = p.deliveries(p.b);
+    ASSERT_EQ(served.size(), 1u);
+    p.b.releaseMessage(served[0].message, p.now);
+    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());
+}
+
 // A one-packet request of 100 bytes, id `id`, from `client`, reaches B and is handed to
 // its application, which holds it (in service); returns it, for B to answer or drop.
 ServerRpcId requestHeldAtB(Pair& p, const Address& client, uint64_t id) {
@@ -1882,14 +1895,9 @@ TEST(Engine, AClientComingBackAtThePeerCapKeepsItsIdsServed) {
     cb.maxPeers = 2;
     cb.peerIdleNs = 5'000'000;
     Pair p(baseConfig(), cb);
-    const uint64_t x = p.call(100);
-    const std::vector<Sent> request = p.sinkA.take();
-    ASSERT_EQ(request.size(), 1u);
-    p.b.receive(kA, request[0].bytes, p.now);
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    p.b.releaseMessage(served[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    uint64_t x = 0;
+    std::vector<Sent> request;
+    ASSERT_NO_FATAL_FAILURE(runAndDropAtB(p, &x, &request));
     // Three more clients, each served once, peerIdleNs apart: the second evicts A's peer,
     // the third the first client's. B remembers two evicted peers (maxPeers): A's oldest.
     for (uint32_t i = 0; i < 3; ++i) {
@@ -1925,14 +1933,9 @@ TEST(Engine, AClientAskingAtAFullPeerTableIsStillToldItsIdWasUsed) {
     cb.maxPeers = 2;
     cb.peerIdleNs = 5'000'000;
     Pair p(ca, cb);
-    const uint64_t x = p.call(100);
-    const std::vector<Sent> request = p.sinkA.take();
-    ASSERT_EQ(request.size(), 1u);
-    p.b.receive(kA, request[0].bytes, p.now);
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    p.b.releaseMessage(served[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    uint64_t x = 0;
+    std::vector<Sent> request;
+    ASSERT_NO_FATAL_FAILURE(runAndDropAtB(p, &x, &request));
     // Two other clients whose requests B is executing: the second evicts A's idle peer,
     // and neither peer may be evicted while it has an RPC.
     p.now += cb.peerIdleNs;
@@ -1978,14 +1981,9 @@ TEST(Engine, AnEvictedClientAskingUnderOverloadIsToldItsIdWasUsed) {
     cb.peerIdleNs = 5'000'000;
     cb.maxPendingRequests = 2;
     Pair p(baseConfig(), cb);
-    const uint64_t x = p.call(100);
-    const std::vector<Sent> request = p.sinkA.take();
-    ASSERT_EQ(request.size(), 1u);
-    p.b.receive(kA, request[0].bytes, p.now);
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    p.b.releaseMessage(served[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());
+    uint64_t x = 0;
+    std::vector<Sent> request;
+    ASSERT_NO_FATAL_FAILURE(runAndDropAtB(p, &x, &request));
     p.now += cb.peerIdleNs;
     requestHeldAtB(p, Address::ipv4(0x0b000001, kPort), 2);
     requestHeldAtB(p, Address::ipv4(0x0b000002, kPort), 2);
@@ -2010,14 +2008,9 @@ TEST(Engine, RecordsOfReturnedClientsDoNotPushOutOthers) {
     cb.maxPeers = 2;
     cb.peerIdleNs = 5'000'000;
     Pair p(baseConfig(), cb);
-    const uint64_t x = p.call(100);
-    const std::vector<Sent> request = p.sinkA.take();
-    ASSERT_EQ(request.size(), 1u);
-    p.b.receive(kA, request[0].bytes, p.now);
-    auto served = p.deliveries(p.b);
-    ASSERT_EQ(served.size(), 1u);
-    p.b.releaseMessage(served[0].message, p.now);
-    ASSERT_TRUE(p.b.abortServerRpc(served[0].server, p.now).isOk());  // ran, and dropped unanswered
+    uint64_t x = 0;
+    std::vector<Sent> request;
+    ASSERT_NO_FATAL_FAILURE(runAndDropAtB(p, &x, &request));
     const Address c1 = Address::ipv4(0x0b000001, kPort), c2 = Address::ipv4(0x0b000002, kPort),
                   c3 = Address::ipv4(0x0b000003, kPort);
     auto serveOnce = [&](const Address& c, uint64_t id) {

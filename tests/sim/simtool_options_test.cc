@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "common/run_command.h"
 #include "simulator.h"
 
 namespace homa::simtool {
@@ -30,27 +31,9 @@ Derived mustDerive(const SimOptions& o) {
 }
 
 // Runs homa-sim; returns the exit status and the output (stdout and stderr).
-int runTool(const std::string& args, std::string* out) {
-    std::string cmd = std::string(HOMA_SIM_BIN) + " " + args + " 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    if (!f) return -1;
-    std::array<char, 512> buf;
-    out->clear();
-    while (fgets(buf.data(), buf.size(), f)) *out += buf.data();
-    int status = pclose(f);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+int runTool(const std::string& args, std::string* out) { return test::runCommand(std::string(HOMA_SIM_BIN) + " " + args, out); }
 
-std::string readAll(const std::string& path) {
-    std::string s;
-    FILE* f = fopen(path.c_str(), "r");
-    if (!f) return s;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
+std::string readAll(const std::string& path) { return test::readFile(path); }
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 

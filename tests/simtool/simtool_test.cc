@@ -10,6 +10,7 @@
 
 #include "engine/buffer_pool.h"
 #include "sim/topology.h"
+#include "common/run_command.h"
 #include "simulator.h"
 #include "wire/wire.h"
 
@@ -357,16 +358,7 @@ TEST(SimDerive, SmallLoadsAndLongestDelaysAreAccepted) {
 
 #ifdef HOMA_SIM_BIN
 // Runs homa-sim; returns the exit status and the output (stdout and stderr).
-int runTool(const std::string& args, std::string* out) {
-    std::string cmd = std::string(HOMA_SIM_BIN) + " " + args + " 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    if (!f) return -1;
-    std::array<char, 512> buf;
-    out->clear();
-    while (fgets(buf.data(), buf.size(), f)) *out += buf.data();
-    int status = pclose(f);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+int runTool(const std::string& args, std::string* out) { return test::runCommand(std::string(HOMA_SIM_BIN) + " " + args, out); }
 
 TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
     for (const char* args : {"--load 0", "--load abc", "--topology ring", "--workload nonesuch",
@@ -441,16 +433,7 @@ TEST(SimTool, PercentilesAreNearestRanks) {
     EXPECT_EQ(nearestRank({}, 50), 0);
 }
 
-std::string readAll(const std::string& path) {
-    std::string s;
-    FILE* f = fopen(path.c_str(), "r");
-    if (!f) return s;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-    fclose(f);
-    return s;
-}
+std::string readAll(const std::string& path) { return test::readFile(path); }
 
 TEST(SimTool, SameSeedSameFilesAcrossProcessesAndPayloadMemoryModes) {
     // Separate processes (different addresses, hash seeds) and both payload-memory modes
