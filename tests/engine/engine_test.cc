@@ -3210,6 +3210,7 @@ TEST(Engine, AnAckRidingOnARefusedRequestIsTaken) {
     pkt.insert(pkt.end(), 10, 7);
     p.b.receive(kC, pkt, p.now);
     ASSERT_EQ(p.b.pendingRequests(), 1u);
+    for (auto& x : p.deliveries(p.b)) p.b.releaseMessage(x.message, p.now);  // (C's request stays in service)
     p.call(100);
     auto sent = p.sinkA.take();
     ASSERT_EQ(sent.size(), 1u);
