@@ -1846,6 +1846,13 @@ TEST(Engine, ARequestGivenUpWhileArrivingIsServedAfterItsPeerWasEvicted) {
     p.expectOneMessageAtB(5'000);
 }
 
+// A server with room for two peers, evicting those idle for 5 ms.
+Config twoPeerServer(Config c = baseConfig()) {
+    c.maxPeers = 2;
+    c.peerIdleNs = 5'000'000;
+    return c;
+}
+
 // A 100-byte call of A's whose request B runs and then drops unanswered (the
 // application aborts it): its id `*x`, and the request's packets in `*request`.
 void runAndDropAtB(Pair& p, uint64_t* x, std::vector<Sent>* request) {
@@ -1891,9 +1898,7 @@ wire::Packet rpcUnknownForResend(Pair& p, const Address& client, uint64_t id) {
 // first, or the peer made anew knows nothing of what was served and a request that ran
 // is invited to run again, and does.
 TEST(Engine, AClientComingBackAtThePeerCapKeepsItsIdsServed) {
-    Config cb = baseConfig();
-    cb.maxPeers = 2;
-    cb.peerIdleNs = 5'000'000;
+    const Config cb = twoPeerServer();
     Pair p(baseConfig(), cb);
     uint64_t x = 0;
     std::vector<Sent> request;
@@ -1929,9 +1934,7 @@ TEST(Engine, AClientComingBackAtThePeerCapKeepsItsIdsServed) {
 TEST(Engine, AClientAskingAtAFullPeerTableIsStillToldItsIdWasUsed) {
     Config ca = baseConfig();
     ca.firstClientId = 1'000'000;
-    Config cb = smallWindowServer();
-    cb.maxPeers = 2;
-    cb.peerIdleNs = 5'000'000;
+    const Config cb = twoPeerServer(smallWindowServer());
     Pair p(ca, cb);
     uint64_t x = 0;
     std::vector<Sent> request;
@@ -1976,9 +1979,7 @@ TEST(Engine, AClientAskingAtAFullPeerTableIsStillToldItsIdWasUsed) {
 // maxPendingRequests allows): an id that ran is still said to be used, not answered with
 // BUSY (which would keep the client waiting for a request that can never run again).
 TEST(Engine, AnEvictedClientAskingUnderOverloadIsToldItsIdWasUsed) {
-    Config cb = baseConfig();
-    cb.maxPeers = 2;
-    cb.peerIdleNs = 5'000'000;
+    Config cb = twoPeerServer();
     cb.maxPendingRequests = 2;
     Pair p(baseConfig(), cb);
     uint64_t x = 0;
@@ -2004,9 +2005,7 @@ TEST(Engine, AnEvictedClientAskingUnderOverloadIsToldItsIdWasUsed) {
 // and one other are all the server keeps, and A's must stay (it used to be dropped, the
 // returned client's entry counted as a third).
 TEST(Engine, RecordsOfReturnedClientsDoNotPushOutOthers) {
-    Config cb = baseConfig();
-    cb.maxPeers = 2;
-    cb.peerIdleNs = 5'000'000;
+    const Config cb = twoPeerServer();
     Pair p(baseConfig(), cb);
     uint64_t x = 0;
     std::vector<Sent> request;
