@@ -13,6 +13,8 @@
 #include <fstream>
 #include <thread>
 
+#include <sys/stat.h>
+
 #include "client.h"
 #include "common/finite_range.h"
 
@@ -25,19 +27,44 @@ int main(int argc, char** argv) {
     int count = 1;
     bool all = false, rpcs = false, prometheus = false;
     app.add_option("source", source, "the endpoint's metrics socket, or a saved snapshot file")->required();
-    app.add_option("--interval", interval, "read twice this many seconds apart and show rates")
-        ->check(homa::tools::FiniteRange(0.0, 86400.0));
-    app.add_option("--count", count, "with --interval: how many intervals to show")->check(CLI::Range(1, 1'000'000));
-    app.add_option("--since", since, "show the change since this saved snapshot");
-    app.add_option("--save", save, "save the (last) snapshot read to this file, for --since");
-    app.add_flag("--all", all, "show counters that are zero or did not change too");
-    app.add_flag("--rpcs", rpcs, "list the RPCs in progress instead");
-    app.add_flag("--prometheus", prometheus, "print the Prometheus text instead");
-    app.add_option("--trace", traceCmd, "time tracing in that process: on, off, or dump:PATH");
+    auto* intervalOpt = app.add_option("--interval", interval, "read twice this many seconds apart and show rates")
+                            ->check(homa::tools::FiniteRange(0.0, 86400.0));
+    auto* countOpt = app.add_option("--count", count, "with --interval: how many intervals to show")
+                         ->check(CLI::Range(1, 1'000'000));
+    auto* sinceOpt = app.add_option("--since", since, "show the change since this saved snapshot");
+    auto* saveOpt = app.add_option("--save", save, "save the (last) snapshot read to this file, for --since");
+    auto* allOpt = app.add_flag("--all", all, "show counters that are zero or did not change too");
+    auto* rpcsOpt = app.add_flag("--rpcs", rpcs, "list the RPCs in progress instead");
+    auto* promOpt = app.add_flag("--prometheus", prometheus, "print the Prometheus text instead");
+    auto* traceOpt = app.add_option("--trace", traceCmd, "time tracing in that process: on, off, or dump:PATH");
+    // Options that would be ignored together are refused: --since compares with one
+    // reading, --interval with the one before; --rpcs, --prometheus and --trace replace the
+    // counters altogether.
+    countOpt->needs(intervalOpt);
+    sinceOpt->excludes(intervalOpt);
+    for (CLI::Option* other : {rpcsOpt, promOpt, traceOpt}) {
+        for (CLI::Option* counters : {intervalOpt, countOpt, sinceOpt, saveOpt, allOpt}) other->excludes(counters);
+    }
+    rpcsOpt->excludes(promOpt);
+    rpcsOpt->excludes(traceOpt);
+    promOpt->excludes(traceOpt);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
+    }
+    // A saved snapshot holds counters only, taken once.
+    struct stat st;
+    const bool snapshotFile = ::stat(source.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode);
+    if (snapshotFile) {
+        const char* needsSocket = rpcs ? "--rpcs" : prometheus ? "--prometheus" : !traceCmd.empty() ? "--trace"
+                                : interval > 0                                     ? "--interval"
+                                                                                   : nullptr;
+        if (needsSocket) {
+            std::fprintf(stderr, "homa-metrics: %s is a saved snapshot, not a metrics socket: %s needs the socket\n",
+                         source.c_str(), needsSocket);
+            return 2;
+        }
     }
     std::string error;
     auto simple = [&](const std::string& command) {
