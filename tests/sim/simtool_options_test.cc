@@ -239,6 +239,16 @@ TEST(SimOptionErrors, OptionsThatWouldBeIgnoredAreRefused) {
         {kTiny + "--warmup-ms -1", "--warmup-ms: must be at least 0, not -1"},
         {kTiny + "--drain-ms -0.5", "--drain-ms: must be at least 0, not -0.5"},
     });
+    // A solo sender's messages go one at a time, each on an idle network: no load,
+    // arrival period, warm-up or drain applies (they were ignored).
+    const std::string solo = "--topology star --hosts 2 --size 1000 -n 1 -q --solo-sender 0 ";
+    expectRefused({
+        {solo + "-l 0.5", "excludes"},
+        {solo + "-d 1", "excludes"},
+        {solo + "--warmup-ms 0", "excludes"},
+        {solo + "--drain-ms 1", "excludes"},
+        {solo + "--no-settle", "excludes"},
+    });
     // Their valid uses still run.
     std::string out;
     EXPECT_EQ(runTool("--topology star --hosts 3 --size 1000 -n 2 -q --solo-sender 0 --solo-receiver 2", &out), 0)

@@ -78,15 +78,15 @@ int main(int argc, char** argv) {
     app.add_option("--size", o.fixedSize, "every message has this many bytes (instead of a workload)")
         ->check(atLeast(1))
         ->excludes(workloadOpt);
-    app.add_option("-l,--load", o.load, "offered load: fraction of host link bandwidth taken by DATA packets")
+    CLI::Option* loadOpt = app.add_option("-l,--load", o.load, "offered load: fraction of host link bandwidth taken by DATA packets")
         ->capture_default_str();
     app.add_option("-s,--seed", o.seed, "random seed (same seed, same output)")->capture_default_str();
-    app.add_option("-d,--duration-ms", o.durationMs, "messages arrive during this much simulated time")
+    CLI::Option* durationOpt = app.add_option("-d,--duration-ms", o.durationMs, "messages arrive during this much simulated time")
         ->capture_default_str();
-    app.add_option("--warmup-ms", o.warmupMs, "messages arriving earlier are not measured (default: 10% of duration)")
+    CLI::Option* warmupOpt = app.add_option("--warmup-ms", o.warmupMs, "messages arriving earlier are not measured (default: 10% of duration)")
         ->check(atLeast(0));
     app.add_option("-n,--messages", o.messages, "measure at most this many messages (solo: how many to send)");
-    app.add_option("--drain-ms", o.drainMs,
+    CLI::Option* drainOpt = app.add_option("--drain-ms", o.drainMs,
                    "after the duration, wait at most this long for measured messages; those unfinished then are "
                    "incomplete (default: = duration)")
         ->check(atLeast(0));
@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
                    "RPCs of one peer a tick may send RESEND or NEED_ACK for (the rest wait)")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    app.add_flag("!--no-settle", o.settle, "end at the drain limit without waiting for unmeasured messages");
+    CLI::Option* noSettleOpt = app.add_flag("!--no-settle", o.settle, "end at the drain limit without waiting for unmeasured messages");
     app.add_flag("--trace-hash", o.traceHash, "hash every delivered packet and print the hash");
 
     app.add_option("--csv", csv, "write the bucket table as CSV to this file");
@@ -151,6 +151,10 @@ int main(int argc, char** argv) {
     app.add_flag("-q,--quiet", quiet, "no table on stdout");
     app.add_flag("--real-payload-memory", realPayloadMemory,
                  "give every message buffer its own memory (default: buffers of 16 KB or more share one)");
+
+    // A solo sender sends its messages one after another, each on an idle network: there
+    // is no offered load, arrival period or drain for these to set.
+    for (CLI::Option* loaded : {loadOpt, durationOpt, warmupOpt, drainOpt, noSettleOpt}) soloSenderOpt->excludes(loaded);
 
     std::vector<std::string> plotInputs;
     std::string plotOutput = "homa-sim.png", plotTitle;
