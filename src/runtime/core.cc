@@ -163,8 +163,9 @@ std::shared_ptr<Core> Core::create(const EndpointOptions& options, Status* error
         const uint64_t before = core->driver_->stats().emptyDatagrams;
         const int64_t until = nowNs() + 100'000'000;
         bool sent = core->driver_->wakeReceiver();
-        while (sent && core->driver_->stats().emptyDatagrams == before && nowNs() < until) {
-            if (!core->driver_->wait(until - nowNs(), -1)) continue;
+        for (int64_t left; sent && core->driver_->stats().emptyDatagrams == before && (left = until - nowNs()) > 0;) {
+            // (One clock read: a negative wait is no time limit at all.)
+            if (!core->driver_->wait(left, -1)) continue;
             const int64_t now = nowNs();
             const auto packets = core->driver_->receive();
             for (const driver::RxPacket& p : packets) core->engine_->handlePacket(p.source, p.bytes, now);
@@ -450,6 +451,11 @@ void Core::pollThreadMain() {
         }
         if (waitNs < kShortestSleepNs || appWaiters_ > 0 || shutdown_) continue;  // see iterate()
         pollThreadWaiting_ = true;
+        if (waitNs != kUntilTimer) {
+            pollThreadWaitEnd_ = nowNs() + waitNs;
+        } else {
+            pollThreadWaitEnd_ = tickArmed_ ? nextTimerExpiry(nowNs()) : engine::kNever;
+        }
         ++pollThreadSocketWaits_;
         lk.unlock();
         bool poked = false;
@@ -482,7 +488,9 @@ void Core::runTimers(std::unique_lock<std::mutex>& lk) {
 
 void Core::afterEngineWork(int64_t now) {
     if (!tickArmed_ && engine_->nextTickDue() != engine::kNever) setTickTimer(now, true);
-    if (!loopBusy_ || !tLoopsRunning.empty() || loopOwner_ == nullptr) return;
+    // (A thread that runs our loop is the owner; one that runs another endpoint's loop,
+    // from a callback of that one, is not.)
+    if (!loopBusy_ || runsOurLoop() || loopOwner_ == nullptr) return;
     // What the owner must wake for: its own call finished, the pacer has packets to send,
     // or a call deadline falls before the tick timer's next expiry (the owner's wait
     // must then be timed for it).
@@ -490,6 +498,17 @@ void Core::afterEngineWork(int64_t now) {
     if (!wake && !deadlines_.empty())
         wake = !tickArmed_ || deadlines_.begin()->first < nextTimerExpiry(now);
     if (wake) wakeOwner(now);
+}
+
+void Core::wakeFreeLoop(bool always) {
+    if (loopBusy_) return;  // (its owner is told by afterEngineWork)
+    if (!pollThreadWaiting_) {
+        if (always) pokePollThread();
+        return;
+    }
+    int64_t due = engine_->nextPacerWakeup();
+    if (!deadlines_.empty()) due = std::min<int64_t>(due, deadlines_.begin()->first);
+    if (due < pollThreadWaitEnd_) pokePollThread();
 }
 
 void Core::wakeOwner(int64_t now) {
@@ -1002,8 +1021,8 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
     Status s = engine_->startRequest(server, request, 0, now, &id, owned);
     countEngineTime(engineStart);
     driver_->flush();
-    afterEngineWork(now);
     if (!s.isOk()) {
+        afterEngineWork(now);
         ++callsFailed_[static_cast<size_t>(s.code()) % callsFailed_.size()];
         mu_.unlock();
         r.status = s;
@@ -1017,6 +1036,8 @@ Response Core::call(const Address& server, std::span<const uint8_t> request, con
         c.deadline = deadlineAfter(now, options.timeout.count());
         deadlines_.insert({c.deadline, id});
     }
+    // (After the deadline is in: an owner blocked in the socket must wake for it.)
+    afterEngineWork(now);
     waitFor(w, 0);
     if (!w.done) {  // shut down while waiting
         if (Call* c = calls_.find(id)) calls_.remove(c);
@@ -1068,7 +1089,7 @@ RpcId Core::callAsync(const Address& server, std::span<const uint8_t> request, E
                     deadlines_.insert({c.deadline, id});
                 }
                 afterEngineWork(now);
-                if (!loopBusy_ && !pollThreadWaiting_) pokePollThread();
+                wakeFreeLoop(true);
                 return id;
             }
             r.status = s;
@@ -1342,6 +1363,9 @@ void Core::endBatch(const Core* outer) {
         std::lock_guard lk(mu_);
         releaseDeferred();
         driver_->flush();
+        // (The calls of the batch told no one: see callAsync.)
+        afterEngineWork(nowNs());
+        wakeFreeLoop(false);
     }
     tBatchFor = outer;
 }

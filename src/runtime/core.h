@@ -198,6 +198,12 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// ends the loop owner's wait if that work finished its call or left the pacer
     /// something to send.
     void afterEngineWork(int64_t now);
+    /// For work started outside the loop while no thread runs it (callAsync, the end of a
+    /// batch): the poll thread, waiting in the socket, wakes for packets, a poke, or the
+    /// end of the wait it worked out before this work came. It is poked when the work
+    /// needs it sooner: packets the pacer put off, or a deadline before that end. With
+    /// `always`, also when it is not waiting in the socket (it then takes the loop).
+    void wakeFreeLoop(bool always);
     /// An engine call made outside the loop, under mu_: `call(now)` is timed into the
     /// engine's CPU time, what it queued is sent (unless a flush is certain soon), and
     /// the loop is told (afterEngineWork).
@@ -209,6 +215,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
         countEngineTime(engineStart);
         maybeFlush();
         afterEngineWork(now);
+        wakeFreeLoop(false);
     }
     /// The poll thread's job while an application thread runs the loop: runs the engine's
     /// timers and call deadlines (a thread blocked in a receive sees no timer).
@@ -300,6 +307,7 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     std::atomic<uint64_t> spinHits_{0}, spinMisses_{0};
     std::atomic<uint64_t> callbackExceptions_{0}, handlerExceptions_{0};  // thrown by the application
     bool pollThreadWaiting_ = false;           // the poll thread is in ppoll (under mu_)
+    int64_t pollThreadWaitEnd_ = 0;            // when that wait ends at the latest (ns)
 
     mutable std::mutex mu_;
     bool shutdown_ = false;

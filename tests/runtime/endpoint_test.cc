@@ -996,6 +996,86 @@ TEST(Endpoint, CallBlockedInTheSocketStillTimesOut) {
     EXPECT_GE(m.get("poll_thread_timer_runs"), 5u) << "the ticks came from somewhere else";
 }
 
+// Deadlines set outside the loop reach whoever waits for the socket. Each test makes the
+// tick 200 ms long and gives its call a 5 ms timeout: a deadline noticed only at the next
+// tick (as each was before) ends the call after about 200 ms, one seen at once after
+// about 5. The bound, 100 ms, tells the two apart with room for a slow machine.
+constexpr auto kLongTick = 200ms;
+constexpr auto kShortTimeout = 5ms;
+constexpr auto kTellsApart = 100ms;
+
+EndpointOptions longTick() {
+    EndpointOptions o = loopback();
+    o.protocol.tickNs = std::chrono::nanoseconds(kLongTick).count();
+    return o;
+}
+
+// The poll thread, waiting in the socket of an idle endpoint, was not told of a call
+// started from another thread: its deadline waited for the tick.
+TEST(Endpoint, ACallAsyncDeadlineOnAnIdleEndpointIsNotHeldToTheTick) {
+    BlackHole hole;
+    ASSERT_NE(hole.address().port, 0);
+    auto client = Endpoint::open(longTick());
+    ASSERT_TRUE(client);
+    std::this_thread::sleep_for(20ms);  // (the poll thread waits in the socket by now)
+    std::promise<std::chrono::steady_clock::duration> took;
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_NE(client->callAsync(hole.address(), bytesOf(100, 1),
+                                [&](Response r) {
+                                    EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+                                    took.set_value(std::chrono::steady_clock::now() - start);
+                                },
+                                {.timeout = kShortTimeout}),
+              0u);
+    EXPECT_LT(took.get_future().get(), kTellsApart);
+}
+
+// A synchronous call on an endpoint whose loop another thread holds, blocked in the
+// socket (a receive() with no timeout): that owner was told of the call before its
+// deadline was set, so it slept on until the tick.
+TEST(Endpoint, ACallDeadlineReachesAnOwnerBlockedInTheSocket) {
+    BlackHole hole;
+    ASSERT_NE(hole.address().port, 0);
+    auto endpoint = Endpoint::open(longTick());
+    ASSERT_TRUE(endpoint);
+    std::thread owner([&] { EXPECT_FALSE(endpoint->receive(-1ns).has_value()); });
+    std::this_thread::sleep_for(20ms);  // (it holds the loop, blocked in the socket)
+    const auto start = std::chrono::steady_clock::now();
+    Response r = endpoint->call(hole.address(), bytesOf(100, 1), {.timeout = kShortTimeout});
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+    EXPECT_LT(took, kTellsApart);
+    endpoint->shutdown();
+    owner.join();
+}
+
+// A call started on endpoint B from a callback of endpoint A: B's loop owner, blocked in
+// B's socket, was not told (the thread ran a loop, A's, and was taken for B's owner).
+TEST(Endpoint, ACallStartedFromAnotherEndpointsCallbackReachesTheOwner) {
+    BlackHole hole;
+    ASSERT_NE(hole.address().port, 0);
+    auto server = echoServer();
+    auto a = Endpoint::open(loopback());
+    auto b = Endpoint::open(longTick());
+    ASSERT_TRUE(server && a && b);
+    std::thread owner([&] { EXPECT_FALSE(b->receive(-1ns).has_value()); });
+    std::this_thread::sleep_for(20ms);
+    std::promise<std::chrono::steady_clock::duration> took;
+    a->callAsync(server->address(), bytesOf(10, 1), [&](Response r) {
+        ASSERT_TRUE(r.status.isOk());
+        const auto start = std::chrono::steady_clock::now();
+        b->callAsync(hole.address(), bytesOf(100, 1),
+                     [&took, start](Response r) {
+                         EXPECT_EQ(r.status.code(), StatusCode::Timeout);
+                         took.set_value(std::chrono::steady_clock::now() - start);
+                     },
+                     {.timeout = kShortTimeout});
+    });
+    EXPECT_LT(took.get_future().get(), kTellsApart);
+    b->shutdown();
+    owner.join();
+}
+
 // The tick timer runs while the engine has RPCs, and stops once it has had nothing to
 // do for a tick: an idle endpoint does not wake up every millisecond.
 TEST(Endpoint, IdleEndpointStopsItsTickTimer) {
