@@ -76,8 +76,12 @@ std::unique_ptr<Publisher> Publisher::start(const std::string& socketPath, bool 
         struct stat st;
         if (::lstat(socketPath.c_str(), &st) == 0) {
             if (!S_ISSOCK(st.st_mode)) return fail("metrics socket path exists and is not a socket: " + socketPath);
-            int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            bool live = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+            // (Without blocking: a live publisher that does not accept, stopped or hung, with
+            // its backlog full, would hold the connect, and open(), for ever. A full backlog
+            // is a live socket.)
+            int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+            bool live = probe >= 0 && (::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 ||
+                                       errno == EAGAIN || errno == EINPROGRESS);
             if (probe >= 0) ::close(probe);
             if (live) return fail("metrics socket " + socketPath + " is in use by another process");
             ::unlink(socketPath.c_str());

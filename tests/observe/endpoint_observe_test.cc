@@ -5,10 +5,12 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -175,6 +177,39 @@ TEST(ObserveEndpoint, EnvironmentVariablePublishesWithoutBreakingTheProgram) {
     Status err;
     EXPECT_FALSE(Endpoint::open(o, &err));
     EXPECT_NE(err.message().find("in use"), std::string::npos) << err.toString();
+}
+
+// A socket file whose owner is alive but does not accept (stopped, hung) with its
+// backlog full: the check for a stale file blocked in connect(), and open() with it.
+TEST(ObserveEndpoint, ASocketWhoseOwnerDoesNotAcceptIsInUseWithoutBlocking) {
+    const std::string path = tempPath("stuck.sock");
+    ::unlink(path.c_str());
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    ASSERT_LT(path.size(), sizeof(addr.sun_path));
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    const int listener = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    ASSERT_GE(listener, 0);
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(::listen(listener, 0), 0);
+    std::vector<int> queued;  // connections nobody accepts, until the backlog is full
+    for (int i = 0; i < 64; ++i) {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        ASSERT_GE(fd, 0);
+        queued.push_back(fd);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) break;
+    }
+    ASSERT_EQ(errno, EAGAIN) << "the backlog never filled";
+    EndpointOptions o = loopback();
+    o.metricsSocket = path;
+    Status err;
+    EXPECT_FALSE(Endpoint::open(o, &err));
+    EXPECT_NE(err.message().find("in use"), std::string::npos) << err.toString();
+    struct stat st;
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << "the live socket's file was removed";
+    for (int fd : queued) ::close(fd);
+    ::close(listener);
+    ::unlink(path.c_str());
 }
 
 TEST(ObserveEndpoint, LiveRpcsAreListed) {
