@@ -1226,13 +1226,17 @@ Status Core::serve(Endpoint::Handler handler, int threads) {
                 // burst of requests leave together in one sendmmsg; but a response waits
                 // at most about kMaxResponseHoldNs of handler time for the others (slow
                 // handlers would otherwise hold the first response of a burst until the
-                // last one is done).
+                // last one is done). A response held over the next handler waits for it,
+                // however long it runs, unless someone else sends it: the poll thread,
+                // which takes the loop when a handler runs past kWorkerGraceNs. Without a
+                // poll thread nothing is held (a fast call queued in front of a slow one
+                // timed out, its response sent only when the slow handler ended).
                 std::unique_lock lk(mu_);
                 releaseDeferred();
                 tBatchFor = outer;  // the batch ends with this step
                 ++handlersDone_;
                 const bool more = !requests_.empty() && !shutdown_;
-                if (!more || end - holdingSince >= maxHoldCycles) {
+                if (!more || !options_.pollThread || end - holdingSince >= maxHoldCycles) {
                     driver_->flush();
                     holdingSince = 0;
                 }

@@ -303,6 +303,44 @@ TEST(Endpoint, SlowHandlersDoNotHoldTheFirstResponseOfABurst) {
     EXPECT_GE(spaced, kBurst - 2);
 }
 
+// A fast request queued in front of a slow one, without a poll thread: the fast one's
+// response was held for the slow handler's whole run (the hold was checked only when a
+// handler ended), so its call timed out (the protocol's 100 ms) although it was answered.
+TEST(Endpoint, AResponseIsNotHeldOverTheNextSlowHandler) {
+    Status err;
+    EndpointOptions so = loopback();
+    so.pollThread = false;
+    auto server = Endpoint::open(so, &err);
+    ASSERT_TRUE(server) << err.toString();
+    // The first byte says what the handler does: 0 answers at once, 1 after 400 ms, 2
+    // after 50 ms.
+    ASSERT_TRUE(server->serve([](ServerRequest r) {
+                          const uint8_t kind = r.message().bytes()[0];
+                          if (kind == 1) std::this_thread::sleep_for(400ms);
+                          if (kind == 2) std::this_thread::sleep_for(50ms);
+                          r.respond(r.message().bytes());
+                      }).isOk());
+    auto client = Endpoint::open(loopback());
+    ASSERT_TRUE(client);
+    std::promise<void> blocked, slow;
+    client->callAsync(server->address(), bytesOf(64, 2), [&](Response) { blocked.set_value(); });
+    // While the worker runs that handler, nobody reads the server's socket: the fast and
+    // the slow request wait there, and the worker reads them together when it is back,
+    // the fast one first.
+    std::this_thread::sleep_for(10ms);
+    std::promise<std::pair<Status, std::chrono::steady_clock::duration>> fast;
+    const auto start = std::chrono::steady_clock::now();
+    client->callAsync(server->address(), bytesOf(64, 0), [&](Response r) {
+        fast.set_value({r.status, std::chrono::steady_clock::now() - start});
+    });
+    client->callAsync(server->address(), bytesOf(64, 1), [&](Response) { slow.set_value(); });
+    auto [status, took] = fast.get_future().get();
+    EXPECT_TRUE(status.isOk()) << status.toString();
+    EXPECT_LT(took, 300ms) << "the response waited for the slow handler";
+    blocked.get_future().wait();
+    slow.get_future().wait();  // (answered, or timed out: either way it ends)
+}
+
 // Buffers that callbacks and handlers release go back at the end of their batch: with
 // pools that hold only two of the largest messages, a chain of large calls (each
 // callback dropping its response and starting the next) keeps going on both sides, and
