@@ -55,13 +55,19 @@ done
 
 kops() {
   # (--base-rtt-us skips the unloaded round trip's measurement: slowdowns are not read.)
-  local out cmd
+  local out cmd rc=0
   read -ra cmd <<<"$1"  # the binary, then its own options (after the role)
   out=$("${cmd[0]}" local --quiet --duration "$seconds" --workload "$workload" --client-max "$outstanding" \
-    --base-rtt-us 20 "${cmd[@]:1}") || true
-  # (From the count, not the printed rate: that has one decimal, too coarse for large messages.)
-  # (Nothing printed when the run printed no summary: the caller says so.)
-  grep -o "[0-9]* RPCs in [0-9.]* s" <<<"$out" | awk '$4 > 0 {printf "%.4f\n", $1 / $4 / 1000}' || true
+    --base-rtt-us 20 "${cmd[@]:1}" 2>&1) || rc=$?
+  # A run that failed (calls failed, say) prints its summary too: its rate is not a
+  # sample. Nothing printed: the caller says so, with the run's own words.
+  if [ "$rc" -ne 0 ]; then
+    printf '%s\n' "$out" | tail -3 >&2
+    return 0
+  fi
+  # (From the count, not the printed rate: that has one decimal, too coarse for large
+  # messages. A run that finished no call has no rate either.)
+  grep -o "[0-9]* RPCs in [0-9.]* s" <<<"$out" | awk '$1 > 0 && $4 > 0 {printf "%.4f\n", $1 / $4 / 1000}' || true
 }
 
 results=$(mktemp)
@@ -75,7 +81,7 @@ for i in $(seq "$pairs"); do
     k=$(((i + j) % n))
     row[k]=$(kops "${cmds[k]}")
     if [ -z "${row[k]}" ]; then
-      echo "round $i: a run of '${cmds[k]}' printed no summary" >&2
+      echo "round $i: a run of '${cmds[k]}' failed or finished no call (above: its last lines)" >&2
       exit 1
     fi
   done
