@@ -1012,6 +1012,32 @@ TEST(PerfOpenLoop, ArrivalsTheGeneratorNeverReachedAreCountedAsLate) {
     EXPECT_NE(r.out.find("warning: the load offered was well below 0.512 Gbps"), std::string::npos) << r.out;
 }
 
+// Calls due while the generator is held up start late, together: their round trips, timed
+// from the start, leave that wait out. The latency from each arrival's due time has it.
+// Here every 100th call holds the generator for 2 ms after it completed (a transport
+// whose send blocks now and then): about a fifth of the calls start late, by up to 2 ms,
+// while every round trip stays a few microseconds.
+TEST(PerfOpenLoop, LatencyFromTheDueTimeCountsHowLateCallsStarted) {
+    class Stalling : public FakeTransport {
+      public:
+        using FakeTransport::FakeTransport;
+        void issue(size_t server, std::span<const uint8_t> request, uint64_t token) override {
+            FakeTransport::issue(server, request, token);
+            if (calls.load() % 100 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+    };
+    Stalling t([](uint64_t, std::span<const uint8_t> request) { return answered(request); });
+    const FakeRun r = runFake(t, {"--gbps", "0.00512", "--duration", "1"}, "from-due");  // 10,000 a second
+    EXPECT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    const auto& tot = r.j["totals"];
+    EXPECT_GT(tot["rpcs"].get<uint64_t>(), 5'000u);
+    EXPECT_LT(tot["rtt_p99_us"].get<double>(), 1'000.0);
+    EXPECT_GT(tot["latency_from_due_p99_us"].get<double>(), 1'000.0) << "the wait for the generator is left out";
+    EXPECT_GE(tot["latency_from_due_p50_us"].get<double>(), tot["rtt_p50_us"].get<double>());
+    EXPECT_NE(r.out.find("latency from each arrival's due time"), std::string::npos) << r.out;
+}
+
 // A call the transport refuses (its send memory full) in the open loop is an arrival
 // dropped: counted as such, not started again (the run loop restarted such calls now and
 // then, beside the schedule, while the summary said they all were and the skipped

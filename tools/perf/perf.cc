@@ -195,7 +195,7 @@ class LoadGenerator {
             const int64_t rtt = sinceNs(f.startTsc);
             {
                 std::lock_guard lk(mu_);
-                again = record(f.call, r, rtt);
+                again = record(f.call, r, rtt, f.lagNs);
                 if (again && !r.ok) {
                     // (Its memory is free again: a parked slot may start too.)
                     if (parked_ > 0) {
@@ -307,6 +307,11 @@ class LoadGenerator {
     /// The round trips (ns) of every call that completed, in the measured interval or
     /// after it, and the same by message size.
     Histogram rtts;
+    /// The open loop's latencies from each call's due time (its round trip plus how late
+    /// the generator started it): what an arrival waited for its answer, which the round
+    /// trips alone leave out when the generator falls behind (calls due during a stall all
+    /// start when it ends). Empty for the closed loop.
+    Histogram fromDue;
     SizeBuckets buckets;
     /// Calls that completed in the measured interval (the rate), and after it (while the
     /// run waited for the calls in flight: in the round trips, not in the rate).
@@ -381,7 +386,7 @@ class LoadGenerator {
     }
     /// (Under mu_.) Counts a finished call out and records its sample or error; returns
     /// whether the closed loop goes on.
-    bool record(const Call& c, const CallResult& r, int64_t rtt) {
+    bool record(const Call& c, const CallResult& r, int64_t rtt, int64_t lagNs = 0) {
         --outstanding_;
         if (drained_) {
             ++unfinished;  // (ended by the shutdown, or finished after the run stopped waiting)
@@ -389,6 +394,7 @@ class LoadGenerator {
         }
         if (r.ok) {
             rtts.add(static_cast<double>(rtt));
+            if (o_.gbps > 0) fromDue.add(static_cast<double>(rtt + lagNs));
             buckets.add(c.size, c.reqLen + c.respLen, rtt);
             intervalRtts_.add(static_cast<double>(rtt));
             if (!ended_) {
@@ -447,11 +453,12 @@ class LoadGenerator {
         uint32_t slot;
         if (draw(&c, &slot)) send(c, slot);
     }
-    /// Builds a drawn call's request and starts it in `slot`.
-    void send(Call c, uint32_t slot) {
+    /// Builds a drawn call's request and starts it in `slot`, `lagNs` after its arrival
+    /// was due (open loop).
+    void send(Call c, uint32_t slot, int64_t lagNs = 0) {
         thread_local std::vector<uint8_t> buffer;
         const std::span<const uint8_t> request = buildRequest(&c, buffer);
-        inFlight_[slot] = {c, trace::readClock()};
+        inFlight_[slot] = {c, trace::readClock(), lagNs};
         transport_.issue(c.server, request, slot);
     }
 
@@ -496,7 +503,7 @@ class LoadGenerator {
                 transport_.holdSends();
                 now = nowNs();
             }
-            if (!arrive(now)) break;  // (the run is over: the arrival is late, see finish())
+            if (!arrive(now, at)) break;  // (the run is over: the arrival is late, see finish())
         }
         transport_.releaseSends();
     }
@@ -504,7 +511,7 @@ class LoadGenerator {
     /// skipped when --client-max calls are in flight. Whether a slot is free and the
     /// taking of it are one locked step (a slot freed by a completion can only be taken
     /// here). False, with the arrival left unhandled, once stopping.
-    bool arrive(int64_t now) {
+    bool arrive(int64_t now, int64_t due) {
         Call c;
         uint32_t slot;
         {
@@ -517,7 +524,7 @@ class LoadGenerator {
             slot = freeSlots_.back();
             freeSlots_.pop_back();
         }
-        send(c, slot);
+        send(c, slot, std::max<int64_t>(now - due, 0));
         return true;
     }
 
@@ -563,6 +570,7 @@ class LoadGenerator {
     struct InFlight {
         Call call;
         uint64_t startTsc = 0;
+        int64_t lagNs = 0;  ///< how late the open loop started it
     };
     std::vector<InFlight> inFlight_;  ///< by slot; a slot's owner is the call given it
     std::vector<uint32_t> freeSlots_;  ///< (mu_)
@@ -827,6 +835,13 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     }
     std::printf("rtt p50 %s us, p99 %s us, p99.9 %s us\n", fixedOrNa(p50, none, 1).c_str(),
                 fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
+    // (Open loop: the round trips leave out how late each call started; this does not.)
+    const bool noDue = gen.fromDue.empty();
+    const double d50 = gen.fromDue.percentile(50) / 1e3, d99 = gen.fromDue.percentile(99) / 1e3,
+                 d999 = gen.fromDue.percentile(99.9) / 1e3;
+    if (arrivals)
+        std::printf("latency from each arrival's due time (rtt + generator lag): p50 %s us, p99 %s us, p99.9 %s us\n",
+                    fixedOrNa(d50, noDue, 1).c_str(), fixedOrNa(d99, noDue, 1).c_str(), fixedOrNa(d999, noDue, 1).c_str());
     // The whole process: with `local`, the server's threads too.
     const double cpuUsPerRpc = gen.rtts.empty() ? 0 : (cpu.userS + cpu.systemS) * 1e6 / static_cast<double>(gen.rtts.count());
     std::printf("cpu %.2f us per RPC (process: user %.2f s, system %.2f s, %.0f%% of one core)\n", cpuUsPerRpc,
@@ -908,7 +923,10 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                        {"generator_lag_mean_us", orNull(arrivals ? arrivals->lagMeanUs() : 0, !arrivals)},
                        {"generator_lag_max_us", orNull(arrivals ? arrivals->lagMaxUs() : 0, !arrivals)},
                        {"refused", gen.refused}, {"rtt_p50_us", orNull(p50, none)}, {"rtt_p99_us", orNull(p99, none)},
-                       {"rtt_p999_us", orNull(p999, none)}, {"cpu_us_per_rpc", cpuUsPerRpc},
+                       {"rtt_p999_us", orNull(p999, none)},
+                       {"latency_from_due_p50_us", orNull(d50, noDue)},
+                       {"latency_from_due_p99_us", orNull(d99, noDue)},
+                       {"latency_from_due_p999_us", orNull(d999, noDue)}, {"cpu_us_per_rpc", cpuUsPerRpc},
                        {"cpu_user_s", cpu.userS}, {"cpu_system_s", cpu.systemS},
                        {"interrupted", interrupted != 0}};
         json jb = json::array();
