@@ -127,17 +127,21 @@ std::vector<uint32_t> decileBounds(const std::vector<uint32_t>& sizes, const std
 }
 
 ArrivalSchedule::ArrivalSchedule(double perSecond, uint64_t seed, int64_t startNs, int64_t endNs)
-    : gap_(perSecond / 1e9), rng_(seed), end_(endNs), last_(startNs) {}
+    : gap_(perSecond / 1e9), rng_(seed), start_(startNs), end_(endNs), last_(startNs) {}
 
 bool ArrivalSchedule::next(int64_t* atNs) {
     if (done_) return false;
-    // (Compared as a double first: a tiny load's gap may not fit in an int64_t.)
+    // (Compared as a double first: a tiny load's gap may not fit in an int64_t.) The
+    // times add up exactly, each rounded down to a whole nanosecond only when given:
+    // rounding each gap instead lost half a nanosecond per arrival, more arrivals than
+    // asked at high rates (gaps under a nanosecond all became 0).
     const double g = gap_(rng_);
-    if (g >= static_cast<double>(end_ - last_)) {
+    if (g >= static_cast<double>(end_ - start_) - offset_) {
         done_ = true;
         return false;
     }
-    last_ += static_cast<int64_t>(g);
+    offset_ += g;
+    last_ = start_ + static_cast<int64_t>(offset_);
     pending_ = true;
     *atNs = last_;
     return true;

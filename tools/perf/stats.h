@@ -129,8 +129,9 @@ class ArrivalSchedule {
   private:
     std::exponential_distribution<double> gap_;  ///< per nanosecond
     std::mt19937_64 rng_;
-    int64_t end_;
-    int64_t last_;          ///< the time of the arrival last given by next()
+    int64_t start_, end_;
+    double offset_ = 0;     ///< the arrival last given by next(), ns after start_ (exact)
+    int64_t last_;          ///< its time, whole nanoseconds
     bool pending_ = false;  ///< that arrival is not handled yet
     bool done_ = false;     ///< no arrival is left before the end
     uint64_t issued_ = 0, skipped_ = 0, late_ = 0, handled_ = 0;
