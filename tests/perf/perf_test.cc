@@ -449,6 +449,28 @@ TEST(PerfLocal, HomaEndToEndWritesJson) {
     EXPECT_TRUE(j["options"]["capped"].get<bool>()) << "w2 reaches 3.5 MB: capped at 1 MB";
 }
 
+// local's server listens on --port when it is given (it was ignored: always any port),
+// and on any free port otherwise.
+TEST(PerfLocal, TheServerListensOnTheGivenPort) {
+    // A port free now: bound and let go.
+    const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_addr.s_addr = htonl(0x7f000001);
+    socklen_t len = sizeof(at);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof(at)), 0);
+    ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&at), &len), 0);
+    close(fd);
+    const std::string port = std::to_string(ntohs(at.sin_port));
+    nlohmann::json j = runLocalJson({"--workload", "64", "--duration", "0.3", "--port", port}, "port");
+    ASSERT_FALSE(j.is_null());
+    EXPECT_EQ(j["options"]["servers"][0], "127.0.0.1:" + port);
+    nlohmann::json any = runLocalJson({"--workload", "64", "--duration", "0.3"}, "any-port");
+    ASSERT_FALSE(any.is_null());
+    EXPECT_NE(any["options"]["servers"][0], "127.0.0.1:4000") << "a server's default port, not any";
+}
+
 // --link-gbps is the link Homa's pacer sends at, not only the one slowdowns assume: one
 // 1 MB message after another against a 0.5 Gbps link cannot move faster than that (the
 // pacer lets 5 us of the link queue up, nothing more), however fast the machine. (It was

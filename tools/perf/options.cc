@@ -123,6 +123,8 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
     if (server->parsed()) o->role = "server";
     if (client->parsed()) o->role = "client";
     if (local->parsed()) o->role = "local";
+    // local's server takes any free port unless one is given (4000 is a server's default).
+    if (local->parsed() && local->count("--port") == 0) o->port = 0;
     if (plot->parsed()) o->role = "plot";
     CLI::App* loadRole = client->parsed() ? client : local->parsed() ? local : nullptr;
     // An open loop's cap is only there to bound memory: arrivals beyond it are skipped,

@@ -1043,7 +1043,6 @@ int runLocal(const PerfOptions& o) {
     interrupted = 0;
     PerfOptions so = o;
     so.bind = localServerBind(o.bind);
-    so.port = 0;
     const std::optional<workload::Distribution> sizes = workloadSizes(o);
     if (!sizes) return 2;
     ServerSide s;
