@@ -1006,7 +1006,8 @@ struct FakeRun {
 };
 // A client run of `args` (after "client --servers 127.0.0.1:1", with --json, --quiet
 // and --base-rtt-us 10) through `t`, with 64-byte messages.
-FakeRun runFake(FakeTransport& t, std::vector<std::string> args, const std::string& name) {
+FakeRun runFake(FakeTransport& t, std::vector<std::string> args, const std::string& name,
+                const workload::Distribution& sizes = workload::Distribution::fixed(64)) {
     const std::string path = tempPath(name.c_str());
     std::vector<std::string> all = {"client", "--servers", "127.0.0.1:1", "--workload", "64", "--base-rtt-us", "10",
                                     "--json", path, "--quiet"};
@@ -1017,7 +1018,7 @@ FakeRun runFake(FakeTransport& t, std::vector<std::string> args, const std::stri
     FakeRun r;
     testing::internal::CaptureStdout();
     testing::internal::CaptureStderr();
-    r.rc = runClientWith(o, t, {*Address::parse("127.0.0.1:1")}, workload::Distribution::fixed(64));
+    r.rc = runClientWith(o, t, {*Address::parse("127.0.0.1:1")}, sizes);
     r.out = testing::internal::GetCapturedStdout();
     r.err = testing::internal::GetCapturedStderr();
     r.j = readJson(path);
@@ -1105,6 +1106,47 @@ TEST(PerfOpenLoop, RefusedCallsAreDroppedArrivalsNotStartedAgain) {
     EXPECT_EQ(tot["rpcs"].get<uint64_t>() + tot["completed_after_end"].get<uint64_t>(), t.calls.load() - refused);
     EXPECT_NE(r.out.find("dropped, not started again"), std::string::npos) << r.out;
     EXPECT_EQ(r.out.find("started again as calls finished"), std::string::npos) << r.out;
+}
+
+// A closed loop whose large calls are refused while another large one is in flight (the
+// send memory full) starts each refused call again at its size: the calls that complete
+// keep the workload's mix. The refused size was thrown away and a new one drawn, so the
+// calls that fit, the small ones, took over: here under a third of the calls completed
+// were large, of a 50/50 mix.
+TEST(PerfClosedLoop, RefusedCallsKeepTheirSize) {
+    class OneLargeAtATime : public FakeTransport {
+      public:
+        using FakeTransport::FakeTransport;
+        bool hasSyncCalls() const override { return true; }
+        bool callSync(size_t, std::span<const uint8_t> request, CallResult* r) override {
+            const bool large = request.size() >= 1000;
+            if (large && largeInFlight_.fetch_add(1) > 0) {
+                --largeInFlight_;
+                *r = refusedCall();
+                return true;
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(300));
+            *r = answered(request);
+            ++(large ? largeDone : smallDone);
+            if (large) --largeInFlight_;
+            return true;
+        }
+        std::atomic<uint64_t> largeDone{0}, smallDone{0};
+
+      private:
+        std::atomic<int> largeInFlight_{0};
+    };
+    OneLargeAtATime t([](uint64_t, std::span<const uint8_t> request) { return answered(request); });
+    std::string error;
+    const auto mix = workload::Distribution::parse("550\n100 0.5\n1000 1\n", &error);
+    ASSERT_TRUE(mix) << error;
+    const FakeRun r = runFake(t, {"--calls", "sync", "--client-max", "8", "--duration", "0.5"}, "refused-sizes", *mix);
+    EXPECT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    EXPECT_GT(r.j["totals"]["refused"].get<uint64_t>(), 0u) << "nothing was refused: the test shows nothing";
+    const double large = static_cast<double>(t.largeDone.load()), all = large + static_cast<double>(t.smallDone.load());
+    ASSERT_GT(all, 100.0);
+    EXPECT_GT(large / all, 0.4) << t.largeDone.load() << " large of " << all;
 }
 
 // With one call allowed in flight and calls refused, no second call is ever started

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -184,7 +185,7 @@ class LoadGenerator {
                 // slot waits for one of them to finish (or for the run loop, if none is
                 // in flight); reissuing at once would only be refused again, as fast as
                 // the loop runs. Open loop: the arrival is dropped (see park()).
-                park(static_cast<int64_t>(slot));
+                park(static_cast<int64_t>(slot), f.call.size);
                 return;
             }
             // One locked step records the call and, in the closed loop, draws the next
@@ -349,7 +350,12 @@ class LoadGenerator {
     }
     /// (Under mu_.) Draws the next call's size and counts it in flight.
     void drawLocked(Call* c) {
-        c->size = dist_.sample(rng_);
+        if (!refusedSizes_.empty()) {
+            c->size = refusedSizes_.front();
+            refusedSizes_.pop_front();
+        } else {
+            c->size = dist_.sample(rng_);
+        }
         ++outstanding_;
     }
     /// Draws the next call, and takes it one of the clientMax slots of calls in flight if
@@ -415,14 +421,16 @@ class LoadGenerator {
         }
         return !stopping_ && o_.gbps == 0;
     }
-    /// Counts a refused call. Closed loop: its slot, if it has one, waits (see the
-    /// completion function). Open loop: the arrival is dropped, not started again (a
-    /// later start would no longer be the arrival the schedule had), and its slot is
-    /// free for the next arrival.
-    void park(int64_t slot) {
+    /// Counts a refused call of `size` bytes. Closed loop: its slot, if it has one, waits
+    /// (see the completion function), and the next call started is of its size: drawing
+    /// anew would favour the sizes that fit, the large ones being those refused. Open
+    /// loop: the arrival is dropped, not started again (a later start would no longer be
+    /// the arrival the schedule had), and its slot is free for the next arrival.
+    void park(int64_t slot, uint32_t size) {
         std::lock_guard lk(mu_);
         --outstanding_;
         ++refused;
+        if (o_.gbps == 0) refusedSizes_.push_back(size);
         if (slot >= 0) {
             freeSlots_.push_back(static_cast<uint32_t>(slot));
             if (o_.gbps == 0) ++parked_;
@@ -472,7 +480,7 @@ class LoadGenerator {
             transport_.callSync(c.server, request, &r);
             if (r.refused) {
                 // No memory to start it: wait for other callers' calls to finish.
-                park(-1);
+                park(-1, c.size);
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
                 continue;
             }
@@ -574,6 +582,7 @@ class LoadGenerator {
     };
     std::vector<InFlight> inFlight_;  ///< by slot; a slot's owner is the call given it
     std::vector<uint32_t> freeSlots_;  ///< (mu_)
+    std::deque<uint32_t> refusedSizes_;  ///< closed loop: refused calls' sizes, to start again (mu_)
     std::mutex mu_;
     std::condition_variable cv_;
     int64_t outstanding_ = 0;
