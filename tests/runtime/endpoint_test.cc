@@ -269,16 +269,25 @@ TEST(Endpoint, ClosedLoopCallsCarryTheirAcksOnTheNextRequests) {
 // the requests queued behind it (it used to: the answers to the requests a worker found
 // queued left together once the last one was done). Without a poll thread nothing else
 // flushes the worker's responses meanwhile.
-TEST(Endpoint, SlowHandlersDoNotHoldTheFirstResponseOfABurst) {
-    Status err;
+// A server with one worker and no poll thread, serving `handler`.
+std::unique_ptr<Endpoint> serverWithoutPollThread(Endpoint::Handler handler) {
     EndpointOptions so = loopback();
     so.pollThread = false;
+    Status err;
     auto server = Endpoint::open(so, &err);
-    ASSERT_TRUE(server) << err.toString();
-    ASSERT_TRUE(server->serve([](ServerRequest r) {
-                          std::this_thread::sleep_for(3ms);
-                          r.respond(r.message().bytes());
-                      }).isOk());
+    EXPECT_TRUE(server) << err.toString();
+    if (server) {
+        EXPECT_TRUE(server->serve(std::move(handler)).isOk());
+    }
+    return server;
+}
+
+TEST(Endpoint, SlowHandlersDoNotHoldTheFirstResponseOfABurst) {
+    auto server = serverWithoutPollThread([](ServerRequest r) {
+        std::this_thread::sleep_for(3ms);
+        r.respond(r.message().bytes());
+    });
+    ASSERT_TRUE(server);
     auto client = Endpoint::open(loopback());
     ASSERT_TRUE(client);
     constexpr int kBurst = 5;
@@ -307,19 +316,15 @@ TEST(Endpoint, SlowHandlersDoNotHoldTheFirstResponseOfABurst) {
 // response was held for the slow handler's whole run (the hold was checked only when a
 // handler ended), so its call timed out (the protocol's 100 ms) although it was answered.
 TEST(Endpoint, AResponseIsNotHeldOverTheNextSlowHandler) {
-    Status err;
-    EndpointOptions so = loopback();
-    so.pollThread = false;
-    auto server = Endpoint::open(so, &err);
-    ASSERT_TRUE(server) << err.toString();
     // The first byte says what the handler does: 0 answers at once, 1 after 400 ms, 2
     // after 50 ms.
-    ASSERT_TRUE(server->serve([](ServerRequest r) {
-                          const uint8_t kind = r.message().bytes()[0];
-                          if (kind == 1) std::this_thread::sleep_for(400ms);
-                          if (kind == 2) std::this_thread::sleep_for(50ms);
-                          r.respond(r.message().bytes());
-                      }).isOk());
+    auto server = serverWithoutPollThread([](ServerRequest r) {
+        const uint8_t kind = r.message().bytes()[0];
+        if (kind == 1) std::this_thread::sleep_for(400ms);
+        if (kind == 2) std::this_thread::sleep_for(50ms);
+        r.respond(r.message().bytes());
+    });
+    ASSERT_TRUE(server);
     auto client = Endpoint::open(loopback());
     ASSERT_TRUE(client);
     std::promise<void> blocked, slow;
