@@ -17,23 +17,16 @@
 #include <string>
 #include <vector>
 
-#include "common/run_command.h"
-#include "simulator.h"
+#include "common/simtool.h"
 
 namespace homa::simtool {
 namespace {
 
-Derived mustDerive(const SimOptions& o) {
-    std::string error;
-    auto d = derive(o, &error);
-    EXPECT_TRUE(d.has_value()) << error;
-    return d ? *d : Derived{};
-}
+using test::mustDerive;
 
-// Runs homa-sim; returns the exit status and the output (stdout and stderr).
-int runTool(const std::string& args, std::string* out) { return test::runCommand(std::string(HOMA_SIM_BIN) + " " + args, out); }
+using test::runTool;
 
-std::string readAll(const std::string& path) { return test::readFile(path); }
+std::string readAll(const std::string& path) { return homa::test::readFile(path); }
 
 bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 

@@ -10,19 +10,13 @@
 
 #include "engine/buffer_pool.h"
 #include "sim/topology.h"
-#include "common/run_command.h"
-#include "simulator.h"
+#include "common/simtool.h"
 #include "wire/wire.h"
 
 namespace homa::simtool {
 namespace {
 
-Derived mustDerive(const SimOptions& o) {
-    std::string error;
-    auto d = derive(o, &error);
-    EXPECT_TRUE(d.has_value()) << error;
-    return d ? *d : Derived{};
-}
+using test::mustDerive;
 
 Results runSim(const SimOptions& o) {
     Simulation s(o, mustDerive(o));
@@ -357,8 +351,7 @@ TEST(SimDerive, SmallLoadsAndLongestDelaysAreAccepted) {
 }
 
 #ifdef HOMA_SIM_BIN
-// Runs homa-sim; returns the exit status and the output (stdout and stderr).
-int runTool(const std::string& args, std::string* out) { return test::runCommand(std::string(HOMA_SIM_BIN) + " " + args, out); }
+using test::runTool;
 
 TEST(SimTool, BadCommandLinesGiveOneLineErrors) {
     for (const char* args : {"--load 0", "--load abc", "--topology ring", "--workload nonesuch",
@@ -433,7 +426,7 @@ TEST(SimTool, PercentilesAreNearestRanks) {
     EXPECT_EQ(nearestRank({}, 50), 0);
 }
 
-std::string readAll(const std::string& path) { return test::readFile(path); }
+std::string readAll(const std::string& path) { return homa::test::readFile(path); }
 
 TEST(SimTool, SameSeedSameFilesAcrossProcessesAndPayloadMemoryModes) {
     // Separate processes (different addresses, hash seeds) and both payload-memory modes
