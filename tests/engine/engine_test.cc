@@ -184,6 +184,16 @@ struct Pair {
         b.releaseMessage(d[0].message, now);
         return d[0].server;
     }
+    /// Answers the one request at B (10 bytes), pumps, and expects A to be handed that
+    /// call's response (`clientId`), which it gives back.
+    void answerAtB(uint64_t clientId) {
+        ASSERT_TRUE(b.sendResponse(requestAtB(), std::vector<uint8_t>(10, 1), now).isOk());
+        pump();
+        auto done = deliveries(a);
+        ASSERT_EQ(done.size(), 1u);
+        ASSERT_EQ(done[0].clientId, clientId);
+        a.releaseMessage(done[0].message, now);
+    }
     /// Runs `n` calls one after another (so a server with room for one admits each).
     void oneAtATime(int n) {
         for (int i = 0; i < n; ++i) {
@@ -2098,12 +2108,7 @@ TEST(Engine, FlagBitsOnARequestsDataAreIgnoredOutsideAPermit) {
     flagged.resize(wire::encodeData(flagged, c, pk.data));
     flagged.insert(flagged.end(), pk.payload.begin(), pk.payload.end());
     p.b.receive(kA, flagged, p.now);
-    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
-    p.pump();
-    auto done = p.deliveries(p.a);
-    ASSERT_EQ(done.size(), 1u);
-    EXPECT_EQ(done[0].clientId, id);
-    p.a.releaseMessage(done[0].message, p.now);
+    ASSERT_NO_FATAL_FAILURE(p.answerAtB(id));
     p.tick();
     p.pump();  // the ack frees the server's RPC
     p.b.receive(kA, flagged, p.now);
@@ -3250,12 +3255,7 @@ TEST(Engine, ADelayedResendAndRestartedCopyDoNotRunARequestTwice) {
     p.b.receive(kA, r3.bytes, p.now);
     for (auto& s : p.sinkB.take()) p.a.receive(kB, s.bytes, p.now);
     // Restarted copy #2 arrives; B runs x once, answers; A acks.
-    ASSERT_TRUE(p.b.sendResponse(p.requestAtB(), std::vector<uint8_t>(10, 1), p.now).isOk());
-    p.pump();
-    auto done = p.deliveries(p.a);
-    ASSERT_EQ(done.size(), 1u);
-    ASSERT_EQ(done[0].clientId, x);
-    p.a.releaseMessage(done[0].message, p.now);
+    ASSERT_NO_FATAL_FAILURE(p.answerAtB(x));
     p.tick(2);
     p.pump();
     ASSERT_EQ(p.b.rpcCount(), 0u) << "the ack freed x at B";
