@@ -1367,9 +1367,6 @@ void Core::endBatch(const Core* outer) {
         std::lock_guard lk(mu_);
         releaseDeferred();
         driver_->flush();
-        // (The calls of the batch told no one: see callAsync.)
-        afterEngineWork(nowNs());
-        wakeFreeLoop(false);
     }
     tBatchFor = outer;
 }

@@ -198,8 +198,8 @@ class Core : public engine::PacketSink, public std::enable_shared_from_this<Core
     /// ends the loop owner's wait if that work finished its call or left the pacer
     /// something to send.
     void afterEngineWork(int64_t now);
-    /// For work started outside the loop while no thread runs it (callAsync, the end of a
-    /// batch): the poll thread, waiting in the socket, wakes for packets, a poke, or the
+    /// For work started outside the loop while no thread runs it (callAsync; respond,
+    /// abort and the like through outsideLoop): the poll thread, waiting in the socket, wakes for packets, a poke, or the
     /// end of the wait it worked out before this work came. It is poked when the work
     /// needs it sooner: packets the pacer put off, or a deadline before that end. With
     /// `always`, also when it is not waiting in the socket (it then takes the loop).
