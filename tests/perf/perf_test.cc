@@ -83,6 +83,8 @@ TEST(PerfOptions, BadOptionsGiveOneLineErrors) {
         {"client", "--servers", "1.2.3.4:5", "--client-max", "0"},
         {"server", "--bind", "300.1.1.1"},
         {"local", "--max-length", "2"},
+        {"local", "--port", "70000"},
+        {"local", "--port", "x"},
         {"local", "--busy-poll-us", "2000000"},
         {"local", "--busy-poll-us", "soon"},
         {"local", "--adaptive-poll-us", "2000000"},
