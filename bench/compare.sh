@@ -209,6 +209,11 @@ note "== W3 and W4 at a fixed offered load"
 # round trips. Both use the raw UDP round trip measured above (each its own, should
 # sockperf have given none).
 base=(); [[ "$su50" =~ ^[0-9]+(\.[0-9]+)?$ ]] && base=(--base-rtt-us "$su50")
+# A second of warm-up first, left out of the figures: the first second's calls meet
+# message buffers the process has not touched yet, whose first use costs a page fault
+# per 4 KB (about 12 us each on this kind of virtual machine), and the tails of a short
+# run were those of that second (W4: Homa's P99 round trip 5-270 ms in it, 2-3 ms after).
+base+=(--warmup 1)
 h3=$(hp w3-homa --workload w3 --gbps 1 --client-max 200 "${base[@]}")
 t3=$(hp w3-tcp --protocol tcp --workload w3 --gbps 1 --client-max 200 --tcp-conns 4 "${base[@]}")
 h4=$(hp w4-homa --workload w4 --gbps 2 --client-max 200 "${base[@]}")

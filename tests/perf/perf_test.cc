@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -1214,6 +1215,75 @@ TEST(PerfOpenLoop, FailedCallsFailTheRunUnlessAllowed) {
     std::string e;
     for (const char* bad : {"-0.1", "1.5", "nan", "some"})
         EXPECT_FALSE(parse({"local", "--max-error-rate", bad}, &o, &e)) << bad;
+}
+
+// A transport whose synchronous calls take 3 ms each for the first 250 ms after its
+// first call (buffers being faulted in, say), then 200 us.
+class SlowAtFirst : public FakeTransport {
+  public:
+    SlowAtFirst() : FakeTransport([](uint64_t, std::span<const uint8_t> request) { return answered(request); }) {}
+    bool hasSyncCalls() const override { return true; }
+    bool callSync(size_t, std::span<const uint8_t> request, CallResult* r) override {
+        std::call_once(once_, [this] { first_ = std::chrono::steady_clock::now(); });
+        const bool early = std::chrono::steady_clock::now() - first_ < std::chrono::milliseconds(250);
+        std::this_thread::sleep_for(std::chrono::microseconds(early ? 3000 : 200));
+        *r = answered(request);
+        ++calls;
+        return true;
+    }
+
+  private:
+    std::once_flag once_;
+    std::chrono::steady_clock::time_point first_;
+};
+
+// --warmup runs the load first for that long and leaves it out of every figure: the
+// round trips, the rate, the per-second lines (the warm-up's are apart, marked), while
+// the measured interval is still --duration long. Without it, the slow start is in the
+// P99. A line's rate is of the time its interval really lasted: the warm-up's half second
+// shows the same rate as the measured whole second (dividing by one second gave half).
+TEST(PerfClosedLoop, TheWarmUpIsLeftOutOfEveryFigure) {
+    SlowAtFirst cold;
+    const FakeRun without = runFake(cold, {"--calls", "sync", "--client-max", "2", "--duration", "1"}, "no-warmup");
+    ASSERT_EQ(without.rc, 0) << without.err;
+    ASSERT_TRUE(without.j.is_object());
+    EXPECT_GT(without.j["totals"]["rtt_p99_us"].get<double>(), 2500.0) << "the slow start is measured";
+    EXPECT_EQ(without.j["warmup"]["rpcs"], 0);
+
+    SlowAtFirst t;
+    const FakeRun r = runFake(t, {"--calls", "sync", "--client-max", "2", "--duration", "1", "--warmup", "0.5"},
+                              "warmup");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    ASSERT_TRUE(r.j.is_object());
+    const auto& tot = r.j["totals"];
+    EXPECT_LT(tot["rtt_p99_us"].get<double>(), 2500.0) << "the warm-up's round trips are left out";
+    EXPECT_NEAR(tot["seconds"].get<double>(), 1.0, 0.1) << "the measured interval is --duration long";
+    const uint64_t warm = r.j["warmup"]["rpcs"].get<uint64_t>();
+    EXPECT_GT(warm, 50u);
+    EXPECT_EQ(tot["rpcs"].get<uint64_t>() + tot["completed_after_end"].get<uint64_t>() + warm, t.calls.load())
+        << "every call is in the warm-up or in the measured figures, none in both";
+    EXPECT_DOUBLE_EQ(r.j["options"]["warmup_s"].get<double>(), 0.5);
+    ASSERT_EQ(r.j["warmup"]["intervals"].size(), 1u);
+    ASSERT_EQ(r.j["intervals"].size(), 1u);
+    const auto& w = r.j["warmup"]["intervals"][0];
+    const auto& m = r.j["intervals"][0];
+    EXPECT_TRUE(w["warmup"].get<bool>());
+    EXPECT_FALSE(m.contains("warmup"));
+    EXPECT_NEAR(w["seconds"].get<double>(), 0.5, 0.1);
+    EXPECT_NEAR(m["seconds"].get<double>(), 1.0, 0.1);
+    // (The warm-up's second half ran at the measured rate; its first, 15 times slower.)
+    EXPECT_GT(w["kops"].get<double>(), 0.35 * m["kops"].get<double>()) << w.dump() << " against " << m.dump();
+    EXPECT_NE(r.out.find("after 0.5 s of warm-up"), std::string::npos) << r.out;
+    // The open loop's arrivals start counting where the measurement does.
+    FakeTransport open([](uint64_t, std::span<const uint8_t> request) { return answered(request); });
+    const FakeRun o2 = runFake(open, {"--gbps", "0.00512", "--duration", "0.5", "--warmup", "0.5"}, "warmup-open");
+    ASSERT_EQ(o2.rc, 0) << o2.err;
+    ASSERT_TRUE(o2.j.is_object());
+    EXPECT_NEAR(o2.j["totals"]["arrivals_due"].get<double>(), 5'000.0, 400.0) << "10,000 a second for 0.5 s";
+    EXPECT_NEAR(static_cast<double>(open.calls.load()), 10'000.0, 600.0) << "and as many in the warm-up";
+    PerfOptions o;
+    std::string e;
+    for (const char* bad : {"-1", "nan", "4000", "soon"}) EXPECT_FALSE(parse({"local", "--warmup", bad}, &o, &e)) << bad;
 }
 
 // `local --bind ::` puts its server on ::1, as 0.0.0.0 puts it on 127.0.0.1 (the client

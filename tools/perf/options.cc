@@ -71,6 +71,9 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
             ->check(CLI::IsMember({"auto", "sync", "async"}));
         c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
         c->add_option("--duration", o->duration, "seconds of load")->check(homa::tools::FiniteRange(0.1, 86400.0));
+        c->add_option("--warmup", o->warmupS,
+                      "seconds of load before the measured --duration, left out of every figure")
+            ->check(homa::tools::FiniteRange(0.0, 3600.0));
         c->add_option("--drain", o->drainS,
                       "seconds to wait after the load for calls in flight (they count in the round trips, not "
                       "the rate); the rest end unfinished")

@@ -231,12 +231,22 @@ class LoadGenerator {
     }
 
     /// Runs the load; the round trips of the RPCs that completed are then in rtts and
-    /// buckets.
-    void run() {
+    /// buckets. `atMeasureStart` runs when the measured interval begins (after the
+    /// warm-up, if any): the caller's own figures (CPU, counters) start there too.
+    void run(const std::function<void()>& atMeasureStart = {}) {
         // Round trips go into histograms, whose memory does not grow with the number of
         // RPCs: an hour at two million RPCs a second would have been 115 GB of samples.
         startNs_ = nowNs();
-        const int64_t end = startNs_ + static_cast<int64_t>(o_.duration * 1e9);
+        const int64_t warmupNs = static_cast<int64_t>(o_.warmupS * 1e9);
+        measureStartNs_ = startNs_ + warmupNs;
+        const int64_t end = measureStartNs_ + static_cast<int64_t>(o_.duration * 1e9);
+        bool warming = warmupNs > 0;
+        {
+            std::lock_guard lk(mu_);
+            warming_ = warming;
+            intervalStartNs_ = startNs_;
+        }
+        if (!warming && atMeasureStart) atMeasureStart();
         std::thread open;
         std::vector<std::thread> callers;
         if (o_.gbps > 0) {
@@ -251,20 +261,31 @@ class LoadGenerator {
         } else {
             for (int i = 0; i < o_.clientMax; ++i) issue();
         }
+        // Per-second lines: each whole second of the warm-up (and what is left of it),
+        // then each whole second of the measured interval.
         int64_t nextReport = startNs_ + 1'000'000'000;
+        if (warming) nextReport = std::min(nextReport, measureStartNs_);
         for (;;) {
             // (Sleeps end at the end itself: the interval is not stretched by a late look.)
             const int64_t now = nowNs();
             if (now >= end || interrupted) break;
-            std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(kRetryPauseMs * 1'000'000, end - now)));
+            const int64_t until = warming ? measureStartNs_ : end;
+            std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(kRetryPauseMs * 1'000'000, until - now)));
             if (nowNs() >= end) break;
             // (Closed loop only: the open loop neither parks refused calls nor restarts
             // failed ones, see park() and record().)
             if (unpark(true)) issue();  // nothing in flight to finish and make room
             for (int64_t n = takeFailedSlots(); n > 0; --n) issue();
-            if (nowNs() >= nextReport) {
-                report(nextReport);
+            if (warming && nowNs() >= measureStartNs_) {
+                report(startNs_, true);  // the warm-up's last (part of a) second
+                beginMeasurement();
+                warming = false;
+                if (atMeasureStart) atMeasureStart();
+                nextReport = measureStartNs_ + 1'000'000'000;
+            } else if (nowNs() >= nextReport) {
+                report(warming ? startNs_ : measureStartNs_, warming);
                 nextReport += 1'000'000'000;
+                if (warming) nextReport = std::min(nextReport, measureStartNs_);
             }
         }
         {
@@ -274,13 +295,14 @@ class LoadGenerator {
             std::lock_guard lk(mu_);
             ended_ = true;
             stopping_ = true;
-            elapsedNs_ = nowNs() - startNs_;
+            stopNs_ = nowNs();
+            elapsedNs_ = stopNs_ - (warming_ ? startNs_ : measureStartNs_);
         }
-        if (nextReport <= end && !interrupted) report(nextReport);  // the last whole second
+        if (!warming && nextReport <= end && !interrupted) report(measureStartNs_, false);  // the last whole second
         if (open.joinable()) {
             open.join();
             // The arrivals due before the end that the generator never reached.
-            schedule_->finish(startNs_ + elapsedNs_);
+            schedule_->finish(stopNs_);
         }
         bool left;
         {
@@ -331,6 +353,9 @@ class LoadGenerator {
     const ArrivalSchedule* arrivals() const { return schedule_ ? &*schedule_ : nullptr; }
     std::string firstError;
     std::vector<json> intervals;
+    /// The warm-up's per-second figures (not in `intervals`), and its completed calls.
+    std::vector<json> warmupIntervals;
+    uint64_t warmupCalls = 0;
     int64_t elapsedNs_ = 0;
     uint64_t bytesOut = 0, bytesIn = 0;
 
@@ -536,36 +561,66 @@ class LoadGenerator {
         return true;
     }
 
-    void report(int64_t at) {
+    /// One per-second line: the round trips that finished since the last line, over the
+    /// time that really passed since then (a line comes a little after its second is
+    /// up). `base` is the start of its phase, the warm-up or the measured interval.
+    void report(int64_t base, bool warmup) {
         // The interval's round trips come out in exchange for the histogram they were in
         // the second before (emptied; its bins already there), so the completing thread
         // never waits for memory.
         Histogram& rtts = spareRtts_;
         rtts.clear();
         uint64_t out, in;
+        int64_t from, to;
         {
             std::lock_guard lk(mu_);
             std::swap(rtts, intervalRtts_);
             out = std::exchange(intervalOut_, 0);
             in = std::exchange(intervalIn_, 0);
+            to = nowNs();
+            from = std::exchange(intervalStartNs_, to);
         }
-        double kops = static_cast<double>(rtts.count()) / 1e3;
+        const double secs = std::max(static_cast<double>(to - from) / 1e9, 1e-9);
+        double kops = static_cast<double>(rtts.count()) / secs / 1e3;
         double p50 = rtts.percentile(50) / 1e3, p99 = rtts.percentile(99) / 1e3, p999 = rtts.percentile(99.9) / 1e3;
-        double t = static_cast<double>(at - startNs_) / 1e9;
+        // (The second it ends: to the nearest whole one, which a late line may pass.)
+        double t = std::round(static_cast<double>(to - base) / 1e9);
+        if (t < 1) t = 1;
         const bool none = rtts.empty();  // (no round trip finished in this second: no figures)
         json j = {{"t", t},
+                  {"seconds", secs},
                   {"kops", kops},
-                  {"gbps_out", out * 8 / 1e9},
-                  {"gbps_in", in * 8 / 1e9},
+                  {"gbps_out", out * 8 / secs / 1e9},
+                  {"gbps_in", in * 8 / secs / 1e9},
                   {"rtt_p50_us", orNull(p50, none)},
                   {"rtt_p99_us", orNull(p99, none)},
                   {"rtt_p999_us", orNull(p999, none)}};
-        intervals.push_back(j);
+        if (warmup) {
+            j["warmup"] = true;
+            warmupIntervals.push_back(j);
+        } else {
+            intervals.push_back(j);
+        }
         if (!o_.quiet)
-            std::printf("%5.0f s %9.1f kops   out %6.2f Gbps   in %6.2f Gbps   rtt p50 %8s us  p99 %8s us  p99.9 %8s us\n",
-                        t, kops, out * 8 / 1e9, in * 8 / 1e9, fixedOrNa(p50, none, 1).c_str(),
-                        fixedOrNa(p99, none, 1).c_str(), fixedOrNa(p999, none, 1).c_str());
+            std::printf("%s%5.0f s %9.1f kops   out %6.2f Gbps   in %6.2f Gbps   rtt p50 %8s us  p99 %8s us  p99.9 %8s us\n",
+                        warmup ? "warm-up " : "", t, kops, out * 8 / secs / 1e9, in * 8 / secs / 1e9,
+                        fixedOrNa(p50, none, 1).c_str(), fixedOrNa(p99, none, 1).c_str(),
+                        fixedOrNa(p999, none, 1).c_str());
         std::fflush(stdout);
+    }
+
+    /// The warm-up is over: what it measured is forgotten (its failures stay: a failed
+    /// call is one whenever it happens). Calls in flight now count when they finish.
+    void beginMeasurement() {
+        std::lock_guard lk(mu_);
+        warming_ = false;
+        rtts.clear();
+        fromDue.clear();
+        buckets.clear();
+        bytesOut = bytesIn = 0;
+        refused = 0;
+        warmupCalls = std::exchange(completed, 0);
+        if (schedule_) schedule_->restartCounts();
     }
 
     const PerfOptions& o_;
@@ -594,6 +649,10 @@ class LoadGenerator {
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
+    int64_t measureStartNs_ = 0;  ///< the warm-up's end (startNs_ without one)
+    int64_t stopNs_ = 0;          ///< when the load stopped
+    bool warming_ = false;        ///< (mu_) in the warm-up
+    int64_t intervalStartNs_ = 0;  ///< (mu_) when the current per-second interval began
     Histogram intervalRtts_;  ///< (mu_) ns
     Histogram spareRtts_;     ///< (the reporting thread's)
     uint64_t intervalOut_ = 0, intervalIn_ = 0;
@@ -734,9 +793,12 @@ bool probeServers(ClientTransport& t, const std::vector<Address>& servers, int t
 }
 
 int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
-                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics);
+                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics,
+                const std::function<void()>& atMeasureStart = {});
 
-int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, const workload::Distribution& sizes) {
+/// `atMeasureStart`: see loadThrough().
+int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, const workload::Distribution& sizes,
+                  const std::function<void()>& atMeasureStart = {}) {
     std::string error;
     if (!jsonWritable(o.json)) return 1;
     std::unique_ptr<ClientTransport> transport;
@@ -751,13 +813,15 @@ int clientAgainst(const PerfOptions& o, const std::vector<Address>& servers, con
         std::fprintf(stderr, "homa-perf: %s\n", withOptionHint(error).c_str());
         return 1;
     }
-    return loadThrough(o, *transport, servers, sizes, metrics);
+    return loadThrough(o, *transport, servers, sizes, metrics, atMeasureStart);
 }
 
 /// The client's run through `transport` (made for `servers`): the base RTT, the load, the
-/// report and the JSON; the exit status.
+/// report and the JSON; the exit status. `atMeasureStart` runs when the measured interval
+/// begins (after the warm-up): `local` takes its server's counters from there.
 int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vector<Address>& servers,
-                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics) {
+                const workload::Distribution& sizes, const std::function<MetricsSnapshot()>& metrics,
+                const std::function<void()>& atMeasureStart) {
     std::string error;
     SlowdownModel model;
     model.linkGbps = o.linkGbps;
@@ -775,22 +839,29 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     const char* baseHow = !measured ? "given" : baseSynchronous ? "measured" : "measured through a callback";
     char openLoop[96];
     std::snprintf(openLoop, sizeof(openLoop), "open loop %g Gbps (at most %d in flight)", o.gbps, o.clientMax);
-    std::printf("homa-perf client: %s, workload %s, %s, %.1f s, base RTT %.1f us (%s), link %g Gbps\n",
+    char warmup[48] = "";
+    if (o.warmupS > 0) std::snprintf(warmup, sizeof(warmup), " after %g s of warm-up", o.warmupS);
+    std::printf("homa-perf client: %s, workload %s, %s, %.1f s%s, base RTT %.1f us (%s), link %g Gbps\n",
                 o.protocol.c_str(), o.workload.c_str(),
                 o.gbps > 0 ? openLoop
                            : ("closed loop, " + std::to_string(o.clientMax) + " outstanding" +
                               (usesSyncCalls(o, transport) ? " (synchronous calls)" : ""))
                                  .c_str(),
-                o.duration, model.baseRttUs, baseHow, o.linkGbps);
+                o.duration, warmup, model.baseRttUs, baseHow, o.linkGbps);
     std::fflush(stdout);
 
     MetricsSnapshot before;
-    if (metrics) before = metrics();
     std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
     LoadGenerator gen(o, transport, sizes, servers.size(), bounds, model);
-    const CpuTimes cpuBefore = processCpu();
-    const int64_t runStart = nowNs();
-    gen.run();
+    CpuTimes cpuBefore;
+    int64_t runStart = 0;
+    // (Counters, CPU and the clock are taken where the measured interval begins.)
+    gen.run([&] {
+        if (metrics) before = metrics();
+        if (atMeasureStart) atMeasureStart();
+        cpuBefore = processCpu();
+        runStart = nowNs();
+    });
     const CpuTimes cpu = processCpu() - cpuBefore;
     const double runSeconds = static_cast<double>(nowNs() - runStart) / 1e9;  // (the wait at the end included)
     MetricsSnapshot after;
@@ -826,7 +897,8 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                     static_cast<unsigned long>(gen.refused));
     if (arrivals) {
         const double asked = arrivalsPerSecond(o, sizes);
-        const uint64_t started = arrivals->issued() - refusedArrivals;
+        // (A call started in the warm-up may be refused after it: not below zero.)
+        const uint64_t started = arrivals->issued() - std::min(refusedArrivals, arrivals->issued());
         std::printf("arrivals: %lu due (%.0f a second asked), %lu started calls, %lu skipped (--client-max %d calls "
                     "in flight), %lu late (due before the end, never reached), %lu refused (the client's memory for "
                     "messages in flight was full; dropped, not started again)\n",
@@ -889,6 +961,7 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                         {"calls", usesSyncCalls(o, transport) ? "sync" : "async"},
                         {"one_way", o.oneWay},
                         {"duration_s", o.duration},
+                        {"warmup_s", o.warmupS},
                         {"drain_s", o.drainS},
                         {"max_error_rate", o.maxErrorRate},
                         {"tcp_conns", o.tcpConnections},
@@ -921,6 +994,8 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
         // Slowdown = RTT / (base_rtt_us + these bytes * 8 / link_gbps): both messages.
         j["slowdown_bytes"] = kSlowdownBytes;
         j["intervals"] = gen.intervals;
+        // The warm-up's per-second figures and calls, left out of every other figure.
+        j["warmup"] = {{"seconds", o.warmupS}, {"rpcs", gen.warmupCalls}, {"intervals", gen.warmupIntervals}};
         j["totals"] = {{"rpcs", gen.completed}, {"completed_after_end", gen.completedAfterEnd},
                        {"unfinished", gen.unfinished}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
@@ -1062,8 +1137,9 @@ int runLocal(const PerfOptions& o) {
     }
     std::signal(SIGINT, [](int) { requestStop(); });
     MetricsSnapshot before;
-    if (s.metrics) before = s.metrics();
-    int rc = clientAgainst(o, s.transport->addresses(), *sizes);
+    int rc = clientAgainst(o, s.transport->addresses(), *sizes, [&] {
+        if (s.metrics) before = s.metrics();
+    });
     if (o.metrics && s.metrics) printMetrics("server", s.metrics() - before);
     s.transport->stop();
     return rc;

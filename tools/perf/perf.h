@@ -39,6 +39,9 @@ struct PerfOptions {
     std::string callMode = "auto";
     bool oneWay = false;      ///< responses of 8 bytes instead of the request's size
     double duration = 5;      ///< seconds of load
+    /// Seconds of load before the measured `duration`, left out of every figure (round
+    /// trips, rate, arrivals, CPU, counters): buffers and caches warm up meanwhile.
+    double warmupS = 0;
     /// Seconds to wait after the load for the calls in flight; the rest end unfinished.
     double drainS = 10;
     /// The largest share (0..1) of the calls that ended that may fail with the run still

@@ -92,6 +92,11 @@ SizeBuckets::SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& mode
     : bounds_(std::move(bounds)), model_(model), rtts_(bounds_.size(), Histogram(1)),
       slowdowns_(bounds_.size(), Histogram(1e-3)) {}
 
+void SizeBuckets::clear() {
+    for (Histogram& h : rtts_) h.clear();
+    for (Histogram& h : slowdowns_) h.clear();
+}
+
 void SizeBuckets::add(uint32_t size, uint32_t wireBytes, int64_t rttNs) {
     if (bounds_.empty()) return;
     auto it = std::lower_bound(bounds_.begin(), bounds_.end(), size);
@@ -168,6 +173,12 @@ void ArrivalSchedule::finish(int64_t stopNs) {
             late_ += static_cast<uint64_t>(std::poisson_distribution<int64_t>(mean)(rng_));
     }
     done_ = true;
+}
+
+void ArrivalSchedule::restartCounts() {
+    issued_ = skipped_ = late_ = handled_ = 0;
+    lagMaxNs_ = 0;
+    lagSumNs_ = 0;
 }
 
 bool tooManyErrors(uint64_t errors, uint64_t ended, double maxErrorRate) {

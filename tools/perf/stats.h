@@ -85,6 +85,8 @@ class SizeBuckets {
     void add(uint32_t size, uint32_t wireBytes, int64_t rttNs);
     /// Each bucket's figures, empty buckets included (count 0).
     std::vector<Bucket> figures() const;
+    /// Empties every bucket (their memory stays).
+    void clear();
 
   private:
     std::vector<uint32_t> bounds_;
@@ -116,6 +118,9 @@ class ArrivalSchedule {
     /// Poisson distribution of the time that remains; their times would not matter).
     /// Once only.
     void finish(int64_t stopNs);
+    /// Forgets what became of the arrivals handled so far (the warm-up's): the counts and
+    /// the lag start again from zero. The schedule itself goes on.
+    void restartCounts();
 
     uint64_t issued() const { return issued_; }
     uint64_t skipped() const { return skipped_; }
