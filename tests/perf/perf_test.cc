@@ -1286,6 +1286,75 @@ TEST(PerfClosedLoop, TheWarmUpIsLeftOutOfEveryFigure) {
     for (const char* bad : {"-1", "nan", "4000", "soon"}) EXPECT_FALSE(parse({"local", "--warmup", bad}, &o, &e)) << bad;
 }
 
+// A transport whose server stops answering after its 20th call, while its connection
+// stays up (a TCP server that stalls): calls are held until stop(), which ends them.
+class StallsAfter20 : public ClientTransport {
+  public:
+    void issue(size_t, std::span<const uint8_t> request, uint64_t token) override {
+        if (calls++ < 20) return complete(token, answered(request));
+        std::lock_guard lk(mu_);
+        held_.push_back(token);
+    }
+    void stop() override {
+        std::vector<uint64_t> held;
+        {
+            std::lock_guard lk(mu_);
+            held.swap(held_);
+        }
+        for (uint64_t t : held) {
+            CallResult r;
+            r.error = "stopped";
+            complete(t, r);
+        }
+    }
+    std::atomic<uint64_t> calls{0};
+
+  private:
+    std::mutex mu_;
+    std::vector<uint64_t> held_;
+};
+
+// Calls still unanswered --drain seconds after the end fail the run, as a Homa call to a
+// server that stops answering times out: they passed as "unfinished", exit status 0.
+// With --drain 0 (no wait asked for) the calls in flight at the end are cut off, and
+// --max-error-rate can allow them.
+TEST(PerfClosedLoop, CallsStillUnansweredAfterTheDrainFailTheRun) {
+    struct Case {
+        const char* drain;
+        const char* maxRate;
+        int rc;
+    };
+    for (const Case& k : {Case{"0.2", nullptr, 1}, Case{"0", nullptr, 0}, Case{"0.2", "0.9", 0}}) {
+        StallsAfter20 t;
+        std::vector<std::string> args = {"--calls", "async", "--client-max", "4", "--duration", "0.3", "--drain",
+                                         k.drain};
+        if (k.maxRate) args.insert(args.end(), {"--max-error-rate", k.maxRate});
+        const std::string path = tempPath("stalled");
+        std::vector<std::string> all = {"client", "--servers", "127.0.0.1:1", "--workload", "64", "--base-rtt-us",
+                                        "10", "--json", path, "--quiet"};
+        all.insert(all.end(), args.begin(), args.end());
+        PerfOptions o;
+        std::string e;
+        ASSERT_TRUE(parse(all, &o, &e)) << e;
+        testing::internal::CaptureStdout();
+        testing::internal::CaptureStderr();
+        const int rc = runClientWith(o, t, {*Address::parse("127.0.0.1:1")}, workload::Distribution::fixed(64));
+        const std::string out = testing::internal::GetCapturedStdout();
+        const std::string err = testing::internal::GetCapturedStderr();
+        const std::string what = std::string("--drain ") + k.drain + (k.maxRate ? " --max-error-rate" : "");
+        EXPECT_EQ(rc, k.rc) << what << ": " << err;
+        const nlohmann::json j = readJson(path);
+        ASSERT_TRUE(j.is_object()) << what;
+        EXPECT_EQ(j["totals"]["unfinished"], 4) << what;
+        EXPECT_EQ(j["totals"]["errors"], 0) << what << ": still counted apart from the transport's errors";
+        if (k.rc == 1) {
+            EXPECT_NE(err.find("failed: 4 of the 24 calls that ended failed, 4 of them unanswered 0.2 s after the end"),
+                      std::string::npos)
+                << err;
+        }
+    }
+}
+
 // `local --bind ::` puts its server on ::1, as 0.0.0.0 puts it on 127.0.0.1 (the client
 // was given [::]:port, which nothing answers).
 TEST(PerfLocal, AWildcardBindMeansTheLoopbackOfItsFamily) {
