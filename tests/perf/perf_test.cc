@@ -826,6 +826,31 @@ TEST(PerfLocal, TheTcpServerDoesTheWorkAndRunsTheThreadsAskedFor) {
     EXPECT_EQ(threads, 3);
 }
 
+// TCP's server works on one connection's requests one at a time, Homa's threads on any
+// request: with server work and fewer connections than server threads, `local` says so
+// (the comparison was biased against TCP by up to the thread count, without a word).
+TEST(PerfLocal, TcpServerWorkOnFewerConnectionsThanThreadsIsSaid) {
+    struct Case {
+        const char* protocol;
+        const char* conns;
+        bool note;
+    };
+    for (const Case& k : {Case{"tcp", "1", true}, Case{"tcp", "3", false}, Case{"homa", "1", false}}) {
+        PerfOptions o;
+        std::string e;
+        ASSERT_TRUE(parse({"local", "--protocol", k.protocol, "--workload", "100", "--duration", "0.2", "--server-work-us",
+                           "100", "--server-threads", "3", "--tcp-conns", k.conns, "--base-rtt-us", "20", "--quiet"},
+                          &o, &e))
+            << e;
+        testing::internal::CaptureStdout();
+        const int rc = runLocal(o);
+        const std::string out = testing::internal::GetCapturedStdout();
+        EXPECT_EQ(rc, 0) << out;
+        const bool said = out.find("with 1 connection, at most 1 of the 3 server threads work at once") != std::string::npos;
+        EXPECT_EQ(said, k.note) << k.protocol << " --tcp-conns " << k.conns << ": " << out;
+    }
+}
+
 // No call finished: no figure is 0 us. The text says n/a, the JSON has nulls, and the
 // failure says why (it exited 1 with nothing said, and slowdowns of 0.00).
 TEST(PerfLocal, ARunWithNoCompletedCallReportsNoFiguresAndSaysWhy) {

@@ -1084,6 +1084,25 @@ std::string errorKind(const std::string& error) {
     return kind.empty() ? "unknown" : kind;
 }
 
+/// TCP's server works on a connection's requests one at a time, on the epoll thread
+/// that reads them; Homa's handler threads take any request. With server work and fewer
+/// connections than server threads, TCP's work runs on fewer threads than Homa's: said,
+/// not hidden. `connections`: the client's in all (0: unknown, a separate server).
+void noteTcpServerWork(const PerfOptions& o, int connections) {
+    if (o.protocol != "tcp" || o.serverWorkUs <= 0 || o.serverThreads <= 1) return;
+    if (connections == 0) {
+        std::printf("note: TCP works on each connection's requests one at a time: clients need %d connections in "
+                    "all (--tcp-conns) to keep the %d server threads working, as Homa's handler threads are\n",
+                    o.serverThreads, o.serverThreads);
+    } else if (connections < o.serverThreads) {
+        std::printf("note: TCP works on each connection's requests one at a time: with %d connection%s, at most %d "
+                    "of the %d server threads work at once (Homa's handler threads take any request); "
+                    "--tcp-conns %d evens it\n",
+                    connections, connections == 1 ? "" : "s", connections, o.serverThreads,
+                    (o.serverThreads + o.serverPorts - 1) / o.serverPorts);
+    }
+}
+
 int runServer(const PerfOptions& o) {
     interrupted = 0;
     ServerSide s;
@@ -1099,6 +1118,7 @@ int runServer(const PerfOptions& o) {
     else
         std::printf(" (%d thread%s per port", o.serverThreads, o.serverThreads == 1 ? "" : "s");
     std::printf(", messages up to %u bytes)\n", o.maxLength);
+    noteTcpServerWork(o, 0);
     std::fflush(stdout);
     MetricsSnapshot before;
     if (s.metrics) before = s.metrics();
@@ -1146,6 +1166,7 @@ int runLocal(const PerfOptions& o) {
         return 1;
     }
     std::signal(SIGINT, [](int) { requestStop(); });
+    noteTcpServerWork(o, o.tcpConnections * o.serverPorts);
     MetricsSnapshot before;
     int rc = clientAgainst(o, s.transport->addresses(), *sizes, [&] {
         if (s.metrics) before = s.metrics();
