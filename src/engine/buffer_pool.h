@@ -5,6 +5,8 @@
 // nothing from the heap. The limit counts the capacity of buffers handed out; cached
 // free buffers are given back to the heap when an allocation would otherwise exceed it.
 // The last `reserve` bytes of the limit are for small buffers only (see allocate()).
+// A new buffer of kPrefaultBytes or more has its pages mapped in when it is made, not at
+// its first touches (see buffer_pool.cc).
 #pragma once
 
 #include <cstdint>
@@ -41,6 +43,8 @@ class BufferPool {
     uint64_t allocationFailures() const { return failures_; }
 
     static uint32_t classSize(uint32_t length);
+    /// New buffers at least this large have their pages mapped in when they are made.
+    static constexpr uint64_t kPrefaultBytes = 32 * 1024;
 
   private:
     static int classIndex(uint32_t length);
