@@ -216,6 +216,25 @@ TEST(PerfStats, BucketsAndSlowdownByHand) {
     SizeBuckets none({1000}, m);
     EXPECT_EQ(none.figures()[0].count, 0u);
     EXPECT_EQ(none.figures()[0].rttP99Us, 0);
+    EXPECT_EQ(b[0].fromDueCount, 0u) << "kept only when asked (the open loop)";
+}
+
+// The open loop's latency from the due time, bucket by bucket; clear() empties the
+// buckets, for a warm-up.
+TEST(PerfStats, BucketsKeepTheLatencyFromTheDueTime) {
+    SizeBuckets buckets({1000, 10000}, SlowdownModel{10, 8}, true);
+    buckets.add(100, 1000, 11'000, 15'000);
+    buckets.add(100, 1000, 22'000, 90'000);
+    buckets.add(5000, 10000, 40'000, 40'000);
+    auto b = buckets.figures();
+    EXPECT_EQ(b[0].fromDueCount, 2u);
+    EXPECT_DOUBLE_EQ(b[0].fromDueP99Us, 90.0);
+    EXPECT_DOUBLE_EQ(b[0].rttP99Us, 22.0) << "the round trips are kept apart";
+    EXPECT_EQ(b[1].fromDueCount, 1u);
+    EXPECT_DOUBLE_EQ(b[1].fromDueP99Us, 40.0);
+    buckets.clear();
+    b = buckets.figures();
+    EXPECT_EQ(b[0].count + b[1].count + b[0].fromDueCount + b[1].fromDueCount, 0u);
 }
 
 // The bins: exact below 2^13 units, then 4,096 to each doubling, each bin's values
@@ -411,15 +430,20 @@ void checkSchema(const nlohmann::json& j, const std::string& protocol) {
     EXPECT_EQ(j["schema"], 1);
     EXPECT_EQ(j["slowdown_bytes"], "request+response");
     EXPECT_EQ(j["options"]["protocol"], protocol);
-    for (const char* k : {"machine", "base_rtt_us", "intervals", "totals", "buckets"}) EXPECT_TRUE(j.contains(k)) << k;
+    for (const char* k : {"machine", "base_rtt_us", "intervals", "totals", "buckets", "warmup"})
+        EXPECT_TRUE(j.contains(k)) << k;
     EXPECT_GT(j["totals"]["rpcs"].get<uint64_t>(), 0u);
     EXPECT_EQ(j["totals"]["errors"].get<uint64_t>(), 0u);
     EXPECT_TRUE(j["totals"]["errors_by_kind"].is_object());
     EXPECT_TRUE(j["totals"]["errors_by_kind"].empty());
     uint64_t counted = 0;
     for (const auto& b : j["buckets"]) {
-        for (const char* k : {"max_size", "count", "rtt_p50_us", "rtt_p99_us", "slowdown_p50", "slowdown_p99"})
+        for (const char* k : {"max_size", "count", "rtt_p50_us", "rtt_p99_us", "slowdown_p50", "slowdown_p99",
+                              "latency_from_due_p99_us"})
             EXPECT_TRUE(b.contains(k)) << k;
+        if (j["options"]["gbps"].get<double>() == 0) {
+            EXPECT_TRUE(b["latency_from_due_p99_us"].is_null()) << "a closed loop's calls have no due time";
+        }
         counted += b["count"].get<uint64_t>();
     }
     EXPECT_EQ(counted, j["totals"]["rpcs"].get<uint64_t>() + j["totals"]["completed_after_end"].get<uint64_t>());
@@ -1106,6 +1130,10 @@ TEST(PerfOpenLoop, LatencyFromTheDueTimeCountsHowLateCallsStarted) {
     EXPECT_GT(tot["rpcs"].get<uint64_t>(), 5'000u);
     EXPECT_LT(tot["rtt_p99_us"].get<double>(), 1'000.0);
     EXPECT_GT(tot["latency_from_due_p99_us"].get<double>(), 1'000.0) << "the wait for the generator is left out";
+    // Bucket by bucket too (64-byte calls: one bucket), beside the round trips.
+    ASSERT_EQ(r.j["buckets"].size(), 1u);
+    EXPECT_GT(r.j["buckets"][0]["latency_from_due_p99_us"].get<double>(), 1'000.0);
+    EXPECT_LT(r.j["buckets"][0]["rtt_p99_us"].get<double>(), 1'000.0);
     EXPECT_GE(tot["latency_from_due_p50_us"].get<double>(), tot["rtt_p50_us"].get<double>());
     EXPECT_NE(r.out.find("latency from each arrival's due time"), std::string::npos) << r.out;
 }

@@ -168,7 +168,7 @@ class LoadGenerator {
     /// `bounds` and `model` make the table of round trips by message size (buckets).
     LoadGenerator(const PerfOptions& o, ClientTransport& t, const workload::Distribution& d, size_t servers,
                   std::vector<uint32_t> bounds, const SlowdownModel& model)
-        : buckets(std::move(bounds), model), o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed),
+        : buckets(std::move(bounds), model, o.gbps > 0), o_(o), transport_(t), dist_(d), servers_(servers), rng_(o.seed),
           cyclesPerNs_(trace::cyclesPerNs()) {
         // As large as the largest request (the distribution is capped at --max-length
         // already): each synchronous caller keeps a copy.
@@ -426,7 +426,7 @@ class LoadGenerator {
         if (r.ok) {
             rtts.add(static_cast<double>(rtt));
             if (o_.gbps > 0) fromDue.add(static_cast<double>(rtt + lagNs));
-            buckets.add(c.size, c.reqLen + c.respLen, rtt);
+            buckets.add(c.size, c.reqLen + c.respLen, rtt, o_.gbps > 0 ? rtt + lagNs : -1);
             intervalRtts_.add(static_cast<double>(rtt));
             if (!ended_) {
                 ++completed;
@@ -1018,7 +1018,9 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
             const bool empty = b.count == 0;
             jb.push_back({{"max_size", b.maxSize}, {"count", b.count}, {"rtt_p50_us", orNull(b.rttP50Us, empty)},
                           {"rtt_p99_us", orNull(b.rttP99Us, empty)}, {"slowdown_p50", orNull(b.slowdownP50, empty)},
-                          {"slowdown_p99", orNull(b.slowdownP99, empty)}});
+                          {"slowdown_p99", orNull(b.slowdownP99, empty)},
+                          // (Open loop only: null for a closed loop, whose calls have no due time.)
+                          {"latency_from_due_p99_us", orNull(b.fromDueP99Us, b.fromDueCount == 0)}});
         }
         j["buckets"] = jb;
         if (metrics) {

@@ -88,22 +88,26 @@ void Histogram::clear() {
 
 // Slowdowns are kept in thousandths: exact to 0.001 up to 8.191, and within 0.012 %
 // above.
-SizeBuckets::SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& model)
+SizeBuckets::SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& model, bool fromDue)
     : bounds_(std::move(bounds)), model_(model), rtts_(bounds_.size(), Histogram(1)),
-      slowdowns_(bounds_.size(), Histogram(1e-3)) {}
+      slowdowns_(bounds_.size(), Histogram(1e-3)) {
+    if (fromDue) fromDue_.assign(bounds_.size(), Histogram(1));
+}
 
 void SizeBuckets::clear() {
     for (Histogram& h : rtts_) h.clear();
     for (Histogram& h : slowdowns_) h.clear();
+    for (Histogram& h : fromDue_) h.clear();
 }
 
-void SizeBuckets::add(uint32_t size, uint32_t wireBytes, int64_t rttNs) {
+void SizeBuckets::add(uint32_t size, uint32_t wireBytes, int64_t rttNs, int64_t fromDueNs) {
     if (bounds_.empty()) return;
     auto it = std::lower_bound(bounds_.begin(), bounds_.end(), size);
     if (it == bounds_.end()) --it;  // larger than every bound: the last bucket
     const size_t b = static_cast<size_t>(it - bounds_.begin());
     rtts_[b].add(static_cast<double>(rttNs));
     slowdowns_[b].add(static_cast<double>(rttNs) / 1e3 / model_.idealUs(wireBytes));
+    if (fromDueNs >= 0 && !fromDue_.empty()) fromDue_[b].add(static_cast<double>(fromDueNs));
 }
 
 std::vector<Bucket> SizeBuckets::figures() const {
@@ -115,6 +119,10 @@ std::vector<Bucket> SizeBuckets::figures() const {
         out[b].rttP99Us = rtts_[b].percentile(99) / 1e3;
         out[b].slowdownP50 = slowdowns_[b].percentile(50);
         out[b].slowdownP99 = slowdowns_[b].percentile(99);
+        if (!fromDue_.empty()) {
+            out[b].fromDueCount = fromDue_[b].count();
+            out[b].fromDueP99Us = fromDue_[b].percentile(99) / 1e3;
+        }
     }
     return out;
 }

@@ -60,6 +60,10 @@ struct Bucket {
     uint64_t count = 0;
     double rttP50Us = 0, rttP99Us = 0;
     double slowdownP50 = 0, slowdownP99 = 0;
+    /// Open loop: P99 of the latency from each call's due time (round trip plus how late
+    /// the generator started it); fromDueCount calls had one (0 in a closed loop).
+    uint64_t fromDueCount = 0;
+    double fromDueP99Us = 0;
 };
 
 /// Slowdown = RTT / idealUs(request bytes + response bytes): the unloaded round trip
@@ -80,9 +84,11 @@ inline constexpr const char* kSlowdownBytes = "request+response";
 /// each bucket's round trips and slowdowns kept in histograms.
 class SizeBuckets {
   public:
-    SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& model);
-    /// One RPC: the size the workload drew, the bytes it moved both ways, its round trip.
-    void add(uint32_t size, uint32_t wireBytes, int64_t rttNs);
+    /// `fromDue`: keep each bucket's latencies from the due time too (open loop).
+    SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& model, bool fromDue = false);
+    /// One RPC: the size the workload drew, the bytes it moved both ways, its round trip,
+    /// and (open loop; negative: none) its latency from its due time.
+    void add(uint32_t size, uint32_t wireBytes, int64_t rttNs, int64_t fromDueNs = -1);
     /// Each bucket's figures, empty buckets included (count 0).
     std::vector<Bucket> figures() const;
     /// Empties every bucket (their memory stays).
@@ -91,7 +97,7 @@ class SizeBuckets {
   private:
     std::vector<uint32_t> bounds_;
     SlowdownModel model_;
-    std::vector<Histogram> rtts_, slowdowns_;
+    std::vector<Histogram> rtts_, slowdowns_, fromDue_;
 };
 
 /// Bucket bounds at the deciles of a size distribution (duplicates removed).
