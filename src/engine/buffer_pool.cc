@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cassert>
 #include <cstddef>
@@ -27,7 +28,7 @@ constexpr uint32_t kMinClass = 256;
 uint8_t* newBuffer(uint64_t size) {
     auto* p = new (std::nothrow) uint8_t[size];
     if (p != nullptr && size >= BufferPool::kPrefaultBytes) {
-        constexpr uintptr_t kPage = 4096;
+        static const uintptr_t kPage = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
         const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kPage - 1) & ~(kPage - 1);
         const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + size) & ~(kPage - 1);
         if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);

@@ -255,7 +255,9 @@ class Engine {
     WaitList& bufferWaitList(const Rpc* rpc);
     void cancelBufferWait(Rpc* rpc);
     void retryBufferWaiters(Time now);
-    void resumeBufferWaiter(Rpc* rpc, bool small, Time now);
+    /// Gives the first waiter of its list its buffer and asks for its data again; false
+    /// (it stays first in line) if the memory cannot be had.
+    bool resumeBufferWaiter(Rpc* rpc, bool small, Time now);
     void releaseInBuffer(Rpc* rpc);
 
     // grant.cc

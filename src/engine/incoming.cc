@@ -195,21 +195,19 @@ void Engine::cancelBufferWait(Rpc* rpc) {
 // (see startInMessage()), gets a buffer before the oldest, so it gets one once enough
 // comes back; only small messages, at most one packet's buffer each, pass it.
 void Engine::retryBufferWaiters(Time now) {
-    while (!smallBufferWaiters_.empty() && inPool_.canAllocate(smallBufferWaiters_.front().in.length, true)) {
-        Rpc* rpc = &smallBufferWaiters_.front();
-        smallBufferWaiters_.pop_front();
-        resumeBufferWaiter(rpc, true, now);
-    }
-    while (!largeBufferWaiters_.empty() && inPool_.canAllocate(largeBufferWaiters_.front().in.length)) {
-        Rpc* rpc = &largeBufferWaiters_.front();
-        largeBufferWaiters_.pop_front();
-        resumeBufferWaiter(rpc, false, now);
-    }
+    while (!smallBufferWaiters_.empty() && inPool_.canAllocate(smallBufferWaiters_.front().in.length, true))
+        if (!resumeBufferWaiter(&smallBufferWaiters_.front(), true, now)) break;
+    while (!largeBufferWaiters_.empty() && inPool_.canAllocate(largeBufferWaiters_.front().in.length))
+        if (!resumeBufferWaiter(&largeBufferWaiters_.front(), false, now)) break;
 }
 
-void Engine::resumeBufferWaiter(Rpc* rpc, bool small, Time now) {
+// (The pool's limit has room, but the process may still be out of memory: the message
+// then stays first in line, and a later try gets it.)
+bool Engine::resumeBufferWaiter(Rpc* rpc, bool small, Time now) {
     InMessage& in = rpc->in;
     in.buffer = inPool_.allocate(in.length, small);
+    if (!in.buffer) return false;
+    bufferWaitList(rpc).pop_front();
     in.waitingForBuffer = false;
     in.birth = now;
     updateGrantable(rpc);
@@ -218,6 +216,7 @@ void Engine::resumeBufferWaiter(Rpc* rpc, bool small, Time now) {
     HOMA_TRACE("buffer granted id %u len %u", rpc->id, in.length);
     sendResend(rpc, 0, in.granted, in.priority);
     grantsDirty_ = true;
+    return true;
 }
 
 void Engine::completeInMessage(Rpc* rpc, Time now) {

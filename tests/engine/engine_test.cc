@@ -3,6 +3,9 @@
 #include "engine/engine.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 
@@ -1443,6 +1446,52 @@ TEST(Engine, NoBufferMeansNoGrantsAndResumesWhenBuffersReturn) {
     EXPECT_GE(p.sinkB.count(wire::PacketType::Resend), 1u) << "asks again for what it dropped";
     p.expectOneMessageAtB(150'000);
 }
+
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// The pool's limit has room for a waiting message, but the process has no memory for it:
+// the message stays first in line and gets its buffer once memory can be had. (It was
+// taken off the list with no buffer, and its data then copied to a null pointer.) In a
+// child process whose address space is capped below what it uses, so that no new
+// mapping can be made. (Not under the sanitizers: their allocators need mappings of
+// their own.)
+TEST(Engine, AWaiterWhoseMemoryCannotBeHadWaitsOn) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        // A waiting message above glibc's largest threshold for mapping blocks of their
+        // own (32 MB), so that its buffer is a new mapping whatever the heap holds.
+        constexpr uint32_t kWaiting = 40'000'000;
+        Config c = smallPool(BufferPool::classSize(kWaiting) + 10'000, 0);
+        c.maxMessageLength = kWaiting;
+        Config a = baseConfig();
+        a.maxMessageLength = kWaiting;
+        a.maxOutgoingBytes = 4ull * kWaiting;
+        Pair p(a, c);
+        auto first = fillPoolThenWait(p, {200'000}, kWaiting);
+        if (first.size() != 1) _exit(10);
+        rlimit old{};
+        if (getrlimit(RLIMIT_AS, &old) != 0) _exit(11);
+        rlimit tight = old;
+        tight.rlim_cur = 1 << 20;  // far below what the process maps already
+        if (setrlimit(RLIMIT_AS, &tight) != 0) _exit(12);
+        const size_t resendsBefore = p.sinkB.count(wire::PacketType::Resend);
+        p.b.releaseMessage(first[0].message, p.now);  // room in the pool, none in the process
+        const bool stillWaiting = p.sinkB.count(wire::PacketType::Resend) == resendsBefore;
+        if (setrlimit(RLIMIT_AS, &old) != 0) _exit(13);
+        if (!stillWaiting) _exit(14);  // it asked for data it has nowhere to put
+        p.now += 1'000;
+        p.b.advance(p.now);  // memory again: the next try gets it
+        if (p.sinkB.count(wire::PacketType::Resend) == resendsBefore) _exit(15);
+        p.pump();
+        auto d = p.deliveries(p.b);
+        _exit(d.size() == 1 && d[0].message.length == kWaiting ? 0 : 16);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died of signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "see the _exit codes in the test";
+}
+#endif
 
 // Buffers given back together (the runtime returns a batch's messages in one step) are
 // all back before the waiting message is looked at: it gets its buffer, asking once for
