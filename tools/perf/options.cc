@@ -72,11 +72,12 @@ bool parseOptions(int argc, char** argv, PerfOptions* o, std::string* error, boo
         c->add_flag("--one-way", o->oneWay, "8-byte responses instead of the request's size");
         c->add_option("--duration", o->duration, "seconds of load")->check(homa::tools::FiniteRange(0.1, 86400.0));
         c->add_option("--warmup", o->warmupS,
-                      "seconds of load before the measured --duration, left out of every figure")
+                      "seconds of load before the measured --duration; the calls it starts are left out of the "
+                      "figures (their failures count)")
             ->check(homa::tools::FiniteRange(0.0, 3600.0));
         c->add_option("--drain", o->drainS,
                       "seconds to wait after the load for calls in flight (they count in the round trips, not "
-                      "the rate); the rest end unfinished")
+                      "the rate); the rest end unfinished, as failures unless this is 0")
             ->check(homa::tools::FiniteRange(0.0, 3600.0));
         c->add_option("--max-error-rate", o->maxErrorRate,
                       "largest share (0..1) of the calls that ended that may fail with the run still exiting 0 "

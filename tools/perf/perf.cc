@@ -185,7 +185,7 @@ class LoadGenerator {
                 // slot waits for one of them to finish (or for the run loop, if none is
                 // in flight); reissuing at once would only be refused again, as fast as
                 // the loop runs. Open loop: the arrival is dropped (see park()).
-                park(static_cast<int64_t>(slot), f.call.size);
+                park(static_cast<int64_t>(slot), f.call);
                 return;
             }
             // One locked step records the call and, in the closed loop, draws the next
@@ -239,7 +239,8 @@ class LoadGenerator {
         startNs_ = nowNs();
         const int64_t warmupNs = static_cast<int64_t>(o_.warmupS * 1e9);
         measureStartNs_ = startNs_ + warmupNs;
-        const int64_t end = measureStartNs_ + static_cast<int64_t>(o_.duration * 1e9);
+        const int64_t plannedStart = measureStartNs_;
+        const int64_t end = plannedStart + static_cast<int64_t>(o_.duration * 1e9);
         bool warming = warmupNs > 0;
         {
             std::lock_guard lk(mu_);
@@ -277,13 +278,13 @@ class LoadGenerator {
             if (unpark(true)) issue();  // nothing in flight to finish and make room
             for (int64_t n = takeFailedSlots(); n > 0; --n) issue();
             if (warming && nowNs() >= measureStartNs_) {
-                report(startNs_, true);  // the warm-up's last (part of a) second
+                report(true);  // the warm-up's last (part of a) second
                 beginMeasurement();
                 warming = false;
                 if (atMeasureStart) atMeasureStart();
-                nextReport = measureStartNs_ + 1'000'000'000;
+                nextReport = plannedStart + 1'000'000'000;  // (the seconds of the planned interval)
             } else if (nowNs() >= nextReport) {
-                report(warming ? startNs_ : measureStartNs_, warming);
+                report(warming);
                 nextReport += 1'000'000'000;
                 if (warming) nextReport = std::min(nextReport, measureStartNs_);
             }
@@ -298,7 +299,7 @@ class LoadGenerator {
             stopNs_ = nowNs();
             elapsedNs_ = stopNs_ - (warming_ ? startNs_ : measureStartNs_);
         }
-        if (!warming && nextReport <= end && !interrupted) report(measureStartNs_, false);  // the last whole second
+        if (!warming && nextReport <= end && !interrupted) report(false);  // the last whole second
         if (open.joinable()) {
             open.join();
             // The arrivals due before the end that the generator never reached.
@@ -355,7 +356,10 @@ class LoadGenerator {
     std::vector<json> intervals;
     /// The warm-up's per-second figures (not in `intervals`), and its completed calls.
     std::vector<json> warmupIntervals;
-    uint64_t warmupCalls = 0;
+    /// Calls started in the warm-up: completed, failed (also in `errors`), refused.
+    uint64_t warmupCalls = 0, warmupErrors = 0, warmupRefused = 0;
+    /// Whether the measured interval began (false: interrupted in the warm-up).
+    bool measured() const { return !warming_; }
     int64_t elapsedNs_ = 0;
     uint64_t bytesOut = 0, bytesIn = 0;
 
@@ -365,6 +369,7 @@ class LoadGenerator {
     struct Call {
         uint32_t size, reqLen, respLen;
         size_t server;
+        bool warm = false;  ///< started in the warm-up: counted there, whenever it ends
     };
     /// Draws the next synchronous call and builds its request in `buffer` (`request` then
     /// views it); false once stopping.
@@ -381,6 +386,7 @@ class LoadGenerator {
         } else {
             c->size = dist_.sample(rng_);
         }
+        c->warm = warming_;
         ++outstanding_;
     }
     /// Draws the next call, and takes it one of the clientMax slots of calls in flight if
@@ -423,7 +429,13 @@ class LoadGenerator {
             ++unfinished;  // (ended by the shutdown, or finished after the run stopped waiting)
             return false;
         }
-        if (r.ok) {
+        if (r.ok && c.warm) {
+            // (In the per-second lines, not in the measured figures.)
+            ++warmupCalls;
+            intervalRtts_.add(static_cast<double>(rtt));
+            intervalOut_ += c.reqLen;
+            intervalIn_ += r.responseLength;
+        } else if (r.ok) {
             rtts.add(static_cast<double>(rtt));
             if (o_.gbps > 0) fromDue.add(static_cast<double>(rtt + lagNs));
             buckets.add(c.size, c.reqLen + c.respLen, rtt, o_.gbps > 0 ? rtt + lagNs : -1);
@@ -438,7 +450,9 @@ class LoadGenerator {
             intervalOut_ += c.reqLen;
             intervalIn_ += r.responseLength;
         } else {
+            // (A failure counts whenever it happens: the warm-up's too.)
             ++errors;
+            if (c.warm) ++warmupErrors;
             if (firstError.empty()) firstError = r.error;
             std::string kind = errorKind(r.error);
             if (errorsByKind.size() >= kMaxErrorKinds && !errorsByKind.contains(kind)) kind = "other";
@@ -446,16 +460,16 @@ class LoadGenerator {
         }
         return !stopping_ && o_.gbps == 0;
     }
-    /// Counts a refused call of `size` bytes. Closed loop: its slot, if it has one, waits
+    /// Counts a refused call. Closed loop: its slot, if it has one, waits
     /// (see the completion function), and the next call started is of its size: drawing
     /// anew would favour the sizes that fit, the large ones being those refused. Open
     /// loop: the arrival is dropped, not started again (a later start would no longer be
     /// the arrival the schedule had), and its slot is free for the next arrival.
-    void park(int64_t slot, uint32_t size) {
+    void park(int64_t slot, const Call& c) {
         std::lock_guard lk(mu_);
         --outstanding_;
-        ++refused;
-        if (o_.gbps == 0) refusedSizes_.push_back(size);
+        ++(c.warm ? warmupRefused : refused);
+        if (o_.gbps == 0) refusedSizes_.push_back(c.size);
         if (slot >= 0) {
             freeSlots_.push_back(static_cast<uint32_t>(slot));
             if (o_.gbps == 0) ++parked_;
@@ -505,7 +519,7 @@ class LoadGenerator {
             transport_.callSync(c.server, request, &r);
             if (r.refused) {
                 // No memory to start it: wait for other callers' calls to finish.
-                park(-1, c.size);
+                park(-1, c);
                 std::this_thread::sleep_for(std::chrono::milliseconds(1));
                 continue;
             }
@@ -563,8 +577,8 @@ class LoadGenerator {
 
     /// One per-second line: the round trips that finished since the last line, over the
     /// time that really passed since then (a line comes a little after its second is
-    /// up). `base` is the start of its phase, the warm-up or the measured interval.
-    void report(int64_t base, bool warmup) {
+    /// up), in the warm-up's lines or the measured interval's.
+    void report(bool warmup) {
         // The interval's round trips come out in exchange for the histogram they were in
         // the second before (emptied; its bins already there), so the completing thread
         // never waits for memory.
@@ -583,9 +597,8 @@ class LoadGenerator {
         const double secs = std::max(static_cast<double>(to - from) / 1e9, 1e-9);
         double kops = static_cast<double>(rtts.count()) / secs / 1e3;
         double p50 = rtts.percentile(50) / 1e3, p99 = rtts.percentile(99) / 1e3, p999 = rtts.percentile(99.9) / 1e3;
-        // (The second it ends: to the nearest whole one, which a late line may pass.)
-        double t = std::round(static_cast<double>(to - base) / 1e9);
-        if (t < 1) t = 1;
+        // (Its phase's n-th line: the n-th second, or a warm-up's last part of one.)
+        const double t = ++reportLines_;
         const bool none = rtts.empty();  // (no round trip finished in this second: no figures)
         json j = {{"t", t},
                   {"seconds", secs},
@@ -609,18 +622,15 @@ class LoadGenerator {
         std::fflush(stdout);
     }
 
-    /// The warm-up is over: what it measured is forgotten (its failures stay: a failed
-    /// call is one whenever it happens). Calls in flight now count when they finish.
+    /// The warm-up is over: the calls drawn from now on are measured. Those started in the
+    /// warm-up count there whenever they finish (their failures count as failures, the
+    /// warm-up's or not), and the open loop's arrivals are counted afresh.
     void beginMeasurement() {
         std::lock_guard lk(mu_);
         warming_ = false;
-        rtts.clear();
-        fromDue.clear();
-        buckets.clear();
-        bytesOut = bytesIn = 0;
-        refused = 0;
-        warmupCalls = std::exchange(completed, 0);
+        measureStartNs_ = nowNs();  // (the calls drawn from here on are measured)
         if (schedule_) schedule_->restartCounts();
+        reportLines_ = 0;
     }
 
     const PerfOptions& o_;
@@ -649,7 +659,8 @@ class LoadGenerator {
     std::atomic<bool> stopping_{false};
     std::atomic<uint64_t> nextServer_{0};
     int64_t startNs_ = 0;
-    int64_t measureStartNs_ = 0;  ///< the warm-up's end (startNs_ without one)
+    int64_t measureStartNs_ = 0;  ///< the warm-up's end (startNs_ without one); then the measurement's real start
+    int reportLines_ = 0;         ///< per-second lines of the current phase (the run loop's)
     int64_t stopNs_ = 0;          ///< when the load stopped
     bool warming_ = false;        ///< (mu_) in the warm-up
     int64_t intervalStartNs_ = 0;  ///< (mu_) when the current per-second interval began
@@ -853,9 +864,12 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     MetricsSnapshot before;
     std::vector<uint32_t> bounds = decileBounds(sizes.sizes(), sizes.cumulative());
     LoadGenerator gen(o, transport, sizes, servers.size(), bounds, model);
-    CpuTimes cpuBefore;
-    int64_t runStart = 0;
-    // (Counters, CPU and the clock are taken where the measured interval begins.)
+    // (Counters, CPU and the clock are taken again where the measured interval begins; an
+    // interrupt in the warm-up leaves them as taken here.)
+    if (metrics) before = metrics();
+    if (atMeasureStart) atMeasureStart();
+    CpuTimes cpuBefore = processCpu();
+    int64_t runStart = nowNs();
     gen.run([&] {
         if (metrics) before = metrics();
         if (atMeasureStart) atMeasureStart();
@@ -868,6 +882,14 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     if (metrics) after = metrics();
     transport.stop();
     gen.unfinished += gen.unreported();
+    // Calls still unanswered --drain seconds after the end are failures when a wait was
+    // asked for, as a Homa call whose server stops answering times out. (A TCP server
+    // that stalls keeps its connections up: its calls never failed, ended as unfinished,
+    // and the run passed.) With --drain 0, or an interrupt, the calls in flight at the
+    // end are just cut off. The warm-up's calls count among those that ended.
+    const uint64_t stuck = o.drainS > 0 && !interrupted ? gen.unfinished : 0;
+    const uint64_t failed = gen.errors + stuck;
+    const uint64_t ended = gen.completed + gen.completedAfterEnd + gen.warmupCalls + failed;
 
     std::vector<Bucket> buckets = gen.buckets.figures();
     double seconds = static_cast<double>(gen.elapsedNs_) / 1e9;
@@ -888,9 +910,17 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
     // (Said when it matters: a closed loop always ends with its calls in flight.)
     if (gen.unfinished > 0 || (gen.completedAfterEnd > 0 && gen.completedAfterEnd * 100 >= gen.completed))
         std::printf("after the measured %.2f s: %lu calls finished (in the round trips and the table below, not in "
-                    "the rate), %lu were still in flight %.1f s later and ended unfinished (failures, unless --drain is 0)\n",
+                    "the rate), %lu were still in flight %s and ended unfinished%s\n",
                     seconds, static_cast<unsigned long>(gen.completedAfterEnd),
-                    static_cast<unsigned long>(gen.unfinished), o.drainS);
+                    static_cast<unsigned long>(gen.unfinished),
+                    interrupted ? "when the run was interrupted" : (fixedOrNa(o.drainS, false, 1) + " s later").c_str(),
+                    stuck > 0 ? " (failures: they went unanswered)" : "");
+    if (o.warmupS > 0)
+        std::printf("warm-up: %s; its calls are left out of the figures above and below: %lu completed, %lu failed "
+                    "(counted as failures), %lu refused\n",
+                    gen.measured() ? (fixedOrNa(o.warmupS, false, 1) + " s").c_str() : "interrupted, nothing was measured",
+                    static_cast<unsigned long>(gen.warmupCalls), static_cast<unsigned long>(gen.warmupErrors),
+                    static_cast<unsigned long>(gen.warmupRefused));
     if (gen.refused > 0 && !arrivals)
         std::printf("refused %lu calls: the client's memory for messages in flight was full (they were started "
                     "again as calls finished)\n",
@@ -995,11 +1025,15 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
         j["slowdown_bytes"] = kSlowdownBytes;
         j["intervals"] = gen.intervals;
         // The warm-up's per-second figures and calls, left out of every other figure.
-        j["warmup"] = {{"seconds", o.warmupS}, {"rpcs", gen.warmupCalls}, {"intervals", gen.warmupIntervals}};
+        j["warmup"] = {{"seconds", o.warmupS},        {"completed", gen.measured()},
+                       {"rpcs", gen.warmupCalls},      {"errors", gen.warmupErrors},
+                       {"refused", gen.warmupRefused}, {"intervals", gen.warmupIntervals}};
         j["totals"] = {{"rpcs", gen.completed}, {"completed_after_end", gen.completedAfterEnd},
                        {"unfinished", gen.unfinished}, {"seconds", seconds}, {"kops", kops},
                        {"gbps_out", gen.bytesOut * 8 / seconds / 1e9}, {"gbps_in", gen.bytesIn * 8 / seconds / 1e9},
                        {"errors", gen.errors}, {"errors_by_kind", gen.errorsByKind},
+                       // Errors plus calls unanswered --drain seconds after the end (see above).
+                       {"failed", failed},
                        {"arrivals_due", arrivals ? json(arrivals->offered()) : json(nullptr)},
                        {"skipped_arrivals", arrivals ? arrivals->skipped() : 0},
                        {"late_arrivals", arrivals ? arrivals->late() : 0},
@@ -1041,13 +1075,6 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                                     : "");
         return 1;
     }
-    // Calls still unanswered --drain seconds after the end are failures when a wait was
-    // asked for, as a Homa call whose server stops answering times out. (A TCP server
-    // that stalls keeps its connections up: its calls never failed, ended as unfinished,
-    // and the run passed.) With --drain 0 the calls in flight at the end are just cut off.
-    const uint64_t stuck = o.drainS > 0 && !interrupted ? gen.unfinished : 0;
-    const uint64_t failed = gen.errors + stuck;
-    const uint64_t ended = gen.completed + gen.completedAfterEnd + failed;
     if (tooManyErrors(failed, ended, o.maxErrorRate)) {
         char unanswered[96] = "";
         if (stuck > 0)
