@@ -94,12 +94,6 @@ SizeBuckets::SizeBuckets(std::vector<uint32_t> bounds, const SlowdownModel& mode
     if (fromDue) fromDue_.assign(bounds_.size(), Histogram(1));
 }
 
-void SizeBuckets::clear() {
-    for (Histogram& h : rtts_) h.clear();
-    for (Histogram& h : slowdowns_) h.clear();
-    for (Histogram& h : fromDue_) h.clear();
-}
-
 void SizeBuckets::add(uint32_t size, uint32_t wireBytes, int64_t rttNs, int64_t fromDueNs) {
     if (bounds_.empty()) return;
     auto it = std::lower_bound(bounds_.begin(), bounds_.end(), size);

@@ -91,8 +91,6 @@ class SizeBuckets {
     void add(uint32_t size, uint32_t wireBytes, int64_t rttNs, int64_t fromDueNs = -1);
     /// Each bucket's figures, empty buckets included (count 0).
     std::vector<Bucket> figures() const;
-    /// Empties every bucket (their memory stays).
-    void clear();
 
   private:
     std::vector<uint32_t> bounds_;
