@@ -927,7 +927,8 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                     static_cast<unsigned long>(gen.refused));
     if (arrivals) {
         const double asked = arrivalsPerSecond(o, sizes);
-        // (A call started in the warm-up may be refused after it: not below zero.)
+        // (Refusals of calls started in the warm-up are counted there; kept from going
+        // below zero all the same.)
         const uint64_t started = arrivals->issued() - std::min(refusedArrivals, arrivals->issued());
         std::printf("arrivals: %lu due (%.0f a second asked), %lu started calls, %lu skipped (--client-max %d calls "
                     "in flight), %lu late (due before the end, never reached), %lu refused (the client's memory for "
