@@ -279,6 +279,9 @@ class Endpoint {
 
     // ---- Loop, state, shutdown
     /// Runs the event loop once from this thread, waiting at most `timeout` for work.
+    /// Returns at once, without waiting, when another thread is running the loop (the
+    /// poll thread, usually): then `while (!done) poll(1ms)` spins a core. With the poll
+    /// thread on, wait on the call's future or callback instead.
     void poll(std::chrono::nanoseconds timeout = std::chrono::nanoseconds(0));
     MetricsSnapshot metrics() const;
     /// The RPCs the endpoint holds right now.
