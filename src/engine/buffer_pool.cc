@@ -1,10 +1,10 @@
 #include "engine/buffer_pool.h"
 
-#include <algorithm>
-#include <bit>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cstddef>
 #include <cstdint>

@@ -238,8 +238,8 @@ class LoadGenerator {
         // RPCs: an hour at two million RPCs a second would have been 115 GB of samples.
         startNs_ = nowNs();
         const int64_t warmupNs = static_cast<int64_t>(o_.warmupS * 1e9);
-        measureStartNs_ = startNs_ + warmupNs;
-        const int64_t plannedStart = measureStartNs_;
+        const int64_t plannedStart = startNs_ + warmupNs;  // (the measurement's, as planned)
+        measureStartNs_ = plannedStart;
         const int64_t end = plannedStart + static_cast<int64_t>(o_.duration * 1e9);
         bool warming = warmupNs > 0;
         {
@@ -265,19 +265,19 @@ class LoadGenerator {
         // Per-second lines: each whole second of the warm-up (and what is left of it),
         // then each whole second of the measured interval.
         int64_t nextReport = startNs_ + 1'000'000'000;
-        if (warming) nextReport = std::min(nextReport, measureStartNs_);
+        if (warming) nextReport = std::min(nextReport, plannedStart);
         for (;;) {
             // (Sleeps end at the end itself: the interval is not stretched by a late look.)
             const int64_t now = nowNs();
             if (now >= end || interrupted) break;
-            const int64_t until = warming ? measureStartNs_ : end;
+            const int64_t until = warming ? plannedStart : end;
             std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(kRetryPauseMs * 1'000'000, until - now)));
             if (nowNs() >= end) break;
             // (Closed loop only: the open loop neither parks refused calls nor restarts
             // failed ones, see park() and record().)
             if (unpark(true)) issue();  // nothing in flight to finish and make room
             for (int64_t n = takeFailedSlots(); n > 0; --n) issue();
-            if (warming && nowNs() >= measureStartNs_) {
+            if (warming && nowNs() >= plannedStart) {
                 report(true);  // the warm-up's last (part of a) second
                 beginMeasurement();
                 warming = false;
@@ -286,7 +286,7 @@ class LoadGenerator {
             } else if (nowNs() >= nextReport) {
                 report(warming);
                 nextReport += 1'000'000'000;
-                if (warming) nextReport = std::min(nextReport, measureStartNs_);
+                if (warming) nextReport = std::min(nextReport, plannedStart);
             }
         }
         {
@@ -429,26 +429,27 @@ class LoadGenerator {
             ++unfinished;  // (ended by the shutdown, or finished after the run stopped waiting)
             return false;
         }
-        if (r.ok && c.warm) {
-            // (In the per-second lines, not in the measured figures.)
-            ++warmupCalls;
+        if (r.ok) {
+            // (Every call is in the per-second lines; one the warm-up started is in no
+            // measured figure.)
             intervalRtts_.add(static_cast<double>(rtt));
             intervalOut_ += c.reqLen;
             intervalIn_ += r.responseLength;
-        } else if (r.ok) {
-            rtts.add(static_cast<double>(rtt));
-            if (o_.gbps > 0) fromDue.add(static_cast<double>(rtt + lagNs));
-            buckets.add(c.size, c.reqLen + c.respLen, rtt, o_.gbps > 0 ? rtt + lagNs : -1);
-            intervalRtts_.add(static_cast<double>(rtt));
-            if (!ended_) {
-                ++completed;
-                bytesOut += c.reqLen;
-                bytesIn += r.responseLength;
+            if (c.warm) {
+                ++warmupCalls;
             } else {
-                ++completedAfterEnd;
+                rtts.add(static_cast<double>(rtt));
+                const int64_t fromDueNs = o_.gbps > 0 ? rtt + lagNs : -1;  // (open loop only)
+                if (fromDueNs >= 0) fromDue.add(static_cast<double>(fromDueNs));
+                buckets.add(c.size, c.reqLen + c.respLen, rtt, fromDueNs);
+                if (!ended_) {
+                    ++completed;
+                    bytesOut += c.reqLen;
+                    bytesIn += r.responseLength;
+                } else {
+                    ++completedAfterEnd;
+                }
             }
-            intervalOut_ += c.reqLen;
-            intervalIn_ += r.responseLength;
         } else {
             // (A failure counts whenever it happens: the warm-up's too.)
             ++errors;
@@ -927,9 +928,8 @@ int loadThrough(const PerfOptions& o, ClientTransport& transport, const std::vec
                     static_cast<unsigned long>(gen.refused));
     if (arrivals) {
         const double asked = arrivalsPerSecond(o, sizes);
-        // (Refusals of calls started in the warm-up are counted there; kept from going
-        // below zero all the same.)
-        const uint64_t started = arrivals->issued() - std::min(refusedArrivals, arrivals->issued());
+        // (Refusals of calls started in the warm-up are counted there, not here.)
+        const uint64_t started = arrivals->issued() - refusedArrivals;
         std::printf("arrivals: %lu due (%.0f a second asked), %lu started calls, %lu skipped (--client-max %d calls "
                     "in flight), %lu late (due before the end, never reached), %lu refused (the client's memory for "
                     "messages in flight was full; dropped, not started again)\n",
